@@ -1,0 +1,7 @@
+"""fastflow: one-step generators from rectified flows.
+
+Convention (one for the whole project): t = 0 is noise ``x0 ~ N(0, I)``, t = 1 is data
+``x1``; ``x_t = t·x1 + (1 − t)·x0`` and the velocity target is ``x1 − x0``.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,5 @@
+import sys
+
+from fastflow.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,25 @@
+"""Typed exceptions. Library code raises these; the CLI turns them into one line and exit 2."""
+
+
+class FastflowError(Exception):
+    """Base class of every error fastflow raises on bad input."""
+
+
+class ConfigError(FastflowError, ValueError):
+    """A configuration key is unknown, has the wrong type, or an invalid value."""
+
+
+class CheckpointError(FastflowError):
+    """A checkpoint is missing, truncated, corrupted, or does not match its config."""
+
+
+class DataError(FastflowError):
+    """A dataset is missing, malformed, or holds non-finite values."""
+
+
+class ShapeError(FastflowError, ValueError):
+    """A tensor has the wrong shape for the operation it was given to."""
+
+
+class SolverError(FastflowError):
+    """An ODE solve produced non-finite values or could not reach the end time."""

@@ -1,0 +1,95 @@
+"""Model checkpoints: a directory with ``config.json`` + ``model.safetensors``
+(+ ``ema.safetensors``). Nothing is unpickled."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
+from torch import nn
+
+from fastflow import __version__
+from fastflow.errors import CheckpointError, ConfigError
+from fastflow.models.presets import arch_of, build_model
+from fastflow.utils.io import atomic_save_tensors, atomic_write_json
+
+FORMAT = "fastflow-model"
+
+
+def save_model(directory: str | Path, model: nn.Module, ema: nn.Module | None = None,
+               meta: dict[str, Any] | None = None) -> Path:
+    """Write ``config.json``, ``model.safetensors`` and, if given, ``ema.safetensors``."""
+    d = Path(directory)
+    atomic_save_tensors(d / "model.safetensors", model.state_dict())
+    if ema is not None:
+        atomic_save_tensors(d / "ema.safetensors", ema.state_dict())
+    atomic_write_json(d / "config.json", {"format": FORMAT, "fastflow_version": __version__,
+                                          "arch": arch_of(model), "model": model.config.to_dict(),
+                                          "meta": meta or {}})
+    return d
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a checkpoint directory (validated)."""
+    path = Path(directory) / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: no config.json (not a fastflow checkpoint directory)")
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path}: corrupted JSON ({e})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
+        raise CheckpointError(f"{path}: not a {FORMAT} config")
+    return cfg
+
+
+def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """Load a safetensors file, turning truncation/corruption into :class:`CheckpointError`."""
+    p = Path(path)
+    if not p.is_file():
+        raise CheckpointError(f"{p}: file not found")
+    try:
+        return load_file(str(p), device=str(device))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{p}: unreadable or truncated safetensors file ({e})") from None
+
+
+def load_weights(model: nn.Module, path: str | Path) -> None:
+    """Load a state dict from safetensors into ``model``, checking names and shapes exactly."""
+    state = load_state(path)
+    own = model.state_dict()
+    missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    bad = [k for k in own if k in state and own[k].shape != state[k].shape]
+    if missing or extra or bad:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}")
+        if extra:
+            parts.append(f"unexpected {extra[:3]}{'…' if len(extra) > 3 else ''}")
+        if bad:
+            k = bad[0]
+            parts.append(f"shape of {k} is {tuple(state[k].shape)}, config wants {tuple(own[k].shape)}")
+        raise CheckpointError(f"{path}: weights do not match config.json ({'; '.join(parts)})")
+    model.load_state_dict(state)
+
+
+def load_model(directory: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
+    """Build the model from ``config.json`` and load ``ema`` (default, falls back to ``model``
+    when the checkpoint has no EMA) or ``model`` weights. Returns it in eval mode."""
+    if weights not in ("ema", "model"):
+        raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
+    d = Path(directory)
+    cfg = read_config(d)
+    try:
+        model = build_model({"arch": cfg.get("arch", "unet"), **cfg["model"]})
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{d / 'config.json'}: invalid model config ({e})") from None
+    file = d / f"{weights}.safetensors"
+    if weights == "ema" and not file.exists():
+        file = d / "model.safetensors"
+    load_weights(model, file)
+    return model.to(device).eval()

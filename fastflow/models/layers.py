@@ -1,0 +1,152 @@
+"""UNet building blocks. Every GroupNorm(+SiLU) is a :class:`GroupNormAct` and every attention a
+:class:`Attention`, so one swap (``fastflow.fused``) changes them all."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def num_groups(channels: int) -> int:
+    """The family's GroupNorm group count ``min(C // 4, 32)``."""
+    return max(1, min(channels // 4, 32))
+
+
+class GroupNormAct(nn.Module):
+    """``act(GN(x)·(1 + scale) + shift)``: GroupNorm, optional scale-shift, optional SiLU.
+
+    Parameters are named ``weight`` and ``bias`` like ``nn.GroupNorm``, so state dicts load
+    unchanged. ``scale``/``shift`` are ``[B, C]`` (the UNet's time modulation).
+    """
+
+    def __init__(self, channels: int, groups: int | None = None, act: bool = True,
+                 eps: float = 1e-6) -> None:
+        super().__init__()
+        self.num_channels, self.num_groups = channels, groups or num_groups(channels)
+        self.eps, self.act = eps, act
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+        y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        if scale is not None:
+            y = y * (1 + scale[:, :, None, None])
+        if shift is not None:
+            y = y + shift[:, :, None, None]
+        return F.silu(y) if self.act else y
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, groups={self.num_groups}, act={self.act}, eps={self.eps}"
+
+
+class Attention(nn.Module):
+    """Multi-head attention on token sequences ``[B, L, C]``; cross-attention when
+    ``context_dim`` is set (keys/values from a ``[B, S, context_dim]`` context)."""
+
+    def __init__(self, dim: int, context_dim: int | None = None, head_dim: int | None = None) -> None:
+        super().__init__()
+        head_dim = head_dim or dim
+        if dim % head_dim:
+            raise ValueError(f"attention dim {dim} is not a multiple of head_dim {head_dim}")
+        self.heads, self.head_dim = dim // head_dim, head_dim
+        kv = context_dim or dim
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(kv, dim), nn.Linear(kv, dim)
+        self.out = nn.Linear(dim, dim)
+
+    def _split(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        ctx = x if context is None else context
+        q, k, v = self._split(self.q(x)), self._split(self.k(ctx)), self._split(self.v(ctx))
+        o = F.scaled_dot_product_attention(q, k, v)
+        b, _, n, _ = o.shape
+        return self.out(o.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
+    """Sinusoidal embedding of (already scaled) times ``[B] → [B, dim]`` (DDPM's positional)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / (half - 1))
+    args = t.float()[:, None] * freqs[None]
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+    return F.pad(emb, (0, 1)) if dim % 2 else emb
+
+
+class ResBlock(nn.Module):
+    """DDPM++ (BigGAN-style) residual block, optionally resampling by 2.
+
+    ``h = conv(GN→SiLU(x)); h += Dense(SiLU(temb))`` (or scale-shift ``GN(h)·(1+s)+b``);
+    ``h = conv(dropout(GN→SiLU(h)))``; output ``(skip(x) + h) / √2``.
+    """
+
+    def __init__(self, in_ch: int, out_ch: int, temb_dim: int, dropout: float = 0.0,
+                 resample: str | None = None, scale_shift: bool = False,
+                 skip_rescale: bool = True) -> None:
+        super().__init__()
+        self.resample, self.scale_shift, self.skip_rescale = resample, scale_shift, skip_rescale
+        self.norm0 = GroupNormAct(in_ch)
+        self.conv0 = nn.Conv2d(in_ch, out_ch, 3, padding=1)
+        self.emb = nn.Linear(temb_dim, out_ch * (2 if scale_shift else 1))
+        self.norm1 = GroupNormAct(out_ch)
+        self.dropout = nn.Dropout(dropout)
+        self.conv1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
+        self.skip = nn.Conv2d(in_ch, out_ch, 1) if (in_ch != out_ch or resample) else None
+
+    def _resample(self, x: Tensor) -> Tensor:
+        if self.resample == "down":
+            return F.avg_pool2d(x, 2)
+        if self.resample == "up":
+            return F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return x
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        h = self._resample(self.norm0(x))
+        x = self._resample(x)
+        h = self.conv0(h)
+        e = self.emb(F.silu(temb))
+        if self.scale_shift:
+            scale, shift = e.chunk(2, dim=1)
+            h = self.norm1(h, scale, shift)
+        else:
+            h = self.norm1(h + e[:, :, None, None])
+        h = self.conv1(self.dropout(h))
+        if self.skip is not None:
+            x = self.skip(x)
+        return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
+
+
+class AttnBlock(nn.Module):
+    """Self-attention over the H·W positions (+ cross-attention to a token context)."""
+
+    def __init__(self, channels: int, context_dim: int = 0, head_dim: int | None = None,
+                 skip_rescale: bool = True) -> None:
+        super().__init__()
+        self.skip_rescale = skip_rescale
+        self.norm = GroupNormAct(channels, act=False)
+        self.attn = Attention(channels, head_dim=head_dim)
+        if context_dim:
+            self.norm_cross = GroupNormAct(channels, act=False)
+            self.cross = Attention(channels, context_dim=context_dim, head_dim=head_dim)
+        else:
+            self.norm_cross = self.cross = None
+
+    def _residual(self, x: Tensor, h: Tensor) -> Tensor:
+        return (x + h) / math.sqrt(2.0) if self.skip_rescale else x + h
+
+    @staticmethod
+    def _tokens(x: Tensor) -> Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        b, c, hh, ww = x.shape
+        h = self.attn(self._tokens(self.norm(x)))
+        x = self._residual(x, h.transpose(1, 2).reshape(b, c, hh, ww))
+        if self.cross is not None:
+            h = self.cross(self._tokens(self.norm_cross(x)), context)
+            x = self._residual(x, h.transpose(1, 2).reshape(b, c, hh, ww))
+        return x

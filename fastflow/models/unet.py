@@ -1,0 +1,216 @@
+"""The UNet family (DDPM++ / NCSN++ with BigGAN resampling blocks) and its config.
+
+``UNet(config)(x, t, cond=None) → v``: ``x`` is ``[B, C, H, W]``, ``t`` a ``[B]`` float
+tensor in [0, 1] (scaled by ``config.t_scale`` inside), ``cond`` optional:
+
+* a ``[B]`` long tensor of class labels (``num_classes > 0``; ``num_classes`` is the null label),
+* a ``[B, S, context_dim]`` token tensor (``context_dim > 0``; cross-attention),
+* a ``[B, cond_channels, H, W]`` image concatenated to the input (``cond_channels > 0``),
+* or a dict with any of the keys ``label``, ``tokens``, ``image``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastflow.errors import ConfigError, ShapeError
+from fastflow.models.layers import AttnBlock, GroupNormAct, ResBlock, timestep_embedding
+
+Cond = Tensor | dict[str, Tensor] | None
+
+
+@dataclass
+class UNetConfig:
+    """Architecture hyper-parameters; ``config.json`` of every checkpoint is this dataclass."""
+
+    in_channels: int = 3
+    resolution: int = 32
+    channels: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 4
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    attn_head_dim: int = 0  # 0: one head spanning all channels (DDPM++)
+    scale_shift: bool = False  # time modulation GN(h)·(1+s)+b instead of an added bias
+    skip_rescale: bool = True
+    t_scale: float = 999.0
+    num_classes: int = 0
+    context_dim: int = 0
+    cond_channels: int = 0
+    out_channels: int = 0  # 0: same as in_channels
+
+    def __post_init__(self) -> None:
+        self.ch_mult = tuple(int(m) for m in self.ch_mult)
+        self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
+        if self.in_channels < 1 or self.channels < 4 or not self.ch_mult or self.num_res_blocks < 1:
+            raise ConfigError(f"invalid UNet config: {self}")
+        if self.resolution % 2 ** (len(self.ch_mult) - 1):
+            raise ConfigError(f"resolution {self.resolution} is not divisible by "
+                              f"2^{len(self.ch_mult) - 1} (levels in ch_mult)")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ConfigError(f"unknown UNet config keys {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["ch_mult"], d["attn_resolutions"] = list(self.ch_mult), list(self.attn_resolutions)
+        return d
+
+
+class UNet(nn.Module):
+    """DDPM++ velocity network ``v_θ(x, t, cond)``."""
+
+    def __init__(self, config: UNetConfig) -> None:
+        super().__init__()
+        self.config = cfg = config
+        nf, temb_dim = cfg.channels, 4 * cfg.channels
+        head = cfg.attn_head_dim or None
+        block = dict(temb_dim=temb_dim, dropout=cfg.dropout, scale_shift=cfg.scale_shift,
+                     skip_rescale=cfg.skip_rescale)
+        attn = dict(context_dim=cfg.context_dim, head_dim=head, skip_rescale=cfg.skip_rescale)
+
+        self.time_mlp = nn.Sequential(nn.Linear(nf, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.label_emb = nn.Embedding(cfg.num_classes + 1, temb_dim) if cfg.num_classes else None
+        self.null_context = nn.Parameter(torch.zeros(cfg.context_dim)) if cfg.context_dim else None
+        self.conv_in = nn.Conv2d(cfg.in_channels + cfg.cond_channels, nf, 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skips, ch, res = [nf], nf, cfg.resolution
+        for level, mult in enumerate(cfg.ch_mult):
+            for _ in range(cfg.num_res_blocks):
+                self.down.append(ResBlock(ch, nf * mult, **block))
+                ch = nf * mult
+                if res in cfg.attn_resolutions:
+                    self.down.append(AttnBlock(ch, **attn))
+                skips.append(ch)
+            if level != len(cfg.ch_mult) - 1:
+                self.down.append(ResBlock(ch, ch, resample="down", **block))
+                skips.append(ch)
+                res //= 2
+
+        self.mid = nn.ModuleList([ResBlock(ch, ch, **block), AttnBlock(ch, **attn),
+                                  ResBlock(ch, ch, **block)])
+
+        self.up = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.ch_mult))):
+            for _ in range(cfg.num_res_blocks + 1):
+                self.up.append(ResBlock(ch + skips.pop(), nf * mult, **block))
+                ch = nf * mult
+            if res in cfg.attn_resolutions:
+                self.up.append(AttnBlock(ch, **attn))
+            if level != 0:
+                self.up.append(ResBlock(ch, ch, resample="up", **block))
+                res *= 2
+
+        self.norm_out = GroupNormAct(ch)
+        self.conv_out = nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1)
+        nn.init.zeros_(self.conv_out.weight)
+        nn.init.zeros_(self.conv_out.bias)
+
+    # -- conditioning ---------------------------------------------------------------------
+    def _split_cond(self, cond: Cond, batch: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        cfg = self.config
+        if cond is None:
+            parts: dict[str, Tensor] = {}
+        elif isinstance(cond, dict):
+            unknown = set(cond) - {"label", "tokens", "image"}
+            if unknown:
+                raise ShapeError(f"unknown condition keys {sorted(unknown)}")
+            parts = dict(cond)
+        else:
+            kinds = [k for k, on in (("label", cfg.num_classes), ("tokens", cfg.context_dim),
+                                     ("image", cfg.cond_channels)) if on]
+            if len(kinds) != 1:
+                raise ShapeError("pass cond as a dict with keys label/tokens/image: this model "
+                                 f"takes {kinds or 'no condition'}")
+            parts = {kinds[0]: cond}
+        label, tokens, image = parts.get("label"), parts.get("tokens"), parts.get("image")
+        if label is not None:
+            if not cfg.num_classes:
+                raise ShapeError("this model is not class-conditional")
+            if label.shape != (batch,) or label.dtype not in (torch.int32, torch.int64):
+                raise ShapeError(f"labels must be an integer tensor of shape [{batch}], got "
+                                 f"{tuple(label.shape)} {label.dtype}")
+        if tokens is not None:
+            if not cfg.context_dim:
+                raise ShapeError("this model takes no token context")
+            if tokens.dim() != 3 or tokens.shape[0] != batch or tokens.shape[2] != cfg.context_dim:
+                raise ShapeError(f"tokens must be [{batch}, S, {cfg.context_dim}], got {tuple(tokens.shape)}")
+        if cfg.cond_channels:
+            if image is None:
+                raise ShapeError(f"this model needs an image condition with {cfg.cond_channels} channels")
+        elif image is not None:
+            raise ShapeError("this model takes no image condition")
+        return label, tokens, image
+
+    def null_cond(self, cond: Cond) -> Cond:
+        """The unconditional counterpart of ``cond`` (same structure; image condition kept)."""
+        if cond is None:
+            return None
+        b = next(iter(cond.values())).shape[0] if isinstance(cond, dict) else cond.shape[0]
+        label, tokens, image = self._split_cond(cond, b)
+        out: dict[str, Tensor] = {}
+        if label is not None:
+            out["label"] = torch.full_like(label, self.config.num_classes)
+        if tokens is not None:
+            out["tokens"] = self.null_context.to(tokens.dtype).expand_as(tokens)
+        if image is not None:
+            out["image"] = image
+        return out if isinstance(cond, dict) else next(iter(out.values()))
+
+    # -- forward --------------------------------------------------------------------------
+    def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+        cfg = self.config
+        if x.dim() != 4 or x.shape[1] != cfg.in_channels:
+            raise ShapeError(f"x must be [B, {cfg.in_channels}, H, W], got {tuple(x.shape)}")
+        div = 2 ** (len(cfg.ch_mult) - 1)
+        if x.shape[2] % div or x.shape[3] % div:
+            raise ShapeError(f"H and W must be multiples of {div}, got {tuple(x.shape[2:])}")
+        b = x.shape[0]
+        if t.dim() == 0:
+            t = t.expand(b)
+        if t.shape != (b,):
+            raise ShapeError(f"t must be [{b}] (or a scalar), got {tuple(t.shape)}")
+        label, tokens, image = self._split_cond(cond, b)
+
+        temb = self.time_mlp(timestep_embedding(t * cfg.t_scale, cfg.channels).to(x.dtype))
+        if self.label_emb is not None:
+            if label is None:
+                label = torch.full((b,), cfg.num_classes, dtype=torch.long, device=x.device)
+            temb = temb + self.label_emb(label)
+        if self.null_context is not None and tokens is None:
+            tokens = self.null_context.to(x.dtype).expand(b, 1, -1)
+        if image is not None:
+            if image.shape != (b, cfg.cond_channels, *x.shape[2:]):
+                raise ShapeError(f"image condition must be [{b}, {cfg.cond_channels}, "
+                                 f"{x.shape[2]}, {x.shape[3]}], got {tuple(image.shape)}")
+            x = torch.cat([x, image.to(x.dtype)], dim=1)
+
+        h = self.conv_in(x)
+        hs = [h]
+        for m in self.down:
+            h = m(h, temb) if isinstance(m, ResBlock) else m(h, tokens)
+            if isinstance(m, ResBlock):
+                hs.append(h)
+            else:  # attention follows a res block at the same position: replace its skip
+                hs[-1] = h
+        for m in self.mid:
+            h = m(h, temb) if isinstance(m, ResBlock) else m(h, tokens)
+        for m in self.up:
+            if isinstance(m, ResBlock):
+                if m.resample is None:
+                    h = torch.cat([h, hs.pop()], dim=1)
+                h = m(h, temb)
+            else:
+                h = m(h, tokens)
+        return self.conv_out(self.norm_out(h))

@@ -1,0 +1,174 @@
+"""Training configuration: YAML files plus ``key=value`` overrides, validated strictly.
+
+Values of overrides are parsed as YAML scalars (``yaml.safe_load``), never evaluated.
+Unknown keys and wrong types raise :class:`~fastflow.errors.ConfigError` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from fastflow.errors import ConfigError
+
+
+@dataclass
+class OptimConfig:
+    """Adam with linear warm-up (the papers: lr 2e-4, warm-up 5000, clip 1)."""
+
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    warmup: int = 5000
+    grad_clip: float = 1.0  # 0 disables clipping
+
+
+@dataclass
+class LoopConfig:
+    steps: int = 1000
+    batch_size: int = 128  # global batch (split evenly over ranks)
+    ema_rate: float = 0.999999
+    amp: str = "auto"  # auto (bf16 on CUDA when supported), bf16, none
+    log_every: int = 50
+    ckpt_every: int = 1000
+    keep_ckpts: int = 3
+    sample_every: int = 0  # 0: only at the end
+    sample_n: int = 64
+    sample_steps: int = 16  # Euler steps for the periodic grids
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass
+class TrainConfig:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    model: dict[str, Any] = field(default_factory=lambda: {"preset": "digits"})
+    data: dict[str, Any] = field(default_factory=lambda: {"name": "digits"})
+    objective: dict[str, Any] = field(default_factory=lambda: {"name": "rf"})
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: LoopConfig = field(default_factory=LoopConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    elif origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, (list, tuple)) and len(value) == len(args):
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    elif origin is dict:
+        if isinstance(value, dict):
+            return dict(value)
+    elif dataclasses.is_dataclass(tp):
+        if isinstance(value, dict):
+            return _build(tp, value, key + ".")
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"config key {key!r}: expected {name}, got {value!r}")
+
+
+def _build(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = [k for k in d if k not in fields]
+    if unknown:
+        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; "
+                          f"valid keys: {', '.join(sorted(prefix + f for f in fields))}")
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in d.items()})
+
+
+def apply_override(d: dict[str, Any], item: str) -> None:
+    """Apply one ``a.b.c=value`` override to the nested dict ``d`` in place."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key!r}: cannot parse value {raw!r} ({e})") from None
+    parts = key.strip().split(".")
+    node = d
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {key!r}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> TrainConfig:
+    """Read a YAML config (or start from defaults), apply overrides, validate."""
+    d: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {str(path)!r} not found")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides:
+        apply_override(d, item)
+    cfg = _build(TrainConfig, d)
+    for name in ("model", "data", "objective"):
+        if not isinstance(getattr(cfg, name), dict):
+            raise ConfigError(f"config key {name!r} must be a mapping")
+    _check_ranges(cfg)
+    return cfg
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    t, o = cfg.train, cfg.optim
+    checks = [
+        (t.steps >= 1, "train.steps must be >= 1"),
+        (t.batch_size >= 1, "train.batch_size must be >= 1"),
+        (0.0 <= t.ema_rate < 1.0, "train.ema_rate must be in [0, 1)"),
+        (t.amp in ("auto", "bf16", "none"), "train.amp must be auto, bf16 or none"),
+        (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every and train.ckpt_every must be >= 1"),
+        (t.keep_ckpts >= 1, "train.keep_ckpts must be >= 1"),
+        (t.sample_every >= 0 and t.sample_n >= 1 and t.sample_steps >= 1, "invalid sample settings"),
+        (o.lr > 0 and o.warmup >= 0 and o.grad_clip >= 0 and o.eps > 0, "invalid optim settings"),
+    ]
+    for ok, msg in checks:
+        if not ok:
+            raise ConfigError(msg)
+
+
+def dump_config(cfg: TrainConfig) -> str:
+    def plain(x: Any) -> Any:
+        if isinstance(x, dict):
+            return {k: plain(v) for k, v in x.items()}
+        if isinstance(x, (list, tuple)):
+            return [plain(v) for v in x]
+        return x
+
+    return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
+
+
+__all__ = ["LoopConfig", "OptimConfig", "TrainConfig", "apply_override", "dump_config", "load_config"]

@@ -1,0 +1,51 @@
+"""Metrics logging: JSONL (always) and TensorBoard (when installed), rank 0 only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from fastflow.utils.io import atomic_write_text
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop records past ``step`` (written after the checkpoint we resume from)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if rec.get("step", 0) <= step:
+            keep.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in keep))
+
+
+class Logger:
+    def __init__(self, run_dir: Path, tensorboard: bool) -> None:
+        self.path = run_dir / "log.jsonl"
+        self._file = self.path.open("a")
+        self._tb = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                pass
+            else:
+                self._tb = SummaryWriter(str(run_dir / "tb"))
+
+    def log(self, step: int, values: dict[str, Any]) -> None:
+        self._file.write(json.dumps({"step": step, **values}) + "\n")
+        self._file.flush()
+        if self._tb is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        self._file.close()
+        if self._tb is not None:
+            self._tb.close()

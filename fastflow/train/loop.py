@@ -1,0 +1,195 @@
+"""The one training loop (EDM style): every objective, DDP, AMP, EMA, atomic checkpoints,
+bit-exact resume, JSONL/TensorBoard logs, a progress bar and periodic sample grids."""
+
+from __future__ import annotations
+
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from fastflow.data import BatchStream, Dataset, build_dataset
+from fastflow.errors import ConfigError
+from fastflow.flow.sample import generate
+from fastflow.models.presets import build_model
+from fastflow.objectives import build_objective
+from fastflow.train.config import TrainConfig, dump_config
+from fastflow.train.distributed import DistInfo, barrier, gather_bytes, init_distributed
+from fastflow.train.ema import EMA
+from fastflow.train.logger import Logger, truncate_log
+from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from fastflow.utils.io import atomic_write_text
+from fastflow.utils.images import save_samples
+
+
+def check_model_data(model: nn.Module, data: Dataset) -> None:
+    """Fail early, in one line, when the model cannot take the data."""
+    cfg = model.config
+    shape = data.sample_shape
+    want = (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
+    if shape != want:
+        raise ConfigError(f"model expects samples of shape {want}, the data gives {shape}")
+    if cfg.num_classes and data.num_classes > cfg.num_classes:
+        raise ConfigError(f"model has num_classes={cfg.num_classes}, the data has {data.num_classes} classes")
+    if cfg.num_classes and not data.num_classes:
+        raise ConfigError("model is class-conditional but the data has no labels")
+
+
+def autocast_for(mode: str, device: torch.device) -> Any:
+    if mode == "auto":
+        mode = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "none"
+    if mode == "none":
+        return nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+def lr_at(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up to ``optim.lr`` over ``optim.warmup`` steps, then constant."""
+    w = cfg.optim.warmup
+    return cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
+
+
+class _Sampler:
+    """Fixed noise (and labels) for periodic grids, so grids are comparable across steps."""
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, data: Dataset, device: torch.device) -> None:
+        g = torch.Generator().manual_seed(cfg.seed)
+        n = cfg.train.sample_n
+        self.z = torch.randn(n, *data.sample_shape, generator=g).to(device)
+        k = model.config.num_classes
+        self.cond = (torch.arange(n) % k).to(device) if k else None
+        self.steps = cfg.train.sample_steps
+        self.reference = data.get(torch.arange(min(len(data), 2000))).x if self.z.dim() == 2 else None
+
+    def __call__(self, model: nn.Module, path: Path, step: int) -> None:
+        x = generate(model, self.z, "euler", self.steps, cond=self.cond).x
+        save_samples(x, path, self.reference, title=f"step {step}, Euler {self.steps}")
+
+
+def _rng_states(info: DistInfo) -> tuple[list[Tensor], list[Tensor]]:
+    cpu = gather_bytes(info, torch.get_rng_state())
+    cuda = gather_bytes(info, torch.cuda.get_rng_state(info.device)) if info.device.type == "cuda" else []
+    return cpu, cuda
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> Path:
+    """Run (or resume) training as configured; returns the run directory."""
+    info = init_distributed()
+    run = Path(cfg.out_dir)
+    if cfg.train.batch_size % info.world:
+        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {info.world} ranks")
+
+    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+    data = build_dataset(cfg.data)
+    model = build_model(cfg.model)
+    check_model_data(model, data)
+    model.to(info.device)
+    ema = EMA(model, cfg.train.ema_rate)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
+                           eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
+    objective = build_objective(cfg.objective, num_classes=model.config.num_classes)
+
+    start = 0
+    ckpt = latest_checkpoint(run)
+    if ckpt is not None and not resume:
+        raise ConfigError(f"{run} already holds checkpoints: pass --resume to continue, "
+                          "or choose another out_dir")
+    if resume and ckpt is not None:
+        state = load_checkpoint(ckpt, model, ema.model)
+        opt.load_state_dict(state.optimizer)
+        start = state.step
+        if len(state.rng) == info.world:
+            torch.set_rng_state(state.rng[info.rank])
+            if state.cuda_rng and info.device.type == "cuda":
+                torch.cuda.set_rng_state(state.cuda_rng[info.rank], info.device)
+        else:
+            torch.manual_seed(cfg.seed + 1 + info.rank + start)
+            if info.main:
+                print(f"note: checkpoint was written by {len(state.rng)} ranks, resuming on "
+                      f"{info.world}: training continues, but not bit-exactly")
+    else:
+        torch.manual_seed(cfg.seed + 1 + info.rank)  # independent noise per rank
+    if start >= cfg.train.steps:
+        if info.main:
+            print(f"{run}: already trained to step {start} (train.steps={cfg.train.steps})")
+        return run
+
+    logger = sampler = None
+    if info.main:
+        run.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run / "config.yaml", dump_config(cfg))
+        truncate_log(run / "log.jsonl", start)
+        logger = Logger(run, cfg.train.tensorboard)
+        sampler = _Sampler(cfg, model, data, info.device)
+    barrier(info)
+
+    net = model
+    if info.world > 1:
+        net = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
+    stream = BatchStream(data, cfg.train.batch_size // info.world, cfg.seed, info.rank, info.world)
+    amp = autocast_for(cfg.train.amp, info.device)
+    clip = cfg.optim.grad_clip or math.inf
+    meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf")}
+
+    bar = tqdm(total=cfg.train.steps, initial=start, disable=not (info.main and cfg.train.progress),
+               dynamic_ncols=True, desc="train")
+    sums: dict[str, Tensor] = {}
+    t_last, n_last = time.perf_counter(), start
+    model.train()
+    for step in range(start, cfg.train.steps):
+        lr = lr_at(cfg, step)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = stream.batch(step).to(info.device)
+        with amp:
+            loss, logs = objective(net, batch, step)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        opt.step()
+        decay = ema.update(model, step)
+        for k, v in {**logs, "grad_norm": gnorm.detach()}.items():
+            sums[k] = sums.get(k, 0) + v.float()
+        n = step + 1
+        bar.update(1)
+
+        if n % cfg.train.log_every == 0 or n == cfg.train.steps:
+            keys = sorted(sums)
+            vec = torch.stack([sums[k] for k in keys]) / (n - n_last)
+            if info.world > 1:
+                dist.all_reduce(vec)
+                vec /= info.world
+            if info.main:
+                now = time.perf_counter()
+                rec = {k: float(v) for k, v in zip(keys, vec.tolist())}
+                rec.update(lr=lr, ema_decay=decay,
+                           samples_per_s=(n - n_last) * cfg.train.batch_size / (now - t_last))
+                logger.log(n, rec)
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                t_last = now
+            sums, n_last = {}, n
+
+        if n % cfg.train.ckpt_every == 0 or n == cfg.train.steps:
+            rng, cuda_rng = _rng_states(info)
+            if info.main:
+                save_checkpoint(run, model, ema.model,
+                                TrainState(n, opt.state_dict(), rng, cuda_rng),
+                                keep=cfg.train.keep_ckpts, meta=meta)
+            barrier(info)
+
+        if info.main and ((cfg.train.sample_every and n % cfg.train.sample_every == 0)
+                          or n == cfg.train.steps):
+            sampler(ema.model, run / "samples" / f"step-{n:08d}.png", n)
+    bar.close()
+    if logger is not None:
+        logger.close()
+    return run

@@ -1,0 +1,87 @@
+"""Training checkpoints: ``<run>/checkpoints/step-XXXXXXXX/`` holding ``config.json``,
+``model.safetensors``, ``ema.safetensors`` and ``state.pt`` (optimizer, step, RNG states of
+every rank; loaded with ``weights_only=True``). A checkpoint directory is written under a
+temporary name and renamed when complete; ``checkpoints/latest`` names the newest one."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fastflow.errors import CheckpointError
+from fastflow.models.checkpoint import load_weights, save_model
+from fastflow.utils.io import atomic_torch_save, atomic_write_text
+
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+@dataclass
+class TrainState:
+    step: int
+    optimizer: dict[str, Any]
+    rng: list[torch.Tensor]  # CPU RNG state per rank
+    cuda_rng: list[torch.Tensor]  # CUDA RNG state per rank (empty on CPU)
+
+
+def checkpoint_dir(run_dir: str | Path) -> Path:
+    return Path(run_dir) / "checkpoints"
+
+
+def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state: TrainState,
+                    keep: int, meta: dict[str, Any] | None = None) -> Path:
+    """Write the checkpoint of ``state.step`` atomically, point ``latest`` at it, prune old ones."""
+    root = checkpoint_dir(run_dir)
+    name = f"step-{state.step:08d}"
+    final, tmp = root / name, root / f".{name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_model(tmp, model, ema, meta={**(meta or {}), "step": state.step})
+    atomic_torch_save(tmp / "state.pt", {"step": state.step, "optimizer": state.optimizer,
+                                         "rng": state.rng, "cuda_rng": state.cuda_rng})
+    if final.exists():
+        shutil.rmtree(final)
+    tmp.rename(final)
+    atomic_write_text(root / "latest", name + "\n")
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoint directories, oldest first."""
+    root = checkpoint_dir(run_dir)
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / "state.pt").is_file()]
+    return sorted(found, key=lambda p: p.name)
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The newest complete checkpoint (``latest`` if valid, else the highest step found)."""
+    root = checkpoint_dir(run_dir)
+    pointer = root / "latest"
+    if pointer.is_file():
+        p = root / pointer.read_text().strip()
+        if _NAME.match(p.name) and (p / "state.pt").is_file():
+            return p
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module) -> TrainState:
+    """Load weights into ``model`` and ``ema``; return the rest of the training state."""
+    p = Path(path)
+    load_weights(model, p / "model.safetensors")
+    load_weights(ema, p / "ema.safetensors")
+    try:
+        raw = torch.load(p / "state.pt", map_location="cpu", weights_only=True)
+        return TrainState(int(raw["step"]), raw["optimizer"], list(raw["rng"]), list(raw["cuda_rng"]))
+    except FileNotFoundError:
+        raise CheckpointError(f"{p}: state.pt missing") from None
+    except Exception as e:  # truncated zip, wrong keys, unpickling refused
+        raise CheckpointError(f"{p / 'state.pt'}: unreadable training state ({e})") from None

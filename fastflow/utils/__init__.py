@@ -1,0 +1,1 @@
+"""Small shared helpers (atomic file I/O, image grids)."""

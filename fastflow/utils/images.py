@@ -1,0 +1,70 @@
+"""PNG output: image grids and 2-D scatter plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``[B, C, H, W]`` in [−1, 1] → ``[B, H, W, C]`` uint8."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, pad: int = 1,
+              upscale: int = 1) -> Path:
+    """Tile a batch of images into one PNG (``upscale`` enlarges small images, nearest)."""
+    imgs = to_uint8(x)
+    b, h, w, c = imgs.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    ncol = math.ceil(b / nrow)
+    grid = np.full((ncol * (h + pad) + pad, nrow * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i, im in enumerate(imgs):
+        r, q = divmod(i, nrow)
+        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + q * (w + pad): pad + q * (w + pad) + w] = im
+    img = Image.fromarray(grid[:, :, 0] if c == 1 else grid)
+    if upscale > 1:
+        img = img.resize((img.width * upscale, img.height * upscale), Image.Resampling.NEAREST)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    img.save(p)
+    return p
+
+
+def save_scatter(points: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
+                 title: str = "") -> Path:
+    """Scatter plot of 2-D samples (optionally over reference data) as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
+    if reference is not None:
+        r = reference.cpu().numpy()
+        ax.scatter(r[:, 0], r[:, 1], s=2, c="0.75", label="data")
+    p_ = points.detach().float().cpu().numpy()
+    ax.scatter(p_[:, 0], p_[:, 1], s=2, c="C0", label="samples")
+    ax.set_aspect("equal")
+    ax.set_title(title)
+    ax.legend(loc="upper right", fontsize=7)
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p, bbox_inches="tight")
+    plt.close(fig)
+    return p
+
+
+def save_samples(x: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
+                 title: str = "") -> Path:
+    """Images ``[B, C, H, W]`` → grid PNG; points ``[B, 2]`` → scatter PNG."""
+    if x.dim() == 4:
+        return save_grid(x, path, upscale=max(1, 64 // x.shape[-1]))
+    if x.dim() == 2 and x.shape[1] == 2:
+        return save_scatter(x, path, reference, title)
+    raise ValueError(f"cannot draw samples of shape {tuple(x.shape)}")
