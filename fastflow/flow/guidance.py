@@ -11,7 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 Cond = Tensor | dict[str, Tensor] | None
 
@@ -24,29 +24,46 @@ def _cat(a: Cond, b: Cond) -> Cond:
     raise TypeError("conditional and null conditions must have the same structure")
 
 
-def cfg_velocity(model: nn.Module | Callable[..., Tensor], cond: Cond, scale: float,
-                 null_cond: Cond | Any = ...) -> Callable[[Tensor, Tensor], Tensor]:
-    """Return ``velocity(x, t)`` for ``model(x, t, cond)`` guided with scale ``α``.
+def index_cond(cond: Cond, idx: Tensor) -> Cond:
+    """The rows ``idx`` of a condition (tensor or dict of tensors)."""
+    if cond is None:
+        return None
+    if isinstance(cond, dict):
+        return {k: v[idx] for k, v in cond.items()}
+    return cond[idx]
 
-    The null condition defaults to ``model.null_cond(cond)`` when the model defines it; then
-    both branches run as one call on a doubled batch (one NFE). Otherwise the model is called
-    with ``cond=None`` for the unconditional branch.
+
+class GuidedVelocity:
+    """``velocity(x, t)`` of ``model(x, t, cond)``, guided with scale ``α`` when ``cond`` is set.
+
+    With a null condition both branches run as one call on a doubled batch (one NFE); with
+    ``null_cond=None`` the unconditional branch calls the model with ``cond=None``.
+    ``select(idx)`` restricts it to a subset of the batch (used by adaptive solvers).
     """
-    if cond is None or scale == 1.0:
-        return lambda x, t: model(x, t, cond)
-    if null_cond is ...:
+
+    def __init__(self, model: Callable[..., Tensor], cond: Cond, scale: float, null_cond: Cond) -> None:
+        self.model, self.cond, self.scale, self.null_cond = model, cond, scale, null_cond
+        self._both = None if cond is None or null_cond is None else _cat(cond, null_cond)
+
+    def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        if self.cond is None or self.scale == 1.0:
+            return self.model(x, t, self.cond)
+        if self._both is None:
+            vc, vu = self.model(x, t, self.cond), self.model(x, t, None)
+        else:
+            vc, vu = self.model(torch.cat([x, x]), torch.cat([t, t]), self._both).chunk(2)
+        return self.scale * vc + (1 - self.scale) * vu
+
+    def select(self, idx: Tensor) -> GuidedVelocity:
+        return GuidedVelocity(self.model, index_cond(self.cond, idx), self.scale,
+                              index_cond(self.null_cond, idx))
+
+
+def cfg_velocity(model: Callable[..., Tensor], cond: Cond, scale: float = 1.0,
+                 null_cond: Cond | Any = ...) -> GuidedVelocity:
+    """Guided velocity of ``model``; the null condition defaults to ``model.null_cond(cond)``
+    when the model defines it, else the model is called with ``cond=None``."""
+    if null_cond is ... :
         null_fn = getattr(model, "null_cond", None)
-        null_cond = null_fn(cond) if callable(null_fn) else None
-
-    if null_cond is None:
-        def guided(x: Tensor, t: Tensor) -> Tensor:
-            vc, vu = model(x, t, cond), model(x, t, None)
-            return scale * vc + (1 - scale) * vu
-        return guided
-
-    both = _cat(cond, null_cond)
-
-    def guided_batched(x: Tensor, t: Tensor) -> Tensor:
-        vc, vu = model(torch.cat([x, x]), torch.cat([t, t]), both).chunk(2)
-        return scale * vc + (1 - scale) * vu
-    return guided_batched
+        null_cond = null_fn(cond) if callable(null_fn) and cond is not None and scale != 1.0 else None
+    return GuidedVelocity(model, cond, scale, null_cond)

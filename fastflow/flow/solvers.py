@@ -145,18 +145,25 @@ def rk45(velocity: Velocity, x0: Tensor, rtol: float = 1e-5, atol: float = 1e-5,
          max_calls: int = 10_000) -> SolveResult:
     """Adaptive Dormand–Prince with scipy's ``RK45`` step control, one step size per sample.
 
-    Each call evaluates the whole batch; samples that reached ``t1`` (or whose step is being
-    retried) are frozen by a zero step. ``nfe`` counts batched calls, ``sample_nfe`` the calls
-    in which each sample was still integrating (the number scipy would report per sample).
+    Samples that reached ``t1`` are frozen; when ``velocity`` has ``select(idx)`` (as
+    :class:`~fastflow.flow.guidance.GuidedVelocity` does) later calls evaluate only the samples
+    still integrating. ``nfe`` counts batched calls, ``sample_nfe`` the calls each sample took
+    part in (the number scipy would report for it alone).
     Error control runs in float64 whatever the state dtype.
     """
     if rtol <= 0 or atol <= 0:
         raise ConfigError(f"rk45 needs rtol, atol > 0, got {rtol}, {atol}")
     b, dt = x0.shape[0], x0.dtype
     y = x0.double()
+    sub: tuple[Tensor, Velocity] | None = None  # (active indices, velocity restricted to them)
 
     def f(y_: Tensor, t_: Tensor) -> Tensor:
-        return _check(velocity(y_.to(dt), t_.float()), "velocity").double()
+        if sub is None:
+            return _check(velocity(y_.to(dt), t_.float()), "velocity").double()
+        idx, vel = sub
+        out = torch.zeros_like(y_)
+        out[idx] = _check(vel(y_[idx].to(dt), t_[idx].float()), "velocity").double()
+        return out
 
     def bcast(s: Tensor) -> Tensor:
         return expand_t(s, y)
@@ -185,7 +192,11 @@ def rk45(velocity: Velocity, x0: Tensor, rtol: float = 1e-5, atol: float = 1e-5,
     h_abs = torch.minimum(torch.minimum(100 * h0, h1), torch.full_like(h1, span))
     rejected = torch.zeros(b, dtype=torch.bool, device=x0.device)
 
+    can_select = callable(getattr(velocity, "select", None))
     while bool(active.any()):
+        if can_select and not bool(active.all()) and (sub is None or len(sub[0]) != int(active.sum())):
+            idx = active.nonzero().squeeze(1)
+            sub = (idx, velocity.select(idx))
         if nfe >= max_calls:
             raise SolverError(f"rk45 did not reach t={t1} within {max_calls} calls")
         min_step = 10 * (torch.nextafter(t, torch.full_like(t, math.inf)) - t)

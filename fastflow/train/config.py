@@ -16,6 +16,8 @@ import yaml
 
 from fastflow.errors import ConfigError
 
+PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
 
 @dataclass
 class OptimConfig:
@@ -125,6 +127,9 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
     d: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
+        packaged = PACKAGED_CONFIGS / f"{p.stem}.yaml"
+        if not p.is_file() and p.suffix in ("", ".yaml") and packaged.is_file():
+            p = packaged  # `fastflow train digits` works from any directory
         if not p.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
         try:

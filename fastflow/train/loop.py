@@ -4,6 +4,7 @@ bit-exact resume, JSONL/TensorBoard logs, a progress bar and periodic sample gri
 from __future__ import annotations
 
 import math
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -139,7 +140,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf")}
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not (info.main and cfg.train.progress),
-               dynamic_ncols=True, desc="train")
+               dynamic_ncols=True, desc="train", mininterval=0.2 if sys.stderr.isatty() else 15.0)
     sums: dict[str, Tensor] = {}
     t_last, n_last = time.perf_counter(), start
     model.train()

@@ -1,0 +1,28 @@
+# The README's two commands: `make demo` and `make test`. Both create .venv and install first.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+# torch is installed before the package so that pip never resolves "torch>=2.5" to a newer
+# build with several GB of CUDA wheels on a CPU machine. With an NVIDIA driver present, the
+# registry's default (CUDA) build is taken instead. Override: make test TORCH_SPEC="torch==2.11.0".
+HAS_GPU    := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.5,torch==2.13.0)
+EXTRAS     ?= dev
+
+.PHONY: demo test clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install "$(TORCH_SPEC)"
+	$(BIN)/pip install -e ".[$(EXTRAS)]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/fastflow demo --out demo_out
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) demo_out runs .pytest_cache

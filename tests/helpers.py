@@ -1,0 +1,37 @@
+"""Shared test helpers: tiny configs and running the CLI in a subprocess."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from fastflow.train.config import TrainConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# A very small digits UNet: a training step takes milliseconds on a CPU.
+TINY_DIGITS = [
+    "model.arch=unet", "model.in_channels=1", "model.resolution=16", "model.channels=8",
+    "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[8]",
+    "model.dropout=0.1",  # dropout on: resume must restore the RNG exactly
+    "data.name=digits", "train.batch_size=16", "train.ema_rate=0.99", "optim.lr=1e-3",
+    "optim.warmup=3", "train.progress=false", "train.tensorboard=false", "train.sample_n=4",
+    "train.sample_steps=2", "train.log_every=1",
+]
+
+
+def tiny_config(out_dir: Path, *extra: str) -> TrainConfig:
+    return load_config(None, [*TINY_DIGITS, f"out_dir={out_dir}", *extra])
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "fastflow", *args], capture_output=True, text=True,
+                          env=cli_env(), timeout=timeout, cwd=ROOT)

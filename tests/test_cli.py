@@ -1,0 +1,59 @@
+"""`fastflow sample`: PNG and NPZ output, reported NFE, one-line errors on bad checkpoints."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fastflow.models import build_model, save_model
+
+from helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ckpt")
+    save_model(d, build_model({"preset": "digits-small", "num_classes": 10}))
+    return d
+
+
+@pytest.mark.parametrize("solver,extra,nfe", [("euler", ["--steps", "3"], 3), ("heun", ["--steps", "3"], 5),
+                                              ("one_step", [], 1)])
+def test_sample_png_reports_nfe(tmp_path, ckpt, solver, extra, nfe) -> None:
+    out = tmp_path / "grid.png"
+    res = run_cli("sample", str(ckpt), "--solver", solver, *extra, "--n", "8", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert f"NFE={nfe}" in res.stdout and "wall=" in res.stdout
+    assert Image.open(out).size[0] > 16
+
+
+def test_sample_npz_with_label_and_cfg(tmp_path, ckpt) -> None:
+    out = tmp_path / "s.npz"
+    res = run_cli("sample", str(ckpt), "--solver", "rk45", "--rtol", "1e-3", "--atol", "1e-3",
+                  "--n", "4", "--label", "7", "--cfg", "2.0", "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    z = np.load(out)
+    assert z["x"].shape == (4, 1, 16, 16) and (z["label"] == 7).all() and int(z["nfe"]) > 1
+    assert np.isfinite(z["x"]).all()
+
+
+@pytest.mark.parametrize("args", [
+    ["--label", "12"],
+    ["--out", "x.jpg"],
+    ["--n", "0"],
+])
+def test_sample_bad_arguments_exit_2(tmp_path, ckpt, args) -> None:
+    res = run_cli("sample", str(ckpt), *args)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_sample_corrupted_checkpoint_exits_2(tmp_path, ckpt) -> None:
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(ckpt, bad)
+    data = (bad / "model.safetensors").read_bytes()
+    (bad / "model.safetensors").write_bytes(data[:100])
+    res = run_cli("sample", str(bad), "--weights", "model", "--out", str(tmp_path / "g.png"))
+    assert res.returncode == 2 and "truncated" in res.stderr and res.stderr.count("\n") == 1
+    res = run_cli("sample", str(tmp_path / "nowhere"))
+    assert res.returncode == 2 and "checkpoint" in res.stderr

@@ -1,0 +1,79 @@
+"""Config files, key=value overrides, and the CLI's one-line errors (exit 2)."""
+
+import pytest
+
+from fastflow.errors import ConfigError
+from fastflow.train.config import load_config
+
+from helpers import ROOT, run_cli
+
+
+@pytest.mark.parametrize("name", ["digits", "toy2d", "cifar10"])
+def test_shipped_configs_load(name: str) -> None:
+    cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+    assert cfg.train.steps > 0
+
+
+def test_packaged_config_by_name() -> None:
+    assert load_config("toy2d").model["preset"] == "toy2d"
+
+
+def test_cifar10_config_is_the_papers() -> None:
+    cfg = load_config(ROOT / "configs" / "cifar10.yaml")
+    assert cfg.model["preset"] == "rf-ddpmpp"
+    assert (cfg.optim.lr, cfg.optim.warmup, cfg.optim.grad_clip) == (2e-4, 5000, 1.0)
+    assert (cfg.train.batch_size, cfg.train.ema_rate) == (128, 0.999999)
+
+
+def test_overrides_are_yaml_scalars() -> None:
+    cfg = load_config(None, ["train.steps=7", "optim.lr=3e-4", "optim.betas=[0.8, 0.9]",
+                             "model.ch_mult=[1,2]", "train.progress=false", "data.name=toy2d"])
+    assert cfg.train.steps == 7 and cfg.optim.lr == 3e-4 and cfg.optim.betas == (0.8, 0.9)
+    assert cfg.model["ch_mult"] == [1, 2] and cfg.train.progress is False
+    # never evaluated: a Python expression stays a string and fails the type check
+    with pytest.raises(ConfigError, match="train.steps"):
+        load_config(None, ["train.steps=__import__('os').getpid()"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("train.stepz=3", "unknown config key 'train.stepz'"),
+    ("optimizer.lr=1", "unknown config key 'optimizer'"),
+    ("train.steps=many", "expected int"),
+    ("train.steps=1.5", "expected int"),
+    ("optim.lr=fast", "expected float"),
+    ("train.progress=2", "expected bool"),
+    ("optim.betas=[0.9]", "expected tuple"),
+    ("train.amp=fp8", "train.amp"),
+    ("train.steps=0", "train.steps"),
+    ("novalue", "key=value"),
+])
+def test_bad_overrides(override: str, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        load_config(None, [override])
+
+
+def _one_line_exit2(res) -> None:
+    assert res.returncode == 2, res.stderr
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("fastflow: error:"), res.stderr
+
+
+def test_cli_bad_key_exits_2(tmp_path) -> None:
+    _one_line_exit2(run_cli("train", "configs/digits.yaml", "train.bogus=1", f"out_dir={tmp_path}"))
+
+
+def test_cli_bad_type_exits_2(tmp_path) -> None:
+    _one_line_exit2(run_cli("train", "configs/digits.yaml", "train.steps=abc", f"out_dir={tmp_path}"))
+
+
+def test_cli_missing_config_and_data_exit_2(tmp_path) -> None:
+    _one_line_exit2(run_cli("train", "configs/nope.yaml"))
+    _one_line_exit2(run_cli("train", "configs/cifar10.yaml", f"data.root={tmp_path / 'none'}",
+                            f"out_dir={tmp_path / 'run'}"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [1, 2\n")
+    _one_line_exit2(run_cli("train", str(bad)))
+
+
+def test_cli_model_data_mismatch_exits_2(tmp_path) -> None:
+    _one_line_exit2(run_cli("train", "configs/digits.yaml", "model.preset=tiny", f"out_dir={tmp_path}"))
