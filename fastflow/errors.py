@@ -23,3 +23,7 @@ class ShapeError(FastflowError, ValueError):
 
 class SolverError(FastflowError):
     """An ODE solve produced non-finite values or could not reach the end time."""
+
+
+class TrainingError(FastflowError):
+    """Training diverged (non-finite loss) or cannot continue."""

@@ -221,3 +221,16 @@ def test_toy2d_config_learns_the_mixture(tmp_path) -> None:
     # the rk45 teacher solve agrees with fine Euler
     x_rk = generate(trained, z, "rk45").x
     assert mmd_rbf(x_rk, data) < 0.1 * mmd_un
+
+
+def test_diverging_loss_raises_typed_error(tmp_path) -> None:
+    import numpy as np
+
+    from fastflow.errors import TrainingError
+
+    np.savez(tmp_path / "huge.npz", x=np.full((64, 2), 1e30, np.float32))
+    cfg = load_config(None, ["model.preset=toy2d", "data.name=npz", f"data.path={tmp_path / 'huge.npz'}",
+                             f"out_dir={tmp_path / 'run'}", "train.progress=false", "train.steps=2",
+                             "train.batch_size=8", "train.tensorboard=false"])
+    with pytest.raises(TrainingError, match="loss is"):
+        train(cfg)

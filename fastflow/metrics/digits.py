@@ -78,7 +78,7 @@ def classifier() -> DigitsClassifier:
         if path.is_file():
             load_weights(model, path)
         else:
-            with torch.random.fork_rng():
+            with torch.random.fork_rng(), torch.enable_grad():
                 model = _train()
             atomic_save_tensors(path, model.state_dict())
         _CACHE["model"] = model.eval().requires_grad_(False)

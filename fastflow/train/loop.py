@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from fastflow.data import BatchStream, Dataset, build_dataset
-from fastflow.errors import ConfigError
+from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
 from fastflow.models.presets import build_model
 from fastflow.objectives import build_objective
@@ -152,7 +152,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         with amp:
             loss, logs = objective(net, batch, step)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+            raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
