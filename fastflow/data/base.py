@@ -12,14 +12,16 @@ from fastflow.errors import DataError
 
 @dataclass
 class Batch:
-    """A training batch: data ``x`` (images in [−1, 1] or points) and optional labels."""
+    """A training batch: data ``x`` (images in [−1, 1] or points), optional labels, and for
+    teacher pairs the noise ``z`` the teacher mapped to ``x``."""
 
     x: Tensor
     label: Tensor | None = None
+    z: Tensor | None = None
 
     def to(self, device: torch.device | str) -> Batch:
-        return Batch(self.x.to(device, non_blocking=True),
-                     None if self.label is None else self.label.to(device, non_blocking=True))
+        move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
+        return Batch(move(self.x), move(self.label), move(self.z))
 
 
 class Dataset:

@@ -1,28 +1,68 @@
-"""Training objectives, one file each; :func:`build_objective` makes one from its config."""
+"""Training objectives, one file each; :func:`build_objective` makes one from its config.
+
+=============  =================================================  ==========================
+``name``       what                                               data
+=============  =================================================  ==========================
+``rf``         1-RF                                               images (``digits`` …)
+``reflow``     k-RF / Annealing Reflow (``anneal: linear_K`` …)   pairs
+``distill``    one-step (``k: 1``) or k-step distillation         pairs
+``fgd``        Flow-Guided Distillation (``teacher: CKPT``)       pairs
+=============  =================================================  ==========================
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
+
 from fastflow.errors import ConfigError
 from fastflow.flow.time import build_time_sampler
+from fastflow.objectives.annealing import parse_schedule
 from fastflow.objectives.base import Objective
 from fastflow.objectives.distances import build_distance
+from fastflow.objectives.distill import Distill
+from fastflow.objectives.fgd import FlowGuidedDistill
+from fastflow.objectives.reflow import Reflow
 from fastflow.objectives.rf import RectifiedFlow
 
+_OPTIONS = {
+    "rf": {"time", "distance", "cond_drop"},
+    "reflow": {"time", "distance", "cond_drop", "anneal"},
+    "distill": {"distance", "k", "eps"},
+    "fgd": {"distance", "eps", "teacher", "lam", "strict", "teacher_weights"},
+}
 
-def build_objective(spec: dict[str, Any], num_classes: int = 0) -> Objective:
-    """``{"name": "rf", "time": "uniform", "distance": "l2", "cond_drop": 0.1}`` → objective."""
+
+def build_objective(spec: dict[str, Any], num_classes: int = 0,
+                    device: torch.device | str = "cpu") -> Objective:
+    """Build an objective from its config section (see the table in the module docstring)."""
     spec = dict(spec)
     name = spec.pop("name", "rf")
-    if name == "rf":
-        allowed = {"time", "distance", "cond_drop"}
-        if set(spec) - allowed:
-            raise ConfigError(f"objective rf has no option(s) {sorted(set(spec) - allowed)}")
-        return RectifiedFlow(time=build_time_sampler(spec.get("time", "uniform")),
-                             distance=build_distance(spec.get("distance", "l2")),
-                             num_classes=num_classes, cond_drop=float(spec.get("cond_drop", 0.0)))
-    raise ConfigError(f"unknown objective {name!r}; choose from ['rf']")
+    if name not in _OPTIONS:
+        raise ConfigError(f"unknown objective {name!r}; choose from {sorted(_OPTIONS)}")
+    unknown = set(spec) - _OPTIONS[name]
+    if unknown:
+        raise ConfigError(f"objective {name} has no option(s) {sorted(unknown)}; "
+                          f"it takes {sorted(_OPTIONS[name])}")
+    distance = build_distance(spec.get("distance", "l2"))
+    if name in ("rf", "reflow"):
+        common = dict(time=build_time_sampler(spec.get("time", "uniform")), distance=distance,
+                      num_classes=num_classes, cond_drop=float(spec.get("cond_drop", 0.0)))
+        if name == "rf":
+            return RectifiedFlow(**common)
+        return Reflow(**common, beta=parse_schedule(spec.get("anneal", "fixed_0")))
+    eps = float(spec.get("eps", 1e-3))
+    if name == "distill":
+        return Distill(distance=distance, k=int(spec.get("k", 1)), eps=eps, num_classes=num_classes)
+    if "teacher" not in spec:
+        raise ConfigError("objective fgd needs objective.teacher (the 2-RF checkpoint directory)")
+    from fastflow.models.checkpoint import load_model
+
+    teacher = load_model(spec["teacher"], weights=spec.get("teacher_weights", "ema"), device=device)
+    teacher.requires_grad_(False)
+    return FlowGuidedDistill(distance=distance, eps=eps, num_classes=num_classes, teacher=teacher,
+                             lam=float(spec.get("lam", 1.0)), strict=bool(spec.get("strict", False)))
 
 
-__all__ = ["Objective", "RectifiedFlow", "build_objective"]
+__all__ = ["Distill", "FlowGuidedDistill", "Objective", "RectifiedFlow", "Reflow", "build_objective"]

@@ -2,6 +2,9 @@ r"""Rectified flow (1-RF): regress the straight-path velocity.
 
 .. math:: z \sim N(0, I),\ t \sim p(t),\ x_t = t\,x_1 + (1-t)\,z,\quad
           L = \mathbb E\, d\big(v_\theta(x_t, t), x_1 - z\big)
+
+Reflow and Annealing Reflow (``reflow.py``) differ only in where ``z`` comes from
+(:meth:`RectifiedFlow.source`).
 """
 
 from __future__ import annotations
@@ -28,11 +31,15 @@ class RectifiedFlow:
     num_classes: int = 0
     cond_drop: float = 0.0
 
+    def source(self, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
+        """The noise end ``z`` coupled with ``batch.x``: independent fresh noise for 1-RF."""
+        return torch.randn_like(batch.x), {}
+
     def __call__(self, model: nn.Module, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         x1 = batch.x
-        z = torch.randn_like(x1)
+        z, logs = self.source(batch, step)
         t = self.time(x1.shape[0], x1.device)
         cond = drop_labels(batch.label, self.num_classes, self.cond_drop) if self.num_classes else None
         v = model(interpolate(z, x1, t), t, cond)
         loss = self.distance(v, velocity_target(z, x1)).mean()
-        return loss, {"loss": loss.detach()}
+        return loss, {"loss": loss.detach(), **logs}

@@ -45,6 +45,7 @@ class LoopConfig:
     sample_steps: int = 16  # Euler steps for the periodic grids
     progress: bool = True
     tensorboard: bool = True
+    init_from: str = ""  # checkpoint whose weights (EMA if present) start a fresh run
 
 
 @dataclass

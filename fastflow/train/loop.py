@@ -18,10 +18,11 @@ from tqdm import tqdm
 from fastflow.data import BatchStream, Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
+from fastflow.models.checkpoint import load_weights
 from fastflow.models.presets import build_model
 from fastflow.objectives import build_objective
 from fastflow.train.config import TrainConfig, dump_config
-from fastflow.train.distributed import DistInfo, barrier, gather_bytes, init_distributed
+from fastflow.utils.distributed import DistInfo, barrier, gather_bytes, init_distributed
 from fastflow.train.ema import EMA
 from fastflow.train.logger import Logger, truncate_log
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -94,7 +95,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     ema = EMA(model, cfg.train.ema_rate)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
-    objective = build_objective(cfg.objective, num_classes=model.config.num_classes)
+    objective = build_objective(cfg.objective, num_classes=model.config.num_classes,
+                                device=info.device)
 
     start = 0
     ckpt = latest_checkpoint(run)
@@ -115,6 +117,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                 print(f"note: checkpoint was written by {len(state.rng)} ranks, resuming on "
                       f"{info.world}: training continues, but not bit-exactly")
     else:
+        if cfg.train.init_from:
+            init = Path(cfg.train.init_from)
+            load_weights(model, init / ("ema.safetensors" if (init / "ema.safetensors").exists()
+                                        else "model.safetensors"))
+            ema.model.load_state_dict(model.state_dict())
         torch.manual_seed(cfg.seed + 1 + info.rank)  # independent noise per rank
     if start >= cfg.train.steps:
         if info.main:
