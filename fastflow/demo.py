@@ -1,11 +1,16 @@
-"""The embedded end-to-end demo (``make demo`` / ``fastflow demo``), CPU only, minutes.
+"""The embedded end-to-end demo (``make demo`` / ``fastflow demo``): SlimFlow on digits, CPU only.
 
-1. Train a small 1-RF teacher on scikit-learn's digits (``configs/digits.yaml``); resumes if
-   interrupted and skips training when the run is complete.
-2. Sample it with Euler 1/2/4/8/16 steps and adaptive RK45 from the same noise.
-3. Score each with the built-in digits metric (FD on classifier features, class coverage) and
-   report NFE, wall time and the teacher's straightness; write PNG grids, a quality-vs-NFE plot
-   and ``results.json``.
+1. Train a 1-RF teacher (``configs/digits.yaml``, 0.74M parameters).
+2. Generate teacher pairs ``(z, T(z))`` with adaptive RK45.
+3. Train a ~4× smaller student (``digits-small``) from scratch on the pairs twice: plain reflow
+   and Annealing Reflow (the paper's ablation).
+4. Distil the Annealing-Reflow student into a one-step generator twice: plain one-step
+   distillation and Flow-Guided Distillation (the second ablation).
+5. Score every model × solver with the digits metric (FD, class coverage), straightness,
+   parameters and batch-1 latency; write the table, PNG grids, plots and ``results.json``.
+
+Every stage resumes where it stopped (``train --resume`` semantics, finished pair shards are
+kept), so re-running continues. ``--scale`` multiplies every training budget and the pair count.
 """
 
 from __future__ import annotations
@@ -16,11 +21,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
+from fastflow.bench.timing import measure_latency
 from fastflow.flow import generate, straightness
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.metrics import digits_scores
+from fastflow.metrics.cost import count_params
 from fastflow.models import load_model
+from fastflow.pairs import FlowTeacher, generate_pairs
 from fastflow.train import load_config, train
 from fastflow.train.config import PACKAGED_CONFIGS
 from fastflow.train.state import latest_checkpoint
@@ -28,33 +37,61 @@ from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
 from fastflow.utils.table import format_table
 
-SOLVERS: list[tuple[str, int | None]] = [("euler", 1), ("euler", 2), ("euler", 4), ("euler", 8),
-                                         ("euler", 16), ("rk45", None)]
 N_EVAL = 1000
+SHAPE = (1, 16, 16)
 
 
-def evaluate_solvers(model: torch.nn.Module, z: torch.Tensor,
-                     solvers: list[tuple[str, int | None]] = SOLVERS,
-                     rk45_tol: float = 1e-3) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """Quality and cost of each solver from the same noise ``z``."""
-    rows, samples = [], {}
-    for name, steps in solvers:
-        label = f"{name} {steps}" if steps else name
-        kwargs = {"rtol": rk45_tol, "atol": rk45_tol} if name == "rk45" else {}
-        t0 = time.perf_counter()
-        res = generate(model, z, name, steps, **kwargs)
-        wall = time.perf_counter() - t0
-        nfe = float(res.sample_nfe.float().mean()) if res.sample_nfe is not None else res.nfe
-        rows.append({"solver": label, "NFE": round(nfe, 1), **digits_scores(res.x),
-                     "ms/img": 1e3 * wall / len(z)})
-        samples[label] = res.x
-        print(f"  {label:9s} NFE {nfe:6.1f}  FD {rows[-1]['fd']:8.2f}  ({wall:.1f}s)", flush=True)
-    return rows, samples
+def _log(msg: str) -> None:
+    print(msg, flush=True)
 
 
-def save_overview(samples: dict[str, torch.Tensor], rows: list[dict[str, Any]], path: Path,
-                  per_row: int = 16) -> None:
-    """One PNG: a row of samples per solver, titled with its NFE and FD."""
+def _train(out: Path, name: str, overrides: list[str]) -> Path:
+    cfg = load_config(PACKAGED_CONFIGS / "digits.yaml",
+                      [f"out_dir={out / name}", "train.tensorboard=false", *overrides])
+    _log(f"  {name}: {cfg.objective.get('name')} · {cfg.model} · {cfg.train.steps} steps")
+    return latest_checkpoint(train(cfg, resume=True))
+
+
+def _score(method: str, model: nn.Module, z: torch.Tensor, solver: str, steps: int | None,
+           rk45_tol: float = 1e-3) -> tuple[dict[str, Any], torch.Tensor]:
+    kw = {"rtol": rk45_tol, "atol": rk45_tol} if solver == "rk45" else {}
+    res = generate(model, z, solver, steps, **kw)
+    nfe = float(res.sample_nfe.float().mean()) if res.sample_nfe is not None else float(res.nfe)
+    z1 = z[:1]
+    lat = measure_latency(lambda: generate(model, z1, solver, steps, **kw), warmup=2,
+                          iters=5 if solver == "rk45" else 20)
+    scores = digits_scores(res.x)
+    row = {"method": method, "solver": f"{solver} {steps}" if steps else solver, "NFE": round(nfe, 1),
+           "digits FD": scores["fd"], "coverage": scores["coverage"], "latency ms (b=1)": lat.p50_ms,
+           "params (M)": count_params(model) / 1e6}
+    _log(f"  {method:28s} {row['solver']:9s} NFE {nfe:6.1f}  FD {scores['fd']:8.2f}  "
+         f"coverage {scores['coverage']:.3f}  {lat.p50_ms:.2f} ms")
+    return row, res.x
+
+
+def _plots(rows: list[dict[str, Any]], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, m in enumerate(methods):
+        rs = [r for r in rows if r["method"] == m]
+        for ax, key in zip(axes, ("latency ms (b=1)", "digits FD")):
+            ax.plot([r["NFE"] for r in rs], [r[key] for r in rs], "o-", color=f"C{i}", label=m)
+    axes[0].set(xscale="log", yscale="log", xlabel="NFE", ylabel="latency per image, batch 1 (ms)",
+                title="latency vs NFE")
+    axes[1].set(xscale="log", yscale="log", xlabel="NFE", ylabel="digits FD (lower is better)",
+                title="quality vs NFE")
+    axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "latency_vs_nfe.png")
+    plt.close(fig)
+
+
+def _overview(samples: dict[str, torch.Tensor], path: Path, per_row: int = 16) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,72 +100,109 @@ def save_overview(samples: dict[str, torch.Tensor], rows: list[dict[str, Any]], 
     from fastflow.utils.images import to_uint8
 
     fig, axes = plt.subplots(len(samples), 1, figsize=(per_row * 0.6, len(samples) * 0.95), dpi=110)
-    for ax, (label, x), row in zip(axes, samples.items(), rows):
+    for ax, (label, x) in zip(axes, samples.items()):
         imgs = np.pad(to_uint8(x[:per_row])[..., 0], ((0, 0), (0, 0), (1, 1)), constant_values=255)
         ax.imshow(np.concatenate(list(imgs), axis=1), cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{label}: NFE {row['NFE']}, digits FD {row['fd']:.1f}", fontsize=8)
+        ax.set_title(label, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
 
 
-def save_quality_plot(rows: list[dict[str, Any]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(4.5, 3.2), dpi=110)
-    eul = [r for r in rows if r["solver"].startswith("euler")]
-    ax.plot([r["NFE"] for r in eul], [r["fd"] for r in eul], "o-", label="Euler")
-    for r in rows:
-        if r["solver"] == "rk45":
-            ax.plot([r["NFE"]], [r["fd"]], "s", label="RK45")
-    ax.set(xscale="log", yscale="log", xlabel="NFE", ylabel="digits FD (lower is better)",
-           title="1-RF teacher on digits: quality vs NFE")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def run_demo(out: Path, steps: int | None = None) -> dict[str, Any]:
+def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    overrides = [f"out_dir={out / 'teacher'}", "train.tensorboard=false"]
-    if steps is not None:
-        overrides.append(f"train.steps={steps}")
-    cfg = load_config(PACKAGED_CONFIGS / "digits.yaml", overrides)
-    print(f"[1/3] training the 1-RF teacher on digits ({cfg.train.steps} steps, {cfg.model})", flush=True)
-    run = train(cfg, resume=True)
-    ckpt = latest_checkpoint(run)
-    model = load_model(ckpt)
-    t_train = time.perf_counter() - t_start
+    s = lambda n: max(1, int(round(n * scale)))  # noqa: E731
+    seconds: dict[str, float] = {}
 
-    print(f"[2/3] sampling {N_EVAL} digits per solver and scoring them", flush=True)
-    z = torch.randn(N_EVAL, *(1, 16, 16), generator=torch.Generator().manual_seed(2024))
-    rows, samples = evaluate_solvers(model, z)
-    s = straightness(cfg_velocity(model, None), z[:256], steps=32)
+    def lap(stage: str, t0: float) -> None:
+        seconds[stage] = time.perf_counter() - t0
 
-    print("[3/3] writing the report", flush=True)
-    save_overview(samples, rows, out / "samples.png")
-    for label in ("euler 1", "euler 16", "rk45"):
-        save_grid(samples[label][:64], out / f"grid_{label.replace(' ', '')}.png", upscale=4)
-    save_quality_plot(rows, out / "quality_vs_nfe.png")
-    table = format_table(rows, ["solver", "NFE", "fd", "coverage", "confidence", "ms/img"])
-    one = rows[0]["fd"]
-    better = {r["solver"]: r["fd"] < one for r in rows[1:]}
-    result = {"checkpoint": str(ckpt), "train_steps": cfg.train.steps, "rows": rows,
-              "straightness": s, "better_than_one_step": better,
-              "seconds": {"train": t_train, "total": time.perf_counter() - t_start}}
+    _log("[1/5] 1-RF teacher on digits")
+    t0 = time.perf_counter()
+    teacher_ckpt = _train(out, "teacher-1rf", [f"train.steps={teacher_steps or s(1200)}"])
+    lap("teacher", t0)
+
+    _log("[2/5] teacher pairs (RK45, rtol = atol = 1e-3)")
+    t0 = time.perf_counter()
+    n_pairs = s(2000)
+    teacher = FlowTeacher.from_checkpoint(teacher_ckpt, solver="rk45", rtol=1e-3, atol=1e-3)
+    manifest = generate_pairs(teacher, out / "pairs", n_pairs, SHAPE, shard_size=500, batch_size=500)
+    lap("pairs", t0)
+    _log(f"  {manifest['count']} pairs, mean NFE {manifest['mean_nfe']:.1f}")
+
+    _log("[3/5] small students (digits-small, ~4x fewer parameters) from scratch on the pairs")
+    t0 = time.perf_counter()
+    pairs = ["data.name=pairs", f"data.root={out / 'pairs'}", "model.preset=digits-small",
+             "optim.warmup=100", "train.sample_every=0"]
+    reflow_steps = s(1000)
+    plain_ckpt = _train(out, "student-reflow", [*pairs, "objective={name: reflow}",
+                                                f"train.steps={reflow_steps}"])
+    anneal_ckpt = _train(out, "student-annealing", [*pairs, f"objective={{name: reflow, anneal: linear_{s(600)}}}",
+                                                    f"train.steps={reflow_steps}"])
+    lap("students", t0)
+
+    _log("[4/5] one-step distillation of the Annealing-Reflow student: plain vs Flow-Guided")
+    t0 = time.perf_counter()
+    distill = [*pairs, f"train.init_from={anneal_ckpt}", f"train.steps={s(500)}", "optim.lr=5e-4",
+               "optim.warmup=50"]
+    distill_ckpt = _train(out, "student-distill", [*distill, "objective={name: distill}"])
+    fgd_ckpt = _train(out, "student-fgd", [*distill, f"objective={{name: fgd, teacher: '{anneal_ckpt}'}}"])
+    lap("distillation", t0)
+
+    _log(f"[5/5] scoring {N_EVAL} samples per row from the same noise")
+    t0 = time.perf_counter()
+    z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024))
+    models = {"1-RF teacher": load_model(teacher_ckpt), "2-RF student (reflow)": load_model(plain_ckpt),
+              "2-RF student (annealing)": load_model(anneal_ckpt),
+              "distilled (plain)": load_model(distill_ckpt), "distilled (FGD)": load_model(fgd_ckpt)}
+    plan = {"1-RF teacher": [("euler", 1), ("euler", 2), ("euler", 4), ("euler", 16), ("rk45", None)],
+            "2-RF student (reflow)": [("euler", 1), ("euler", 2), ("euler", 4)],
+            "2-RF student (annealing)": [("euler", 1), ("euler", 2), ("euler", 4)],
+            "distilled (plain)": [("euler", 1)], "distilled (FGD)": [("euler", 1)]}
+    rows, samples = [], {}
+    for method, solvers in plan.items():
+        for solver, steps in solvers:
+            row, x = _score(method, models[method], z, solver, steps)
+            rows.append(row)
+            samples[f"{method}, {row['solver']}: NFE {row['NFE']}, FD {row['digits FD']:.1f}"] = x
+    straight = {m: straightness(cfg_velocity(models[m], None), z[:256], steps=32)
+                for m in ("1-RF teacher", "2-RF student (reflow)", "2-RF student (annealing)")}
+    lap("evaluation", t0)
+
+    one = {r["method"]: r["digits FD"] for r in rows if r["NFE"] == 1}
+    checks = {
+        "2-RF one-step beats 1-RF one-step": one["2-RF student (annealing)"] < one["1-RF teacher"],
+        "distilled one-step beats 2-RF one-step": one["distilled (FGD)"] < one["2-RF student (annealing)"],
+        "2-RF is straighter than 1-RF": straight["2-RF student (annealing)"] < straight["1-RF teacher"],
+        "Annealing Reflow beats plain reflow (one step)":
+            one["2-RF student (annealing)"] < one["2-RF student (reflow)"],
+        "FGD beats plain distillation (one step)": one["distilled (FGD)"] < one["distilled (plain)"],
+        "more Euler steps beat one step (1-RF)": all(
+            r["digits FD"] < one["1-RF teacher"] for r in rows if r["method"] == "1-RF teacher" and r["NFE"] > 1),
+    }
+    _overview(samples, out / "samples.png")
+    for name, key in (("fgd", "distilled (FGD)"), ("teacher_rk45", "1-RF teacher")):
+        label = next(k for k in samples if k.startswith(key + (", euler 1" if name == "fgd" else ", rk45")))
+        save_grid(samples[label][:64], out / f"grid_{name}.png", upscale=4)
+    _plots(rows, out)
+    seconds["total"] = time.perf_counter() - t_start
+    result = {"scale": scale, "rows": rows, "straightness": straight, "checks": checks,
+              "pairs": {"count": manifest["count"], "mean_nfe": manifest["mean_nfe"]},
+              "seconds": seconds}
     atomic_write_json(out / "results.json", result)
+
     print()
-    print(f"1-RF teacher on digits ({sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-          f"{cfg.train.steps} steps), {N_EVAL} samples per row; digits FD: lower is better")
-    print(table)
-    print(f"straightness S of the teacher: {s:.4f} (0 = straight paths)")
-    print(f"more Euler steps beat one step: {all(v for k, v in better.items() if k.startswith('euler'))}")
-    print(f"wrote {out}/samples.png, grid_rk45.png, grid_euler16.png, grid_euler1.png, "
-          f"quality_vs_nfe.png, results.json in {result['seconds']['total']:.0f}s")
+    print(f"SlimFlow on digits, {N_EVAL} samples per row (digits FD: lower is better; "
+          "latency: one image, this CPU)")
+    print(format_table(rows, ["method", "solver", "NFE", "digits FD", "coverage", "latency ms (b=1)",
+                              "params (M)"]))
+    print()
+    for m, v in straight.items():
+        print(f"straightness S of {m}: {v:.4f}")
+    for name, ok in checks.items():
+        print(f"[{'x' if ok else ' '}] {name}")
+    print(f"wrote {out}/samples.png, grid_fgd.png, grid_teacher_rk45.png, latency_vs_nfe.png, "
+          f"results.json in {seconds['total']:.0f}s")
     return result

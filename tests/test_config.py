@@ -8,7 +8,7 @@ from fastflow.train.config import load_config
 from helpers import ROOT, run_cli
 
 
-@pytest.mark.parametrize("name", ["digits", "toy2d", "cifar10"])
+@pytest.mark.parametrize("name", ["digits", "toy2d", "cifar10", "cifar10-slim-reflow", "cifar10-slim-fgd"])
 def test_shipped_configs_load(name: str) -> None:
     cfg = load_config(ROOT / "configs" / f"{name}.yaml")
     assert cfg.train.steps > 0
@@ -77,3 +77,8 @@ def test_cli_missing_config_and_data_exit_2(tmp_path) -> None:
 
 def test_cli_model_data_mismatch_exits_2(tmp_path) -> None:
     _one_line_exit2(run_cli("train", "configs/digits.yaml", "model.preset=tiny", f"out_dir={tmp_path}"))
+
+
+def test_override_can_replace_a_whole_section() -> None:
+    cfg = load_config(ROOT / "configs" / "digits.yaml", ["objective={name: distill, k: 2}"])
+    assert cfg.objective == {"name": "distill", "k": 2}

@@ -177,3 +177,30 @@ def test_build_objective_errors() -> None:
         build_objective({"name": "fgd"})
     with pytest.raises(ConfigError, match="distance"):
         build_objective({"name": "rf", "distance": "l3"})
+
+
+def test_lpips_needs_package_and_local_backbone(monkeypatch) -> None:
+    from fastflow.errors import CheckpointError, FastflowError
+    from fastflow.objectives.lpips_distance import ENV
+
+    monkeypatch.delenv(ENV, raising=False)
+    with pytest.raises((FastflowError, CheckpointError), match="lpips package|backbone weights not found"):
+        build_objective({"name": "distill", "distance": "lpips"})
+
+
+def test_lpips_path_with_random_backbone() -> None:
+    pytest.importorskip("torchvision", reason="lpips needs torchvision (no CPU wheel on this machine)")
+    pytest.importorskip("lpips", reason="the lpips extra is not installed")
+    from fastflow.objectives.lpips_distance import LPIPSDistance
+
+    d = LPIPSDistance(net="alex", backbone="random")
+    a = torch.rand(2, 1, 32, 32) * 2 - 1
+    assert torch.allclose(d(a, a), torch.zeros(2), atol=1e-6)
+    assert (d(a, -a) > 0).all()
+    batch = Batch(a, None, torch.randn_like(a))
+    obj = build_objective({"name": "distill"})
+    obj.distance = d
+    model = build_model({"preset": "tiny", "in_channels": 1, "resolution": 32})
+    loss, _ = obj(model, batch, 0)
+    loss.backward()
+    assert all(p.grad is not None for p in model.conv_out.parameters())

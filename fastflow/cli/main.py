@@ -1,4 +1,4 @@
-"""``fastflow train | sample | demo``. Bad input → one line on stderr and exit code 2."""
+"""``fastflow train | sample | pairs | eval | demo``. Bad input → one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -12,20 +12,7 @@ import numpy as np
 import torch
 
 from fastflow.errors import FastflowError
-
-
-def resolve_checkpoint(path: str) -> Path:
-    """A checkpoint directory, or a run directory (→ its latest checkpoint)."""
-    from fastflow.errors import CheckpointError
-    from fastflow.train.state import latest_checkpoint
-
-    p = Path(path)
-    if (p / "config.json").is_file():
-        return p
-    latest = latest_checkpoint(p)
-    if latest is None:
-        raise CheckpointError(f"{path}: neither a checkpoint directory nor a run with checkpoints")
-    return latest
+from fastflow.models.checkpoint import resolve_checkpoint
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -105,10 +92,32 @@ def cmd_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fastflow.metrics.evaluate import evaluate
+    from fastflow.models.checkpoint import load_model
+    from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.table import format_table
+
+    device = torch.device(args.device)
+    ckpt = resolve_checkpoint(args.ckpt)
+    model = load_model(ckpt, weights=args.weights, device=device)
+    steps = None if args.solver in ("rk45", "one_step") else args.steps
+    res = evaluate(model, args.solver, steps, n=args.n, seed=args.seed, features=args.features,
+                   ref=args.ref, device=device)
+    res["checkpoint"] = str(ckpt)
+    cols = [c for c in ("solver", "steps", "nfe", "digits_fd", "digits_coverage", "fid",
+                        "straightness", "params", "gflops_per_sample", "latency_ms_b1") if c in res]
+    print(format_table([res], cols))
+    out = Path(args.json) if args.json else ckpt / f"eval-{args.solver}{steps or ''}.json"
+    atomic_write_json(out, res)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastflow.demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps)
+    run_demo(Path(args.out), scale=args.scale)
     return 0
 
 
@@ -156,9 +165,23 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(fn=cmd_pairs)
 
-    d = sub.add_parser("demo", help="the embedded end-to-end demo on digits (CPU, minutes)")
+    e = sub.add_parser("eval", help="quality, straightness, params, FLOPs, NFE and latency of a checkpoint")
+    e.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
+    e.add_argument("--solver", default="one_step", choices=["one_step", "euler", "heun", "rk2", "rk45"])
+    e.add_argument("--steps", type=int, default=1)
+    e.add_argument("--n", type=int, default=1000, help="samples for the quality metrics")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--features", default="auto", choices=["auto", "digits", "inception", "none"])
+    e.add_argument("--ref", default=None, help="reference .npz (mu/sigma or images x) for Inception FD")
+    e.add_argument("--weights", default="ema", choices=["ema", "model"])
+    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--json", default=None, help="output JSON (default: CKPT/eval-SOLVER.json)")
+    e.set_defaults(fn=cmd_eval)
+
+    d = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~12 minutes)")
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's budget)")
+    d.add_argument("--scale", type=float, default=1.0,
+                   help="multiply every training budget and the pair count (e.g. 4 for a longer run)")
     d.set_defaults(fn=cmd_demo)
     return p
 

@@ -77,12 +77,27 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory as given, or a training run directory → its newest checkpoint."""
+    p = Path(path)
+    if (p / "config.json").is_file():
+        return p
+    root = p / "checkpoints"
+    pointer = root / "latest"
+    if pointer.is_file() and (root / pointer.read_text().strip() / "config.json").is_file():
+        return root / pointer.read_text().strip()
+    found = sorted(q for q in root.glob("step-*") if (q / "config.json").is_file()) if root.is_dir() else []
+    if not found:
+        raise CheckpointError(f"{path}: neither a checkpoint directory nor a run with checkpoints")
+    return found[-1]
+
+
 def load_model(directory: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
     """Build the model from ``config.json`` and load ``ema`` (default, falls back to ``model``
     when the checkpoint has no EMA) or ``model`` weights. Returns it in eval mode."""
     if weights not in ("ema", "model"):
         raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
-    d = Path(directory)
+    d = resolve_checkpoint(directory)
     cfg = read_config(d)
     try:
         model = build_model({"arch": cfg.get("arch", "unet"), **cfg["model"]})

@@ -4,6 +4,7 @@ r"""Per-sample distances ``d(a, b) → [B]`` used by every objective.
 * ``l1``: :math:`\mathrm{mean}|a-b|`.
 * ``pseudo_huber``: :math:`\sqrt{\lVert a-b\rVert_2^2 + c^2} - c` with ``c = 0.03`` (iCT/SlimFlow's
   value for CIFAR-sized images).
+* ``lpips``: learned perceptual distance, backbone from local disk (``lpips_distance.py``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ DISTANCES: dict[str, Distance] = {"l2": l2, "l1": l1, "pseudo_huber": pseudo_hub
 
 
 def build_distance(name: str) -> Distance:
+    """``l2``, ``l1``, ``pseudo_huber`` or ``lpips`` (``lpips_alex`` for the AlexNet backbone)."""
+    if name in ("lpips", "lpips_vgg", "lpips_alex"):
+        from fastflow.objectives.lpips_distance import LPIPSDistance
+
+        return LPIPSDistance(net="alex" if name == "lpips_alex" else "vgg")
     if name not in DISTANCES:
-        raise ConfigError(f"unknown distance {name!r}; choose from {sorted(DISTANCES)}")
+        raise ConfigError(f"unknown distance {name!r}; choose from {sorted(DISTANCES) + ['lpips']}")
     return DISTANCES[name]

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from fastflow.flow.guidance import Cond
 from fastflow.flow.sample import generate
-from fastflow.models.checkpoint import load_model, read_config
+from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -43,7 +43,7 @@ class FlowTeacher:
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
                         weights: str = "ema", **kwargs: Any) -> FlowTeacher:
-        p = Path(path)
+        p = resolve_checkpoint(path)
         model = load_model(p, weights=weights, device=device)
         file = p / f"{weights}.safetensors"
         file = file if file.exists() else p / "model.safetensors"

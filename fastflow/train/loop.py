@@ -18,7 +18,7 @@ from tqdm import tqdm
 from fastflow.data import BatchStream, Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
-from fastflow.models.checkpoint import load_weights
+from fastflow.models.checkpoint import load_weights, resolve_checkpoint
 from fastflow.models.presets import build_model
 from fastflow.objectives import build_objective
 from fastflow.train.config import TrainConfig, dump_config
@@ -118,7 +118,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                       f"{info.world}: training continues, but not bit-exactly")
     else:
         if cfg.train.init_from:
-            init = Path(cfg.train.init_from)
+            init = resolve_checkpoint(cfg.train.init_from)
             load_weights(model, init / ("ema.safetensors" if (init / "ema.safetensors").exists()
                                         else "model.safetensors"))
             ema.model.load_state_dict(model.state_dict())

@@ -1,0 +1,89 @@
+"""Evaluate a velocity checkpoint as a generator: quality, straightness, cost and latency.
+
+Quality features: the built-in digits classifier for ``1×16×16`` models, Inception (via
+``pytorch-fid``, local weights) for RGB models given reference statistics.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fastflow.bench.timing import measure_latency
+from fastflow.errors import ConfigError, DataError
+from fastflow.flow import generate, straightness
+from fastflow.flow.guidance import cfg_velocity
+from fastflow.metrics.cost import count_flops, count_params
+from fastflow.metrics.digits import digits_scores
+from fastflow.metrics.frechet import frechet_distance, gaussian_stats
+
+
+def sample_shape(model: nn.Module) -> tuple[int, ...]:
+    cfg = model.config
+    return (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
+
+
+def _reference_stats(ref: str, feats: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    p = Path(ref)
+    if not p.is_file():
+        raise DataError(f"reference {ref!r} not found")
+    with np.load(p, allow_pickle=False) as z:
+        if "mu" in z.files and "sigma" in z.files:
+            return torch.from_numpy(z["mu"]).double(), torch.from_numpy(z["sigma"]).double()
+        x = torch.from_numpy(z["x"]).float()
+    x = x / 127.5 - 1 if x.max() > 1.5 else x
+    with torch.no_grad():
+        return gaussian_stats(torch.cat([feats(b) for b in x.split(100)]))
+
+
+def evaluate(model: nn.Module, solver: str = "euler", steps: int | None = 1, n: int = 1000,
+             seed: int = 0, batch_size: int = 500, features: str = "auto", ref: str | None = None,
+             device: torch.device | str = "cpu", latency_iters: int = 20) -> dict[str, Any]:
+    """Sample ``n`` from fixed noise with ``solver``/``steps`` and report every metric."""
+    dev = torch.device(device)
+    shape = sample_shape(model)
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, *shape, generator=g)
+    kw = {"rtol": 1e-5, "atol": 1e-5} if solver == "rk45" else {}
+    xs, nfes = [], []
+    t0 = time.perf_counter()
+    for zb in z.split(batch_size):
+        res = generate(model, zb.to(dev), solver, steps, **kw)
+        xs.append(res.x.float().cpu())
+        nfes.append(res.sample_nfe.float().cpu() if res.sample_nfe is not None else torch.full((len(zb),), float(res.nfe)))
+    sample_s = time.perf_counter() - t0
+    x = torch.cat(xs)
+    out: dict[str, Any] = {"solver": solver, "steps": steps, "n": n, "nfe": float(torch.cat(nfes).mean())}
+
+    if features == "auto":
+        features = "digits" if shape == (1, 16, 16) else ("inception" if ref else "none")
+    if features == "digits":
+        out.update({f"digits_{k}": v for k, v in digits_scores(x).items()})
+    elif features == "inception":
+        from fastflow.metrics.inception import inception_features
+
+        if not ref:
+            raise ConfigError("Inception FD needs --ref (an .npz with mu/sigma or images x)")
+        feats = inception_features().to(dev)
+        with torch.no_grad():
+            f = torch.cat([feats(b.to(dev)).cpu() for b in x.split(100)])
+        out["fid"] = frechet_distance(f, _reference_stats(ref, lambda b: feats(b.to(dev)).cpu()))
+    elif features != "none":
+        raise ConfigError(f"features must be auto, digits, inception or none, got {features!r}")
+
+    out["straightness"] = straightness(cfg_velocity(model, None), z[:256].to(dev), steps=32)
+    out["params"] = count_params(model)
+    out["gflops_per_call"] = count_flops(model, z[:1].to(dev)) / 1e9
+    out["gflops_per_sample"] = out["gflops_per_call"] * out["nfe"]
+    z1 = z[:1].to(dev)
+    lat = measure_latency(lambda: generate(model, z1, solver, steps, **kw), dev, warmup=2,
+                          iters=latency_iters)
+    out["latency_ms_b1"] = lat.p50_ms
+    out["latency"] = lat.to_dict()
+    out["throughput_img_s"] = n / sample_s
+    return out
