@@ -139,7 +139,7 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
     reflow_steps = s(1000)
     plain_ckpt = _train(out, "student-reflow", [*pairs, "objective={name: reflow}",
                                                 f"train.steps={reflow_steps}"])
-    anneal_ckpt = _train(out, "student-annealing", [*pairs, f"objective={{name: reflow, anneal: linear_{s(600)}}}",
+    anneal_ckpt = _train(out, "student-annealing", [*pairs, f"objective={{name: reflow, anneal: cos_{s(400)}}}",
                                                     f"train.steps={reflow_steps}"])
     lap("students", t0)
 
