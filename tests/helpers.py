@@ -33,5 +33,7 @@ def cli_env() -> dict[str, str]:
 
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fastflow", *args], capture_output=True, text=True,
-                          env=cli_env(), timeout=timeout, cwd=ROOT)
+    """``python -m fastflow ARGS`` (or ``python -m MODULE ARGS`` when ARGS start with ``-m``)."""
+    cmd = [*args] if args and args[0] == "-m" else ["-m", "fastflow", *args]
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=cli_env(),
+                          timeout=timeout, cwd=ROOT)

@@ -28,10 +28,10 @@ def test_slimflow_orderings_on_toy2d(tmp_path) -> None:
     teacher = _train(tmp_path / "1rf", "train.steps=1500")
     generate_pairs(FlowTeacher.from_checkpoint(teacher, rtol=1e-4, atol=1e-4), tmp_path / "pairs",
                    n=8000, sample_shape=(2,), shard_size=4000, batch_size=4000, progress=False)
-    pairs = ["data.name=pairs", f"data.root={tmp_path / 'pairs'}", "model.hidden=128"]
-    student = _train(tmp_path / "2rf", *pairs, "objective.name=reflow", "objective.anneal=linear_600",
+    pairs = [f"data={{name: pairs, root: '{tmp_path / 'pairs'}'}}", "model.hidden=128"]
+    student = _train(tmp_path / "2rf", *pairs, "objective={name: reflow, anneal: linear_600}",
                      "train.steps=1500")
-    distilled = _train(tmp_path / "fgd", *pairs, "objective.name=fgd", f"objective.teacher={student}",
+    distilled = _train(tmp_path / "fgd", *pairs, f"objective={{name: fgd, teacher: '{student}'}}",
                        f"train.init_from={student}", "train.steps=600", "optim.lr=3e-4", "optim.warmup=50")
 
     data = build_dataset({"name": "toy2d", "kind": "gaussians", "n": 4000, "seed": 1}).get(torch.arange(4000)).x

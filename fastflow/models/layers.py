@@ -31,7 +31,9 @@ class GroupNormAct(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
-        y = F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        # statistics in fp32 whatever the input dtype (also what exported fp16 graphs keep)
+        y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
+                         self.eps).to(x.dtype)
         if scale is not None:
             y = y * (1 + scale[:, :, None, None])
         if shift is not None:

@@ -1,0 +1,128 @@
+"""Export: the generator wrapper, ONNX (onnxruntime, dynamic batch), torch.export, AOTInductor,
+validation exit codes, the report, and the TensorRT hint without a GPU."""
+
+import json
+import sys
+
+import pytest
+import torch
+
+from fastflow.export import Generator
+from fastflow.export.validate import compare
+from fastflow.flow import generate
+from fastflow.models import build_model, save_model
+
+from helpers import run_cli
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gen")
+    torch.manual_seed(0)
+    m = build_model({"preset": "digits-small"})
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    save_model(d, m, m)
+    return d
+
+
+def _export(ckpt, *args):
+    return run_cli("-m", "fastflow.cli.export", str(ckpt), *args, timeout=600)
+
+
+def test_generator_matches_euler_solver() -> None:
+    m = build_model({"preset": "tiny"}).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    z = torch.randn(3, 3, 8, 8)
+    for k in (1, 3):
+        with torch.no_grad():
+            assert torch.allclose(Generator(m, k)(z), generate(m, z, "euler", k).x, atol=1e-6)
+
+
+def test_compare_counts_errors_and_nonfinite() -> None:
+    ref = lambda z: z  # noqa: E731
+    assert compare(ref, lambda z: z + 1e-5, [torch.ones(2, 3)], atol=1e-4, rtol=0)["passed"]
+    r = compare(ref, lambda z: z + 1e-3, [torch.ones(2, 3)], atol=1e-4, rtol=0)
+    assert not r["passed"] and r["violations"] == 6 and r["max_abs_err"] == pytest.approx(1e-3, rel=1e-3)
+    r = compare(ref, lambda z: z * float("nan"), [torch.ones(2, 3)], atol=1, rtol=1)
+    assert not r["passed"] and r["nan_inf_count"] == 6
+
+
+def test_onnx_dynamic_batch_validates_with_onnxruntime(tmp_path, ckpt) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    out, rep = tmp_path / "g.onnx", tmp_path / "report.json"
+    res = _export(ckpt, "--format", "onnx", "-o", str(out), "--min-batch", "1", "--max-batch", "8",
+                  "--steps", "2", "--validate", "--report", str(rep))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "validation passed" in res.stdout
+    r = json.loads(rep.read_text())
+    for key in ("versions", "device", "settings", "build_seconds", "artifact_bytes", "validation",
+                "latency_ms", "checkpoint", "format"):
+        assert key in r, key
+    assert {"p50_ms", "p90_ms", "p99_ms"} <= set(r["latency_ms"])
+    assert r["settings"]["batch"] == {"min": 1, "opt": 8, "max": 8} and r["settings"]["opset"] == 19
+    assert [b["batch"] for b in r["validation"]["per_batch"]] == [1, 8]
+    assert r["validation"]["max_abs_err"] < 1e-4 and r["artifact_bytes"] == out.stat().st_size
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out))
+    for b in (1, 3, 8):  # any batch in the range runs
+        z = torch.randn(b, 1, 16, 16)
+        assert sess.run(None, {"z": z.numpy()})[0].shape == (b, 1, 16, 16)
+    # an impossibly tight tolerance fails validation with exit code 1
+    res = _export(ckpt, "--format", "onnx", "-o", str(tmp_path / "t.onnx"), "--batch", "2",
+                  "--validate", "--atol", "0", "--rtol", "0")
+    assert res.returncode == 1 and "validation FAILED" in res.stdout
+
+
+def test_onnx_fp16_keeps_softmax_in_fp32(tmp_path, ckpt) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    out = tmp_path / "h.onnx"
+    res = _export(ckpt, "--format", "onnx", "-o", str(out), "--batch", "2", "--dtype", "fp16")
+    assert res.returncode == 0, res.stderr[-3000:]
+    g = onnx.load(str(out)).graph
+    producers = {o: n for n in g.node for o in n.output}
+    softmax = [n for n in g.node if n.op_type == "Softmax"]
+    assert softmax
+    for n in softmax:
+        cast = producers[n.input[0]]
+        assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
+
+
+def test_exported_program_and_pt2(tmp_path, ckpt) -> None:
+    res = _export(ckpt, "--format", "ep", "-o", str(tmp_path / "g.pt2"), "--batch", "2", "--validate")
+    assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-2000:]
+    out = tmp_path / "aoti.pt2"
+    res = _export(ckpt, "--format", "pt2", "-o", str(out), "--min-batch", "1", "--max-batch", "4", "--validate")
+    assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]
+    runner = torch._inductor.aoti_load_package(str(out))
+    z = torch.randn(3, 1, 16, 16)
+    got = runner(z)
+    got = got[0] if isinstance(got, (list, tuple)) else got
+    from fastflow.models import load_model
+
+    with torch.no_grad():
+        ref = Generator(load_model(ckpt), 1)(z)
+    assert torch.allclose(got, ref, atol=1e-4)
+
+
+def test_engine_without_tensorrt_exits_2_with_hint(tmp_path, ckpt) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("has a GPU: the engine path is tested on the device")
+    res = _export(ckpt, "--format", "engine", "-o", str(tmp_path / "g.engine"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1
+    assert "tensorrt" in res.stderr.lower() and "pip install" in res.stderr
+
+
+@pytest.mark.parametrize("args", [["--min-batch", "4", "--max-batch", "2"], ["--opset", "11"], ["--steps", "0"]])
+def test_export_bad_arguments_exit_2(tmp_path, ckpt, args) -> None:
+    res = _export(ckpt, "--format", "onnx", "-o", str(tmp_path / "x.onnx"), *args)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+
+
+def test_export_corrupted_checkpoint_exits_2(tmp_path) -> None:
+    res = _export(tmp_path / "nothing", "--format", "onnx", "-o", str(tmp_path / "x.onnx"))
+    assert res.returncode == 2 and "checkpoint" in res.stderr
