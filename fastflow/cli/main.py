@@ -1,4 +1,4 @@
-"""``fastflow train | sample | pairs | eval | demo``. Bad input → one line on stderr and exit code 2."""
+"""``fastflow train | sample | pairs | eval | bench latency | demo``. Bad input → one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fastflow.errors import FastflowError
+from fastflow.errors import ConfigError, FastflowError
 from fastflow.models.checkpoint import resolve_checkpoint
 
 
@@ -25,7 +25,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from fastflow.errors import ConfigError
     from fastflow.flow.sample import generate
     from fastflow.models.checkpoint import load_model
     from fastflow.utils.images import save_samples
@@ -114,6 +113,50 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_latency(args: argparse.Namespace) -> int:
+    import platform
+
+    from fastflow.bench.latency import latency_suite, save_plot, speedup_check
+    from fastflow.metrics.evaluate import sample_shape
+    from fastflow.models import build_model, load_model
+    from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.table import format_table
+
+    device = torch.device(args.device)
+
+    def get(ckpt: str | None, preset: str) -> torch.nn.Module:
+        if ckpt:
+            return load_model(resolve_checkpoint(ckpt), device=device)
+        torch.manual_seed(0)
+        return build_model({"preset": preset}).to(device).eval()  # random weights: latency only
+
+    student, teacher = get(args.student, args.student_preset), get(args.teacher, args.teacher_preset)
+    shape = sample_shape(student)
+    if sample_shape(teacher) != shape:
+        raise ConfigError(f"student and teacher sample shapes differ: {shape} vs {sample_shape(teacher)}")
+    z = torch.randn(args.batch, *shape, device=device)
+    backends = args.backends.split(",")
+    rows = latency_suite(student, teacher, z, backends, euler_ns=[int(n) for n in args.euler.split(",")],
+                         iters=args.iters, rk45=not args.no_rk45)
+    for r in rows:
+        r["speedup_vs_one_step"] = r["p50_ms"] / next(
+            x["p50_ms"] for x in rows if x["backend"] == r["backend"] and x["model"] == "student"
+            and x["solver"] == "euler")
+    print(format_table(rows, ["model", "backend", "solver", "nfe", "p50_ms", "p90_ms", "speedup_vs_one_step"]))
+    check = speedup_check(rows, backends[0])
+    print()
+    print(f"one-step speedup over teacher Euler-N vs N x (per-call cost ratio), backend {backends[0]}:")
+    print(format_table(check, ["N", "measured_speedup", "predicted_speedup", "rel_error"]))
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    atomic_write_json(args.out, {"device": dev_name, "batch": args.batch, "torch": torch.__version__,
+                                 "student": args.student or args.student_preset,
+                                 "teacher": args.teacher or args.teacher_preset,
+                                 "rows": rows, "speedup_check": check})
+    save_plot(rows, args.png)
+    print(f"wrote {args.out}, {args.png}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastflow.demo import run_demo
 
@@ -177,6 +220,23 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     e.add_argument("--json", default=None, help="output JSON (default: CKPT/eval-SOLVER.json)")
     e.set_defaults(fn=cmd_eval)
+
+    b = sub.add_parser("bench", help="benchmarks (latency of one-step students vs teachers)")
+    bsub = b.add_subparsers(dest="bench", required=True)
+    bl = bsub.add_parser("latency", help="one-step student vs teacher at Euler N, Heun, RK45, per backend")
+    bl.add_argument("--student", default=None, help="student checkpoint (default: random --student-preset)")
+    bl.add_argument("--teacher", default=None, help="teacher checkpoint (default: random --teacher-preset)")
+    bl.add_argument("--student-preset", default="digits-small")
+    bl.add_argument("--teacher-preset", default="digits")
+    bl.add_argument("--batch", type=int, default=1)
+    bl.add_argument("--backends", default="eager", help="comma list of eager, compiled, cudagraph")
+    bl.add_argument("--euler", default="1,2,4,8,16,32,64", help="teacher Euler step counts")
+    bl.add_argument("--no-rk45", action="store_true")
+    bl.add_argument("--iters", type=int, default=20)
+    bl.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bl.add_argument("--out", default="latency.json")
+    bl.add_argument("--png", default="latency_vs_nfe.png")
+    bl.set_defaults(fn=cmd_bench_latency)
 
     d = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~12 minutes)")
     d.add_argument("--out", default="demo_out")

@@ -1,0 +1,104 @@
+"""pytest-benchmark: one-step student vs teacher at Euler N, Heun and RK45, per backend.
+
+On CPU (CI) small presets and few rounds; on a GPU (``-m gpu``) the CIFAR presets
+``slim-15.7m`` vs ``rf-ddpmpp`` with eager, compiled and CUDA-graph backends. NFE, parameters
+and the device go to ``extra_info``.
+"""
+
+import platform
+
+import pytest
+import torch
+
+from fastflow.bench.latency import latency_suite, speedup_check
+from fastflow.export import CUDAGraphGenerator, Generator
+from fastflow.flow import generate
+from fastflow.metrics.cost import count_params
+from fastflow.models import build_model
+
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+STUDENT, TEACHER = ("slim-15.7m", "rf-ddpmpp") if CUDA else ("digits-small", "digits")
+
+
+def _model(preset: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model({"preset": preset}).to(DEVICE).eval()
+
+
+@pytest.fixture(scope="module")
+def models():
+    s, t = _model(STUDENT), _model(TEACHER)
+    c = s.config
+    z = torch.randn(1, c.in_channels, c.resolution, c.resolution, device=DEVICE)
+    return s, t, z
+
+
+def _info(benchmark, model, solver, nfe, backend="eager") -> None:
+    benchmark.extra_info.update(nfe=nfe, params=count_params(model), solver=solver, backend=backend,
+                                device=torch.cuda.get_device_name() if CUDA else platform.machine())
+
+
+def _sync() -> None:
+    if CUDA:
+        torch.cuda.synchronize()
+
+
+def test_student_one_step(benchmark, models) -> None:
+    s, _, z = models
+    _info(benchmark, s, "euler", 1)
+    benchmark.pedantic(lambda: (generate(s, z, "euler", 1), _sync()), rounds=10, warmup_rounds=2)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 16, 32, 64])
+def test_teacher_euler(benchmark, models, n) -> None:
+    _, t, z = models
+    _info(benchmark, t, "euler", n)
+    benchmark.pedantic(lambda: (generate(t, z, "euler", n), _sync()), rounds=3 if n > 8 else 5, warmup_rounds=1)
+
+
+def test_teacher_heun(benchmark, models) -> None:
+    _, t, z = models
+    _info(benchmark, t, "heun", 7)
+    benchmark.pedantic(lambda: (generate(t, z, "heun", 4), _sync()), rounds=3, warmup_rounds=1)
+
+
+def test_teacher_rk45(benchmark, models) -> None:
+    _, t, z = models
+    nfe = float(generate(t, z, "rk45", rtol=1e-5, atol=1e-5).sample_nfe.float().mean())
+    _info(benchmark, t, "rk45", nfe)
+    benchmark.pedantic(lambda: (generate(t, z, "rk45", rtol=1e-5, atol=1e-5), _sync()), rounds=2,
+                       warmup_rounds=1)
+
+
+def test_one_step_speedup_matches_call_cost_ratio(models) -> None:
+    """Measured speedup of one step over Euler-N is within 20 % of N × (teacher / student call)."""
+    s, t, z = models
+    rows = latency_suite(s, t, z, ["eager"], euler_ns=[4, 16], heun_ns=[], rk45=False, iters=30)
+    for row in speedup_check(rows):
+        assert abs(row["rel_error"]) < 0.2, row
+
+
+@pytest.mark.gpu
+def test_cuda_graph_one_step(benchmark, models) -> None:
+    s, _, z = models
+    g = CUDAGraphGenerator(Generator(s, 1).eval(), z)
+    out1 = g(z)
+    out2 = g(torch.randn_like(z))
+    assert not torch.equal(out1, out2)  # outputs are clones, not the static buffer
+    with torch.no_grad():
+        assert torch.allclose(out1, Generator(s, 1)(z), atol=1e-4)
+    _info(benchmark, s, "euler", 1, "cudagraph")
+    benchmark.pedantic(lambda: (g(z), _sync()), rounds=50, warmup_rounds=5)
+
+
+@pytest.mark.gpu
+def test_compiled_one_step(benchmark, models) -> None:
+    from fastflow.export import compile_generator
+
+    s, _, z = models
+    g = compile_generator(s, 1)
+    with torch.no_grad():
+        g(z)
+        _info(benchmark, s, "euler", 1, "compiled")
+        benchmark.pedantic(lambda: (g(z), _sync()), rounds=50, warmup_rounds=5)

@@ -1,0 +1,117 @@
+"""One-step student vs multi-step teacher latency, per backend.
+
+Backends wrap the *velocity model*; samplers loop in Python around it (eager, ``compiled``),
+or a whole fixed-step generator is captured as one CUDA graph (``cudagraph``, GPU only).
+Rows report NFE, latency percentiles and parameters; :func:`speedup_check` compares the
+measured one-step speedup over Euler-N with ``N × (teacher call / student call)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastflow.bench.timing import measure_latency
+from fastflow.errors import ConfigError
+from fastflow.export.compile import CUDAGraphGenerator
+from fastflow.export.generator import Generator
+from fastflow.flow.sample import generate
+from fastflow.metrics.cost import count_params
+
+EULER_NS = (1, 2, 4, 8, 16, 32, 64)
+
+
+def _backend_model(model: nn.Module, backend: str) -> nn.Module:
+    if backend in ("eager", "cudagraph"):
+        return model
+    if backend == "compiled":
+        return torch.compile(model, fullgraph=True, dynamic=False)
+    raise ConfigError(f"unknown backend {backend!r}; choose eager, compiled or cudagraph")
+
+
+def _sampler(model: nn.Module, backend: str, solver: str, steps: int | None, z: Tensor) -> Callable[[], Any]:
+    if backend == "cudagraph":
+        if solver != "euler":
+            raise ConfigError("cudagraph backend captures fixed-step Euler generators only")
+        return lambda g=CUDAGraphGenerator(Generator(model, steps).eval(), z): g(z)
+    kw = {"rtol": 1e-5, "atol": 1e-5} if solver == "rk45" else {}
+    return lambda: generate(model, z, solver, steps, **kw)
+
+
+def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: Sequence[str] = ("eager",),
+                  euler_ns: Sequence[int] = EULER_NS, heun_ns: Sequence[int] = (4,), rk45: bool = True,
+                  iters: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
+    """Latency rows for every (model, backend, solver) of the suite at the batch of ``z``."""
+    dev = z.device
+    rows = []
+    for backend in backends:
+        s_m, t_m = _backend_model(student.eval(), backend), _backend_model(teacher.eval(), backend)
+        t = torch.full((z.shape[0],), 0.5, device=dev)
+        plan: list[tuple[str, nn.Module, str, int | None]] = [("student", s_m, "euler", 1)]
+        plan += [("teacher", t_m, "euler", n) for n in euler_ns]
+        if backend != "cudagraph":
+            plan += [("teacher", t_m, "heun", n) for n in heun_ns]
+            if rk45 and backend == "eager":
+                plan.append(("teacher", t_m, "rk45", None))
+        with torch.no_grad():
+            for who, m in (("student", s_m), ("teacher", t_m)):  # one velocity call
+                lat = measure_latency(lambda m=m: m(z, t), dev, warmup=warmup, iters=iters)
+                rows.append({"model": who, "backend": backend, "solver": "call", "nfe": 1,
+                             "params": count_params(student if who == "student" else teacher),
+                             **lat.to_dict()})
+            for who, m, solver, steps in plan:
+                fn = _sampler(m, backend, solver, steps, z)
+                if solver == "rk45":
+                    res = generate(m, z, "rk45", None, rtol=1e-5, atol=1e-5)
+                    nfe = float(res.sample_nfe.float().mean())
+                else:
+                    nfe = float(steps if solver == "euler" else 2 * steps - 1)
+                lat = measure_latency(fn, dev, warmup=1 if solver == "rk45" else warmup,
+                                      iters=max(3, iters // 4) if solver == "rk45" else iters)
+                rows.append({"model": who, "backend": backend, "solver": solver, "steps": steps, "nfe": nfe,
+                             "params": count_params(student if who == "student" else teacher),
+                             **lat.to_dict()})
+    return rows
+
+
+def speedup_check(rows: list[dict[str, Any]], backend: str = "eager") -> list[dict[str, Any]]:
+    """Measured one-step speedup over teacher Euler-N vs ``N × teacher call / student call``."""
+    get = lambda m, s, n=None: next(r for r in rows if r["backend"] == backend and r["model"] == m  # noqa: E731
+                                    and r["solver"] == s and (n is None or r.get("steps") == n))
+    ratio = get("teacher", "call")["p50_ms"] / get("student", "call")["p50_ms"]
+    one = get("student", "euler", 1)["p50_ms"]
+    out = []
+    for r in rows:
+        if r["backend"] == backend and r["model"] == "teacher" and r["solver"] == "euler":
+            measured = r["p50_ms"] / one
+            predicted = r["steps"] * ratio
+            out.append({"N": r["steps"], "measured_speedup": measured, "predicted_speedup": predicted,
+                        "rel_error": measured / predicted - 1})
+    return out
+
+
+def save_plot(rows: list[dict[str, Any]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
+    for i, backend in enumerate(dict.fromkeys(r["backend"] for r in rows)):
+        eul = [r for r in rows if r["backend"] == backend and r["model"] == "teacher" and r["solver"] == "euler"]
+        ax.plot([r["nfe"] for r in eul], [r["p50_ms"] for r in eul], "o-", color=f"C{i}",
+                label=f"teacher Euler ({backend})")
+        for r in rows:
+            if r["backend"] == backend and r["solver"] in ("heun", "rk45"):
+                ax.plot([r["nfe"]], [r["p50_ms"]], "s" if r["solver"] == "rk45" else "^", color=f"C{i}")
+        one = next(r for r in rows if r["backend"] == backend and r["model"] == "student" and r["solver"] == "euler")
+        ax.plot([1], [one["p50_ms"]], "*", ms=14, color=f"C{i}", label=f"one-step student ({backend})")
+    ax.set(xscale="log", yscale="log", xlabel="NFE (Heun ▲, RK45 ■)", ylabel="latency p50 (ms)",
+           title="one-step student vs multi-step teacher")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
