@@ -1,14 +1,17 @@
 """One-step student vs multi-step teacher latency, per backend.
 
-Backends wrap the *velocity model*; samplers loop in Python around it (eager, ``compiled``),
-or a whole fixed-step generator is captured as one CUDA graph (``cudagraph``, GPU only).
+Backends wrap the *velocity model* and samplers loop in Python around it (``eager``,
+``compiled``, ``onnxruntime``, ``aoti`` — the latter two run the exported velocity net at a
+fixed batch), or a whole fixed-step generator is captured as one CUDA graph (``cudagraph``).
 Rows report NFE, latency percentiles and parameters; :func:`speedup_check` compares the
 measured one-step speedup over Euler-N with ``N × (teacher call / student call)``.
 """
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -24,15 +27,52 @@ from fastflow.metrics.cost import count_params
 EULER_NS = (1, 2, 4, 8, 16, 32, 64)
 
 
-def _backend_model(model: nn.Module, backend: str) -> nn.Module:
+BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti")
+
+
+class _Velocity(nn.Module):
+    """``(x, t) → v`` with both inputs as tensors (what the exported artefacts take)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.model(x, t)
+
+
+def _exported_velocity(model: nn.Module, backend: str, example: Tensor, workdir: Path) -> Callable[..., Tensor]:
+    """The velocity model as an ONNX Runtime session or an AOTInductor package, batch fixed."""
+    t = torch.full((example.shape[0],), 0.5, device=example.device)
+    vel = _Velocity(model).eval()
+    path = workdir / f"velocity-{id(model)}.{'onnx' if backend == 'onnxruntime' else 'pt2'}"
+    with torch.no_grad():
+        if backend == "onnxruntime":
+            import onnxruntime as ort
+
+            torch.onnx.export(vel, (example, t), str(path), dynamo=True, opset_version=19,
+                              input_names=["x", "t"], output_names=["v"], verbose=False)
+            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            return lambda x, t, cond=None: torch.from_numpy(
+                sess.run(None, {"x": x.cpu().numpy(), "t": t.cpu().numpy()})[0]).to(x.device)
+        torch._inductor.aoti_compile_and_package(torch.export.export(vel, (example, t)),
+                                                 package_path=str(path))
+        runner = torch._inductor.aoti_load_package(str(path))
+        return lambda x, t, cond=None: runner(x, t)
+
+
+def _backend_model(model: nn.Module, backend: str, example: Tensor, workdir: Path) -> Callable[..., Tensor]:
     if backend in ("eager", "cudagraph"):
         return model
     if backend == "compiled":
         return torch.compile(model, fullgraph=True, dynamic=False)
-    raise ConfigError(f"unknown backend {backend!r}; choose eager, compiled or cudagraph")
+    if backend in ("onnxruntime", "aoti"):
+        return _exported_velocity(model, backend, example, workdir)
+    raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _sampler(model: nn.Module, backend: str, solver: str, steps: int | None, z: Tensor) -> Callable[[], Any]:
+def _sampler(model: Callable[..., Tensor], backend: str, solver: str, steps: int | None,
+             z: Tensor) -> Callable[[], Any]:
     if backend == "cudagraph":
         if solver != "euler":
             raise ConfigError("cudagraph backend captures fixed-step Euler generators only")
@@ -47,10 +87,12 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
     """Latency rows for every (model, backend, solver) of the suite at the batch of ``z``."""
     dev = z.device
     rows = []
+    workdir = Path(tempfile.mkdtemp(prefix="fastflow-bench-"))
     for backend in backends:
-        s_m, t_m = _backend_model(student.eval(), backend), _backend_model(teacher.eval(), backend)
+        s_m = _backend_model(student.eval(), backend, z, workdir)
+        t_m = _backend_model(teacher.eval(), backend, z, workdir)
         t = torch.full((z.shape[0],), 0.5, device=dev)
-        plan: list[tuple[str, nn.Module, str, int | None]] = [("student", s_m, "euler", 1)]
+        plan: list[tuple[str, Callable[..., Tensor], str, int | None]] = [("student", s_m, "euler", 1)]
         plan += [("teacher", t_m, "euler", n) for n in euler_ns]
         if backend != "cudagraph":
             plan += [("teacher", t_m, "heun", n) for n in heun_ns]

@@ -229,7 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--student-preset", default="digits-small")
     bl.add_argument("--teacher-preset", default="digits")
     bl.add_argument("--batch", type=int, default=1)
-    bl.add_argument("--backends", default="eager", help="comma list of eager, compiled, cudagraph")
+    bl.add_argument("--backends", default="eager",
+                    help="comma list of eager, compiled, cudagraph, onnxruntime, aoti")
     bl.add_argument("--euler", default="1,2,4,8,16,32,64", help="teacher Euler step counts")
     bl.add_argument("--no-rk45", action="store_true")
     bl.add_argument("--iters", type=int, default=20)
