@@ -126,3 +126,25 @@ def test_export_bad_arguments_exit_2(tmp_path, ckpt, args) -> None:
 def test_export_corrupted_checkpoint_exits_2(tmp_path) -> None:
     res = _export(tmp_path / "nothing", "--format", "onnx", "-o", str(tmp_path / "x.onnx"))
     assert res.returncode == 2 and "checkpoint" in res.stderr
+
+
+def test_class_conditional_generator_exports_with_a_label_input(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    d = tmp_path / "cond"
+    torch.manual_seed(0)
+    m = build_model({"preset": "digits-small", "num_classes": 10})
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    save_model(d, m, m)
+    out, rep = tmp_path / "c.onnx", tmp_path / "r.json"
+    res = _export(d, "--format", "onnx", "-o", str(out), "--max-batch", "4", "--validate", "--report", str(rep))
+    assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]
+    assert json.loads(rep.read_text())["inputs"] == ["z", "cond"]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out))
+    z = torch.randn(2, 1, 16, 16)
+    a = sess.run(None, {"z": z.numpy(), "cond": torch.tensor([1, 1]).numpy()})[0]
+    b = sess.run(None, {"z": z.numpy(), "cond": torch.tensor([7, 7]).numpy()})[0]
+    assert abs(a - b).max() > 1e-4  # the label changes the image

@@ -86,13 +86,21 @@ def run(args: argparse.Namespace) -> int:
                                               "(pip install 'fastflow[tensorrt]'); use --format onnx or pt2 here")
     ckpt = resolve_checkpoint(args.ckpt)
     model = load_model(ckpt, weights=args.weights, device=device)
-    if getattr(model.config, "num_classes", 0) or getattr(model.config, "context_dim", 0) \
-            or getattr(model.config, "cond_channels", 0):
-        raise ConfigError("exporting conditional generators is not supported yet (unconditional only)")
+    if getattr(model.config, "context_dim", 0) or getattr(model.config, "cond_channels", 0):
+        raise ConfigError("exporting token- or image-conditioned generators is not supported yet "
+                          "(unconditional and class-conditional are)")
+    num_classes = getattr(model.config, "num_classes", 0)
     gen = Generator(model, args.steps).to(device=device, dtype=dtype).eval()
     shape = sample_shape(model)
     g = torch.Generator().manual_seed(args.seed)
-    example = torch.randn(batch.opt, *shape, generator=g).to(device=device, dtype=dtype)
+
+    def inputs_for(b: int) -> tuple[torch.Tensor, ...]:
+        z = torch.randn(b, *shape, generator=g).to(device=device, dtype=dtype)
+        if not num_classes:
+            return (z,)
+        return z, torch.randint(0, num_classes, (b,), generator=g).to(device)
+
+    example = inputs_for(batch.opt)
 
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -117,21 +125,20 @@ def run(args: argparse.Namespace) -> int:
                      "opset": args.opset if args.format == "onnx" else None,
                      "opt_level": args.opt_level if args.format == "engine" else None,
                      "timing_cache": args.timing_cache, "weights": args.weights, "seed": args.seed},
-        "sample_shape": list(shape),
+        "sample_shape": list(shape), "inputs": formats.input_names(example),
     }
     runner = formats.LOADERS[args.format](out, device)
     status = 0
     if args.validate:
         sizes = sorted({batch.min, batch.opt, batch.max})
-        inputs = [torch.randn(b, *shape, generator=g).to(device=device, dtype=dtype) for b in sizes]
-        val = compare(gen, runner, inputs, args.atol, args.rtol)
+        val = compare(gen, runner, [inputs_for(b) for b in sizes], args.atol, args.rtol)
         report["validation"] = val
         verdict = "passed" if val["passed"] else "FAILED"
         print(f"validation {verdict}: max abs {val.get('max_abs_err', float('nan')):.3g}, mean abs "
               f"{val.get('mean_abs_err', float('nan')):.3g}, max rel {val.get('max_rel_err', float('nan')):.3g}, "
               f"NaN/Inf {val.get('nan_inf_count', 0)} (atol {args.atol}, rtol {args.rtol}, batches {sizes})")
         status = 0 if val["passed"] else 1
-    lat = measure_latency(lambda: runner(example), device, warmup=3, iters=20)
+    lat = measure_latency(lambda: runner(*example), device, warmup=3, iters=20)
     report["latency_ms"] = {"batch": batch.opt, **lat.to_dict()}
     print(f"latency at batch {batch.opt}: p50 {lat.p50_ms:.2f} ms, p90 {lat.p90_ms:.2f} ms, "
           f"p99 {lat.p99_ms:.2f} ms")

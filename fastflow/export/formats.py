@@ -1,5 +1,5 @@
 """One builder and one loader per artefact format. Builders write the file; loaders return a
-``run(z) → image`` callable over the artefact (used by validation and latency)."""
+``run(z[, label]) → image`` callable over the artefact (used by validation and latency)."""
 
 from __future__ import annotations
 
@@ -7,13 +7,15 @@ import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from fastflow.errors import FastflowError
 
-Runner = Callable[[Tensor], Tensor]
+Runner = Callable[..., Tensor]  # run(z[, label]) → image
+Example = tuple[Tensor, ...]  # (z,) or (z, label)
 FORMATS = ("onnx", "pt2", "ep", "engine")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -33,12 +35,19 @@ class BatchRange:
         return self.min != self.max
 
 
-def _exported(gen: nn.Module, example: Tensor, batch: BatchRange) -> torch.export.ExportedProgram:
-    shapes = None
-    if batch.dynamic:
-        dim = torch.export.Dim("batch", min=batch.min, max=batch.max)
-        shapes = {"z": {0: dim}}
-    return torch.export.export(gen, (example,), dynamic_shapes=shapes)
+def input_names(example: Example) -> list[str]:
+    return ["z", "cond"][: len(example)]
+
+
+def _dynamic_shapes(example: Example, batch: BatchRange) -> dict[str, Any] | None:
+    if not batch.dynamic:
+        return None
+    dim = torch.export.Dim("batch", min=batch.min, max=batch.max)
+    return {name: {0: dim} for name in input_names(example)}
+
+
+def _exported(gen: nn.Module, example: Example, batch: BatchRange) -> torch.export.ExportedProgram:
+    return torch.export.export(gen, example, dynamic_shapes=_dynamic_shapes(example, batch))
 
 
 def _softmax_in_fp32(path: Path) -> None:
@@ -64,15 +73,14 @@ def _softmax_in_fp32(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def build_onnx(gen: nn.Module, example: Tensor, batch: BatchRange, path: Path, opset: int,
+def build_onnx(gen: nn.Module, example: Example, batch: BatchRange, path: Path, opset: int,
                dtype: str) -> None:
     for mod in ("onnx", "onnxscript"):
         if importlib.util.find_spec(mod) is None:
             raise MissingBackendError(f"--format onnx needs {mod}: pip install onnx onnxscript onnxruntime")
-    shapes = {"z": {0: torch.export.Dim("batch", min=batch.min, max=batch.max)}} if batch.dynamic else None
-    torch.onnx.export(gen, (example,), str(path), dynamo=True, opset_version=opset,
-                      dynamic_shapes=shapes, input_names=["z"], output_names=["image"],
-                      verbose=False)
+    torch.onnx.export(gen, example, str(path), dynamo=True, opset_version=opset,
+                      dynamic_shapes=_dynamic_shapes(example, batch), input_names=input_names(example),
+                      output_names=["image"], verbose=False)
     if dtype == "fp16":
         _softmax_in_fp32(path)
 
@@ -85,35 +93,36 @@ def load_onnx(path: Path, device: torch.device) -> Runner:
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda"
                  else ["CPUExecutionProvider"])
     sess = ort.InferenceSession(str(path), providers=providers)
+    names = [i.name for i in sess.get_inputs()]
 
-    def run(z: Tensor) -> Tensor:
-        return torch.from_numpy(sess.run(None, {"z": z.cpu().numpy()})[0])
+    def run(*inputs: Tensor) -> Tensor:
+        return torch.from_numpy(sess.run(None, {n: x.cpu().numpy() for n, x in zip(names, inputs)})[0])
     return run
 
 
-def build_ep(gen: nn.Module, example: Tensor, batch: BatchRange, path: Path) -> None:
+def build_ep(gen: nn.Module, example: Example, batch: BatchRange, path: Path) -> None:
     torch.export.save(_exported(gen, example, batch), str(path))
 
 
 def load_ep(path: Path, device: torch.device) -> Runner:
     prog = torch.export.load(str(path)).module()
-    return lambda z: prog(z.to(device))
+    return lambda *inputs: prog(*(x.to(device) for x in inputs))
 
 
-def build_pt2(gen: nn.Module, example: Tensor, batch: BatchRange, path: Path) -> None:
+def build_pt2(gen: nn.Module, example: Example, batch: BatchRange, path: Path) -> None:
     torch._inductor.aoti_compile_and_package(_exported(gen, example, batch), package_path=str(path))
 
 
 def load_pt2(path: Path, device: torch.device) -> Runner:
     runner = torch._inductor.aoti_load_package(str(path))
 
-    def run(z: Tensor) -> Tensor:
-        out = runner(z.to(device))
+    def run(*inputs: Tensor) -> Tensor:
+        out = runner(*(x.to(device) for x in inputs))
         return out[0] if isinstance(out, (list, tuple)) else out
     return run
 
 
-def build_engine(gen: nn.Module, example: Tensor, batch: BatchRange, path: Path, dtype: str,
+def build_engine(gen: nn.Module, example: Example, batch: BatchRange, path: Path, dtype: str,
                  opt_level: int, timing_cache: str | None) -> None:
     if not torch.cuda.is_available():
         raise MissingBackendError("--format engine needs an NVIDIA GPU with CUDA; use --format onnx or pt2 here")
@@ -122,22 +131,23 @@ def build_engine(gen: nn.Module, example: Tensor, batch: BatchRange, path: Path,
     except ImportError:
         raise MissingBackendError("--format engine needs TensorRT: pip install 'fastflow[tensorrt]' "
                                   "(torch-tensorrt matching your torch)") from None
-    inputs = [torch_tensorrt.Input(min_shape=(batch.min, *example.shape[1:]),
-                                   opt_shape=(batch.opt, *example.shape[1:]),
-                                   max_shape=(batch.max, *example.shape[1:]), dtype=DTYPES[dtype])]
+    inputs = [torch_tensorrt.Input(min_shape=(batch.min, *x.shape[1:]), opt_shape=(batch.opt, *x.shape[1:]),
+                                   max_shape=(batch.max, *x.shape[1:]),
+                                   dtype=DTYPES[dtype] if x.is_floating_point() else x.dtype)
+              for x in example]
     kwargs = {"optimization_level": opt_level}
     if timing_cache:
         kwargs["timing_cache_path"] = timing_cache
     trt = torch_tensorrt.compile(gen.cuda(), ir="dynamo", inputs=inputs,
                                  enabled_precisions={DTYPES[dtype]}, **kwargs)
-    torch_tensorrt.save(trt, str(path), inputs=[example.cuda()])
+    torch_tensorrt.save(trt, str(path), inputs=[x.cuda() for x in example])
 
 
 def load_engine(path: Path, device: torch.device) -> Runner:
     import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops)
 
     prog = torch.export.load(str(path)).module()
-    return lambda z: prog(z.to(device))
+    return lambda *inputs: prog(*(x.to(device) for x in inputs))
 
 
 LOADERS: dict[str, Callable[[Path, torch.device], Runner]] = {
