@@ -8,6 +8,8 @@
    distillation and Flow-Guided Distillation (the second ablation).
 5. Score every model × solver with the digits metric (FD, class coverage), straightness,
    parameters and batch-1 latency; write the table, PNG grids, plots and ``results.json``.
+6. Export the FGD one-step generator to ONNX, validate it against PyTorch with ONNX Runtime,
+   and score and time the ONNX samples.
 
 Every stage resumes where it stopped (``train --resume`` semantics, finished pair shards are
 kept), so re-running continues. ``--scale`` multiplies every training budget and the pair count.
@@ -110,6 +112,30 @@ def _overview(samples: dict[str, torch.Tensor], path: Path, per_row: int = 16) -
     plt.close(fig)
 
 
+def _export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> dict[str, Any] | None:
+    """Export the one-step generator (dynamic batch), check it against PyTorch, score its samples."""
+    from fastflow.export.formats import BatchRange, MissingBackendError, build_onnx, load_onnx
+    from fastflow.export.generator import Generator
+    from fastflow.export.validate import compare
+
+    gen = Generator(model, 1).eval()
+    try:
+        with torch.no_grad():
+            build_onnx(gen, (z[:1],), BatchRange(1, 1, len(z)), path, opset=19, dtype="fp32")
+        run = load_onnx(path, torch.device("cpu"))
+    except MissingBackendError as e:
+        _log(f"  skipped: {e}")
+        return None
+    val = compare(gen, run, [z[:1], z], atol=1e-4, rtol=1e-3)
+    lat = measure_latency(lambda: run(z[:1]), warmup=3, iters=50)
+    scores = digits_scores(run(z))
+    _log(f"  {path.name}: validation {'passed' if val['passed'] else 'FAILED'} (max abs err "
+         f"{val['max_abs_err']:.2g}), FD {scores['fd']:.2f}, {lat.p50_ms:.2f} ms at batch 1")
+    return {"method": "distilled (FGD), ONNX Runtime", "solver": "euler 1", "NFE": 1.0,
+            "digits FD": scores["fd"], "coverage": scores["coverage"], "latency ms (b=1)": lat.p50_ms,
+            "params (M)": count_params(model) / 1e6, "validation": val["passed"]}
+
+
 def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -119,12 +145,12 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
     def lap(stage: str, t0: float) -> None:
         seconds[stage] = time.perf_counter() - t0
 
-    _log("[1/5] 1-RF teacher on digits")
+    _log("[1/6] 1-RF teacher on digits")
     t0 = time.perf_counter()
     teacher_ckpt = _train(out, "teacher-1rf", [f"train.steps={teacher_steps or s(1200)}"])
     lap("teacher", t0)
 
-    _log("[2/5] teacher pairs (RK45, rtol = atol = 1e-3)")
+    _log("[2/6] teacher pairs (RK45, rtol = atol = 1e-3)")
     t0 = time.perf_counter()
     n_pairs = s(2000)
     teacher = FlowTeacher.from_checkpoint(teacher_ckpt, solver="rk45", rtol=1e-3, atol=1e-3)
@@ -132,7 +158,7 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
     lap("pairs", t0)
     _log(f"  {manifest['count']} pairs, mean NFE {manifest['mean_nfe']:.1f}")
 
-    _log("[3/5] small students (digits-small, ~4x fewer parameters) from scratch on the pairs")
+    _log("[3/6] small students (digits-small, ~4x fewer parameters) from scratch on the pairs")
     t0 = time.perf_counter()
     pairs = ["data.name=pairs", f"data.root={out / 'pairs'}", "model.preset=digits-small",
              "optim.warmup=100", "train.sample_every=0"]
@@ -143,7 +169,7 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
                                                     f"train.steps={reflow_steps}"])
     lap("students", t0)
 
-    _log("[4/5] one-step distillation of the Annealing-Reflow student: plain vs Flow-Guided")
+    _log("[4/6] one-step distillation of the Annealing-Reflow student: plain vs Flow-Guided")
     t0 = time.perf_counter()
     distill = [*pairs, f"train.init_from={anneal_ckpt}", f"train.steps={s(500)}", "optim.lr=5e-4",
                "optim.warmup=50"]
@@ -151,7 +177,7 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
     fgd_ckpt = _train(out, "student-fgd", [*distill, f"objective={{name: fgd, teacher: '{anneal_ckpt}'}}"])
     lap("distillation", t0)
 
-    _log(f"[5/5] scoring {N_EVAL} samples per row from the same noise")
+    _log(f"[5/6] scoring {N_EVAL} samples per row from the same noise")
     t0 = time.perf_counter()
     z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024))
     models = {"1-RF teacher": load_model(teacher_ckpt), "2-RF student (reflow)": load_model(plain_ckpt),
@@ -171,6 +197,13 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
                 for m in ("1-RF teacher", "2-RF student (reflow)", "2-RF student (annealing)")}
     lap("evaluation", t0)
 
+    _log("[6/6] exporting the FGD one-step generator to ONNX and validating it with ONNX Runtime")
+    t0 = time.perf_counter()
+    exported = _export_onnx(models["distilled (FGD)"], z, out / "student_fgd.onnx")
+    if exported is not None:
+        rows.append(exported)
+    lap("export", t0)
+
     one = {r["method"]: r["digits FD"] for r in rows if r["NFE"] == 1}
     checks = {
         "2-RF one-step beats 1-RF one-step": one["2-RF student (annealing)"] < one["1-RF teacher"],
@@ -182,6 +215,8 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
         "more Euler steps beat one step (1-RF)": all(
             r["digits FD"] < one["1-RF teacher"] for r in rows if r["method"] == "1-RF teacher" and r["NFE"] > 1),
     }
+    if exported is not None:
+        checks["ONNX export validates against PyTorch"] = exported.pop("validation")
     _overview(samples, out / "samples.png")
     for name, key in (("fgd", "distilled (FGD)"), ("teacher_rk45", "1-RF teacher")):
         label = next(k for k in samples if k.startswith(key + (", euler 1" if name == "fgd" else ", rk45")))
@@ -204,5 +239,5 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
     for name, ok in checks.items():
         print(f"[{'x' if ok else ' '}] {name}")
     print(f"wrote {out}/samples.png, grid_fgd.png, grid_teacher_rk45.png, latency_vs_nfe.png, "
-          f"results.json in {seconds['total']:.0f}s")
+          f"student_fgd.onnx, results.json in {seconds['total']:.0f}s")
     return result

@@ -127,3 +127,11 @@ def test_mlp_model() -> None:
     assert m(x, torch.rand(5), torch.tensor([0, 1, 2, 3, 0])).shape == (5, 2)
     with pytest.raises(ShapeError):
         m(torch.randn(5, 3), torch.rand(5))
+
+
+def test_groupnorm_act_half_precision_uses_fp32_statistics() -> None:
+    x = (torch.randn(2, 8, 4, 4) * 50 + 300).half()  # large mean: fp16 E[x²] − E[x]² would fail
+    gn = GroupNormAct(8, act=False)
+    ref = torch.nn.functional.group_norm(x.double(), 2, eps=1e-6)
+    out = gn(x)
+    assert out.dtype == torch.float16 and (out.double() - ref).abs().max() < 5e-3

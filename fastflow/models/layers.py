@@ -31,9 +31,11 @@ class GroupNormAct(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
-        # statistics in fp32 whatever the input dtype (also what exported fp16 graphs keep)
-        y = F.group_norm(x.float(), self.num_groups, self.weight.float(), self.bias.float(),
-                         self.eps).to(x.dtype)
+        # fp16/bf16 inputs are normalised in fp32 (also what exported fp16 graphs keep)
+        low = x.dtype in (torch.float16, torch.bfloat16)
+        y = F.group_norm(x.float() if low else x, self.num_groups,
+                         self.weight.float() if low else self.weight,
+                         self.bias.float() if low else self.bias, self.eps).to(x.dtype)
         if scale is not None:
             y = y * (1 + scale[:, :, None, None])
         if shift is not None:
