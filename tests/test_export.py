@@ -2,7 +2,6 @@
 validation exit codes, the report, and the TensorRT hint without a GPU."""
 
 import json
-import sys
 
 import pytest
 import torch

@@ -118,7 +118,7 @@ def _assert_identical(a: dict, b: dict) -> None:
 def test_resume_is_bit_exact(tmp_path) -> None:
     n = 6
     straight = train(tiny_config(tmp_path / "a", f"train.steps={2 * n}", f"train.ckpt_every={n}"))
-    half = train(tiny_config(tmp_path / "b", f"train.steps={n}", f"train.ckpt_every={n}"))
+    train(tiny_config(tmp_path / "b", f"train.steps={n}", f"train.ckpt_every={n}"))
     resumed = train(tiny_config(tmp_path / "b", f"train.steps={2 * n}", f"train.ckpt_every={n}"),
                     resume=True)
     _assert_identical(_weights(straight), _weights(resumed))

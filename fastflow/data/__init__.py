@@ -17,6 +17,7 @@ DATASETS: dict[str, str] = {
     "npz": "fastflow.data.npz:NpzDataset",
     "cifar10": "fastflow.data.cifar10:Cifar10Dataset",
     "pairs": "fastflow.pairs.dataset:PairDataset",
+    "sr": "fastflow.data.sr:SRDataset",
 }
 
 

@@ -12,16 +12,17 @@ from fastflow.errors import DataError
 
 @dataclass
 class Batch:
-    """A training batch: data ``x`` (images in [−1, 1] or points), optional labels, and for
-    teacher pairs the noise ``z`` the teacher mapped to ``x``."""
+    """A training batch: data ``x`` (images in [−1, 1] or points), optional labels, for
+    teacher pairs the noise ``z`` the teacher mapped to ``x``, and an optional condition image."""
 
     x: Tensor
     label: Tensor | None = None
     z: Tensor | None = None
+    image: Tensor | None = None  # conditioning image (e.g. the degraded input of super-resolution)
 
     def to(self, device: torch.device | str) -> Batch:
         move = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
-        return Batch(move(self.x), move(self.label), move(self.z))
+        return Batch(move(self.x), move(self.label), move(self.z), move(self.image))
 
 
 class Dataset:

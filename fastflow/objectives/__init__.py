@@ -7,6 +7,8 @@
 ``reflow``     k-RF / Annealing Reflow (``anneal: linear_K`` …)   pairs
 ``distill``    one-step (``k: 1``) or k-step distillation         pairs
 ``fgd``        Flow-Guided Distillation (``teacher: CKPT``)       pairs
+``sr``         OFTSR teacher flow from the degraded image         ``sr``
+``oftsr``      OFTSR one-step distillation (``teacher: CKPT``)    ``sr``
 =============  =================================================  ==========================
 """
 
@@ -23,6 +25,7 @@ from fastflow.objectives.base import Objective
 from fastflow.objectives.distances import build_distance
 from fastflow.objectives.distill import Distill
 from fastflow.objectives.fgd import FlowGuidedDistill
+from fastflow.objectives.oftsr import OFTSRDistill, SRFlow
 from fastflow.objectives.reflow import Reflow
 from fastflow.objectives.rf import RectifiedFlow
 
@@ -31,6 +34,8 @@ _OPTIONS = {
     "reflow": {"time", "distance", "cond_drop", "anneal"},
     "distill": {"distance", "k", "eps"},
     "fgd": {"distance", "eps", "teacher", "lam", "strict", "teacher_weights"},
+    "sr": {"time", "distance", "sigma_p"},
+    "oftsr": {"distance", "teacher", "teacher_weights", "sigma_p", "delta", "t_min", "t_max", "weights"},
 }
 
 
@@ -52,17 +57,28 @@ def build_objective(spec: dict[str, Any], num_classes: int = 0,
         if name == "rf":
             return RectifiedFlow(**common)
         return Reflow(**common, beta=parse_schedule(spec.get("anneal", "fixed_0")))
+    if name == "sr":
+        return SRFlow(time=build_time_sampler(spec.get("time", "uniform")), distance=distance,
+                      sigma_p=float(spec.get("sigma_p", 0.1)))
     eps = float(spec.get("eps", 1e-3))
     if name == "distill":
         return Distill(distance=distance, k=int(spec.get("k", 1)), eps=eps, num_classes=num_classes)
     if "teacher" not in spec:
-        raise ConfigError("objective fgd needs objective.teacher (the 2-RF checkpoint directory)")
+        raise ConfigError(f"objective {name} needs objective.teacher (a checkpoint or run directory)")
     from fastflow.models.checkpoint import load_model
 
     teacher = load_model(spec["teacher"], weights=spec.get("teacher_weights", "ema"), device=device)
     teacher.requires_grad_(False)
+    if name == "oftsr":
+        w = spec.get("weights", (1.0, 0.1, 0.01))
+        if not (isinstance(w, (list, tuple)) and len(w) == 3):
+            raise ConfigError("objective oftsr weights must be [distill, boundary, align]")
+        return OFTSRDistill(teacher=teacher, sigma_p=float(spec.get("sigma_p", 0.1)), distance=distance,
+                            delta=float(spec.get("delta", 0.05)), t_min=float(spec.get("t_min", 0.01)),
+                            t_max=float(spec.get("t_max", 0.99)), weights=tuple(float(x) for x in w))
     return FlowGuidedDistill(distance=distance, eps=eps, num_classes=num_classes, teacher=teacher,
                              lam=float(spec.get("lam", 1.0)), strict=bool(spec.get("strict", False)))
 
 
-__all__ = ["Distill", "FlowGuidedDistill", "Objective", "RectifiedFlow", "Reflow", "build_objective"]
+__all__ = ["Distill", "FlowGuidedDistill", "OFTSRDistill", "Objective", "RectifiedFlow", "Reflow", "SRFlow",
+           "build_objective"]

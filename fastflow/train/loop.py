@@ -58,20 +58,36 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 class _Sampler:
-    """Fixed noise (and labels) for periodic grids, so grids are comparable across steps."""
+    """Fixed inputs for periodic grids, so grids are comparable across steps: noise (and
+    labels), or what the objective's ``sample_inputs(batch)`` makes from a fixed data batch
+    (e.g. the noised degraded images of super-resolution)."""
 
-    def __init__(self, cfg: TrainConfig, model: nn.Module, data: Dataset, device: torch.device) -> None:
-        g = torch.Generator().manual_seed(cfg.seed)
+    def __init__(self, cfg: TrainConfig, model: nn.Module, data: Dataset, objective: Any,
+                 device: torch.device) -> None:
         n = cfg.train.sample_n
-        self.z = torch.randn(n, *data.sample_shape, generator=g).to(device)
-        k = model.config.num_classes
-        self.cond = (torch.arange(n) % k).to(device) if k else None
         self.steps = cfg.train.sample_steps
-        self.reference = data.get(torch.arange(min(len(data), 2000))).x if self.z.dim() == 2 else None
+        self.z: Tensor | None = None
+        with torch.random.fork_rng():
+            torch.manual_seed(cfg.seed)
+            make = getattr(objective, "sample_inputs", None)
+            if make is not None:
+                z, self.cond = make(data.get(torch.arange(min(n, len(data)))).to(device))
+                self.z = z
+            elif not getattr(model.config, "cond_channels", 0):
+                self.z = torch.randn(n, *data.sample_shape).to(device)
+                k = model.config.num_classes
+                self.cond = (torch.arange(n) % k).to(device) if k else None
+        self.reference = data.get(torch.arange(min(len(data), 2000))).x if data_is_points(data) else None
 
     def __call__(self, model: nn.Module, path: Path, step: int) -> None:
+        if self.z is None:  # the objective defines no preview for an image-conditioned model
+            return
         x = generate(model, self.z, "euler", self.steps, cond=self.cond).x
         save_samples(x, path, self.reference, title=f"step {step}, Euler {self.steps}")
+
+
+def data_is_points(data: Dataset) -> bool:
+    return len(data.sample_shape) == 1
 
 
 def _rng_states(info: DistInfo) -> tuple[list[Tensor], list[Tensor]]:
@@ -134,7 +150,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         atomic_write_text(run / "config.yaml", dump_config(cfg))
         truncate_log(run / "log.jsonl", start)
         logger = Logger(run, cfg.train.tensorboard)
-        sampler = _Sampler(cfg, model, data, info.device)
+        sampler = _Sampler(cfg, model, data, objective, info.device)
     barrier(info)
 
     net = model
