@@ -156,3 +156,32 @@ def test_sr_teacher_and_oftsr_student_train_through_the_loop(tmp_path) -> None:
     student = train(load_config(None, [*common, f"out_dir={tmp_path / 'student'}",
                                        f"objective={{name: oftsr, teacher: '{teacher}'}}"]))
     assert latest_checkpoint(student).name == "step-00000003"
+
+
+def test_sr_cli_and_tau_sweep_eval(tmp_path) -> None:
+    import json
+
+    import numpy as np
+
+    from fastflow.train import load_config, train
+
+    from helpers import run_cli
+
+    common = ["model.arch=unet", "model.in_channels=1", "model.cond_channels=1", "model.resolution=16",
+              "model.channels=8", "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[8]",
+              "data={name: sr, source: digits, scale: 2}", "train.batch_size=8", "train.progress=false",
+              "train.tensorboard=false", "train.steps=2"]
+    teacher = train(load_config(None, [*common, f"out_dir={tmp_path / 't'}", "objective={name: sr}"]))
+    student = train(load_config(None, [*common, f"out_dir={tmp_path / 's'}",
+                                       f"objective={{name: oftsr, teacher: '{teacher}'}}"]))
+    np.savez(tmp_path / "lr.npz", x=np.random.rand(3, 1, 8, 8).astype(np.float32) * 2 - 1)
+    res = run_cli("sr", str(student), "--input", str(tmp_path / "lr.npz"), "--tau", "0.3", "--out",
+                  str(tmp_path / "sr.png"))
+    assert res.returncode == 0 and "NFE=1" in res.stdout, res.stderr
+    res = run_cli("sr", str(teacher), "--input", str(tmp_path / "lr.npz"))
+    assert res.returncode == 2 and "not an OFTSR student" in res.stderr
+    res = run_cli("eval", str(student), "--n", "16", "--taus", "0.1,0.9", "--json", str(tmp_path / "e.json"))
+    assert res.returncode == 0, res.stderr
+    rows = json.loads((tmp_path / "e.json").read_text())["rows"]
+    assert [r["tau"] for r in rows] == [None, 0.1, 0.9, None] and all("psnr" in r for r in rows)
+    assert (tmp_path / "e.png").is_file() and (tmp_path / "e-samples.png").is_file()

@@ -65,3 +65,9 @@ def hf_energy_ratio(x: Tensor, ref: Tensor) -> float:
     k = lap.to(x.device).expand(x.shape[1], 1, 3, 3)
     e = lambda t: F.conv2d(t, k, groups=t.shape[1]).pow(2).mean()  # noqa: E731
     return float(e(x) / e(ref).clamp(min=1e-20))
+
+
+def sr_scores(x: Tensor, ref: Tensor) -> dict[str, float]:
+    """Batch means of PSNR and SSIM, and the high-frequency energy ratio."""
+    return {"psnr": float(psnr(x, ref).mean()), "ssim": float(ssim(x, ref).mean()),
+            "hf_ratio": hf_energy_ratio(x, ref)}

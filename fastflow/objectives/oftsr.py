@@ -41,6 +41,14 @@ def sr_start(lq: Tensor, sigma_p: float, noise: Tensor | None = None) -> Tensor:
     return math.sqrt(1.0 - sigma_p**2) * lq + sigma_p * eps
 
 
+@torch.no_grad()
+def oftsr_one_step(model: nn.Module, lq: Tensor, tau: float, sigma_p: float,
+                   noise: Tensor | None = None) -> Tensor:
+    """The student's one-step output at knob ``τ``: ``x̂(τ) = x0 + u_θ(x0, τ | lq)``."""
+    x0 = sr_start(lq, sigma_p, noise)
+    return x0 + model(x0, torch.full((len(lq),), float(tau), device=lq.device), {"image": lq})
+
+
 def _lq(batch: Batch) -> Tensor:
     if batch.image is None:
         raise DataError("super-resolution needs degraded inputs: set data.name=sr")

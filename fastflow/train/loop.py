@@ -160,7 +160,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     stream = BatchStream(data, cfg.train.batch_size // info.world, cfg.seed, info.rank, info.world)
     amp = autocast_for(cfg.train.amp, info.device)
     clip = cfg.optim.grad_clip or math.inf
-    meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf")}
+    meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf"),
+            "data_config": cfg.data, "objective_config": cfg.objective}
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not (info.main and cfg.train.progress),
                dynamic_ncols=True, desc="train", mininterval=0.2 if sys.stderr.isatty() else 15.0)
