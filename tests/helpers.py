@@ -7,6 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
+from fastflow.data import BatchStream
 from fastflow.train.config import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +40,16 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     cmd = [*args] if args and args[0] == "-m" else ["-m", "fastflow", *args]
     return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=cli_env(),
                           timeout=timeout, cwd=ROOT)
+
+
+def fit(objective, model: torch.nn.Module, stream: BatchStream, steps: int, lr: float = 3e-3) -> list[float]:
+    """Plain Adam on ``objective`` for ``steps`` batches; the per-step losses."""
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    losses = []
+    for step in range(steps):
+        loss, _ = objective(model, stream.batch(step), step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses

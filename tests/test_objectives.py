@@ -14,6 +14,8 @@ from fastflow.objectives.distances import l1, l2, pseudo_huber
 from fastflow.objectives.fgd import FlowGuidedDistill
 from fastflow.pairs import FlowTeacher, PairDataset, generate_pairs
 
+from helpers import fit
+
 EPS = 1e-3
 
 
@@ -155,16 +157,7 @@ def test_objectives_decrease_their_loss(toy_pairs, spec) -> None:
     torch.manual_seed(0)
     obj = build_objective(spec) if spec["name"] != "fgd" else FlowGuidedDistill(
         teacher=teacher, strict=spec.get("strict", False))
-    model = build_model({"preset": "toy2d", "hidden": 64})
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    stream = BatchStream(data, 128)
-    losses = []
-    for step in range(200):
-        loss, _ = obj(model, stream.batch(step), step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    losses = fit(obj, build_model({"preset": "toy2d", "hidden": 64}), BatchStream(data, 128), 200)
     assert sum(losses[-20:]) < 0.6 * sum(losses[:20]), (losses[:3], losses[-3:])
 
 

@@ -13,6 +13,8 @@ from fastflow.models import build_model
 from fastflow.objectives import build_objective
 from fastflow.objectives.oftsr import OFTSRDistill, SRFlow, sr_start
 
+from helpers import fit
+
 
 def test_degradation() -> None:
     x = torch.full((2, 3, 16, 16), 0.3)
@@ -112,15 +114,7 @@ def test_sr_objectives_decrease_their_loss(name) -> None:
         for p in teacher.parameters():
             torch.nn.init.normal_(p, std=0.05)
         obj = OFTSRDistill(teacher=teacher.requires_grad_(False))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    stream = BatchStream(data, 32)
-    losses = []
-    for step in range(80):
-        loss, _ = obj(model, stream.batch(step), step)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss))
+    losses = fit(obj, model, BatchStream(data, 32), 80)
     assert sum(losses[-10:]) < 0.7 * sum(losses[:10]), (losses[:3], losses[-3:])
 
 

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from fastflow.export import formats
     from fastflow.export.generator import Generator
     from fastflow.export.validate import compare
-    from fastflow.metrics.evaluate import sample_shape
+    from fastflow.models.presets import sample_shape
     from fastflow.models.checkpoint import load_model, resolve_checkpoint
     from fastflow.utils.io import atomic_write_json
 

@@ -13,6 +13,16 @@ import torch
 
 from fastflow.errors import ConfigError, FastflowError
 from fastflow.models.checkpoint import resolve_checkpoint
+from fastflow.models.presets import sample_shape
+
+
+def _load(args: argparse.Namespace) -> tuple[torch.device, Path, torch.nn.Module]:
+    """``--device``, the resolved checkpoint of ``ckpt`` and its model (``--weights``)."""
+    from fastflow.models.checkpoint import load_model
+
+    device = torch.device(args.device)
+    ckpt = resolve_checkpoint(args.ckpt)
+    return device, ckpt, load_model(ckpt, weights=args.weights, device=device)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -26,7 +36,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from fastflow.flow.sample import generate
-    from fastflow.models.checkpoint import load_model
     from fastflow.utils.images import save_samples
 
     if args.n < 1:
@@ -34,10 +43,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.suffix not in (".png", ".npz"):
         raise ConfigError(f"--out must end in .png or .npz, got {args.out!r}")
-    device = torch.device(args.device)
-    model = load_model(resolve_checkpoint(args.ckpt), weights=args.weights, device=device)
-    cfg = model.config
-    shape = (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
+    device, _, model = _load(args)
+    cfg, shape = model.config, sample_shape(model)
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, *shape, generator=g).to(device)
     cond = None
@@ -78,11 +85,9 @@ def cmd_pairs(args: argparse.Namespace) -> int:
                                           weights=args.weights, solver=args.solver,
                                           steps=args.steps if args.solver != "rk45" else None,
                                           rtol=args.rtol, atol=args.atol, cfg_scale=args.cfg)
-    cfg = teacher.model.config
-    shape = (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
     t0 = time.perf_counter()
-    manifest = generate_pairs(teacher, args.out, args.count, shape, shard_size=args.shard_size,
-                              seed=args.seed, batch_size=args.batch_size, device=device,
+    manifest = generate_pairs(teacher, args.out, args.count, sample_shape(teacher.model),
+                              shard_size=args.shard_size, seed=args.seed, batch_size=args.batch_size, device=device,
                               dtype=args.dtype, info=info, progress=not args.quiet)
     if info.main:
         wall = time.perf_counter() - t0
@@ -93,13 +98,10 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from fastflow.metrics.evaluate import evaluate
-    from fastflow.models.checkpoint import load_model
     from fastflow.utils.io import atomic_write_json
     from fastflow.utils.table import format_table
 
-    device = torch.device(args.device)
-    ckpt = resolve_checkpoint(args.ckpt)
-    model = load_model(ckpt, weights=args.weights, device=device)
+    device, ckpt, model = _load(args)
     if getattr(model.config, "cond_channels", 0):
         return _eval_sr(args, ckpt, model, device)
     steps = None if args.solver in ("rk45", "one_step") else args.steps
@@ -119,7 +121,6 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     import platform
 
     from fastflow.bench.latency import latency_suite, save_plot, speedup_check
-    from fastflow.metrics.evaluate import sample_shape
     from fastflow.models import build_model, load_model
     from fastflow.utils.io import atomic_write_json
     from fastflow.utils.table import format_table
@@ -202,13 +203,10 @@ def cmd_sr(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
     from fastflow.data.folder import load_image
-    from fastflow.models.checkpoint import load_model
     from fastflow.objectives.oftsr import oftsr_one_step
     from fastflow.utils.images import save_grid
 
-    device = torch.device(args.device)
-    ckpt = resolve_checkpoint(args.ckpt)
-    model = load_model(ckpt, weights=args.weights, device=device)
+    device, ckpt, model = _load(args)
     data_cfg, obj_cfg = _sr_meta(ckpt)
     if obj_cfg.get("name") != "oftsr":
         raise ConfigError(f"{ckpt} is not an OFTSR student (objective {obj_cfg.get('name')!r})")

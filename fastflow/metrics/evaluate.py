@@ -21,11 +21,7 @@ from fastflow.flow.guidance import cfg_velocity
 from fastflow.metrics.cost import count_flops, count_params
 from fastflow.metrics.digits import digits_scores
 from fastflow.metrics.frechet import frechet_distance, gaussian_stats
-
-
-def sample_shape(model: nn.Module) -> tuple[int, ...]:
-    cfg = model.config
-    return (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
+from fastflow.models.presets import sample_shape
 
 
 def _reference_stats(ref: str, feats: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:

@@ -67,6 +67,12 @@ def build_model(spec: dict[str, Any]) -> nn.Module:
     return module_cls(config)
 
 
+def sample_shape(model: nn.Module) -> tuple[int, ...]:
+    """The shape of one sample the model generates: ``(dim,)`` or ``(C, H, W)``."""
+    cfg = model.config
+    return (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
+
+
 def arch_of(model: nn.Module) -> str:
     for name, (module_cls, _) in ARCHS.items():
         if type(model) is module_cls:

@@ -19,7 +19,7 @@ from fastflow.data import BatchStream, Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
 from fastflow.models.checkpoint import load_weights, resolve_checkpoint
-from fastflow.models.presets import build_model
+from fastflow.models.presets import build_model, sample_shape
 from fastflow.objectives import build_objective
 from fastflow.train.config import TrainConfig, dump_config
 from fastflow.utils.distributed import DistInfo, barrier, gather_bytes, init_distributed
@@ -33,8 +33,7 @@ from fastflow.utils.images import save_samples
 def check_model_data(model: nn.Module, data: Dataset) -> None:
     """Fail early, in one line, when the model cannot take the data."""
     cfg = model.config
-    shape = data.sample_shape
-    want = (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
+    shape, want = data.sample_shape, sample_shape(model)
     if shape != want:
         raise ConfigError(f"model expects samples of shape {want}, the data gives {shape}")
     if cfg.num_classes and data.num_classes > cfg.num_classes:

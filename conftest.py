@@ -1,10 +1,7 @@
-import sys
-from pathlib import Path
+"""Shared by tests/ and benchmarks/: tests marked ``gpu`` are skipped without CUDA."""
 
 import pytest
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
