@@ -147,3 +147,39 @@ def test_class_conditional_generator_exports_with_a_label_input(tmp_path) -> Non
     a = sess.run(None, {"z": z.numpy(), "cond": torch.tensor([1, 1]).numpy()})[0]
     b = sess.run(None, {"z": z.numpy(), "cond": torch.tensor([7, 7]).numpy()})[0]
     assert abs(a - b).max() > 1e-4  # the label changes the image
+
+
+def test_oftsr_student_exports_with_tau_as_an_input(tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from fastflow.export.generator import SRGenerator
+    from fastflow.objectives.oftsr import oftsr_one_step
+
+    d = tmp_path / "oftsr"
+    torch.manual_seed(0)
+    m = build_model({"preset": "digits-small", "cond_channels": 1})
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    save_model(d, m, m, meta={"objective_config": {"name": "oftsr", "sigma_p": 0.2}})
+    lq, noise = torch.rand(2, 1, 16, 16) * 2 - 1, torch.randn(2, 1, 16, 16)
+    with torch.no_grad():  # the wrapper is the one-step formula
+        assert torch.allclose(SRGenerator(m.eval(), 0.2)(lq, noise, torch.full((2,), 0.3)),
+                              oftsr_one_step(m, lq, 0.3, 0.2, noise), atol=1e-6)
+    out, rep = tmp_path / "sr.onnx", tmp_path / "r.json"
+    res = _export(d, "--format", "onnx", "-o", str(out), "--max-batch", "4", "--validate", "--report", str(rep))
+    assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]
+    assert json.loads(rep.read_text())["inputs"] == ["lq", "noise", "tau"]
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(out))
+    feed = {"lq": lq.numpy(), "noise": noise.numpy()}
+    a = sess.run(None, {**feed, "tau": torch.full((2,), 0.1).numpy()})[0]
+    b = sess.run(None, {**feed, "tau": torch.full((2,), 0.9).numpy()})[0]
+    with torch.no_grad():
+        ta = SRGenerator(m, 0.2)(lq, noise, torch.full((2,), 0.1)).numpy()
+        tb = SRGenerator(m, 0.2)(lq, noise, torch.full((2,), 0.9)).numpy()
+    assert abs(a - ta).max() < 1e-5 and abs(b - tb).max() < 1e-5  # the knob is live and exact
+    assert abs(a - b).max() > 1e-5
+    save_model(tmp_path / "teacher", m, m, meta={"objective_config": {"name": "sr"}})
+    res = _export(tmp_path / "teacher", "--format", "onnx", "-o", str(tmp_path / "t.onnx"))
+    assert res.returncode == 2 and "OFTSR" in res.stderr

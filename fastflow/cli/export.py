@@ -62,10 +62,10 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     from fastflow.bench.timing import measure_latency
     from fastflow.export import formats
-    from fastflow.export.generator import Generator
+    from fastflow.export.generator import Generator, SRGenerator
     from fastflow.export.validate import compare
     from fastflow.models.presets import sample_shape
-    from fastflow.models.checkpoint import load_model, resolve_checkpoint
+    from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint
     from fastflow.utils.io import atomic_write_json
 
     if args.batch is not None:
@@ -86,16 +86,24 @@ def run(args: argparse.Namespace) -> int:
                                               "(pip install 'fastflow[tensorrt]'); use --format onnx or pt2 here")
     ckpt = resolve_checkpoint(args.ckpt)
     model = load_model(ckpt, weights=args.weights, device=device)
-    if getattr(model.config, "context_dim", 0) or getattr(model.config, "cond_channels", 0):
-        raise ConfigError("exporting token- or image-conditioned generators is not supported yet "
-                          "(unconditional and class-conditional are)")
+    if getattr(model.config, "context_dim", 0):
+        raise ConfigError("exporting token-conditioned generators is not supported yet")
     num_classes = getattr(model.config, "num_classes", 0)
-    gen = Generator(model, args.steps).to(device=device, dtype=dtype).eval()
     shape = sample_shape(model)
     g = torch.Generator().manual_seed(args.seed)
+    if getattr(model.config, "cond_channels", 0):  # an OFTSR student: (lq, noise, tau) → image
+        objective = read_config(ckpt).get("meta", {}).get("objective_config") or {}
+        if objective.get("name") != "oftsr":
+            raise ConfigError(f"{ckpt}: image-conditioned models export only as OFTSR students")
+        gen = SRGenerator(model, float(objective.get("sigma_p", 0.1))).to(device=device, dtype=dtype).eval()
+    else:
+        gen = Generator(model, args.steps).to(device=device, dtype=dtype).eval()
 
     def inputs_for(b: int) -> tuple[torch.Tensor, ...]:
         z = torch.randn(b, *shape, generator=g).to(device=device, dtype=dtype)
+        if isinstance(gen, SRGenerator):
+            lq = (torch.rand(b, *shape, generator=g) * 2 - 1).to(device=device, dtype=dtype)
+            return lq, z, torch.rand(b, generator=g).to(device)
         if not num_classes:
             return (z,)
         return z, torch.randint(0, num_classes, (b,), generator=g).to(device)
@@ -125,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
                      "opset": args.opset if args.format == "onnx" else None,
                      "opt_level": args.opt_level if args.format == "engine" else None,
                      "timing_cache": args.timing_cache, "weights": args.weights, "seed": args.seed},
-        "sample_shape": list(shape), "inputs": formats.input_names(example),
+        "sample_shape": list(shape), "inputs": formats.input_names(gen, example),
     }
     runner = formats.LOADERS[args.format](out, device)
     status = 0

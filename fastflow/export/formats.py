@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from fastflow.errors import FastflowError
 
 Runner = Callable[..., Tensor]  # run(z[, label]) → image
-Example = tuple[Tensor, ...]  # (z,) or (z, label)
+Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
 FORMATS = ("onnx", "pt2", "ep", "engine")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -35,19 +35,20 @@ class BatchRange:
         return self.min != self.max
 
 
-def input_names(example: Example) -> list[str]:
-    return ["z", "cond"][: len(example)]
+def input_names(gen: nn.Module, example: Example) -> list[str]:
+    """The generator's forward argument names actually fed (``z[, cond]`` or ``lq, noise, tau``)."""
+    return list(gen.input_names[: len(example)])
 
 
-def _dynamic_shapes(example: Example, batch: BatchRange) -> dict[str, Any] | None:
+def _dynamic_shapes(gen: nn.Module, example: Example, batch: BatchRange) -> dict[str, Any] | None:
     if not batch.dynamic:
         return None
     dim = torch.export.Dim("batch", min=batch.min, max=batch.max)
-    return {name: {0: dim} for name in input_names(example)}
+    return {name: {0: dim} for name in input_names(gen, example)}
 
 
 def _exported(gen: nn.Module, example: Example, batch: BatchRange) -> torch.export.ExportedProgram:
-    return torch.export.export(gen, example, dynamic_shapes=_dynamic_shapes(example, batch))
+    return torch.export.export(gen, example, dynamic_shapes=_dynamic_shapes(gen, example, batch))
 
 
 def _softmax_in_fp32(path: Path) -> None:
@@ -79,7 +80,8 @@ def build_onnx(gen: nn.Module, example: Example, batch: BatchRange, path: Path, 
         if importlib.util.find_spec(mod) is None:
             raise MissingBackendError(f"--format onnx needs {mod}: pip install onnx onnxscript onnxruntime")
     torch.onnx.export(gen, example, str(path), dynamo=True, opset_version=opset,
-                      dynamic_shapes=_dynamic_shapes(example, batch), input_names=input_names(example),
+                      dynamic_shapes=_dynamic_shapes(gen, example, batch),
+                      input_names=input_names(gen, example),
                       output_names=["image"], verbose=False)
     if dtype == "fp16":
         _softmax_in_fp32(path)

@@ -4,6 +4,7 @@ r"""The exported object: a generator ``(z[, cond]) → image``, not just the vel
 :math:`x \leftarrow x + h\,v(x, t)` arithmetic inside, so one forward pass is the whole
 sampler (``k = 1``: :math:`x_1 = z + (1-\epsilon)v(z, \epsilon)`). It matches
 :func:`fastflow.flow.solvers.euler` exactly and traces cleanly under ``torch.export``.
+``SRGenerator`` is OFTSR's one-step super-resolution with the knob ``τ`` as an input.
 """
 
 from __future__ import annotations
@@ -13,9 +14,12 @@ from torch import Tensor, nn
 
 from fastflow.flow.solvers import time_grid
 from fastflow.flow.time import DEFAULT_EPS
+from fastflow.objectives.oftsr import sr_start
 
 
 class Generator(nn.Module):
+    input_names = ("z", "cond")
+
     def __init__(self, model: nn.Module, steps: int = 1, t0: float = DEFAULT_EPS) -> None:
         super().__init__()
         self.model, self.steps = model, steps
@@ -31,3 +35,22 @@ class Generator(nn.Module):
             t = torch.full((z.shape[0],), self.grid[i], dtype=torch.float32, device=z.device)
             x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond)
         return x
+
+
+class SRGenerator(nn.Module):
+    r"""OFTSR's one-step super-resolution with the knob as an input:
+    ``(lq, noise, τ) → x0 + u_θ(x0, τ | lq)`` with :math:`x_0 = \sqrt{1-\sigma_p^2}\,lq + \sigma_p\,noise`."""
+
+    input_names = ("lq", "noise", "tau")
+
+    def __init__(self, model: nn.Module, sigma_p: float) -> None:
+        super().__init__()
+        self.model, self.sigma_p = model, sigma_p
+
+    @property
+    def config(self):  # noqa: ANN201 - the wrapped model's config
+        return self.model.config
+
+    def forward(self, lq: Tensor, noise: Tensor, tau: Tensor) -> Tensor:
+        x0 = sr_start(lq, self.sigma_p, noise)
+        return x0 + self.model(x0, tau, {"image": lq})
