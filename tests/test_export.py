@@ -14,13 +14,19 @@ from fastflow.models import build_model, save_model
 from helpers import run_cli
 
 
+def _random_model(**overrides) -> torch.nn.Module:
+    """A digits-small UNet with small random weights everywhere (non-trivial outputs)."""
+    torch.manual_seed(0)
+    m = build_model({"preset": "digits-small", **overrides})
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return m
+
+
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory):
     d = tmp_path_factory.mktemp("gen")
-    torch.manual_seed(0)
-    m = build_model({"preset": "digits-small"})
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    m = _random_model()
     save_model(d, m, m)
     return d
 
@@ -131,10 +137,7 @@ def test_class_conditional_generator_exports_with_a_label_input(tmp_path) -> Non
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     d = tmp_path / "cond"
-    torch.manual_seed(0)
-    m = build_model({"preset": "digits-small", "num_classes": 10})
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    m = _random_model(num_classes=10)
     save_model(d, m, m)
     out, rep = tmp_path / "c.onnx", tmp_path / "r.json"
     res = _export(d, "--format", "onnx", "-o", str(out), "--max-batch", "4", "--validate", "--report", str(rep))
@@ -156,10 +159,7 @@ def test_oftsr_student_exports_with_tau_as_an_input(tmp_path) -> None:
     from fastflow.objectives.oftsr import oftsr_one_step
 
     d = tmp_path / "oftsr"
-    torch.manual_seed(0)
-    m = build_model({"preset": "digits-small", "cond_channels": 1})
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.05)
+    m = _random_model(cond_channels=1)
     save_model(d, m, m, meta={"objective_config": {"name": "oftsr", "sigma_p": 0.2}})
     lq, noise = torch.rand(2, 1, 16, 16) * 2 - 1, torch.randn(2, 1, 16, 16)
     with torch.no_grad():  # the wrapper is the one-step formula

@@ -49,6 +49,8 @@ class SolveResult:
 
 
 def _check(x: Tensor, what: str) -> Tensor:
+    """Fail on NaN/Inf (one host sync: fixed-step solvers check only their result, since a
+    non-finite velocity propagates to it; rk45 checks every call, it syncs per step anyway)."""
     if not torch.isfinite(x).all():
         raise SolverError(f"non-finite values in {what}; check the model and its inputs")
     return x
@@ -81,9 +83,9 @@ def euler(velocity: Velocity, x0: Tensor, steps: int, t0: float = DEFAULT_EPS, t
     _record(intermediates, traj, times, x, time_tensor(grid[0], b, x))
     for i in range(steps):
         t = time_tensor(grid[i], b, x)
-        x = x + (grid[i + 1] - grid[i]) * _check(velocity(x, t), "velocity")
+        x = x + (grid[i + 1] - grid[i]) * velocity(x, t)
         _record(intermediates, traj, times, x, time_tensor(grid[i + 1], b, x))
-    return SolveResult(x, steps, traj or None, times or None)
+    return SolveResult(_check(x, "the solution"), steps, traj or None, times or None)
 
 
 def rk2(velocity: Velocity, x0: Tensor, steps: int, r: float = 0.5, t0: float = DEFAULT_EPS,
@@ -101,16 +103,16 @@ def rk2(velocity: Velocity, x0: Tensor, steps: int, r: float = 0.5, t0: float = 
     _record(intermediates, traj, times, x, time_tensor(grid[0], b, x))
     for i in range(steps):
         h = grid[i + 1] - grid[i]
-        k1 = _check(velocity(x, time_tensor(grid[i], b, x)), "velocity")
+        k1 = velocity(x, time_tensor(grid[i], b, x))
         nfe += 1
         if last_euler and i == steps - 1:
             x = x + h * k1
         else:
-            k2 = _check(velocity(x + r * h * k1, time_tensor(grid[i] + r * h, b, x)), "velocity")
+            k2 = velocity(x + r * h * k1, time_tensor(grid[i] + r * h, b, x))
             nfe += 1
             x = x + h * ((1 - w2) * k1 + w2 * k2)
         _record(intermediates, traj, times, x, time_tensor(grid[i + 1], b, x))
-    return SolveResult(x, nfe, traj or None, times or None)
+    return SolveResult(_check(x, "the solution"), nfe, traj or None, times or None)
 
 
 def heun(velocity: Velocity, x0: Tensor, steps: int, t0: float = DEFAULT_EPS, t1: float = 1.0,

@@ -95,6 +95,14 @@ def _rng_states(info: DistInfo) -> tuple[list[Tensor], list[Tensor]]:
     return cpu, cuda
 
 
+def _check_finite(values: Tensor, start: int, end: int) -> None:
+    """Raise on a non-finite loss/gradient; checked per log or checkpoint interval, so the
+    training step itself never waits on the host."""
+    if not bool(torch.isfinite(values).all()):
+        raise TrainingError(f"non-finite loss or gradient between steps {start} and {end}; "
+                            "lower optim.lr or check the data")
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Run (or resume) training as configured; returns the run directory."""
     info = init_distributed()
@@ -174,8 +182,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         batch = stream.batch(step).to(info.device)
         with amp:
             loss, logs = objective(net, batch, step)
-        if not torch.isfinite(loss):
-            raise TrainingError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
@@ -189,6 +195,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if n % cfg.train.log_every == 0 or n == cfg.train.steps:
             keys = sorted(sums)
             vec = torch.stack([sums[k] for k in keys]) / (n - n_last)
+            _check_finite(vec, n_last, n)
             if info.world > 1:
                 dist.all_reduce(vec)
                 vec /= info.world
@@ -203,6 +210,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             sums, n_last = {}, n
 
         if n % cfg.train.ckpt_every == 0 or n == cfg.train.steps:
+            if sums:  # never checkpoint weights a diverged step produced
+                _check_finite(torch.stack(list(sums.values())), n_last, n)
             rng, cuda_rng = _rng_states(info)
             if info.main:
                 save_checkpoint(run, model, ema.model,
