@@ -120,6 +120,27 @@ def test_fgd_guidance_target_is_two_step_teacher_prediction(strict) -> None:
     assert torch.allclose(target, expect, atol=1e-6)
 
 
+def test_fgd_guidance_target_uses_the_cfg_guided_teacher() -> None:
+    """Class-conditional FGD: v = α·v(x|c) + (1-α)·v(x|∅) with a hand-made conditional teacher."""
+
+    class CondTeacher(torch.nn.Module):
+        def forward(self, x, t, cond):  # v(x|c) = -0.3x + c, null label (−1 here) → -0.3x
+            c = torch.zeros(len(x)) if cond is None else cond.float().clamp(min=0)
+            return -0.3 * x + c[:, None]
+
+        def null_cond(self, cond):
+            return torch.full_like(cond, -1)
+
+    alpha = 1.5
+    obj = FlowGuidedDistill(teacher=CondTeacher(), cfg_scale=alpha, num_classes=10)
+    z, v_s, t, c = torch.randn(5, 3), torch.randn(5, 3), torch.rand(5) * 0.6 + 0.2, torch.arange(1, 6)
+    target = obj.guidance_target(z, v_s, t, c)
+    tt, cc = t[:, None], c[:, None].float()
+    x_mid = z + tt * v_s
+    expect = x_mid + (1 - tt) * (-0.3 * x_mid + alpha * cc)
+    assert torch.allclose(target, expect, atol=1e-6)
+
+
 def test_fgd_loss_combines_distill_and_guide() -> None:
     batch = _batch()
     obj = FlowGuidedDistill(teacher=Recorder(c=-0.3), lam=0.5)

@@ -1,4 +1,4 @@
-"""``fastflow train | sample | pairs | eval | sr | bench latency | demo``. Bad input → one line on stderr and exit code 2."""
+"""``fastflow train | sample | pairs | prompts | eval | sr | bench latency | demo``. Bad input → one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -48,7 +48,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, *shape, generator=g).to(device)
     cond = None
-    if args.label is not None:
+    if args.prompt_emb is not None:
+        cond = {"tokens": _prompt_embedding(args.prompt_emb).to(device).expand(args.n, -1, -1)}
+    elif args.label is not None:
         if not cfg.num_classes:
             raise ConfigError("--label given but the model is not class-conditional")
         if not 0 <= args.label < cfg.num_classes:
@@ -64,6 +66,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
+    if out.suffix == ".png" and callable(getattr(model, "decode", None)):
+        res.x = model.decode(res.x)  # latents → images through the VAE
     if out.suffix == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, x=res.x.float().cpu().numpy(), nfe=res.nfe,
@@ -75,16 +79,62 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _prompt_embedding(path: str) -> torch.Tensor:
+    """One text embedding ``[1, L, D]`` from a safetensors file (its only tensor, or ``embedding``)."""
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(path)
+    except Exception as e:  # noqa: BLE001
+        raise ConfigError(f"--prompt-emb {path}: not a readable safetensors file ({e})") from None
+    emb = tensors.get("embedding", next(iter(tensors.values())) if len(tensors) == 1 else None)
+    if emb is None or emb.dim() not in (2, 3) or (emb.dim() == 3 and len(emb) != 1):
+        raise ConfigError(f"--prompt-emb {path}: want one tensor [L, D] or [1, L, D] (or key 'embedding')")
+    return emb.float().reshape(1, *emb.shape[-2:])
+
+
+def cmd_prompts(args: argparse.Namespace) -> int:
+    from fastflow.models.sd import write_prompt_table
+
+    try:
+        prompts = Path(args.prompts).read_text().splitlines()
+    except OSError as e:
+        raise ConfigError(f"cannot read {args.prompts}: {e.strerror}") from None
+    out = write_prompt_table(args.sd, prompts, args.out, device=args.device)
+    print(f"wrote {out}: {len([p for p in prompts if p.strip()])} prompts + the null prompt")
+    return 0
+
+
+def _sd_teacher(args: argparse.Namespace, device: torch.device):  # noqa: ANN202
+    from fastflow.models.sd import SDConfig, SDVelocity
+    from fastflow.pairs import FlowTeacher
+    from fastflow.pairs.teacher import file_digest
+
+    if not args.prompts:
+        raise ConfigError("--sd needs --prompts TABLE (made by `fastflow prompts`)")
+    model = SDVelocity(SDConfig(path=args.sd, prompts=args.prompts, prediction=args.prediction)).to(device).eval()
+    source = {"sd": str(Path(args.sd).expanduser().resolve()), "prediction": model.config.prediction,
+              "prompts_sha256": file_digest(args.prompts)}
+    return FlowTeacher(model=model, source=source, solver=args.solver,
+                       steps=args.steps if args.solver != "rk45" else None, rtol=args.rtol, atol=args.atol,
+                       cfg_scale=args.cfg)
+
+
 def cmd_pairs(args: argparse.Namespace) -> int:
     from fastflow.pairs import FlowTeacher, generate_pairs
     from fastflow.utils.distributed import init_distributed
 
     info = init_distributed()
     device = torch.device(args.device) if args.device else info.device
-    teacher = FlowTeacher.from_checkpoint(resolve_checkpoint(args.ckpt), device=device,
-                                          weights=args.weights, solver=args.solver,
-                                          steps=args.steps if args.solver != "rk45" else None,
-                                          rtol=args.rtol, atol=args.atol, cfg_scale=args.cfg)
+    if (args.ckpt is None) == (args.sd is None):
+        raise ConfigError("give a teacher checkpoint or --sd DIR (exactly one)")
+    if args.sd is not None:
+        teacher = _sd_teacher(args, device)
+    else:
+        teacher = FlowTeacher.from_checkpoint(resolve_checkpoint(args.ckpt), device=device,
+                                              weights=args.weights, solver=args.solver,
+                                              steps=args.steps if args.solver != "rk45" else None,
+                                              rtol=args.rtol, atol=args.atol, cfg_scale=args.cfg)
     t0 = time.perf_counter()
     manifest = generate_pairs(teacher, args.out, args.count, sample_shape(teacher.model),
                               shard_size=args.shard_size, seed=args.seed, batch_size=args.batch_size, device=device,
@@ -231,9 +281,15 @@ def cmd_sr(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fastflow.demo import run_demo
+    from fastflow.demo import run_conditional, run_demo, run_sr
 
-    run_demo(Path(args.out), scale=args.scale)
+    out = Path(args.out)
+    if not args.skip_main:
+        run_demo(out, scale=args.scale)
+    if args.conditional:
+        run_conditional(out / "conditional", scale=args.scale)
+    if args.sr:
+        run_sr(out / "sr", scale=args.scale)
     return 0
 
 
@@ -258,13 +314,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--label", type=int, default=None, help="class label (class-conditional models)")
     s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale α")
+    s.add_argument("--prompt-emb", default=None,
+                   help="text embedding (.safetensors, [L, D]) for token-conditioned models")
     s.add_argument("--weights", default="ema", choices=["ema", "model"])
     s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     s.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
     s.set_defaults(fn=cmd_sample)
 
     q = sub.add_parser("pairs", help="generate teacher pairs (z, T(z)) as resumable shards")
-    q.add_argument("ckpt", help="teacher checkpoint directory (or run directory)")
+    q.add_argument("ckpt", nargs="?", default=None, help="teacher checkpoint directory (or run directory)")
+    q.add_argument("--sd", default=None, help="instead: a local Stable-Diffusion-style diffusers directory")
+    q.add_argument("--prompts", default=None, help="with --sd: prompt table from `fastflow prompts`")
+    q.add_argument("--prediction", default=None, choices=["epsilon", "v_prediction", "sample"],
+                   help="with --sd: override the scheduler's prediction type")
     q.add_argument("--out", required=True, help="output directory for shards + manifest.json")
     q.add_argument("--count", type=int, required=True, help="number of pairs")
     q.add_argument("--shard-size", type=int, default=1000)
@@ -280,6 +342,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(fn=cmd_pairs)
+
+    pr = sub.add_parser("prompts", help="encode a prompt file (one per line) into a prompt table for SD teachers")
+    pr.add_argument("sd", help="local Stable-Diffusion-style diffusers directory (tokenizer/, text_encoder/)")
+    pr.add_argument("prompts", help="text file, one prompt per line")
+    pr.add_argument("--out", required=True, help="output .safetensors")
+    pr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    pr.set_defaults(fn=cmd_prompts)
 
     e = sub.add_parser("eval", help="quality, straightness, params, FLOPs, NFE and latency of a checkpoint")
     e.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
@@ -328,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="demo_out")
     d.add_argument("--scale", type=float, default=1.0,
                    help="multiply every training budget and the pair count (e.g. 4 for a longer run)")
+    d.add_argument("--conditional", action="store_true",
+                   help="also run InstaFlow on class-conditioned digits with CFG (~9 more minutes)")
+    d.add_argument("--sr", action="store_true", help="also run OFTSR ×4 on digits with the τ sweep (~4 more minutes)")
+    d.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
     d.set_defaults(fn=cmd_demo)
     return p
 

@@ -12,10 +12,12 @@ from torch import nn
 
 from fastflow.errors import ConfigError
 from fastflow.models.mlp import MLP, MLPConfig
+from fastflow.models.sd import SDConfig, SDVelocity
 from fastflow.models.unet import UNet, UNetConfig
 
 #: arch name → (module class, config class); ``config.json`` stores the arch name.
-ARCHS: dict[str, tuple[type[nn.Module], Any]] = {"unet": (UNet, UNetConfig), "mlp": (MLP, MLPConfig)}
+ARCHS: dict[str, tuple[type[nn.Module], Any]] = {"unet": (UNet, UNetConfig), "mlp": (MLP, MLPConfig),
+                                                 "sd": (SDVelocity, SDConfig)}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # 1-RF teacher of Rectified Flow / SlimFlow on CIFAR-10 (DDPM++), 61.8M.

@@ -6,7 +6,8 @@
 ``rf``         1-RF                                               images (``digits`` …)
 ``reflow``     k-RF / Annealing Reflow (``anneal: linear_K`` …)   pairs
 ``distill``    one-step (``k: 1``) or k-step distillation         pairs
-``fgd``        Flow-Guided Distillation (``teacher: CKPT``)       pairs
+``fgd``        Flow-Guided Distillation (``teacher: CKPT``,       pairs
+               ``cfg_scale: α`` for conditional teachers)
 ``sr``         OFTSR teacher flow from the degraded image         ``sr``
 ``oftsr``      OFTSR one-step distillation (``teacher: CKPT``)    ``sr``
 =============  =================================================  ==========================
@@ -33,7 +34,7 @@ _OPTIONS = {
     "rf": {"time", "distance", "cond_drop"},
     "reflow": {"time", "distance", "cond_drop", "anneal"},
     "distill": {"distance", "k", "eps"},
-    "fgd": {"distance", "eps", "teacher", "lam", "strict", "teacher_weights"},
+    "fgd": {"distance", "eps", "teacher", "lam", "strict", "teacher_weights", "cfg_scale"},
     "sr": {"time", "distance", "sigma_p"},
     "oftsr": {"distance", "teacher", "teacher_weights", "sigma_p", "delta", "t_min", "t_max", "weights"},
 }
@@ -77,7 +78,8 @@ def build_objective(spec: dict[str, Any], num_classes: int = 0,
                             delta=float(spec.get("delta", 0.05)), t_min=float(spec.get("t_min", 0.01)),
                             t_max=float(spec.get("t_max", 0.99)), weights=tuple(float(x) for x in w))
     return FlowGuidedDistill(distance=distance, eps=eps, num_classes=num_classes, teacher=teacher,
-                             lam=float(spec.get("lam", 1.0)), strict=bool(spec.get("strict", False)))
+                             lam=float(spec.get("lam", 1.0)), strict=bool(spec.get("strict", False)),
+                             cfg_scale=float(spec.get("cfg_scale", 1.0)))
 
 
 __all__ = ["Distill", "FlowGuidedDistill", "OFTSRDistill", "Objective", "RectifiedFlow", "Reflow", "SRFlow",

@@ -10,6 +10,8 @@ r"""SlimFlow's Flow-Guided Distillation: one-step distillation plus guidance fro
     \hat x_1 &= \tilde x + (1 - t')\,v_\phi(\tilde x, t'),\qquad
     L_\text{guide} = d\big(z_f + v_s,\ \mathrm{sg}(\hat x_1)\big)
 
+For class-conditional students the fresh batch gets random labels and the teacher velocity is
+guided, :math:`v_\phi \to v^\alpha_\phi` (InstaFlow distils from the 2-RF with ``cfg_scale`` α = 1.5).
 The target :math:`\hat x_1` is a two-step prediction (a student or teacher first step, then a
 teacher step) computed without gradient; the pair batch and the fresh batch go through the
 student in one call.
@@ -23,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from fastflow.data.base import Batch
+from fastflow.flow.guidance import cfg_velocity
 from fastflow.flow.path import expand_t, predict_x1
 from fastflow.objectives.distill import Distill
 
@@ -33,14 +36,16 @@ class FlowGuidedDistill(Distill):
     lam: float = 1.0
     strict: bool = False
     t_range: tuple[float, float] = (0.2, 0.8)
+    cfg_scale: float = 1.0
 
     def guidance_target(self, z: Tensor, v_s: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """``x̂1`` from fresh noise ``z`` given the student's first-step velocity ``v_s``."""
         tt = expand_t(t, z)
+        v_t = cfg_velocity(self.teacher, cond, self.cfg_scale)
         with torch.no_grad():
-            first = self.teacher(z, torch.full_like(t, self.eps), cond) if self.strict else v_s
+            first = v_t(z, torch.full_like(t, self.eps)) if self.strict else v_s
             x_mid = z + tt * first
-            return predict_x1(x_mid, t, self.teacher(x_mid, t, cond))
+            return predict_x1(x_mid, t, v_t(x_mid, t))
 
     def __call__(self, model: nn.Module, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         z, x1 = self.pairs(batch)
