@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastflow.fused.reference import group_norm_ref
+
 
 def num_groups(channels: int) -> int:
     """The family's GroupNorm group count ``min(C // 4, 32)``."""
@@ -31,19 +33,19 @@ class GroupNormAct(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
-        # fp16/bf16 inputs are normalised in fp32 (also what exported fp16 graphs keep)
-        low = x.dtype in (torch.float16, torch.bfloat16)
-        y = F.group_norm(x.float() if low else x, self.num_groups,
-                         self.weight.float() if low else self.weight,
-                         self.bias.float() if low else self.bias, self.eps).to(x.dtype)
-        if scale is not None:
-            y = y * (1 + scale[:, :, None, None])
-        if shift is not None:
-            y = y + shift[:, :, None, None]
-        return F.silu(y) if self.act else y
+        # computed in fp32 for fp16/bf16 inputs (also what exported fp16 graphs keep)
+        return group_norm_ref(x, self.weight, self.bias, self.num_groups, self.eps, scale, shift, self.act)
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, groups={self.num_groups}, act={self.act}, eps={self.eps}"
+
+
+class SDPA(nn.Module):
+    """The attention core ``softmax(q kᵀ/√d) v`` on ``[B, H, L, D]``; a separate module so that
+    ``fastflow.fused.swap`` can replace it per layer (``FusedAttention``)."""
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        return F.scaled_dot_product_attention(q, k, v)
 
 
 class Attention(nn.Module):
@@ -59,6 +61,7 @@ class Attention(nn.Module):
         kv = context_dim or dim
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(kv, dim), nn.Linear(kv, dim)
         self.out = nn.Linear(dim, dim)
+        self.core = SDPA()
 
     def _split(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -67,7 +70,7 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         ctx = x if context is None else context
         q, k, v = self._split(self.q(x)), self._split(self.k(ctx)), self._split(self.v(ctx))
-        o = F.scaled_dot_product_attention(q, k, v)
+        o = self.core(q, k, v)
         b, _, n, _ = o.shape
         return self.out(o.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
 

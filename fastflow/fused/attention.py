@@ -1,0 +1,278 @@
+r"""Triton attention (FlashAttention-2 style), forward and backward, registered as
+``torch.ops.fastflow.attention_fwd`` / ``attention_bwd`` with fake and autograd rules.
+
+Forward: per block of queries, an online softmax over key blocks in base 2,
+:math:`m \leftarrow \max(m, \max_j s_j)`, :math:`\ell \leftarrow \ell\,2^{m_\text{old}-m} + \sum_j 2^{s_j - m}`
+with :math:`s = q k^\top \cdot \text{scale}\cdot\log_2 e`; it stores ``O`` and the row
+log-sum-exp (base 2) for the backward. Backward: :math:`\delta_i = \sum_d dO_{id} O_{id}`,
+:math:`P = 2^{s - \mathrm{lse}}`, :math:`dV = P^\top dO`, :math:`dS = P \circ (dO V^\top - \delta)`,
+:math:`dK = \text{scale}\, dS^\top Q`, :math:`dQ = \text{scale}\, dS K` — one kernel over key blocks
+(dK, dV) and one over query blocks (dQ), no atomics.
+
+Inputs are ``[B, H, L, D]`` read through their strides (a ``[B, L, H, D]`` tensor transposed is
+taken without a copy); Lq ≠ Lk (cross-attention) and any lengths (boundary masks); head dims up
+to 256 padded to the next power of two under a mask; fp16, bf16, fp32 (fp32 products in IEEE
+precision). Block sizes are autotuned once per (power-of-two length bucket, head-dim block,
+dtype) and cached, so a new sequence length in the same bucket does not re-tune.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+from torch.library import triton_op, wrap_triton
+
+from fastflow.fused.reference import attention_ref
+from fastflow.fused.runtime import interpreting, next_pow2
+
+LOG2E = 1.4426950408889634
+MAX_HEAD_DIM = 256
+
+
+def _configs(bwd: bool = False) -> list[triton.Config]:
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    sizes = [(64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2), (128, 64, 8, 2)] if bwd else \
+        [(128, 64, 4, 3), (128, 32, 4, 3), (64, 64, 4, 3), (64, 32, 4, 2), (128, 128, 8, 2), (64, 128, 4, 2)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in sizes]
+
+
+_KEY = ["LQ_B", "LK_B", "BLOCK_D", "DTYPE_KEY"]
+
+
+@triton.autotune(configs=_configs(), key=_KEY)
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, scale_log2, LQ, LK, HEADS, D,
+                q_b, q_h, q_l, q_d, k_b, k_h, k_l, k_d, v_b, v_h, v_l, v_d, o_b, o_h, o_l, o_d,
+                LQ_B, LK_B, DTYPE_KEY, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+                BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HEADS).to(tl.int64)
+    h = (bh % HEADS).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    mmask = offs_m < LQ
+    q = tl.load(Q + b * q_b + h * q_h + offs_m[:, None] * q_l + offs_d[None, :] * q_d,
+                mask=mmask[:, None] & dmask[None, :], other=0.0)
+    m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    l_i = tl.zeros((BLOCK_M,), tl.float32)
+    acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    kbase = K + b * k_b + h * k_h
+    vbase = V + b * v_b + h * v_h
+    for start in range(0, LK, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        nmask = offs_n < LK
+        kt = tl.load(kbase + offs_n[None, :] * k_l + offs_d[:, None] * k_d, mask=dmask[:, None] & nmask[None, :],
+                     other=0.0)
+        if IEEE:
+            s = tl.dot(q, kt, input_precision="ieee")
+        else:
+            s = tl.dot(q, kt)
+        s = tl.where(nmask[None, :], s * scale_log2, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(vbase + offs_n[:, None] * v_l + offs_d[None, :] * v_d, mask=nmask[:, None] & dmask[None, :],
+                    other=0.0)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    acc = acc / l_i[:, None]
+    tl.store(O + b * o_b + h * o_h + offs_m[:, None] * o_l + offs_d[None, :] * o_d, acc.to(O.dtype.element_ty),
+             mask=mmask[:, None] & dmask[None, :])
+    tl.store(LSE + bh.to(tl.int64) * LQ + offs_m, m_i + tl.math.log2(l_i), mask=mmask)
+
+
+@triton.autotune(configs=_configs(bwd=True), key=_KEY)
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, scale, scale_log2, LQ, LK, HEADS, D,
+                     q_b, q_h, q_l, q_d, k_b, k_h, k_l, k_d, v_b, v_h, v_l, v_d, do_b, do_h, do_l, do_d,
+                     dk_b, dk_h, dk_l, dk_d, dv_b, dv_h, dv_l, dv_d,
+                     LQ_B, LK_B, DTYPE_KEY, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HEADS).to(tl.int64)
+    h = (bh % HEADS).to(tl.int64)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    nmask = offs_n < LK
+    kv_mask = nmask[:, None] & dmask[None, :]
+    k = tl.load(K + b * k_b + h * k_h + offs_n[:, None] * k_l + offs_d[None, :] * k_d, mask=kv_mask, other=0.0)
+    v = tl.load(V + b * v_b + h * v_h + offs_n[:, None] * v_l + offs_d[None, :] * v_d, mask=kv_mask, other=0.0)
+    dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
+    qbase = Q + b * q_b + h * q_h
+    dobase = DO + b * do_b + h * do_h
+    row = bh.to(tl.int64) * LQ
+    for start in range(0, LQ, BLOCK_M):
+        offs_m = start + tl.arange(0, BLOCK_M)
+        mmask = offs_m < LQ
+        qd_mask = mmask[:, None] & dmask[None, :]
+        q = tl.load(qbase + offs_m[:, None] * q_l + offs_d[None, :] * q_d, mask=qd_mask, other=0.0)
+        do = tl.load(dobase + offs_m[:, None] * do_l + offs_d[None, :] * do_d, mask=qd_mask, other=0.0)
+        lse = tl.load(LSE + row + offs_m, mask=mmask, other=0.0)
+        delta = tl.load(DELTA + row + offs_m, mask=mmask, other=0.0)
+        if IEEE:
+            st = tl.dot(k, tl.trans(q), input_precision="ieee")
+        else:
+            st = tl.dot(k, tl.trans(q))
+        pt = tl.math.exp2(st * scale_log2 - lse[None, :])
+        pt = tl.where(nmask[:, None] & mmask[None, :], pt, 0.0)
+        if IEEE:
+            dv += tl.dot(pt.to(do.dtype), do, input_precision="ieee")
+            dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
+        else:
+            dv += tl.dot(pt.to(do.dtype), do)
+            dpt = tl.dot(v, tl.trans(do))
+        dst = pt * (dpt - delta[None, :])
+        if IEEE:
+            dk += tl.dot(dst.to(q.dtype), q, input_precision="ieee")
+        else:
+            dk += tl.dot(dst.to(q.dtype), q)
+    dk = dk * scale
+    tl.store(DK + b * dk_b + h * dk_h + offs_n[:, None] * dk_l + offs_d[None, :] * dk_d, dk.to(DK.dtype.element_ty),
+             mask=kv_mask)
+    tl.store(DV + b * dv_b + h * dv_h + offs_n[:, None] * dv_l + offs_d[None, :] * dv_d, dv.to(DV.dtype.element_ty),
+             mask=kv_mask)
+
+
+@triton.autotune(configs=_configs(bwd=True), key=_KEY)
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HEADS, D,
+                   q_b, q_h, q_l, q_d, k_b, k_h, k_l, k_d, v_b, v_h, v_l, v_d, do_b, do_h, do_l, do_d,
+                   dq_b, dq_h, dq_l, dq_d, LQ_B, LK_B, DTYPE_KEY, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
+                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    pid_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = (bh // HEADS).to(tl.int64)
+    h = (bh % HEADS).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    mmask = offs_m < LQ
+    qd_mask = mmask[:, None] & dmask[None, :]
+    q = tl.load(Q + b * q_b + h * q_h + offs_m[:, None] * q_l + offs_d[None, :] * q_d, mask=qd_mask, other=0.0)
+    do = tl.load(DO + b * do_b + h * do_h + offs_m[:, None] * do_l + offs_d[None, :] * do_d, mask=qd_mask,
+                 other=0.0)
+    row = bh.to(tl.int64) * LQ
+    lse = tl.load(LSE + row + offs_m, mask=mmask, other=0.0)
+    delta = tl.load(DELTA + row + offs_m, mask=mmask, other=0.0)
+    dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
+    kbase = K + b * k_b + h * k_h
+    vbase = V + b * v_b + h * v_h
+    for start in range(0, LK, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        nmask = offs_n < LK
+        kv_mask = nmask[:, None] & dmask[None, :]
+        k = tl.load(kbase + offs_n[:, None] * k_l + offs_d[None, :] * k_d, mask=kv_mask, other=0.0)
+        v = tl.load(vbase + offs_n[:, None] * v_l + offs_d[None, :] * v_d, mask=kv_mask, other=0.0)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+            dp = tl.dot(do, tl.trans(v))
+        p = tl.math.exp2(s * scale_log2 - lse[:, None])
+        p = tl.where(mmask[:, None] & nmask[None, :], p, 0.0)
+        ds = p * (dp - delta[:, None])
+        if IEEE:
+            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
+        else:
+            dq += tl.dot(ds.to(k.dtype), k)
+    dq = dq * scale
+    tl.store(DQ + b * dq_b + h * dq_h + offs_m[:, None] * dq_l + offs_d[None, :] * dq_d, dq.to(DQ.dtype.element_ty),
+             mask=qd_mask)
+
+
+def _meta(q: Tensor, k: Tensor) -> dict[str, object]:
+    return {"LQ_B": next_pow2(q.shape[2]), "LK_B": next_pow2(k.shape[2]),
+            "DTYPE_KEY": {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}[q.dtype],
+            "BLOCK_D": max(16, next_pow2(q.shape[3])), "IEEE": q.dtype == torch.float32}
+
+
+def _lse_ref(q: Tensor, k: Tensor, scale: float) -> Tensor:
+    s = q.float() @ k.float().transpose(-1, -2) * (scale * LOG2E)
+    return torch.logsumexp(s * math.log(2), dim=-1) * LOG2E
+
+
+@triton_op("fastflow::attention_fwd", mutates_args=())
+def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
+    """``(O [B, H, Lq, D], lse [B, H, Lq] in base 2)``; the reference on CPU unless interpreting."""
+    b, h, lq, d = q.shape
+    if q.device.type == "cpu" and not interpreting():
+        return attention_ref(q, k, v, scale), _lse_ref(q, k, scale)
+    o = torch.empty_like(q)
+    lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
+
+    def grid(meta):  # noqa: ANN001, ANN202
+        return (triton.cdiv(lq, meta["BLOCK_M"]), b * h)
+
+    wrap_triton(_fwd_kernel)[grid](q, k, v, o, lse, scale * LOG2E, lq, k.shape[2], h, d, *q.stride(), *k.stride(),
+                                   *v.stride(), *o.stride(), **_meta(q, k))
+    return o, lse
+
+
+@attention_fwd.register_fake
+def _(q, k, v, scale):  # noqa: ANN001, ANN202
+    return torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+
+
+@triton_op("fastflow::attention_bwd", mutates_args=())
+def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
+                  scale: float) -> tuple[Tensor, Tensor, Tensor]:
+    """``(dq, dk, dv)``."""
+    b, h, lq, d = q.shape
+    if q.device.type == "cpu" and not interpreting():
+        leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
+        with torch.enable_grad():
+            out = attention_ref(*leaves, scale)
+            grads = torch.autograd.grad(out, leaves, do.float())
+        return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))  # type: ignore[return-value]
+    lk = k.shape[2]
+    delta = (do.float() * o.float()).sum(-1).contiguous()
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    meta = _meta(q, k)
+    common = (scale, scale * LOG2E, lq, lk, h, d, *q.stride(), *k.stride(), *v.stride(), *do.stride())
+
+    def grid_kv(m):  # noqa: ANN001, ANN202
+        return (triton.cdiv(lk, m["BLOCK_N"]), b * h)
+
+    def grid_q(m):  # noqa: ANN001, ANN202
+        return (triton.cdiv(lq, m["BLOCK_M"]), b * h)
+
+    wrap_triton(_bwd_dkdv_kernel)[grid_kv](q, k, v, do, lse, delta, dk, dv, *common, *dk.stride(), *dv.stride(),
+                                           **meta)
+    wrap_triton(_bwd_dq_kernel)[grid_q](q, k, v, do, lse, delta, dq, *common, *dq.stride(), **meta)
+    return dq, dk, dv
+
+
+@attention_bwd.register_fake
+def _(do, q, k, v, o, lse, scale):  # noqa: ANN001, ANN202
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _setup(ctx, inputs, output) -> None:  # noqa: ANN001
+    q, k, v, scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.scale = scale
+
+
+def _backward(ctx, do, _dlse):  # noqa: ANN001, ANN202
+    q, k, v, o, lse = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(do, q, k, v, o, lse, ctx.scale)
+    return dq, dk, dv, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup)

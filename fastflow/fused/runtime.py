@@ -1,0 +1,57 @@
+"""What the Triton kernels can run on, and the one-time fallback warning."""
+
+from __future__ import annotations
+
+import logging
+import os
+from functools import cache
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger("fastflow.fused")
+_warned: set[str] = set()
+
+
+def interpreting() -> bool:
+    """``TRITON_INTERPRET=1``: kernels run on CPU tensors through Triton's interpreter (tests)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@cache
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def kernel_device(x: Tensor) -> bool:
+    """Whether a Triton kernel can run on ``x``'s device at all (CUDA, or CPU under the interpreter)."""
+    if not triton_available() or torch.compiler.is_exporting():
+        return False
+    return x.is_cuda or (x.device.type == "cpu" and interpreting())
+
+
+def next_pow2(n: int) -> int:
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def sm_count(device: torch.device) -> int:
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return 1
+
+
+def flat_spatial(t: Tensor) -> bool:
+    """Whether ``[N, C, *spatial]`` reads as ``[N, C, HW]`` with one spatial stride (NCHW or
+    channels-last dense, or broadcast)."""
+    return all(t.shape[i] == 1 or t.stride(i) == t.stride(i + 1) * t.shape[i + 1] for i in range(2, t.dim() - 1))
+
+
+def warn_once(key: str, msg: str) -> None:
+    """Log ``msg`` the first time ``key`` falls back to the reference."""
+    if key not in _warned:
+        _warned.add(key)
+        log.warning("fastflow.fused: %s; using the PyTorch reference", msg)
