@@ -1,4 +1,4 @@
-"""``fastflow train | sample | pairs | prompts | eval | sr | bench latency | demo``. Bad input → one line on stderr and exit code 2."""
+"""``fastflow train | sample | pairs | prompts | eval | sr | bench latency|kernels | demo``. Bad input → one line on stderr and exit code 2."""
 
 from __future__ import annotations
 
@@ -280,6 +280,33 @@ def cmd_sr(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_kernels(args: argparse.Namespace) -> int:
+    from fastflow.bench.kernels import kernel_suite
+    from fastflow.fused.runtime import TRITON, interpreting
+    from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.table import format_table
+
+    if not TRITON:
+        raise ConfigError("fastflow bench kernels needs triton: pip install triton")
+    device = torch.device(args.device)
+    if device.type != "cuda" and not (args.quick and interpreting()):
+        raise ConfigError("fastflow bench kernels needs a CUDA GPU (on CPU only --quick under TRITON_INTERPRET=1, "
+                          "which checks the plumbing, not the speed)")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    res = kernel_suite(device, dtype, tuple(args.ops.split(",")), quick=args.quick, backward=args.backward)
+    if res["group_norm"]:
+        print(format_table(res["group_norm"], ["shape", "fused_ms", "eager_ms", "fused_GBps", "copy_GBps",
+                                               "fraction_of_copy_bw", "speedup_vs_eager"]))
+    if res["attention"]:
+        print(format_table(res["attention"], ["shape", "fused_ms", "best_sdpa_ms", "fused_TFLOPs",
+                                              "ratio_vs_best_sdpa"]))
+    for k, v in res["summary"].items():
+        print(f"{k}: {v}")
+    atomic_write_json(args.out, res)
+    print(f"wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastflow.demo import run_conditional, run_demo, run_sr
 
@@ -392,6 +419,15 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--out", default="latency.json")
     bl.add_argument("--png", default="latency_vs_nfe.png")
     bl.set_defaults(fn=cmd_bench_latency)
+
+    bk = bsub.add_parser("kernels", help="fused GroupNorm+SiLU and attention vs eager, compiled and SDPA (GPU)")
+    bk.add_argument("--ops", default="gn,attn", help="comma list of gn, attn")
+    bk.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
+    bk.add_argument("--backward", action="store_true", help="time attention forward + backward")
+    bk.add_argument("--quick", action="store_true", help="tiny shape set (plumbing check)")
+    bk.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bk.add_argument("--out", default="kernels.json")
+    bk.set_defaults(fn=cmd_bench_kernels)
 
     d = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~12 minutes)")
     d.add_argument("--out", default="demo_out")

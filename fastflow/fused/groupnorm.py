@@ -37,6 +37,13 @@ def _load_tile(ptr, base, ch, cmask, hw, hw_end, s_c, s_hw):
 
 
 @triton.jit
+def _group_shift(X, base, g, CPG, s_c):
+    """The group's first element: statistics are taken of ``x − K`` (shifted data), so a large
+    common offset does not cancel in fp32."""
+    return tl.load(X + base + (g * CPG).to(tl.int64) * s_c).to(tl.float32)
+
+
+@triton.jit
 def _stats_kernel(X, PART, HW, CPG, G, s_n, s_c, s_hw, CHUNK, SPLIT,
                   BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
     ng = tl.program_id(0)
@@ -47,6 +54,7 @@ def _stats_kernel(X, PART, HW, CPG, G, s_n, s_c, s_hw, CHUNK, SPLIT,
     cmask = c < CPG
     ch = g * CPG + c
     base = n.to(tl.int64) * s_n
+    k = _group_shift(X, base, g, CPG, s_c)
     start = sp * CHUNK
     end = tl.minimum(start + CHUNK, HW)
     cnt = 0.0
@@ -55,6 +63,7 @@ def _stats_kernel(X, PART, HW, CPG, G, s_n, s_c, s_hw, CHUNK, SPLIT,
     for off in range(start, end, BLOCK_HW):
         hw = off + tl.arange(0, BLOCK_HW)
         x, m = _load_tile(X, base, ch, cmask, hw, end, s_c, s_hw)
+        x = tl.where(m, x - k, 0.0)
         nb = tl.sum(m.to(tl.float32))
         mb = tl.sum(x) / nb
         d = tl.where(m, x - mb, 0.0)
@@ -125,21 +134,24 @@ def _apply_kernel(X, Y, W, B, S, T, PART, MEAN, RSTD, C, HW, CPG, G, s_n, s_c, s
     ch = g * CPG + c
     a, b, _, _, _ = _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd, HAS_W, HAS_B, HAS_S, HAS_T)
     base = n.to(tl.int64) * s_n
+    k = _group_shift(X, base, g, CPG, s_c)
     ybase = n.to(tl.int64) * y_n
     start = sp * CHUNK
     end = tl.minimum(start + CHUNK, HW)
     for off in range(start, end, BLOCK_HW):
         hw = off + tl.arange(0, BLOCK_HW)
         x, m = _load_tile(X, base, ch, cmask, hw, end, s_c, s_hw)
-        u = x * a[:, None] + b[:, None]
+        u = (x - k) * a[:, None] + b[:, None]
         if SILU:
             u = u * tl.sigmoid(u)
         tl.store(Y + ybase + ch[:, None] * y_c + hw[None, :] * y_hw, u.to(Y.dtype.element_ty), mask=m)
 
 
 @triton.jit
-def _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, a, b, SILU: tl.constexpr):
+def _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, b, SILU: tl.constexpr):
+    """``(x − K, ∂L/∂u, mask)`` of a tile."""
     x, m = _load_tile(X, base, ch, cmask, hw, end, s_c, s_hw)
+    x = x - k
     dy = tl.load(DY + dbase + ch[:, None] * d_c + hw[None, :] * d_hw, mask=m, other=0.0).to(tl.float32)
     if SILU:
         u = x * a[:, None] + b[:, None]
@@ -164,6 +176,7 @@ def _bwd_reduce_kernel(X, DY, W, B, S, T, MEAN, RSTD, PW, PB, PS, PT, C, HW, CPG
     ch = g * CPG + c
     a, b, w, bb, one_s = _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd, HAS_W, HAS_B, HAS_S, HAS_T)
     base = n.to(tl.int64) * s_n
+    k = _group_shift(X, base, g, CPG, s_c)
     dbase = n.to(tl.int64) * d_n
     start = sp * CHUNK
     end = tl.minimum(start + CHUNK, HW)
@@ -173,7 +186,7 @@ def _bwd_reduce_kernel(X, DY, W, B, S, T, MEAN, RSTD, PW, PB, PS, PT, C, HW, CPG
     acc_t = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ
     for off in range(start, end, BLOCK_HW):
         hw = off + tl.arange(0, BLOCK_HW)
-        x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, a, b, SILU)
+        x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, b, SILU)
         xhat = tl.where(m, (x - mean) * rstd, 0.0)
         dsum = tl.sum(du, axis=1)
         dxs = tl.sum(du * xhat, axis=1)
@@ -207,13 +220,14 @@ def _bwd_dx_kernel(X, DY, DX, W, B, S, T, MEAN, RSTD, GA, GB, C, HW, CPG, G,
     a, b, w, _, one_s = _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd, HAS_W, HAS_B, HAS_S, HAS_T)
     gcoef = one_s * w
     base = n.to(tl.int64) * s_n
+    k = _group_shift(X, base, g, CPG, s_c)
     dbase = n.to(tl.int64) * d_n
     obase = n.to(tl.int64) * o_n
     start = sp * CHUNK
     end = tl.minimum(start + CHUNK, HW)
     for off in range(start, end, BLOCK_HW):
         hw = off + tl.arange(0, BLOCK_HW)
-        x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, a, b, SILU)
+        x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, b, SILU)
         xhat = (x - mean) * rstd
         dx = rstd * (du * gcoef[:, None] - mg - xhat * mgx)
         tl.store(DX + obase + ch[:, None] * o_c + hw[None, :] * o_hw, dx.to(DX.dtype.element_ty), mask=m)
@@ -248,12 +262,13 @@ def _flags(weight, bias, scale, shift) -> dict[str, bool]:  # noqa: ANN001
 def group_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, scale: Tensor | None,
                    shift: Tensor | None, groups: int, eps: float, silu: bool,
                    split: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y, mean [N, G], rstd [N, G])``; the reference on CPU unless ``TRITON_INTERPRET=1``."""
+    """``(y, mean [N, G], rstd [N, G])``, the mean taken relative to each group's first element
+    (for the backward); the reference on CPU unless ``TRITON_INTERPRET=1``."""
     n = x.shape[0]
     if x.device.type == "cpu" and not interpreting():
         xs = x.float().reshape(n, groups, -1)
         var, mean = torch.var_mean(xs, dim=2, correction=0)
-        return (group_norm_ref(x, weight, bias, groups, eps, scale, shift, silu), mean,
+        return (group_norm_ref(x, weight, bias, groups, eps, scale, shift, silu), mean - xs[:, :, 0],
                 torch.rsqrt(var + eps))
     c = x.shape[1]
     y = torch.empty_like(x)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
-from functools import cache
 
 import torch
 from torch import Tensor
@@ -18,18 +18,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@cache
-def triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+TRITON = importlib.util.find_spec("triton") is not None
 
 
 def kernel_device(x: Tensor) -> bool:
     """Whether a Triton kernel can run on ``x``'s device at all (CUDA, or CPU under the interpreter)."""
-    if not triton_available() or torch.compiler.is_exporting():
+    if not TRITON or torch.compiler.is_exporting():
         return False
     return x.is_cuda or (x.device.type == "cpu" and interpreting())
 
