@@ -18,7 +18,7 @@ Two optional runs (``fastflow demo --conditional --sr``), each written to its ow
 
 * :func:`run_conditional` — InstaFlow on class-conditioned digits: a conditional 1-RF teacher with
   condition dropout, pairs with CFG scale α, a 2-RF with condition dropout initialised from the
-  teacher, one-step Flow-Guided Distillation guided by the 2-RF at α = 1.5; the digits classifier
+  teacher, one-step Flow-Guided Distillation guided by the 2-RF (``CFG_DISTILL``); the digits classifier
   checks that one-step samples show the digit they were asked for.
 * :func:`run_sr` — OFTSR ×4 on digits: the SR teacher flow, the one-step distillation and the
   τ sweep (PSNR falls, high-frequency energy rises) against the bicubic input and the teacher.
@@ -254,7 +254,9 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
 
 
 CFG_PAIRS = 2.0  # CFG scale of the conditional teacher when it generates pairs
-CFG_DISTILL = 1.5  # InstaFlow's α for distillation from the 2-RF
+# α of the 2-RF that guides the distillation. InstaFlow uses 1.5 on SD; here the pairs already
+# carry α = 2 and more guidance over-guides (measured FGD at α = 1.5: one-step FD 53.0 vs 34.8).
+CFG_DISTILL = 1.0
 
 
 def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
@@ -274,7 +276,7 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     _log("[cond 3/4] 2-RF from the teacher (reflow, 10 % condition dropout)")
     reflow_ckpt = _train(out, "2rf", [*pairs, "objective={name: reflow, cond_drop: 0.1}",
                                       f"train.init_from={teacher_ckpt}", f"train.steps={s(600)}", "optim.lr=1e-3"])
-    _log(f"[cond 4/4] one-step Flow-Guided Distillation guided by the 2-RF at α = {CFG_DISTILL}")
+    _log(f"[cond 4/4] one-step Flow-Guided Distillation guided by the 2-RF (α = {CFG_DISTILL})")
     fgd_ckpt = _train(out, "one-step", [*pairs, f"train.init_from={reflow_ckpt}", f"train.steps={s(500)}",
                                         "optim.lr=5e-4", f"objective={{name: fgd, teacher: '{reflow_ckpt}', "
                                                          f"cfg_scale: {CFG_DISTILL}}}"])
@@ -283,8 +285,8 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024))
     labels = torch.arange(N_EVAL) % 10
     plan = [("1-RF teacher", teacher_ckpt, "rk45", None, CFG_PAIRS), ("1-RF teacher", teacher_ckpt, "euler", 1, CFG_PAIRS),
-            ("2-RF", reflow_ckpt, "euler", 1, CFG_DISTILL), ("2-RF", reflow_ckpt, "euler", 4, CFG_DISTILL),
-            ("one-step (FGD)", fgd_ckpt, "euler", 1, 1.0)]
+            ("2-RF", reflow_ckpt, "euler", 1, 1.0), ("2-RF", reflow_ckpt, "euler", 1, 1.5),
+            ("2-RF", reflow_ckpt, "euler", 4, 1.0), ("one-step (FGD)", fgd_ckpt, "euler", 1, 1.0)]
     rows, samples = [], {}
     for method, ckpt, solver, steps, alpha in plan:
         model = load_model(ckpt)
@@ -302,7 +304,8 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
         samples[f"{method}, {row['solver']}, α {alpha}: accuracy {acc:.2f}, FD {scores['fd']:.1f}"] = res.x[:100]
     one_step = rows[-1]
     checks = {"one-step samples show the requested digit (≥ 80 %)": one_step["label accuracy"] >= 0.8,
-              "one-step student beats the teacher's one step (FD)": one_step["digits FD"] < rows[1]["digits FD"]}
+              "one-step student beats the teacher's one step (FD)": one_step["digits FD"] < rows[1]["digits FD"],
+              "distilled one step beats the 2-RF's one step (FD)": one_step["digits FD"] < rows[2]["digits FD"]}
     _overview(samples, out / "samples.png", per_row=20)
     save_grid(samples[next(k for k in samples if k.startswith("one-step"))], out / "grid_one_step.png",
               nrow=10, upscale=4)  # column j shows digit j

@@ -82,6 +82,8 @@ class _Sampler:
         if self.z is None:  # the objective defines no preview for an image-conditioned model
             return
         x = generate(model, self.z, "euler", self.steps, cond=self.cond).x
+        if callable(getattr(model, "decode", None)):  # latent models (Stable Diffusion): view through the VAE
+            x = model.decode(x)
         save_samples(x, path, self.reference, title=f"step {step}, Euler {self.steps}")
 
 
