@@ -44,6 +44,27 @@ def _configs(bwd: bool = False) -> list[triton.Config]:
 _KEY = ["LQ_B", "LK_B", "BLOCK_D", "DTYPE_KEY"]
 
 
+@triton.jit
+def _dot(a, b, IEEE: tl.constexpr):
+    """``a @ b`` with fp32 accumulation; fp32 operands in IEEE precision (not tf32)."""
+    if IEEE:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
+
+
+@triton.jit
+def _tile(ptr, offs_l, offs_d, s_l, s_d, lmask, dmask):
+    """Rows ``offs_l`` × head-dim ``offs_d`` of one (batch, head), zero outside the masks."""
+    return tl.load(ptr + offs_l[:, None] * s_l + offs_d[None, :] * s_d, mask=lmask[:, None] & dmask[None, :],
+                   other=0.0)
+
+
+@triton.jit
+def _head(bh, HEADS, s_b, s_h):
+    """Offset of batch·head ``bh`` in a ``[B, H, L, D]`` tensor with strides ``s_b``, ``s_h``."""
+    return (bh // HEADS).to(tl.int64) * s_b + (bh % HEADS).to(tl.int64) * s_h
+
+
 @triton.autotune(configs=_configs(), key=_KEY)
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, scale_log2, LQ, LK, HEADS, D,
@@ -52,43 +73,31 @@ def _fwd_kernel(Q, K, V, O, LSE, scale_log2, LQ, LK, HEADS, D,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // HEADS).to(tl.int64)
-    h = (bh % HEADS).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     mmask = offs_m < LQ
-    q = tl.load(Q + b * q_b + h * q_h + offs_m[:, None] * q_l + offs_d[None, :] * q_d,
-                mask=mmask[:, None] & dmask[None, :], other=0.0)
+    q = _tile(Q + _head(bh, HEADS, q_b, q_h), offs_m, offs_d, q_l, q_d, mmask, dmask)
+    kbase = K + _head(bh, HEADS, k_b, k_h)
+    vbase = V + _head(bh, HEADS, v_b, v_h)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     l_i = tl.zeros((BLOCK_M,), tl.float32)
     acc = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    kbase = K + b * k_b + h * k_h
-    vbase = V + b * v_b + h * v_h
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nmask = offs_n < LK
-        kt = tl.load(kbase + offs_n[None, :] * k_l + offs_d[:, None] * k_d, mask=dmask[:, None] & nmask[None, :],
-                     other=0.0)
-        if IEEE:
-            s = tl.dot(q, kt, input_precision="ieee")
-        else:
-            s = tl.dot(q, kt)
-        s = tl.where(nmask[None, :], s * scale_log2, float("-inf"))
+        k = _tile(kbase, offs_n, offs_d, k_l, k_d, nmask, dmask)
+        s = tl.where(nmask[None, :], _dot(q, tl.trans(k), IEEE) * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(vbase + offs_n[:, None] * v_l + offs_d[None, :] * v_d, mask=nmask[:, None] & dmask[None, :],
-                    other=0.0)
-        if IEEE:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        v = _tile(vbase, offs_n, offs_d, v_l, v_d, nmask, dmask)
+        acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
         m_i = m_new
     acc = acc / l_i[:, None]
-    tl.store(O + b * o_b + h * o_h + offs_m[:, None] * o_l + offs_d[None, :] * o_d, acc.to(O.dtype.element_ty),
-             mask=mmask[:, None] & dmask[None, :])
+    tl.store(O + _head(bh, HEADS, o_b, o_h) + offs_m[:, None] * o_l + offs_d[None, :] * o_d,
+             acc.to(O.dtype.element_ty), mask=mmask[:, None] & dmask[None, :])
     tl.store(LSE + bh.to(tl.int64) * LQ + offs_m, m_i + tl.math.log2(l_i), mask=mmask)
 
 
@@ -101,50 +110,34 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, scale, scale_log2, LQ, LK,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_n = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // HEADS).to(tl.int64)
-    h = (bh % HEADS).to(tl.int64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     nmask = offs_n < LK
-    kv_mask = nmask[:, None] & dmask[None, :]
-    k = tl.load(K + b * k_b + h * k_h + offs_n[:, None] * k_l + offs_d[None, :] * k_d, mask=kv_mask, other=0.0)
-    v = tl.load(V + b * v_b + h * v_h + offs_n[:, None] * v_l + offs_d[None, :] * v_d, mask=kv_mask, other=0.0)
+    k = _tile(K + _head(bh, HEADS, k_b, k_h), offs_n, offs_d, k_l, k_d, nmask, dmask)
+    v = _tile(V + _head(bh, HEADS, v_b, v_h), offs_n, offs_d, v_l, v_d, nmask, dmask)
+    qbase = Q + _head(bh, HEADS, q_b, q_h)
+    dobase = DO + _head(bh, HEADS, do_b, do_h)
+    row = bh.to(tl.int64) * LQ
     dk = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
     dv = tl.zeros((BLOCK_N, BLOCK_D), tl.float32)
-    qbase = Q + b * q_b + h * q_h
-    dobase = DO + b * do_b + h * do_h
-    row = bh.to(tl.int64) * LQ
     for start in range(0, LQ, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mmask = offs_m < LQ
-        qd_mask = mmask[:, None] & dmask[None, :]
-        q = tl.load(qbase + offs_m[:, None] * q_l + offs_d[None, :] * q_d, mask=qd_mask, other=0.0)
-        do = tl.load(dobase + offs_m[:, None] * do_l + offs_d[None, :] * do_d, mask=qd_mask, other=0.0)
+        q = _tile(qbase, offs_m, offs_d, q_l, q_d, mmask, dmask)
+        do = _tile(dobase, offs_m, offs_d, do_l, do_d, mmask, dmask)
         lse = tl.load(LSE + row + offs_m, mask=mmask, other=0.0)
         delta = tl.load(DELTA + row + offs_m, mask=mmask, other=0.0)
-        if IEEE:
-            st = tl.dot(k, tl.trans(q), input_precision="ieee")
-        else:
-            st = tl.dot(k, tl.trans(q))
-        pt = tl.math.exp2(st * scale_log2 - lse[None, :])
+        pt = tl.math.exp2(_dot(k, tl.trans(q), IEEE) * scale_log2 - lse[None, :])  # Pᵀ
         pt = tl.where(nmask[:, None] & mmask[None, :], pt, 0.0)
-        if IEEE:
-            dv += tl.dot(pt.to(do.dtype), do, input_precision="ieee")
-            dpt = tl.dot(v, tl.trans(do), input_precision="ieee")
-        else:
-            dv += tl.dot(pt.to(do.dtype), do)
-            dpt = tl.dot(v, tl.trans(do))
-        dst = pt * (dpt - delta[None, :])
-        if IEEE:
-            dk += tl.dot(dst.to(q.dtype), q, input_precision="ieee")
-        else:
-            dk += tl.dot(dst.to(q.dtype), q)
-    dk = dk * scale
-    tl.store(DK + b * dk_b + h * dk_h + offs_n[:, None] * dk_l + offs_d[None, :] * dk_d, dk.to(DK.dtype.element_ty),
-             mask=kv_mask)
-    tl.store(DV + b * dv_b + h * dv_h + offs_n[:, None] * dv_l + offs_d[None, :] * dv_d, dv.to(DV.dtype.element_ty),
-             mask=kv_mask)
+        dv += _dot(pt.to(do.dtype), do, IEEE)
+        dst = pt * (_dot(v, tl.trans(do), IEEE) - delta[None, :])
+        dk += _dot(dst.to(q.dtype), q, IEEE)
+    kv_mask = nmask[:, None] & dmask[None, :]
+    tl.store(DK + _head(bh, HEADS, dk_b, dk_h) + offs_n[:, None] * dk_l + offs_d[None, :] * dk_d,
+             (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + _head(bh, HEADS, dv_b, dv_h) + offs_n[:, None] * dv_l + offs_d[None, :] * dv_d,
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.autotune(configs=_configs(bwd=True), key=_KEY)
@@ -155,44 +148,29 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HEADS
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
-    b = (bh // HEADS).to(tl.int64)
-    h = (bh % HEADS).to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     dmask = offs_d < D
     mmask = offs_m < LQ
-    qd_mask = mmask[:, None] & dmask[None, :]
-    q = tl.load(Q + b * q_b + h * q_h + offs_m[:, None] * q_l + offs_d[None, :] * q_d, mask=qd_mask, other=0.0)
-    do = tl.load(DO + b * do_b + h * do_h + offs_m[:, None] * do_l + offs_d[None, :] * do_d, mask=qd_mask,
-                 other=0.0)
+    q = _tile(Q + _head(bh, HEADS, q_b, q_h), offs_m, offs_d, q_l, q_d, mmask, dmask)
+    do = _tile(DO + _head(bh, HEADS, do_b, do_h), offs_m, offs_d, do_l, do_d, mmask, dmask)
     row = bh.to(tl.int64) * LQ
     lse = tl.load(LSE + row + offs_m, mask=mmask, other=0.0)
     delta = tl.load(DELTA + row + offs_m, mask=mmask, other=0.0)
+    kbase = K + _head(bh, HEADS, k_b, k_h)
+    vbase = V + _head(bh, HEADS, v_b, v_h)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
-    kbase = K + b * k_b + h * k_h
-    vbase = V + b * v_b + h * v_h
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nmask = offs_n < LK
-        kv_mask = nmask[:, None] & dmask[None, :]
-        k = tl.load(kbase + offs_n[:, None] * k_l + offs_d[None, :] * k_d, mask=kv_mask, other=0.0)
-        v = tl.load(vbase + offs_n[:, None] * v_l + offs_d[None, :] * v_d, mask=kv_mask, other=0.0)
-        if IEEE:
-            s = tl.dot(q, tl.trans(k), input_precision="ieee")
-            dp = tl.dot(do, tl.trans(v), input_precision="ieee")
-        else:
-            s = tl.dot(q, tl.trans(k))
-            dp = tl.dot(do, tl.trans(v))
-        p = tl.math.exp2(s * scale_log2 - lse[:, None])
+        k = _tile(kbase, offs_n, offs_d, k_l, k_d, nmask, dmask)
+        v = _tile(vbase, offs_n, offs_d, v_l, v_d, nmask, dmask)
+        p = tl.math.exp2(_dot(q, tl.trans(k), IEEE) * scale_log2 - lse[:, None])
         p = tl.where(mmask[:, None] & nmask[None, :], p, 0.0)
-        ds = p * (dp - delta[:, None])
-        if IEEE:
-            dq += tl.dot(ds.to(k.dtype), k, input_precision="ieee")
-        else:
-            dq += tl.dot(ds.to(k.dtype), k)
-    dq = dq * scale
-    tl.store(DQ + b * dq_b + h * dq_h + offs_m[:, None] * dq_l + offs_d[None, :] * dq_d, dq.to(DQ.dtype.element_ty),
-             mask=qd_mask)
+        ds = p * (_dot(do, tl.trans(v), IEEE) - delta[:, None])
+        dq += _dot(ds.to(k.dtype), k, IEEE)
+    tl.store(DQ + _head(bh, HEADS, dq_b, dq_h) + offs_m[:, None] * dq_l + offs_d[None, :] * dq_d,
+             (dq * scale).to(DQ.dtype.element_ty), mask=mmask[:, None] & dmask[None, :])
 
 
 def _meta(q: Tensor, k: Tensor) -> dict[str, object]:

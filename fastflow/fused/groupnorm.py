@@ -44,19 +44,26 @@ def _group_shift(X, base, g, CPG, s_c):
 
 
 @triton.jit
-def _stats_kernel(X, PART, HW, CPG, G, s_n, s_c, s_hw, CHUNK, SPLIT,
-                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C: tl.constexpr):
+    """This program's group and spatial chunk: ``(ng, sp, n, ch, cmask, base, k, start, end)`` with
+    ``ch`` the group's channels (padded to ``BLOCK_C``), ``base`` the sample's offset, ``k`` the
+    shift, and ``[start, end)`` the chunk of H·W."""
     ng = tl.program_id(0)
     sp = tl.program_id(1)
     n = ng // G
-    g = ng % G
     c = tl.arange(0, BLOCK_C)
     cmask = c < CPG
-    ch = g * CPG + c
+    ch = (ng % G) * CPG + c
     base = n.to(tl.int64) * s_n
-    k = _group_shift(X, base, g, CPG, s_c)
+    k = _group_shift(X, base, ng % G, CPG, s_c)
     start = sp * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
+    return ng, sp, n, ch, cmask, base, k, start, tl.minimum(start + CHUNK, HW)
+
+
+@triton.jit
+def _stats_kernel(X, PART, HW, CPG, G, s_n, s_c, s_hw, CHUNK, SPLIT,
+                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    ng, sp, _, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
     cnt = 0.0
     mean = 0.0
     m2 = 0.0
@@ -121,23 +128,13 @@ def _apply_kernel(X, Y, W, B, S, T, PART, MEAN, RSTD, C, HW, CPG, G, s_n, s_c, s
                   CHUNK, SPLIT, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_S: tl.constexpr,
                   HAS_T: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
                   BLOCK_S: tl.constexpr):
-    ng = tl.program_id(0)
-    sp = tl.program_id(1)
-    n = ng // G
-    g = ng % G
+    ng, sp, n, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
     mean, rstd = _merge_stats(PART, ng, SPLIT, eps, BLOCK_S)
     if sp == 0:
         tl.store(MEAN + ng, mean)
         tl.store(RSTD + ng, rstd)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < CPG
-    ch = g * CPG + c
     a, b, _, _, _ = _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd, HAS_W, HAS_B, HAS_S, HAS_T)
-    base = n.to(tl.int64) * s_n
-    k = _group_shift(X, base, g, CPG, s_c)
     ybase = n.to(tl.int64) * y_n
-    start = sp * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
     for off in range(start, end, BLOCK_HW):
         hw = off + tl.arange(0, BLOCK_HW)
         x, m = _load_tile(X, base, ch, cmask, hw, end, s_c, s_hw)
@@ -165,21 +162,11 @@ def _bwd_reduce_kernel(X, DY, W, B, S, T, MEAN, RSTD, PW, PB, PS, PT, C, HW, CPG
                        s_n, s_c, s_hw, d_n, d_c, d_hw, CHUNK, SPLIT,
                        HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_S: tl.constexpr, HAS_T: tl.constexpr,
                        SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    ng = tl.program_id(0)
-    sp = tl.program_id(1)
-    n = ng // G
-    g = ng % G
+    ng, sp, n, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
     mean = tl.load(MEAN + ng)
     rstd = tl.load(RSTD + ng)
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < CPG
-    ch = g * CPG + c
     a, b, w, bb, one_s = _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd, HAS_W, HAS_B, HAS_S, HAS_T)
-    base = n.to(tl.int64) * s_n
-    k = _group_shift(X, base, g, CPG, s_c)
     dbase = n.to(tl.int64) * d_n
-    start = sp * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
     acc_w = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ(1+s) x̂
     acc_b = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ(1+s)
     acc_s = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ (x̂γ + β)
@@ -206,25 +193,15 @@ def _bwd_dx_kernel(X, DY, DX, W, B, S, T, MEAN, RSTD, GA, GB, C, HW, CPG, G,
                    s_n, s_c, s_hw, d_n, d_c, d_hw, o_n, o_c, o_hw, CHUNK, inv_m,
                    HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_S: tl.constexpr, HAS_T: tl.constexpr,
                    SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    ng = tl.program_id(0)
-    sp = tl.program_id(1)
-    n = ng // G
-    g = ng % G
+    ng, sp, n, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
     mean = tl.load(MEAN + ng)
     rstd = tl.load(RSTD + ng)
     mg = tl.load(GA + ng) * inv_m  # mean of g over the group
     mgx = tl.load(GB + ng) * inv_m  # mean of g·x̂
-    c = tl.arange(0, BLOCK_C)
-    cmask = c < CPG
-    ch = g * CPG + c
     a, b, w, _, one_s = _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd, HAS_W, HAS_B, HAS_S, HAS_T)
     gcoef = one_s * w
-    base = n.to(tl.int64) * s_n
-    k = _group_shift(X, base, g, CPG, s_c)
     dbase = n.to(tl.int64) * d_n
     obase = n.to(tl.int64) * o_n
-    start = sp * CHUNK
-    end = tl.minimum(start + CHUNK, HW)
     for off in range(start, end, BLOCK_HW):
         hw = off + tl.arange(0, BLOCK_HW)
         x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, b, SILU)
