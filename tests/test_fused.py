@@ -231,7 +231,30 @@ def test_reference_path_compiles_fullgraph_on_cpu(monkeypatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     m = nn.Sequential(FusedGroupNorm(2, 8, silu=True), nn.Conv2d(8, 8, 1))
     x = torch.randn(2, 8, 4, 4)
-    torch.testing.assert_close(torch.compile(m, fullgraph=True, backend="aot_eager")(x), m(x))
+    torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), m(x))
+
+
+def test_swapped_unet_exports_through_the_reference() -> None:
+    """Under torch.export the modules take the reference: the program has no fastflow ops."""
+    m = build_model({"preset": "tiny"}).eval()
+    swap(m)
+    x, t = torch.randn(2, 3, 8, 8), torch.rand(2)
+    ep = torch.export.export(m, (x, t))
+    assert "fastflow" not in str(ep.graph)
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(x, t), m(x, t), atol=1e-4, rtol=1e-4)
+
+
+def test_attention_autotune_key_is_bucketed() -> None:
+    """Lengths in one power-of-two bucket share the autotune key (no re-tune per new length)."""
+    from fastflow.fused.attention import _meta
+
+    def key(lq, lk, d=40, dtype=torch.float16):
+        return _meta(torch.empty(1, 1, lq, d, dtype=dtype), torch.empty(1, 1, lk, d, dtype=dtype))
+
+    assert key(33, 77) == key(64, 128) == key(40, 100)
+    assert key(65, 77) != key(64, 77) and key(33, 77, d=80) != key(33, 77)
+    assert key(33, 77)["BLOCK_D"] == 64 and key(33, 77, d=160)["BLOCK_D"] == 256
 
 
 @pytest.mark.gpu
