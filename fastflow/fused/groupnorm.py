@@ -2,10 +2,12 @@ r"""Triton GroupNorm (+ scale-shift, + SiLU), forward and backward, registered a
 ``torch.ops.fastflow.group_norm_fwd`` / ``group_norm_bwd`` with fake and autograd rules.
 
 Layout: ``x`` is read as ``[N, C, HW]`` through its strides, so NCHW-contiguous and
-channels-last tensors are both taken without a copy. Statistics are fp32: each program reduces
-tiles with a per-tile two-pass mean/M2 and merges them with Chan's parallel formula; when
-``N·G`` programs would leave the GPU idle (batch 1) the spatial range is split over ``SPLIT``
-programs whose partials ``(count, mean, M2)`` are merged exactly by the apply kernel.
+channels-last tensors are both taken without a copy. Statistics are fp32 of shifted data
+(``x − K``, K the group's first element): each program reduces tiles with a per-tile two-pass
+mean/M2 and merges them with Chan's parallel formula. With enough ``N·G`` programs one kernel
+does both passes over its group (the second read mostly from L2); when they would leave the GPU
+idle (batch 1) the spatial range is split over ``SPLIT`` programs whose partials
+``(count, mean, M2)`` a first kernel writes and the apply kernel merges exactly.
 
 Backward, with :math:`\hat x` the normalised input, :math:`u = (\hat x\gamma + \beta)(1 + s) + b`
 and :math:`\delta = \partial L/\partial u` (through SiLU when fused):
@@ -61,9 +63,8 @@ def _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C: tl.constexpr):
 
 
 @triton.jit
-def _stats_kernel(X, PART, HW, CPG, G, s_n, s_c, s_hw, CHUNK, SPLIT,
-                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    ng, sp, _, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
+def _chunk_stats(X, base, ch, cmask, k, start, end, s_c, s_hw, BLOCK_HW: tl.constexpr):
+    """``(count, mean, M2)`` of ``x − K`` over a chunk: per-tile two-pass, Chan merge across tiles."""
     cnt = 0.0
     mean = 0.0
     m2 = 0.0
@@ -80,6 +81,14 @@ def _stats_kernel(X, PART, HW, CPG, G, s_n, s_c, s_hw, CHUNK, SPLIT,
         mean = mean + delta * (nb / tot)
         m2 = m2 + m2b + delta * delta * (cnt * nb / tot)
         cnt = tot
+    return cnt, mean, m2
+
+
+@triton.jit
+def _stats_kernel(X, PART, HW, CPG, G, s_n, s_c, s_hw, CHUNK, SPLIT,
+                  BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    ng, sp, _, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
+    cnt, mean, m2 = _chunk_stats(X, base, ch, cmask, k, start, end, s_c, s_hw, BLOCK_HW)
     p = PART + (ng * SPLIT + sp) * 3
     tl.store(p, cnt)
     tl.store(p + 1, mean)
@@ -127,9 +136,13 @@ def _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd,
 def _apply_kernel(X, Y, W, B, S, T, PART, MEAN, RSTD, C, HW, CPG, G, s_n, s_c, s_hw, y_n, y_c, y_hw,
                   CHUNK, SPLIT, eps, HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_S: tl.constexpr,
                   HAS_T: tl.constexpr, SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr,
-                  BLOCK_S: tl.constexpr):
+                  BLOCK_S: tl.constexpr, ONE_PASS: tl.constexpr):
     ng, sp, n, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
-    mean, rstd = _merge_stats(PART, ng, SPLIT, eps, BLOCK_S)
+    if ONE_PASS:  # one program per group: statistics here, the re-read of the group mostly hits L2
+        cnt, mean, m2 = _chunk_stats(X, base, ch, cmask, k, start, end, s_c, s_hw, BLOCK_HW)
+        rstd = 1.0 / tl.sqrt(m2 / cnt + eps)
+    else:
+        mean, rstd = _merge_stats(PART, ng, SPLIT, eps, BLOCK_S)
     if sp == 0:
         tl.store(MEAN + ng, mean)
         tl.store(RSTD + ng, rstd)
@@ -250,15 +263,17 @@ def group_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, scale:
     c = x.shape[1]
     y = torch.empty_like(x)
     hw, cpg, block_c, block_hw, chunk, nsplit = _geometry(x, groups, split)
-    part = torch.empty(n * groups * nsplit * 3, device=x.device, dtype=torch.float32)
+    part = torch.empty(n * groups * nsplit * 3 if nsplit > 1 else 1, device=x.device, dtype=torch.float32)
     mean = torch.empty(n, groups, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     grid = (n * groups, nsplit)
-    wrap_triton(_stats_kernel)[grid](x, part, hw, cpg, groups, *_strides(x), chunk, nsplit,
-                                     BLOCK_C=block_c, BLOCK_HW=block_hw)
+    if nsplit > 1:  # split reduction: partial statistics first, merged exactly by the apply kernel
+        wrap_triton(_stats_kernel)[grid](x, part, hw, cpg, groups, *_strides(x), chunk, nsplit,
+                                         BLOCK_C=block_c, BLOCK_HW=block_hw)
     wrap_triton(_apply_kernel)[grid](x, y, weight, bias, scale, shift, part, mean, rstd, c, hw, cpg, groups,
                                      *_strides(x), *_strides(y), chunk, nsplit, eps, **_flags(weight, bias, scale, shift),
-                                     SILU=silu, BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_S=next_pow2(nsplit))
+                                     SILU=silu, BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_S=next_pow2(nsplit),
+                                     ONE_PASS=nsplit == 1)
     return y, mean, rstd
 
 
