@@ -206,6 +206,15 @@ def test_cli_sd_pairs_to_2rf_student_to_samples(sd_dir, tmp_path) -> None:
                 "--out", str(tmp_path / "s.png"), "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "s.png").is_file()
+    from safetensors.torch import save_file
+
+    save_file({"embedding": load_prompt_table(table)[0][0].contiguous()}, str(tmp_path / "emb.safetensors"))
+    r = run_cli("sample", str(run), "--prompt-emb", str(tmp_path / "emb.safetensors"), "--cfg", "2", "--steps", "2",
+                "--n", "2", "--out", str(tmp_path / "e.npz"), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    import numpy as np
+
+    assert np.load(tmp_path / "e.npz")["x"].shape == (2, 4, 8, 8)  # .npz keeps the latents
     r = run_cli("pairs", "--sd", str(tmp_path / "missing"), "--prompts", str(table), "--count", "2",
                 "--out", str(tmp_path / "p2"))
     assert r.returncode == 2 and "Stable Diffusion weights not found" in r.stderr

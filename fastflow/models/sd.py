@@ -161,6 +161,7 @@ class SDVelocity(nn.Module):
         config.num_classes = 0 if table is None else len(table) - 1
         self.config, self.unet, self.schedule = config, unet, schedule
         self.register_buffer("table", table, persistent=False)
+        self._vae: dict[str, nn.Module] = {}  # loaded on first decode; a dict keeps it out of the state dict
 
     def null_cond(self, cond: Cond) -> Cond:
         if cond is None:
@@ -210,7 +211,9 @@ class SDVelocity(nn.Module):
     @torch.no_grad()
     def decode(self, latents: Tensor) -> Tensor:
         """Images in [−1, 1] from latents through the directory's VAE (for viewing)."""
-        vae = load_vae(self.config.path, latents.device)
+        if "vae" not in self._vae:
+            self._vae["vae"] = load_vae(self.config.path, latents.device)
+        vae = self._vae["vae"].to(latents.device)
         return vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample.float().clamp(-1, 1)
 
 
