@@ -71,7 +71,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if out.suffix == ".npz":
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, x=res.x.float().cpu().numpy(), nfe=res.nfe,
-                 **({"label": cond.cpu().numpy()} if cond is not None else {}))
+                 **({"label": cond.cpu().numpy()} if isinstance(cond, torch.Tensor) else {}))
     else:
         save_samples(res.x, out, title=f"{args.solver} NFE {res.nfe}")
     print(f"wrote {out}: {args.n} samples, solver={args.solver}, NFE={res.nfe}, "
