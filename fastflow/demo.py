@@ -284,7 +284,8 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     _log(f"scoring {N_EVAL} samples per row, labels 0..9 in turn, same noise")
     z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024))
     labels = torch.arange(N_EVAL) % 10
-    plan = [("1-RF teacher", teacher_ckpt, "rk45", None, CFG_PAIRS), ("1-RF teacher", teacher_ckpt, "euler", 1, CFG_PAIRS),
+    plan = [("1-RF teacher", teacher_ckpt, "rk45", None, CFG_PAIRS),
+            ("1-RF teacher", teacher_ckpt, "euler", 1, CFG_PAIRS),
             ("2-RF", reflow_ckpt, "euler", 1, 1.0), ("2-RF", reflow_ckpt, "euler", 1, 1.5),
             ("2-RF", reflow_ckpt, "euler", 4, 1.0), ("one-step (FGD)", fgd_ckpt, "euler", 1, 1.0)]
     rows, samples = [], {}

@@ -264,11 +264,13 @@ def test_gpu_large_shapes_bf16(dtype) -> None:
     w, b = torch.randn(640, device="cuda"), torch.randn(640, device="cuda")
     s = torch.randn(2, 640, device="cuda", dtype=dtype) * 0.3
     torch.testing.assert_close(group_norm(x, w, b, 32, 1e-5, s, s, True).double(),
-                               group_norm_ref(x.double(), w.double(), b.double(), 32, 1e-5, s.double(), s.double(), True),
+                               group_norm_ref(x.double(), w.double(), b.double(), 32, 1e-5, s.double(), s.double(),
+                                              True),
                                **TOL[dtype])
     for d, lk in ((40, 4096), (80, 1024), (160, 256), (64, 77), (128, 4096)):
         q = torch.randn(2, 8, 4096 if d != 160 else 256, d, device="cuda", dtype=dtype)
-        k, v = torch.randn(2, 8, lk, d, device="cuda", dtype=dtype), torch.randn(2, 8, lk, d, device="cuda", dtype=dtype)
+        k = torch.randn(2, 8, lk, d, device="cuda", dtype=dtype)
+        v = torch.randn(2, 8, lk, d, device="cuda", dtype=dtype)
         torch.testing.assert_close(attention(q, k, v).double(), attention_ref(q.double(), k.double(), v.double()),
                                    **TOL[dtype])
 

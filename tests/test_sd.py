@@ -5,13 +5,12 @@ Tiny UNet / VAE / CLIP text encoder / tokenizer are built from configs; nothing 
 from __future__ import annotations
 
 import json
-import math
 import string
 
 import pytest
 import torch
 
-pytest.importorskip("diffusers", reason="the SD adapter needs the 'diffusers' extra (pip install 'fastflow[diffusers]')")
+pytest.importorskip("diffusers", reason="the SD adapter needs the 'diffusers' extra: pip install 'fastflow[diffusers]'")
 pytest.importorskip("transformers", reason="the SD adapter needs transformers (the 'diffusers' extra)")
 
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
@@ -199,8 +198,9 @@ def test_cli_sd_pairs_to_2rf_student_to_samples(sd_dir, tmp_path) -> None:
     (tmp_path / "2rf.yaml").write_text(
         f"model: {{arch: sd, path: '{sd_dir}', prediction: velocity, prompts: '{table}'}}\n"
         f"data: {{name: pairs, root: '{pairs}'}}\nobjective: {{name: reflow, cond_drop: 0.1}}\n")
-    r = run_cli("train", str(tmp_path / "2rf.yaml"), f"out_dir={run}", "train.steps=2", "train.batch_size=3", "train.ckpt_every=2", "train.sample_every=0",
-                "train.progress=false", "train.tensorboard=false", "optim.lr=1e-5")
+    r = run_cli("train", str(tmp_path / "2rf.yaml"), f"out_dir={run}", "train.steps=2", "train.batch_size=3",
+                "train.ckpt_every=2", "train.sample_every=0", "train.progress=false", "train.tensorboard=false",
+                "optim.lr=1e-5")
     assert r.returncode == 0, r.stderr
     r = run_cli("sample", str(run), "--label", "1", "--cfg", "1.5", "--steps", "2", "--n", "2",
                 "--out", str(tmp_path / "s.png"), "--device", "cpu")

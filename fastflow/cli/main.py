@@ -1,4 +1,6 @@
-"""``fastflow train | sample | pairs | prompts | eval | sr | bench latency|kernels | demo``. Bad input → one line on stderr and exit code 2."""
+"""``fastflow train | sample | pairs | prompts | eval | sr | bench latency|kernels | demo``.
+
+Bad input → one line on stderr and exit code 2."""
 
 from __future__ import annotations
 

@@ -271,7 +271,8 @@ def group_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, scale:
         wrap_triton(_stats_kernel)[grid](x, part, hw, cpg, groups, *_strides(x), chunk, nsplit,
                                          BLOCK_C=block_c, BLOCK_HW=block_hw)
     wrap_triton(_apply_kernel)[grid](x, y, weight, bias, scale, shift, part, mean, rstd, c, hw, cpg, groups,
-                                     *_strides(x), *_strides(y), chunk, nsplit, eps, **_flags(weight, bias, scale, shift),
+                                     *_strides(x), *_strides(y), chunk, nsplit, eps,
+                                     **_flags(weight, bias, scale, shift),
                                      SILU=silu, BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_S=next_pow2(nsplit),
                                      ONE_PASS=nsplit == 1)
     return y, mean, rstd

@@ -19,7 +19,8 @@ class FusedGroupNorm(nn.Module):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  silu: bool = False, device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
-        self.num_groups, self.num_channels, self.eps, self.affine, self.silu = num_groups, num_channels, eps, affine, silu
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
+        self.affine, self.silu = affine, silu
         if affine:
             self.weight = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
             self.bias = nn.Parameter(torch.zeros(num_channels, device=device, dtype=dtype))

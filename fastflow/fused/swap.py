@@ -34,7 +34,8 @@ def _set(model: nn.Module, name: str, module: nn.Module) -> None:
 
 
 def _is_diffusers_attention(m: nn.Module) -> bool:
-    return type(m).__name__ == "Attention" and type(m).__module__.startswith("diffusers") and hasattr(m, "set_processor")
+    cls = type(m)
+    return cls.__name__ == "Attention" and cls.__module__.startswith("diffusers") and hasattr(m, "set_processor")
 
 
 def swap(model: nn.Module, groupnorm: bool = True, attention: bool = True) -> SwapReport:
@@ -51,7 +52,8 @@ def swap(model: nn.Module, groupnorm: bool = True, attention: bool = True) -> Sw
                 if isinstance(ma, nn.GroupNorm) and isinstance(mb, nn.SiLU):
                     pre = f"{name}." if name else ""
                     fused_silu.add(pre + a)
-                    replace.append((pre + b, nn.Identity(), "nn.SiLU -> nn.Identity (fused into the GroupNorm before it)"))
+                    replace.append((pre + b, nn.Identity(),
+                                    "nn.SiLU -> nn.Identity (fused into the GroupNorm before it)"))
     for name, m in model.named_modules():
         if isinstance(m, GroupNormAct):
             if groupnorm:
@@ -61,7 +63,8 @@ def swap(model: nn.Module, groupnorm: bool = True, attention: bool = True) -> Sw
         elif isinstance(m, nn.GroupNorm):
             if groupnorm:
                 silu = name in fused_silu
-                replace.append((name, FusedGroupNorm.from_module(m, silu=silu), f"nn.GroupNorm -> FusedGroupNorm(silu={silu})"))
+                replace.append((name, FusedGroupNorm.from_module(m, silu=silu),
+                                f"nn.GroupNorm -> FusedGroupNorm(silu={silu})"))
             else:
                 report.left.append((name, "nn.GroupNorm", "groupnorm=False"))
         elif isinstance(m, Attention):

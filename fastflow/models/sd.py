@@ -126,7 +126,8 @@ def load_prompt_table(path: str | Path) -> tuple[Tensor, list[str]]:
         t = load_file(str(path))
     except Exception as e:  # noqa: BLE001 — missing, truncated, foreign
         raise ConfigError(f"{path}: not a readable prompt table ({e.__class__.__name__}: {e})") from None
-    if set(t) != {"embeddings", "null"} or t["embeddings"].dim() != 3 or t["null"].shape != (1, *t["embeddings"].shape[1:]):
+    emb = t.get("embeddings")
+    if set(t) != {"embeddings", "null"} or emb.dim() != 3 or t["null"].shape != (1, *emb.shape[1:]):
         raise ConfigError(f"{path}: a prompt table holds embeddings [P, L, D] and null [1, L, D]")
     import json
 
