@@ -16,7 +16,8 @@ and :math:`\delta = \partial L/\partial u` (through SiLU when fused):
           ds_{n,c} = \sum_{hw} \delta(\hat x\gamma + \beta),\ db_{n,c} = \sum_{hw}\delta,\\
           dx = r\big(g - \overline{g} - \hat x\,\overline{g\hat x}\big),\quad g = \delta(1+s)\gamma
 
-(means over the group), in two kernels: per-channel partial sums, then ``dx``.
+(means over the group): one kernel per group (partial sums, then ``dx`` from the same program),
+or, when split, a partial-sums launch, the group sums in PyTorch, and a ``dx`` launch.
 """
 
 from __future__ import annotations
@@ -171,56 +172,54 @@ def _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, 
 
 
 @triton.jit
-def _bwd_reduce_kernel(X, DY, W, B, S, T, MEAN, RSTD, PW, PB, PS, PT, C, HW, CPG, G,
-                       s_n, s_c, s_hw, d_n, d_c, d_hw, CHUNK, SPLIT,
-                       HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_S: tl.constexpr, HAS_T: tl.constexpr,
-                       SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+def _bwd_kernel(X, DY, DX, W, B, S, T, MEAN, RSTD, PW, PB, PS, PT, GA, GB, C, HW, CPG, G,
+                s_n, s_c, s_hw, d_n, d_c, d_hw, o_n, o_c, o_hw, CHUNK, SPLIT, inv_m,
+                HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_S: tl.constexpr, HAS_T: tl.constexpr,
+                SILU: tl.constexpr, REDUCE: tl.constexpr, APPLY: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
+    """``REDUCE``: per-channel partial sums of this chunk → ``PW, PB, PS, PT [N, SPLIT, C]``.
+    ``APPLY``: ``dx`` of this chunk, with the group sums ``Σg``, ``Σg·x̂`` from the partials of this
+    program (both set: one program per group, the re-read mostly from L2) or from ``GA``, ``GB``."""
     ng, sp, n, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
     mean = tl.load(MEAN + ng)
     rstd = tl.load(RSTD + ng)
     a, b, w, bb, one_s = _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd, HAS_W, HAS_B, HAS_S, HAS_T)
     dbase = n.to(tl.int64) * d_n
-    acc_w = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ(1+s) x̂
-    acc_b = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ(1+s)
-    acc_s = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ (x̂γ + β)
-    acc_t = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ
-    for off in range(start, end, BLOCK_HW):
-        hw = off + tl.arange(0, BLOCK_HW)
-        x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, b, SILU)
-        xhat = tl.where(m, (x - mean) * rstd, 0.0)
-        dsum = tl.sum(du, axis=1)
-        dxs = tl.sum(du * xhat, axis=1)
-        acc_w += dxs * one_s
-        acc_b += dsum * one_s
-        acc_s += dxs * w + dsum * bb
-        acc_t += dsum
-    out = (n * SPLIT + sp) * C + ch
-    tl.store(PW + out, acc_w, mask=cmask)
-    tl.store(PB + out, acc_b, mask=cmask)
-    tl.store(PS + out, acc_s, mask=cmask)
-    tl.store(PT + out, acc_t, mask=cmask)
-
-
-@triton.jit
-def _bwd_dx_kernel(X, DY, DX, W, B, S, T, MEAN, RSTD, GA, GB, C, HW, CPG, G,
-                   s_n, s_c, s_hw, d_n, d_c, d_hw, o_n, o_c, o_hw, CHUNK, inv_m,
-                   HAS_W: tl.constexpr, HAS_B: tl.constexpr, HAS_S: tl.constexpr, HAS_T: tl.constexpr,
-                   SILU: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_HW: tl.constexpr):
-    ng, sp, n, ch, cmask, base, k, start, end = _program(X, G, CPG, HW, s_n, s_c, CHUNK, BLOCK_C)
-    mean = tl.load(MEAN + ng)
-    rstd = tl.load(RSTD + ng)
-    mg = tl.load(GA + ng) * inv_m  # mean of g over the group
-    mgx = tl.load(GB + ng) * inv_m  # mean of g·x̂
-    a, b, w, _, one_s = _channel_coeffs(W, B, S, T, n, ch, cmask, C, mean, rstd, HAS_W, HAS_B, HAS_S, HAS_T)
-    gcoef = one_s * w
-    dbase = n.to(tl.int64) * d_n
-    obase = n.to(tl.int64) * o_n
-    for off in range(start, end, BLOCK_HW):
-        hw = off + tl.arange(0, BLOCK_HW)
-        x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, b, SILU)
-        xhat = (x - mean) * rstd
-        dx = rstd * (du * gcoef[:, None] - mg - xhat * mgx)
-        tl.store(DX + obase + ch[:, None] * o_c + hw[None, :] * o_hw, dx.to(DX.dtype.element_ty), mask=m)
+    if REDUCE:
+        acc_w = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ(1+s) x̂
+        acc_b = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ(1+s)
+        acc_s = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ (x̂γ + β)
+        acc_t = tl.zeros((BLOCK_C,), tl.float32)  # Σ δ
+        for off in range(start, end, BLOCK_HW):
+            hw = off + tl.arange(0, BLOCK_HW)
+            x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, b, SILU)
+            xhat = tl.where(m, (x - mean) * rstd, 0.0)
+            dsum = tl.sum(du, axis=1)
+            dxs = tl.sum(du * xhat, axis=1)
+            acc_w += dxs * one_s
+            acc_b += dsum * one_s
+            acc_s += dxs * w + dsum * bb
+            acc_t += dsum
+        out = (n * SPLIT + sp) * C + ch
+        tl.store(PW + out, acc_w, mask=cmask)
+        tl.store(PB + out, acc_b, mask=cmask)
+        tl.store(PS + out, acc_s, mask=cmask)
+        tl.store(PT + out, acc_t, mask=cmask)
+    if APPLY:
+        if REDUCE:
+            mg = tl.sum(acc_b * w) * inv_m  # mean of g = δ(1+s)γ over the group
+            mgx = tl.sum(acc_w * w) * inv_m  # mean of g·x̂
+        else:
+            mg = tl.load(GA + ng) * inv_m
+            mgx = tl.load(GB + ng) * inv_m
+        gcoef = one_s * w
+        obase = n.to(tl.int64) * o_n
+        for off in range(start, end, BLOCK_HW):
+            hw = off + tl.arange(0, BLOCK_HW)
+            x, du, m = _grad_u(X, DY, base, dbase, ch, cmask, hw, end, s_c, s_hw, d_c, d_hw, k, a, b, SILU)
+            xhat = (x - mean) * rstd
+            dx = rstd * (du * gcoef[:, None] - mg - xhat * mgx)
+            tl.store(DX + obase + ch[:, None] * o_c + hw[None, :] * o_hw, dx.to(DX.dtype.element_ty), mask=m)
 
 
 def _geometry(x: Tensor, groups: int, split: int) -> tuple[int, int, int, int, int, int]:
@@ -294,19 +293,26 @@ def group_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | 
         return _reference_bwd(dy, x, weight, bias, scale, shift, groups, eps, silu)
     hw, cpg, block_c, block_hw, chunk, nsplit = _geometry(x, groups, split)
     parts = torch.empty(4, n, nsplit, c, device=x.device, dtype=torch.float32)
-    flags = _flags(weight, bias, scale, shift)
-    grid = (n * groups, nsplit)
-    wrap_triton(_bwd_reduce_kernel)[grid](x, dy, weight, bias, scale, shift, mean, rstd, parts[0], parts[1],
-                                          parts[2], parts[3], c, hw, cpg, groups, *_strides(x), *_strides(dy),
-                                          chunk, nsplit, **flags, SILU=silu, BLOCK_C=block_c, BLOCK_HW=block_hw)
-    per_nc = parts.sum(2)  # [4, N, C]
-    w = weight.float() if weight is not None else torch.ones(c, device=x.device)
-    ga = (per_nc[1] * w).view(n, groups, cpg).sum(2).contiguous()  # Σ g over the group
-    gb = (per_nc[0] * w).view(n, groups, cpg).sum(2).contiguous()  # Σ g·x̂
     dx = torch.empty_like(x)
-    wrap_triton(_bwd_dx_kernel)[grid](x, dy, dx, weight, bias, scale, shift, mean, rstd, ga, gb, c, hw, cpg, groups,
-                                      *_strides(x), *_strides(dy), *_strides(dx), chunk, 1.0 / (cpg * hw), **flags,
-                                      SILU=silu, BLOCK_C=block_c, BLOCK_HW=block_hw)
+    grid = (n * groups, nsplit)
+
+    def launch(reduce: bool, apply: bool, ga: Tensor | None = None, gb: Tensor | None = None) -> None:
+        wrap_triton(_bwd_kernel)[grid](x, dy, dx, weight, bias, scale, shift, mean, rstd, parts[0], parts[1], parts[2],
+                                       parts[3], ga, gb, c, hw, cpg, groups, *_strides(x), *_strides(dy), *_strides(dx),
+                                       chunk, nsplit, 1.0 / (cpg * hw), **_flags(weight, bias, scale, shift), SILU=silu,
+                                       REDUCE=reduce, APPLY=apply, BLOCK_C=block_c, BLOCK_HW=block_hw)
+
+    if nsplit == 1:
+        launch(True, True)
+        per_nc = parts[:, :, 0]  # [4, N, C]
+    else:  # split: partial sums, the group sums Σg and Σg·x̂ from them, then dx
+        launch(True, False)
+        per_nc = parts.sum(2)
+        w = weight.float() if weight is not None else torch.ones(c, device=x.device)
+        ga = (per_nc[1] * w).view(n, groups, cpg).sum(2).contiguous()
+        gb = (per_nc[0] * w).view(n, groups, cpg).sum(2).contiguous()
+        launch(False, True, ga, gb)
+
     def empty() -> Tensor:
         return x.new_empty(0, dtype=torch.float32)
 
