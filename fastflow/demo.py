@@ -64,20 +64,31 @@ def _train(out: Path, name: str, overrides: list[str], config: str | None = "dig
     return latest_checkpoint(train(cfg, resume=True))
 
 
+def _budget(n: int, scale: float) -> int:
+    return max(1, int(round(n * scale)))
+
+
 def _score(method: str, model: nn.Module, z: torch.Tensor, solver: str, steps: int | None,
+           labels: torch.Tensor | None = None, cfg: float = 1.0,
            rk45_tol: float = 1e-3) -> tuple[dict[str, Any], torch.Tensor]:
+    """One table row: NFE, digits FD, coverage, batch-1 latency, parameters; with ``labels`` (a
+    class-conditional model sampled at CFG scale ``cfg``) also the classifier's label accuracy."""
     kw = {"rtol": rk45_tol, "atol": rk45_tol} if solver == "rk45" else {}
-    res = generate(model, z, solver, steps, **kw)
+    res = generate(model, z, solver, steps, cond=labels, cfg_scale=cfg, **kw)
     nfe = float(res.sample_nfe.float().mean()) if res.sample_nfe is not None else float(res.nfe)
-    z1 = z[:1]
-    lat = measure_latency(lambda: generate(model, z1, solver, steps, **kw), warmup=2,
+    z1, c1 = z[:1], None if labels is None else labels[:1]
+    lat = measure_latency(lambda: generate(model, z1, solver, steps, cond=c1, cfg_scale=cfg, **kw), warmup=2,
                           iters=5 if solver == "rk45" else 20)
     scores = digits_scores(res.x)
     row = {"method": method, "solver": f"{solver} {steps}" if steps else solver, "NFE": round(nfe, 1),
            "digits FD": scores["fd"], "coverage": scores["coverage"], "latency ms (b=1)": lat.p50_ms,
            "params (M)": count_params(model) / 1e6}
+    extra = ""
+    if labels is not None:
+        row.update({"CFG α": cfg, "label accuracy": float((classify(res.x) == labels).float().mean())})
+        extra = f"  α {cfg:.1f}  accuracy {row['label accuracy']:.3f}"
     _log(f"  {method:28s} {row['solver']:9s} NFE {nfe:6.1f}  FD {scores['fd']:8.2f}  "
-         f"coverage {scores['coverage']:.3f}  {lat.p50_ms:.2f} ms")
+         f"coverage {scores['coverage']:.3f}  {lat.p50_ms:.2f} ms{extra}")
     return row, res.x
 
 
@@ -124,7 +135,8 @@ def _overview(samples: dict[str, torch.Tensor], path: Path, per_row: int = 16) -
 
 def _export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> dict[str, Any] | None:
     """Export the one-step generator (dynamic batch), check it against PyTorch, score its samples."""
-    from fastflow.export.formats import BatchRange, MissingBackendError, build_onnx, load_onnx
+    from fastflow.errors import MissingBackendError
+    from fastflow.export.formats import BatchRange, build_onnx, load_onnx
     from fastflow.export.generator import Generator
     from fastflow.export.validate import compare
 
@@ -149,7 +161,6 @@ def _export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> dict[str, Any
 def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    s = lambda n: max(1, int(round(n * scale)))  # noqa: E731
     seconds: dict[str, float] = {}
 
     def lap(stage: str, t0: float) -> None:
@@ -157,12 +168,12 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
 
     _log("[1/6] 1-RF teacher on digits")
     t0 = time.perf_counter()
-    teacher_ckpt = _train(out, "teacher-1rf", [f"train.steps={teacher_steps or s(1200)}"])
+    teacher_ckpt = _train(out, "teacher-1rf", [f"train.steps={teacher_steps or _budget(1200, scale)}"])
     lap("teacher", t0)
 
     _log("[2/6] teacher pairs (RK45, rtol = atol = 1e-3)")
     t0 = time.perf_counter()
-    n_pairs = s(2000)
+    n_pairs = _budget(2000, scale)
     teacher = FlowTeacher.from_checkpoint(teacher_ckpt, solver="rk45", rtol=1e-3, atol=1e-3)
     manifest = generate_pairs(teacher, out / "pairs", n_pairs, SHAPE, shard_size=500, batch_size=500)
     lap("pairs", t0)
@@ -172,16 +183,17 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
     t0 = time.perf_counter()
     pairs = ["data.name=pairs", f"data.root={out / 'pairs'}", "model.preset=digits-small",
              "optim.warmup=100", "train.sample_every=0"]
-    reflow_steps = s(1000)
+    reflow_steps = _budget(1000, scale)
     plain_ckpt = _train(out, "student-reflow", [*pairs, "objective={name: reflow}",
                                                 f"train.steps={reflow_steps}"])
-    anneal_ckpt = _train(out, "student-annealing", [*pairs, f"objective={{name: reflow, anneal: cos_{s(400)}}}",
+    anneal = f"objective={{name: reflow, anneal: cos_{_budget(400, scale)}}}"
+    anneal_ckpt = _train(out, "student-annealing", [*pairs, anneal,
                                                     f"train.steps={reflow_steps}"])
     lap("students", t0)
 
     _log("[4/6] one-step distillation of the Annealing-Reflow student: plain vs Flow-Guided")
     t0 = time.perf_counter()
-    distill = [*pairs, f"train.init_from={anneal_ckpt}", f"train.steps={s(500)}", "optim.lr=5e-4",
+    distill = [*pairs, f"train.init_from={anneal_ckpt}", f"train.steps={_budget(500, scale)}", "optim.lr=5e-4",
                "optim.warmup=50"]
     distill_ckpt = _train(out, "student-distill", [*distill, "objective={name: distill}"])
     fgd_ckpt = _train(out, "student-fgd", [*distill, f"objective={{name: fgd, teacher: '{anneal_ckpt}'}}"])
@@ -263,23 +275,24 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     """InstaFlow on class-conditioned digits (condition = label; text embeddings take the same path)."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    s = lambda n: max(1, int(round(n * scale)))  # noqa: E731
     cond = ["model.num_classes=10", "train.sample_every=0"]
     _log("[cond 1/4] class-conditional 1-RF teacher on digits (10 % condition dropout)")
     teacher_ckpt = _train(out, "teacher-1rf", [*cond, "objective={name: rf, cond_drop: 0.1}",
-                                               f"train.steps={s(1200)}"])
+                                               f"train.steps={_budget(1200, scale)}"])
     _log(f"[cond 2/4] teacher pairs with CFG α = {CFG_PAIRS} (RK45, labels stored in the shards)")
     teacher = FlowTeacher.from_checkpoint(teacher_ckpt, solver="rk45", rtol=1e-3, atol=1e-3, cfg_scale=CFG_PAIRS)
-    manifest = generate_pairs(teacher, out / "pairs", s(2000), SHAPE, shard_size=500, batch_size=500)
+    manifest = generate_pairs(teacher, out / "pairs", _budget(2000, scale), SHAPE, shard_size=500,
+                              batch_size=500)
     _log(f"  {manifest['count']} pairs, mean NFE {manifest['mean_nfe']:.1f}")
     pairs = [*cond, "data.name=pairs", f"data.root={out / 'pairs'}", "optim.warmup=50"]
     _log("[cond 3/4] 2-RF from the teacher (reflow, 10 % condition dropout)")
     reflow_ckpt = _train(out, "2rf", [*pairs, "objective={name: reflow, cond_drop: 0.1}",
-                                      f"train.init_from={teacher_ckpt}", f"train.steps={s(600)}", "optim.lr=1e-3"])
+                                      f"train.init_from={teacher_ckpt}", f"train.steps={_budget(600, scale)}",
+                                      "optim.lr=1e-3"])
     _log(f"[cond 4/4] one-step Flow-Guided Distillation guided by the 2-RF (α = {CFG_DISTILL})")
-    fgd_ckpt = _train(out, "one-step", [*pairs, f"train.init_from={reflow_ckpt}", f"train.steps={s(500)}",
-                                        "optim.lr=5e-4", f"objective={{name: fgd, teacher: '{reflow_ckpt}', "
-                                                         f"cfg_scale: {CFG_DISTILL}}}"])
+    fgd = f"objective={{name: fgd, teacher: '{reflow_ckpt}', cfg_scale: {CFG_DISTILL}}}"
+    fgd_ckpt = _train(out, "one-step", [*pairs, f"train.init_from={reflow_ckpt}",
+                                        f"train.steps={_budget(500, scale)}", "optim.lr=5e-4", fgd])
 
     _log(f"scoring {N_EVAL} samples per row, labels 0..9 in turn, same noise")
     z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024))
@@ -290,19 +303,10 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
             ("2-RF", reflow_ckpt, "euler", 4, 1.0), ("one-step (FGD)", fgd_ckpt, "euler", 1, 1.0)]
     rows, samples = [], {}
     for method, ckpt, solver, steps, alpha in plan:
-        model = load_model(ckpt)
-        kw = {"rtol": 1e-3, "atol": 1e-3} if solver == "rk45" else {}
-        res = generate(model, z, solver, steps, cond=labels, cfg_scale=alpha, **kw)
-        nfe = float(res.sample_nfe.float().mean()) if res.sample_nfe is not None else float(res.nfe)
-        acc = float((classify(res.x) == labels).float().mean())
-        scores = digits_scores(res.x)
-        row = {"method": method, "solver": f"{solver} {steps}" if steps else solver, "CFG α": alpha,
-               "NFE": round(nfe, 1), "label accuracy": acc, "digits FD": scores["fd"],
-               "params (M)": count_params(model) / 1e6}
+        row, x = _score(method, load_model(ckpt), z, solver, steps, labels, alpha)
         rows.append(row)
-        _log(f"  {method:16s} {row['solver']:9s} α {alpha:.1f} NFE {nfe:5.1f}  accuracy {acc:.3f}  "
-             f"FD {scores['fd']:7.2f}")
-        samples[f"{method}, {row['solver']}, α {alpha}: accuracy {acc:.2f}, FD {scores['fd']:.1f}"] = res.x[:100]
+        samples[f"{method}, {row['solver']}, α {alpha}: accuracy {row['label accuracy']:.2f}, "
+                f"FD {row['digits FD']:.1f}"] = x[:100]
     one_step = rows[-1]
     checks = {"one-step samples show the requested digit (≥ 80 %)": one_step["label accuracy"] >= 0.8,
               "one-step student beats the teacher's one step (FD)": one_step["digits FD"] < rows[1]["digits FD"],
@@ -316,7 +320,8 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     print()
     print(f"InstaFlow on class-conditioned digits, {N_EVAL} samples per row (label accuracy by the digits "
           "classifier; chance is 0.1)")
-    print(format_table(rows, ["method", "solver", "CFG α", "NFE", "label accuracy", "digits FD", "params (M)"]))
+    print(format_table(rows, ["method", "solver", "CFG α", "NFE", "label accuracy", "digits FD", "coverage",
+                              "latency ms (b=1)", "params (M)"]))
     for name, ok in checks.items():
         print(f"[{'x' if ok else ' '}] {name}")
     print(f"wrote {out}/samples.png, grid_one_step.png, results.json in {result['seconds']:.0f}s")
@@ -330,16 +335,17 @@ def run_sr(out: Path, scale: float = 1.0) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    s = lambda n: max(1, int(round(n * scale)))  # noqa: E731
     data = {"name": "sr", "source": "digits", "scale": 4}
     common = ["model.preset=digits-small", "model.cond_channels=1", f"data={data}", "train.batch_size=64",
               "optim.lr=2e-3", "optim.warmup=50", "train.ema_rate=0.999", "train.sample_every=0"]
     _log("[sr 1/3] SR teacher flow from x0 = sqrt(1 − σp²)·lq + σp·ε (digits ×4, σp = 0.1)")
-    teacher_ckpt = _train(out, "teacher", [*common, "objective={name: sr, sigma_p: 0.1}", f"train.steps={s(800)}"],
+    teacher_ckpt = _train(out, "teacher", [*common, "objective={name: sr, sigma_p: 0.1}",
+                                           f"train.steps={_budget(800, scale)}"],
                           config=None)
     _log("[sr 2/3] OFTSR one-step distillation (bootstrap + boundary + alignment)")
     student_ckpt = _train(out, "one-step", [*common, f"objective={{name: oftsr, teacher: '{teacher_ckpt}'}}",
-                                            f"train.init_from={teacher_ckpt}", f"train.steps={s(600)}"], config=None)
+                                            f"train.init_from={teacher_ckpt}", f"train.steps={_budget(600, scale)}"],
+                          config=None)
     _log(f"[sr 3/3] τ sweep on {N_EVAL // 2} images")
     b = build_dataset(data).get(torch.arange(N_EVAL // 2))
     rows, samples = tau_sweep(load_model(student_ckpt), b.x, b.image, 0.1, teacher=load_model(teacher_ckpt))

@@ -27,3 +27,8 @@ class SolverError(FastflowError):
 
 class TrainingError(FastflowError):
     """Training diverged (non-finite loss) or cannot continue."""
+
+
+class MissingBackendError(FastflowError):
+    """An operation needs a package or a device that is not there: a GPU, TensorRT, onnxruntime,
+    Triton (CLI exit 2 with the install hint)."""

@@ -166,6 +166,21 @@ def test_ops_pass_torch_library_opcheck() -> None:
     torch.library.opcheck(attention_fwd, (q, k, k.detach().clone().requires_grad_(), 0.25), test_utils=tests)
 
 
+def test_raw_ops_refuse_cpu_without_the_interpreter(monkeypatch) -> None:
+    """The torch.ops kernels are kernel-only; the public functions are what route CPU to the reference."""
+    from fastflow.errors import MissingBackendError
+    from fastflow.fused.attention import attention_fwd
+    from fastflow.fused.groupnorm import group_norm_fwd
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x, q = torch.randn(1, 4, 2, 2), torch.randn(1, 1, 3, 16)
+    with pytest.raises(MissingBackendError, match="fastflow.fused.group_norm"):
+        group_norm_fwd(x, None, None, None, None, 2, 1e-5, False, 0)
+    with pytest.raises(MissingBackendError, match="fastflow.fused.attention"):
+        attention_fwd(q, q, q, 0.25)
+    torch.testing.assert_close(group_norm(x, None, None, 2), group_norm_ref(x, None, None, 2))
+
+
 class _Block(nn.Module):
     def __init__(self) -> None:
         super().__init__()

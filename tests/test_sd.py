@@ -155,8 +155,9 @@ def test_velocity_parametrisation_and_condition_forms() -> None:
         assert torch.allclose(model(x, t, {"tokens": table[[1, 0]]}), expect, atol=1e-6)
         assert torch.allclose(model(x, t, None), unet(x, 1000 * (1 - t), table[[2, 2]]).sample, atol=1e-6)
     assert model.config.num_classes == 2 and torch.equal(model.null_cond(torch.tensor([0, 1])), torch.tensor([2, 2]))
-    with pytest.raises(ShapeError):
-        model(x, t, torch.tensor([0, 5]))
+    for bad in ([0, 5], [0, -1]):  # past the null row, or negative: never a silent lookup
+        with pytest.raises(ShapeError):
+            model(x, t, torch.tensor(bad))
     with pytest.raises(ShapeError):
         model(torch.randn(2, 3, 8, 8), t, None)
     with pytest.raises(ConfigError, match="prediction"):

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastflow.bench.timing import measure_latency
 from fastflow.fused.ops import attention, group_norm
 from fastflow.fused.reference import group_norm_ref
 
@@ -51,13 +52,8 @@ def unet_gn_shapes(presets: tuple[str, ...] = ("slim-15.7m", "rf-ddpmpp"),
 
 def _time(fn: Callable[[], Any], device: torch.device) -> float:
     """Median milliseconds per call."""
-    if device.type != "cuda":  # interpreter plumbing runs only: one timed call
-        import time
-
-        fn()
-        t0 = time.perf_counter()
-        fn()
-        return (time.perf_counter() - t0) * 1e3
+    if device.type != "cuda":  # interpreter plumbing runs only: the timing means nothing
+        return measure_latency(fn, device, warmup=1, iters=1).p50_ms
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from fastflow.errors import ConfigError, FastflowError
+from fastflow.errors import ConfigError, FastflowError, MissingBackendError
 
 
 def _versions() -> dict[str, str | None]:
@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
     dtype = formats.DTYPES[args.dtype]
     if args.format == "engine":  # fail fast, before loading anything
         if not torch.cuda.is_available():
-            raise formats.MissingBackendError("--format engine needs an NVIDIA GPU with CUDA and TensorRT "
+            raise MissingBackendError("--format engine needs an NVIDIA GPU with CUDA and TensorRT "
                                               "(pip install 'fastflow[tensorrt]'); use --format onnx or pt2 here")
     ckpt = resolve_checkpoint(args.ckpt)
     model = load_model(ckpt, weights=args.weights, device=device)

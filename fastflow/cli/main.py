@@ -15,7 +15,7 @@ import torch
 
 from fastflow.errors import ConfigError, FastflowError
 from fastflow.models.checkpoint import resolve_checkpoint
-from fastflow.models.presets import sample_shape
+from fastflow.models.presets import sample_shape, viewable
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.device, Path, torch.nn.Module]:
@@ -50,6 +50,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, *shape, generator=g).to(device)
     cond = None
+    if args.prompt_emb is not None and args.label is not None:
+        raise ConfigError("give --label or --prompt-emb, not both")
     if args.prompt_emb is not None:
         cond = {"tokens": _prompt_embedding(args.prompt_emb).to(device).expand(args.n, -1, -1)}
     elif args.label is not None:
@@ -68,14 +70,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if device.type == "cuda":
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
-    if out.suffix == ".png" and callable(getattr(model, "decode", None)):
-        res.x = model.decode(res.x)  # latents → images through the VAE
-    if out.suffix == ".npz":
+    if out.suffix == ".npz":  # raw samples (latents for latent models)
         out.parent.mkdir(parents=True, exist_ok=True)
         np.savez(out, x=res.x.float().cpu().numpy(), nfe=res.nfe,
                  **({"label": cond.cpu().numpy()} if isinstance(cond, torch.Tensor) else {}))
     else:
-        save_samples(res.x, out, title=f"{args.solver} NFE {res.nfe}")
+        save_samples(viewable(model, res.x), out, title=f"{args.solver} NFE {res.nfe}")
     print(f"wrote {out}: {args.n} samples, solver={args.solver}, NFE={res.nfe}, "
           f"wall={wall:.3f}s ({wall / args.n * 1e3:.2f} ms/sample)")
     return 0

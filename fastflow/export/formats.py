@@ -12,16 +12,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastflow.errors import FastflowError
+from fastflow.errors import MissingBackendError
 
 Runner = Callable[..., Tensor]  # run(z[, label]) → image
 Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
 FORMATS = ("onnx", "pt2", "ep", "engine")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-class MissingBackendError(FastflowError):
-    """A format needs a package or a GPU that is not there (CLI exit 2 with the install hint)."""
 
 
 @dataclass

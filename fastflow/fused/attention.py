@@ -18,7 +18,6 @@ dtype) and cached, so a new sequence length in the same bucket does not re-tune.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import triton
@@ -26,8 +25,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from fastflow.fused.reference import attention_ref
-from fastflow.fused.runtime import interpreting, next_pow2
+from fastflow.fused.runtime import interpreting, next_pow2, require_kernel_device
 
 LOG2E = 1.4426950408889634
 MAX_HEAD_DIM = 256
@@ -142,10 +140,11 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, scale, scale_log2, LQ, LK,
 
 @triton.autotune(configs=_configs(bwd=True), key=_KEY)
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HEADS, D,
+def _bwd_dq_kernel(Q, K, V, DO, O, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HEADS, D,
                    q_b, q_h, q_l, q_d, k_b, k_h, k_l, k_d, v_b, v_h, v_l, v_d, do_b, do_h, do_l, do_d,
-                   dq_b, dq_h, dq_l, dq_d, LQ_B, LK_B, DTYPE_KEY, BLOCK_D: tl.constexpr, IEEE: tl.constexpr,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+                   o_b, o_h, o_l, o_d, dq_b, dq_h, dq_l, dq_d, LQ_B, LK_B, DTYPE_KEY, BLOCK_D: tl.constexpr,
+                   IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """dQ of a block of queries; also δ = rowsum(dO ∘ O) in fp32, stored for the dK/dV kernel."""
     pid_m = tl.program_id(0)
     bh = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -154,9 +153,11 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HEADS
     mmask = offs_m < LQ
     q = _tile(Q + _head(bh, HEADS, q_b, q_h), offs_m, offs_d, q_l, q_d, mmask, dmask)
     do = _tile(DO + _head(bh, HEADS, do_b, do_h), offs_m, offs_d, do_l, do_d, mmask, dmask)
+    o = _tile(O + _head(bh, HEADS, o_b, o_h), offs_m, offs_d, o_l, o_d, mmask, dmask)
+    delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), 1)
     row = bh.to(tl.int64) * LQ
+    tl.store(DELTA + row + offs_m, delta, mask=mmask)
     lse = tl.load(LSE + row + offs_m, mask=mmask, other=0.0)
-    delta = tl.load(DELTA + row + offs_m, mask=mmask, other=0.0)
     kbase = K + _head(bh, HEADS, k_b, k_h)
     vbase = V + _head(bh, HEADS, v_b, v_h)
     dq = tl.zeros((BLOCK_M, BLOCK_D), tl.float32)
@@ -179,17 +180,12 @@ def _meta(q: Tensor, k: Tensor) -> dict[str, object]:
             "BLOCK_D": max(16, next_pow2(q.shape[3])), "IEEE": q.dtype == torch.float32}
 
 
-def _lse_ref(q: Tensor, k: Tensor, scale: float) -> Tensor:
-    s = q.float() @ k.float().transpose(-1, -2) * (scale * LOG2E)
-    return torch.logsumexp(s * math.log(2), dim=-1) * LOG2E
-
-
 @triton_op("fastflow::attention_fwd", mutates_args=())
 def attention_fwd(q: Tensor, k: Tensor, v: Tensor, scale: float) -> tuple[Tensor, Tensor]:
-    """``(O [B, H, Lq, D], lse [B, H, Lq] in base 2)``; the reference on CPU unless interpreting."""
+    """``(O [B, H, Lq, D], lse [B, H, Lq] in base 2)``. Kernel only: ``fastflow.fused.attention``
+    routes CPU tensors to the reference."""
+    require_kernel_device(q, "attention_fwd")
     b, h, lq, d = q.shape
-    if q.device.type == "cpu" and not interpreting():
-        return attention_ref(q, k, v, scale), _lse_ref(q, k, scale)
     o = torch.empty_like(q)
     lse = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
 
@@ -209,16 +205,11 @@ def _(q, k, v, scale):  # noqa: ANN001, ANN202
 @triton_op("fastflow::attention_bwd", mutates_args=())
 def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor,
                   scale: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(dq, dk, dv)``."""
+    """``(dq, dk, dv)``; the dQ kernel runs first and also writes δ = rowsum(dO ∘ O) for the dK/dV kernel."""
+    require_kernel_device(q, "attention_bwd")
     b, h, lq, d = q.shape
-    if q.device.type == "cpu" and not interpreting():
-        leaves = [t.detach().float().requires_grad_() for t in (q, k, v)]
-        with torch.enable_grad():
-            out = attention_ref(*leaves, scale)
-            grads = torch.autograd.grad(out, leaves, do.float())
-        return tuple(g.to(t.dtype) for g, t in zip(grads, (q, k, v)))  # type: ignore[return-value]
     lk = k.shape[2]
-    delta = (do.float() * o.float()).sum(-1).contiguous()
+    delta = torch.empty(b, h, lq, device=q.device, dtype=torch.float32)
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     meta = _meta(q, k)
     common = (scale, scale * LOG2E, lq, lk, h, d, *q.stride(), *k.stride(), *v.stride(), *do.stride())
@@ -229,9 +220,9 @@ def attention_bwd(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: T
     def grid_q(m):  # noqa: ANN001, ANN202
         return (triton.cdiv(lq, m["BLOCK_M"]), b * h)
 
+    wrap_triton(_bwd_dq_kernel)[grid_q](q, k, v, do, o, lse, delta, dq, *common, *o.stride(), *dq.stride(), **meta)
     wrap_triton(_bwd_dkdv_kernel)[grid_kv](q, k, v, do, lse, delta, dk, dv, *common, *dk.stride(), *dv.stride(),
                                            **meta)
-    wrap_triton(_bwd_dq_kernel)[grid_q](q, k, v, do, lse, delta, dq, *common, *dq.stride(), **meta)
     return dq, dk, dv
 
 

@@ -28,8 +28,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op, wrap_triton
 
-from fastflow.fused.reference import group_norm_ref
-from fastflow.fused.runtime import flat_spatial, interpreting, next_pow2, sm_count
+from fastflow.fused.runtime import flat_spatial, next_pow2, require_kernel_device, sm_count
 
 
 @triton.jit
@@ -252,17 +251,12 @@ def group_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, scale:
                    shift: Tensor | None, groups: int, eps: float, silu: bool,
                    split: int) -> tuple[Tensor, Tensor, Tensor]:
     """``(y, mean [N, G], rstd [N, G])``, the mean taken relative to each group's first element
-    (for the backward); the reference on CPU unless ``TRITON_INTERPRET=1``."""
-    n = x.shape[0]
-    if x.device.type == "cpu" and not interpreting():
-        xs = x.float().reshape(n, groups, -1)
-        var, mean = torch.var_mean(xs, dim=2, correction=0)
-        return (group_norm_ref(x, weight, bias, groups, eps, scale, shift, silu), mean - xs[:, :, 0],
-                torch.rsqrt(var + eps))
-    c = x.shape[1]
+    (for the backward). Kernel only: ``fastflow.fused.group_norm`` routes CPU tensors to the reference."""
+    require_kernel_device(x, "group_norm_fwd")
+    n, c = x.shape[:2]
     y = torch.empty_like(x)
     hw, cpg, block_c, block_hw, chunk, nsplit = _geometry(x, groups, split)
-    part = torch.empty(n * groups * nsplit * 3 if nsplit > 1 else 1, device=x.device, dtype=torch.float32)
+    part = torch.empty(n * groups * nsplit * 3, device=x.device, dtype=torch.float32) if nsplit > 1 else None
     mean = torch.empty(n, groups, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     grid = (n * groups, nsplit)
@@ -288,9 +282,8 @@ def group_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | 
                    shift: Tensor | None, mean: Tensor, rstd: Tensor, groups: int, eps: float, silu: bool,
                    split: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """``(dx, dweight, dbias, dscale, dshift)`` in fp32 for the parameters (empty when absent)."""
+    require_kernel_device(x, "group_norm_bwd")
     n, c = x.shape[:2]
-    if x.device.type == "cpu" and not interpreting():
-        return _reference_bwd(dy, x, weight, bias, scale, shift, groups, eps, silu)
     hw, cpg, block_c, block_hw, chunk, nsplit = _geometry(x, groups, split)
     parts = torch.empty(4, n, nsplit, c, device=x.device, dtype=torch.float32)
     dx = torch.empty_like(x)
@@ -326,17 +319,6 @@ def _(dy, x, weight, bias, scale, shift, mean, rstd, groups, eps, silu, split): 
     shapes = [(c,) if weight is not None else (0,), (c,) if bias is not None else (0,),
               (n, c) if scale is not None else (0,), (n, c) if shift is not None else (0,)]
     return (torch.empty_like(x), *(x.new_empty(sh, dtype=torch.float32) for sh in shapes))
-
-
-def _reference_bwd(dy, x, weight, bias, scale, shift, groups, eps, silu):  # noqa: ANN001, ANN202
-    """The same gradients by autograd through the reference (CPU without the interpreter)."""
-    leaves = [None if t is None else t.detach().float().requires_grad_() for t in (x, weight, bias, scale, shift)]
-    with torch.enable_grad():
-        y = group_norm_ref(leaves[0], *leaves[1:3], groups, eps, leaves[3], leaves[4], silu)
-        grads = torch.autograd.grad(y, [t for t in leaves if t is not None], dy.float())
-    it = iter(grads)
-    out = [None if t is None else next(it) for t in leaves]
-    return (out[0].to(x.dtype), *(x.new_empty(0, dtype=torch.float32) if g is None else g for g in out[1:]))
 
 
 def _setup(ctx, inputs, output) -> None:  # noqa: ANN001

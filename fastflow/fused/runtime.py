@@ -5,9 +5,12 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from functools import cache
 
 import torch
 from torch import Tensor
+
+from fastflow.errors import MissingBackendError
 
 log = logging.getLogger("fastflow.fused")
 _warned: set[str] = set()
@@ -32,10 +35,18 @@ def next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
 
+@cache
 def sm_count(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 1
+
+
+def require_kernel_device(x: Tensor, op: str) -> None:
+    """The raw ``torch.ops.fastflow`` kernels run on CUDA, or on CPU under the interpreter."""
+    if not (x.is_cuda or (x.device.type == "cpu" and interpreting())):
+        raise MissingBackendError(f"fastflow::{op} runs on CUDA tensors (CPU only with TRITON_INTERPRET=1); "
+                         f"use fastflow.fused.{op.rsplit('_', 1)[0]}, which falls back to the reference")
 
 
 def flat_spatial(t: Tensor) -> bool:

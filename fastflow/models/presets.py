@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from torch import nn
+from torch import Tensor, nn
 
 from fastflow.errors import ConfigError
 from fastflow.models.mlp import MLP, MLPConfig
@@ -73,6 +73,12 @@ def sample_shape(model: nn.Module) -> tuple[int, ...]:
     """The shape of one sample the model generates: ``(dim,)`` or ``(C, H, W)``."""
     cfg = model.config
     return (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
+
+
+def viewable(model: nn.Module, x: Tensor) -> Tensor:
+    """Samples as images: latent models (``sd``) decode through their VAE, others are images already."""
+    decode = getattr(model, "decode", None)
+    return decode(x) if callable(decode) else x
 
 
 def arch_of(model: nn.Module) -> str:

@@ -24,13 +24,14 @@ class labels), a float tensor ``[B, L, D]`` of text embeddings, or ``{"tokens": 
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -61,27 +62,34 @@ def check_sd_dir(path: str | Path, parts: tuple[str, ...] = _PARTS) -> Path:
 
 
 class VPSchedule:
-    """A diffusers scheduler's :math:`\\bar\\alpha_k` seen as fastflow time (see module docstring)."""
+    """A diffusers scheduler's :math:`\bar\alpha_k` seen as fastflow time (see module docstring).
+    All maps are torch ops on the times' device (no host round trip per call)."""
 
     def __init__(self, alphas_cumprod: Tensor) -> None:
         a = alphas_cumprod.double().clamp(1e-12, 1 - 1e-12)
-        self.lam = (0.5 * torch.log(a / (1 - a))).numpy()  # decreasing in k
-        if not np.all(np.diff(self.lam) < 0):
+        self.lam = 0.5 * torch.log(a / (1 - a))  # decreasing in k
+        if not bool((self.lam.diff() < 0).all()):
             raise ConfigError("alphas_cumprod must decrease strictly with the timestep")
+        self._increasing: dict[torch.device, Tensor] = {}
         self.t_min, self.t_max = self.t_of_timestep(len(a) - 1), self.t_of_timestep(0)
 
     def t_of_timestep(self, k: float) -> float:
-        lam = float(np.interp(k, np.arange(len(self.lam)), self.lam))
+        i = min(int(k), len(self.lam) - 2)
+        lam = float(self.lam[i] + (k - i) * (self.lam[i + 1] - self.lam[i]))
         return 1.0 / (1.0 + math.exp(-lam))
 
     def timestep(self, t: Tensor) -> Tensor:
-        """Fractional timestep of (clamped) times ``t``."""
-        lam = torch.logit(t.double().clamp(self.t_min, self.t_max)).numpy()
-        k = np.interp(lam, self.lam[::-1], np.arange(len(self.lam))[::-1].astype(np.float64))
-        return torch.from_numpy(k)
+        """Fractional timestep (float64) of (clamped) times ``t``: ``k`` linear in λ between grid points."""
+        if t.device not in self._increasing:
+            self._increasing[t.device] = self.lam.flip(0).to(t.device)
+        rev = self._increasing[t.device]  # rev[j] = λ at timestep K − 1 − j
+        lam = torch.logit(t.double().clamp(self.t_min, self.t_max))
+        j = torch.searchsorted(rev, lam).clamp(1, len(rev) - 1)
+        lo, hi = rev[j - 1], rev[j]
+        return (len(rev) - 1) - ((j - 1) + (lam - lo) / (hi - lo))
 
     def alpha_sigma(self, t: Tensor) -> tuple[Tensor, Tensor]:
-        """``α, σ`` of the VP state at (clamped) times ``t``: α/σ = t/(1−t), α² + σ² = 1."""
+        """``α, σ`` (float64) of the VP state at (clamped) times ``t``: α/σ = t/(1−t), α² + σ² = 1."""
         lam = torch.logit(t.double().clamp(self.t_min, self.t_max))
         return torch.sigmoid(2 * lam).sqrt(), torch.sigmoid(-2 * lam).sqrt()
 
@@ -129,8 +137,6 @@ def load_prompt_table(path: str | Path) -> tuple[Tensor, list[str]]:
     emb = t.get("embeddings")
     if set(t) != {"embeddings", "null"} or emb.dim() != 3 or t["null"].shape != (1, *emb.shape[1:]):
         raise ConfigError(f"{path}: a prompt table holds embeddings [P, L, D] and null [1, L, D]")
-    import json
-
     return torch.cat([t["embeddings"], t["null"]]).float(), json.loads(prompts) if prompts else []
 
 
@@ -185,9 +191,12 @@ class SDVelocity(nn.Module):
         if not cond.is_floating_point():
             if self.table is None:
                 raise ConfigError("prompt indices given but the model has no prompt table")
-            if cond.shape != (b,) or int(cond.min()) < 0 or int(cond.max()) > self.config.num_classes:
-                raise ShapeError(f"prompt indices must be [{b}] in [0, {self.config.num_classes}]")
-            return self.table[cond]
+            if cond.shape != (b,):
+                raise ShapeError(f"prompt indices must be [{b}], got {tuple(cond.shape)}")
+            try:  # an embedding lookup: out-of-range indices raise (a device assert on CUDA), no host sync
+                return F.embedding(cond, self.table.flatten(1)).view(b, *self.table.shape[1:])
+            except IndexError:
+                raise ShapeError(f"prompt indices must lie in [0, {self.config.num_classes}]") from None
         if cond.dim() != 3 or len(cond) != b:
             raise ShapeError(f"text embeddings must be [{b}, L, D], got {tuple(cond.shape)}")
         return cond
@@ -201,10 +210,9 @@ class SDVelocity(nn.Module):
         if self.config.prediction == "velocity":
             k = self.num_train_timesteps * (1 - t.float())
             return self.unet(x.to(dtype), k, emb).sample.float()
-        tc = t.detach().cpu()
-        alpha, sigma = (s.to(x.device, torch.float32).view(-1, 1, 1, 1) for s in self.schedule.alpha_sigma(tc))
+        alpha, sigma = (s.float().view(-1, 1, 1, 1) for s in self.schedule.alpha_sigma(t))
         x_k = x.float() * (alpha + sigma)
-        k = self.schedule.timestep(tc).to(x.device, torch.float32)
+        k = self.schedule.timestep(t).float()
         out = self.unet(x_k.to(dtype), k, emb).sample.float()
         x1, eps = vp_predictions(out, x_k, alpha, sigma, self.config.prediction)
         return x1 - eps
@@ -245,8 +253,6 @@ def encode_prompts(path: str | Path, prompts: list[str], device: torch.device | 
 def write_prompt_table(path: str | Path, prompts: list[str], out: str | Path,
                        device: torch.device | str = "cpu") -> Path:
     """Encode ``prompts`` and the empty (null) prompt into a safetensors prompt table."""
-    import json
-
     prompts = [p.strip() for p in prompts if p.strip()]
     if not prompts:
         raise ConfigError("no prompts given (one per line)")

@@ -19,7 +19,7 @@ from fastflow.data import BatchStream, Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
 from fastflow.models.checkpoint import load_weights, resolve_checkpoint
-from fastflow.models.presets import build_model, sample_shape
+from fastflow.models.presets import build_model, sample_shape, viewable
 from fastflow.objectives import build_objective
 from fastflow.train.config import TrainConfig, dump_config
 from fastflow.utils.distributed import DistInfo, barrier, gather_bytes, init_distributed
@@ -81,9 +81,7 @@ class _Sampler:
     def __call__(self, model: nn.Module, path: Path, step: int) -> None:
         if self.z is None:  # the objective defines no preview for an image-conditioned model
             return
-        x = generate(model, self.z, "euler", self.steps, cond=self.cond).x
-        if callable(getattr(model, "decode", None)):  # latent models (Stable Diffusion): view through the VAE
-            x = model.decode(x)
+        x = viewable(model, generate(model, self.z, "euler", self.steps, cond=self.cond).x)
         save_samples(x, path, self.reference, title=f"step {step}, Euler {self.steps}")
 
 
