@@ -24,11 +24,14 @@ def interpreting() -> bool:
 TRITON = importlib.util.find_spec("triton") is not None
 
 
-def kernel_device(x: Tensor) -> bool:
-    """Whether a Triton kernel can run on ``x``'s device at all (CUDA, or CPU under the interpreter)."""
-    if not TRITON or torch.compiler.is_exporting():
-        return False
+def _kernels_run_on(x: Tensor) -> bool:
     return x.is_cuda or (x.device.type == "cpu" and interpreting())
+
+
+def kernel_device(x: Tensor) -> bool:
+    """Whether the kernels should take ``x``: Triton is there, nothing is being exported, and ``x``
+    lives where they run (CUDA, or CPU under the interpreter)."""
+    return TRITON and not torch.compiler.is_exporting() and _kernels_run_on(x)
 
 
 def next_pow2(n: int) -> int:
@@ -44,7 +47,7 @@ def sm_count(device: torch.device) -> int:
 
 def require_kernel_device(x: Tensor, op: str) -> None:
     """The raw ``torch.ops.fastflow`` kernels run on CUDA, or on CPU under the interpreter."""
-    if not (x.is_cuda or (x.device.type == "cpu" and interpreting())):
+    if not _kernels_run_on(x):
         raise MissingBackendError(f"fastflow::{op} runs on CUDA tensors (CPU only with TRITON_INTERPRET=1); "
                          f"use fastflow.fused.{op.rsplit('_', 1)[0]}, which falls back to the reference")
 
