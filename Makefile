@@ -9,8 +9,9 @@ BIN    := $(VENV)/bin
 HAS_GPU    := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo 1)
 TORCH_SPEC ?= $(if $(HAS_GPU),torch>=2.5,torch==2.13.0)
 EXTRAS     ?= dev
+BUILD      ?= build
 
-.PHONY: demo test clean
+.PHONY: demo test native clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +22,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(BIN)/fastflow demo --out demo_out
 
-test: $(VENV)/.installed
+# The native runner (kernels/, CMakeLists.txt) with the venv's CMake and Ninja (dev extra), against
+# the venv's libtorch.
+native: $(VENV)/.installed
+	$(BIN)/cmake -S . -B $(BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN)/ninja) \
+		-DPython3_EXECUTABLE=$(abspath $(BIN)/python)
+	$(BIN)/cmake --build $(BUILD)
+
+test: native
 	$(BIN)/python -m pytest
+	cd $(BUILD) && $(abspath $(BIN)/ctest) --output-on-failure --no-tests=error -j2
 
 clean:
-	rm -rf $(VENV) demo_out runs .pytest_cache
+	rm -rf $(VENV) $(BUILD) demo_out runs .pytest_cache

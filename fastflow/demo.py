@@ -136,8 +136,9 @@ def _overview(samples: dict[str, torch.Tensor], path: Path, per_row: int = 16) -
 def _export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> dict[str, Any] | None:
     """Export the one-step generator (dynamic batch), check it against PyTorch, score its samples."""
     from fastflow.errors import MissingBackendError
-    from fastflow.export.formats import BatchRange, build_onnx, load_onnx
+    from fastflow.export.formats import build_onnx, load_onnx
     from fastflow.export.generator import Generator
+    from fastflow.export.spec import BatchRange
     from fastflow.export.validate import compare
 
     gen = Generator(model, 1).eval()

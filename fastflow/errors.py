@@ -32,3 +32,8 @@ class TrainingError(FastflowError):
 class MissingBackendError(FastflowError):
     """An operation needs a package or a device that is not there: a GPU, TensorRT, onnxruntime,
     Triton (CLI exit 2 with the install hint)."""
+
+
+class ArtifactError(FastflowError):
+    """An exported artefact (``.pt2``, engine, sidecar JSON) is missing, unreadable, or its
+    metadata is malformed or does not fit the runtime (wrong device, newer format)."""

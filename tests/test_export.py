@@ -98,26 +98,69 @@ def test_onnx_fp16_keeps_softmax_in_fp32(tmp_path, ckpt) -> None:
 
 
 def test_exported_program_and_pt2(tmp_path, ckpt) -> None:
+    from fastflow.errors import ArtifactError, ShapeError
+    from fastflow.export.formats import load_pt2, read_pt2_spec
+    from fastflow.models import load_model
+    from fastflow.utils.io import file_digest
+
     res = _export(ckpt, "--format", "ep", "-o", str(tmp_path / "g.pt2"), "--batch", "2", "--validate")
     assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-2000:]
     out = tmp_path / "aoti.pt2"
     res = _export(ckpt, "--format", "pt2", "-o", str(out), "--min-batch", "1", "--max-batch", "4", "--validate")
     assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]
-    runner = torch._inductor.aoti_load_package(str(out))
-    z = torch.randn(3, 1, 16, 16)
-    got = runner(z)
-    got = got[0] if isinstance(got, (list, tuple)) else got
-    from fastflow.models import load_model
-
+    # The package describes its inputs (read without loading the model).
+    spec = read_pt2_spec(out)
+    assert (spec.kind, spec.inputs, spec.sample_shape, spec.dtype, spec.device) == (
+        "generator", ("z",), (1, 16, 16), "fp32", "cpu")
+    assert (spec.batch.min, spec.batch.max) == (1, 4) and spec.checkpoint_sha256 == file_digest(ckpt / "ema.safetensors")
+    run = load_pt2(out, torch.device("cpu"))
     with torch.no_grad():
-        ref = Generator(load_model(ckpt), 1)(z)
-    assert torch.allclose(got, ref, atol=1e-4)
+        gen = Generator(load_model(ckpt), 1)
+        for b in (1, 3, 4):  # batch 1 of a dynamic package works (lower bound not specialised to 2)
+            z = torch.randn(b, 1, 16, 16)
+            assert torch.allclose(run(z), gen(z), atol=1e-4)
+    # Wrong inputs are a typed error before they reach the compiled code (which would read out of bounds).
+    for bad in (torch.randn(5, 1, 16, 16), torch.randn(2, 1, 8, 8), torch.randn(2, 16, 16),
+                torch.randn(2, 1, 16, 16, dtype=torch.float64)):
+        with pytest.raises(ShapeError):
+            run(bad)
+    with pytest.raises(ShapeError):
+        run(torch.randn(2, 1, 16, 16), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(ArtifactError, match="compiled for cpu"):
+        load_pt2(out, torch.device("cuda"))
+    truncated = tmp_path / "truncated.pt2"
+    truncated.write_bytes(out.read_bytes()[:1000])
+    with pytest.raises(ArtifactError):
+        load_pt2(truncated, torch.device("cpu"))
 
 
-def test_engine_without_tensorrt_exits_2_with_hint(tmp_path, ckpt) -> None:
+def test_generator_spec_round_trips_and_rejects_malformed_metadata() -> None:
+    from fastflow.errors import ArtifactError, ShapeError
+    from fastflow.export.spec import BatchRange, GeneratorSpec
+
+    spec = GeneratorSpec("conditional", (1, 16, 16), BatchRange(1, 2, 8), "fp16", steps=2, num_classes=10,
+                         checkpoint_sha256="ab", extra={"note": "x"})
+    meta = spec.to_metadata()
+    assert all(isinstance(v, str) for v in meta.values()) and meta["fastflow.inputs"] == "z,cond"
+    assert GeneratorSpec.from_metadata(meta) == spec
+    assert GeneratorSpec.from_metadata({"AOTI_DEVICE_KEY": "cpu"}) is None
+    for broken in ({**meta, "fastflow.batch_min": "one"}, {k: v for k, v in meta.items() if k != "fastflow.dtype"},
+                   {**meta, "fastflow.version": "99"}, {**meta, "fastflow.kind": "video"}):
+        with pytest.raises(ArtifactError):
+            GeneratorSpec.from_metadata(broken)
+    z = torch.randn(2, 1, 16, 16, dtype=torch.float16)
+    spec.check(z, torch.tensor([0, 9]))
+    with pytest.raises(ShapeError, match="labels"):
+        spec.check(z, torch.tensor([0, 10]))
+    with pytest.raises(ShapeError, match="dtype"):
+        spec.check(z, torch.tensor([0, 1], dtype=torch.int32))
+
+
+@pytest.mark.parametrize("fmt", ["engine", "trt-pt2"])
+def test_engine_without_tensorrt_exits_2_with_hint(tmp_path, ckpt, fmt) -> None:
     if torch.cuda.is_available():
         pytest.skip("has a GPU: the engine path is tested on the device")
-    res = _export(ckpt, "--format", "engine", "-o", str(tmp_path / "g.engine"))
+    res = _export(ckpt, "--format", fmt, "-o", str(tmp_path / "g.engine"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1
     assert "tensorrt" in res.stderr.lower() and "pip install" in res.stderr
 

@@ -1,4 +1,4 @@
-"""``fastflow-export CKPT --format {onnx,pt2,ep,engine} -o PATH``: build, validate, report.
+"""``fastflow-export CKPT --format {onnx,pt2,ep,engine,trt-pt2} -o PATH``: build, validate, report.
 
 Exit codes: 0 success, 1 validation failed, 2 bad input or a missing backend (one line).
 """
@@ -38,7 +38,8 @@ def _device_name(device: torch.device) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastflow-export", description=__doc__.splitlines()[0])
     p.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
-    p.add_argument("--format", required=True, choices=["onnx", "pt2", "ep", "engine"])
+    p.add_argument("--format", required=True, choices=["onnx", "pt2", "ep", "engine", "trt-pt2"],
+                   help="engine: serialized TensorRT plan (+ PATH.json); trt-pt2: TensorRT inside a .pt2")
     p.add_argument("-o", "--output", required=True, help="artefact path")
     p.add_argument("--batch", type=int, default=None, help="static batch size")
     p.add_argument("--min-batch", type=int, default=1)
@@ -63,27 +64,29 @@ def run(args: argparse.Namespace) -> int:
     from fastflow.bench.timing import measure_latency
     from fastflow.export import formats
     from fastflow.export.generator import Generator, SRGenerator
+    from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
     from fastflow.export.validate import compare
+    from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint, weights_file
     from fastflow.models.presets import sample_shape
-    from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint
-    from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.io import atomic_write_json, check_writable, file_digest
 
     if args.batch is not None:
-        batch = formats.BatchRange(args.batch, args.batch, args.batch)
+        lo, opt, hi = args.batch, args.batch, args.batch
     else:
-        batch = formats.BatchRange(args.min_batch, args.opt_batch or args.max_batch, args.max_batch)
-    if not 1 <= batch.min <= batch.opt <= batch.max:
+        lo, opt, hi = args.min_batch, args.opt_batch or args.max_batch, args.max_batch
+    if not 1 <= lo <= opt <= hi:
         raise ConfigError("need 1 <= min-batch <= opt-batch <= max-batch")
     if args.steps < 1:
         raise ConfigError("--steps must be >= 1")
     if args.opset < 18:
         raise ConfigError("--opset must be >= 18 (GroupNormalization, dynamo exporter)")
     device = torch.device(args.device)
-    dtype = formats.DTYPES[args.dtype]
-    if args.format == "engine":  # fail fast, before loading anything
-        if not torch.cuda.is_available():
-            raise MissingBackendError("--format engine needs an NVIDIA GPU with CUDA and TensorRT "
-                                              "(pip install 'fastflow[tensorrt]'); use --format onnx or pt2 here")
+    dtype = DTYPES[args.dtype]
+    if args.format in ("engine", "trt-pt2") and not torch.cuda.is_available():  # fail fast
+        raise MissingBackendError(f"--format {args.format} needs an NVIDIA GPU with CUDA and TensorRT "
+                                  f"({formats.TRT_HINT}); use --format onnx or pt2 here")
+    out = Path(args.output)
+    check_writable(out)  # before minutes of compilation
     ckpt = resolve_checkpoint(args.ckpt)
     model = load_model(ckpt, weights=args.weights, device=device)
     if getattr(model.config, "context_dim", 0):
@@ -95,33 +98,38 @@ def run(args: argparse.Namespace) -> int:
         objective = read_config(ckpt).get("meta", {}).get("objective_config") or {}
         if objective.get("name") != "oftsr":
             raise ConfigError(f"{ckpt}: image-conditioned models export only as OFTSR students")
-        gen = SRGenerator(model, float(objective.get("sigma_p", 0.1))).to(device=device, dtype=dtype).eval()
+        sigma_p = float(objective.get("sigma_p", 0.1))
+        gen = SRGenerator(model, sigma_p).to(device=device, dtype=dtype).eval()
+        kind, extra = "sr", {"sigma_p": repr(sigma_p)}
     else:
         gen = Generator(model, args.steps).to(device=device, dtype=dtype).eval()
+        kind, extra = ("conditional" if num_classes else "generator"), {}
+    spec = GeneratorSpec(kind=kind, sample_shape=tuple(shape), batch=BatchRange(lo, opt, hi), dtype=args.dtype,
+                         steps=1 if kind == "sr" else args.steps, num_classes=num_classes, device=device.type,
+                         checkpoint_sha256=file_digest(weights_file(ckpt, args.weights)), extra=extra)
 
     def inputs_for(b: int) -> tuple[torch.Tensor, ...]:
         z = torch.randn(b, *shape, generator=g).to(device=device, dtype=dtype)
-        if isinstance(gen, SRGenerator):
+        if kind == "sr":
             lq = (torch.rand(b, *shape, generator=g) * 2 - 1).to(device=device, dtype=dtype)
             return lq, z, torch.rand(b, generator=g).to(device)
         if not num_classes:
             return (z,)
         return z, torch.randint(0, num_classes, (b,), generator=g).to(device)
 
-    example = inputs_for(batch.opt)
-
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    example = inputs_for(spec.batch.opt)
     t0 = time.perf_counter()
     with torch.no_grad():
         if args.format == "onnx":
-            formats.build_onnx(gen, example, batch, out, args.opset, args.dtype)
+            formats.build_onnx(gen, example, spec.batch, out, args.opset, args.dtype)
         elif args.format == "ep":
-            formats.build_ep(gen, example, batch, out)
+            formats.build_ep(gen, example, spec.batch, out)
         elif args.format == "pt2":
-            formats.build_pt2(gen, example, batch, out)
+            formats.build_pt2(gen, example, spec, out)
+        elif args.format == "engine":
+            formats.build_engine(gen, example, spec, out, args.opt_level, args.timing_cache)
         else:
-            formats.build_engine(gen, example, batch, out, args.dtype, args.opt_level, args.timing_cache)
+            formats.build_trt_pt2(gen, example, spec, out, args.opt_level, args.timing_cache)
     build_s = time.perf_counter() - t0
     print(f"built {out} ({out.stat().st_size / 1e6:.2f} MB) in {build_s:.1f}s")
 
@@ -129,16 +137,16 @@ def run(args: argparse.Namespace) -> int:
         "checkpoint": str(ckpt), "format": args.format, "artifact": str(out),
         "artifact_bytes": out.stat().st_size, "build_seconds": build_s, "versions": _versions(),
         "device": _device_name(device),
-        "settings": {"dtype": args.dtype, "steps": args.steps, "batch": vars(batch),
+        "settings": {"dtype": args.dtype, "steps": args.steps, "batch": vars(spec.batch),
                      "opset": args.opset if args.format == "onnx" else None,
-                     "opt_level": args.opt_level if args.format == "engine" else None,
+                     "opt_level": args.opt_level if args.format in ("engine", "trt-pt2") else None,
                      "timing_cache": args.timing_cache, "weights": args.weights, "seed": args.seed},
-        "sample_shape": list(shape), "inputs": formats.input_names(gen, example),
+        "sample_shape": list(shape), "inputs": formats.input_names(gen, example), "spec": spec.to_dict(),
     }
     runner = formats.LOADERS[args.format](out, device)
     status = 0
     if args.validate:
-        sizes = sorted({batch.min, batch.opt, batch.max})
+        sizes = sorted({spec.batch.min, spec.batch.opt, spec.batch.max})
         val = compare(gen, runner, [inputs_for(b) for b in sizes], args.atol, args.rtol)
         report["validation"] = val
         verdict = "passed" if val["passed"] else "FAILED"
@@ -147,8 +155,8 @@ def run(args: argparse.Namespace) -> int:
               f"NaN/Inf {val.get('nan_inf_count', 0)} (atol {args.atol}, rtol {args.rtol}, batches {sizes})")
         status = 0 if val["passed"] else 1
     lat = measure_latency(lambda: runner(*example), device, warmup=3, iters=20)
-    report["latency_ms"] = {"batch": batch.opt, **lat.to_dict()}
-    print(f"latency at batch {batch.opt}: p50 {lat.p50_ms:.2f} ms, p90 {lat.p90_ms:.2f} ms, "
+    report["latency_ms"] = {"batch": spec.batch.opt, **lat.to_dict()}
+    print(f"latency at batch {spec.batch.opt}: p50 {lat.p50_ms:.2f} ms, p90 {lat.p90_ms:.2f} ms, "
           f"p99 {lat.p99_ms:.2f} ms")
     if args.report:
         atomic_write_json(args.report, report)

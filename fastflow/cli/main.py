@@ -110,7 +110,7 @@ def cmd_prompts(args: argparse.Namespace) -> int:
 def _sd_teacher(args: argparse.Namespace, device: torch.device):  # noqa: ANN202
     from fastflow.models.sd import SDConfig, SDVelocity
     from fastflow.pairs import FlowTeacher
-    from fastflow.pairs.teacher import file_digest
+    from fastflow.utils.io import file_digest
 
     if not args.prompts:
         raise ConfigError("--sd needs --prompts TABLE (made by `fastflow prompts`)")

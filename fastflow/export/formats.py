@@ -1,34 +1,28 @@
 """One builder and one loader per artefact format. Builders write the file; loaders return a
-``run(z[, label]) → image`` callable over the artefact (used by validation and latency)."""
+``run(*inputs) → image`` callable over the artefact (used by validation and latency) that checks
+its inputs against the artefact's :class:`~fastflow.export.spec.GeneratorSpec` first."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import json
+import os
+import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fastflow.errors import MissingBackendError
+from fastflow.errors import ArtifactError, MissingBackendError
+from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
 
-Runner = Callable[..., Tensor]  # run(z[, label]) → image
+Runner = Callable[..., Tensor]  # run(*inputs) → image
 Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
-FORMATS = ("onnx", "pt2", "ep", "engine")
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-@dataclass
-class BatchRange:
-    min: int
-    opt: int
-    max: int
-
-    @property
-    def dynamic(self) -> bool:
-        return self.min != self.max
+FORMATS = ("onnx", "pt2", "ep", "engine", "trt-pt2")
+TRT_HINT = "pip install 'fastflow[tensorrt]' (torch-tensorrt matching your torch)"
 
 
 def input_names(gen: nn.Module, example: Example) -> list[str]:
@@ -107,46 +101,162 @@ def load_ep(path: Path, device: torch.device) -> Runner:
     return lambda *inputs: prog(*(x.to(device) for x in inputs))
 
 
-def build_pt2(gen: nn.Module, example: Example, batch: BatchRange, path: Path) -> None:
-    torch._inductor.aoti_compile_and_package(_exported(gen, example, batch), package_path=str(path))
+def _aoti_configs(spec: GeneratorSpec) -> dict[str, Any]:
+    """Inductor settings for every ``.pt2`` we write: the spec as metadata, and a batch lower
+    bound of 1 under the runtime input checks (export specialises ``min=1`` to 2 otherwise)."""
+    return {"aot_inductor.metadata": spec.to_metadata(), "aot_inductor.check_lowerbound": False}
+
+
+def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path) -> None:
+    torch._inductor.aoti_compile_and_package(_exported(gen, example, spec.batch), package_path=str(path),
+                                             inductor_configs=_aoti_configs(spec))
+
+
+def read_pt2_spec(path: Path) -> GeneratorSpec | None:
+    """The spec stored in a ``.pt2`` without loading its model (None for a package without one)."""
+    if not Path(path).is_file():
+        raise ArtifactError(f"{path}: file not found")
+    try:
+        meta = torch._C._aoti.AOTIModelPackageLoader.load_metadata_from_package(str(path), "model")
+    except (RuntimeError, ValueError) as e:
+        raise ArtifactError(f"{path}: not a readable AOTInductor package ({str(e).splitlines()[0]})") from None
+    return GeneratorSpec.from_metadata(meta, str(path))
 
 
 def load_pt2(path: Path, device: torch.device) -> Runner:
-    runner = torch._inductor.aoti_load_package(str(path))
+    """An AOTInductor package as a checked runner. AOTI's own input checks are switched on too
+    (``AOTI_RUNTIME_CHECK_INPUTS``): without them a wrong shape reads out of bounds."""
+    spec = read_pt2_spec(path)
+    if spec is None:
+        warnings.warn(f"{path} carries no fastflow metadata (another tool or an older fastflow): inputs are not "
+                      "checked against its shapes; re-export it", stacklevel=2)
+    if spec is not None and spec.device != device.type:
+        raise ArtifactError(f"{path} was compiled for {spec.device}, not {device.type}")
+    os.environ.setdefault("AOTI_RUNTIME_CHECK_INPUTS", "1")
+    if spec is not None and spec.extra.get("backend") == "tensorrt":
+        _import_torch_tensorrt()  # registers the TensorRT engine op the package calls
+    try:
+        runner = torch._inductor.aoti_load_package(str(path))
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: cannot load the package ({str(e).splitlines()[0]})") from None
 
     def run(*inputs: Tensor) -> Tensor:
-        out = runner(*(x.to(device) for x in inputs))
+        inputs = tuple(x.to(device) for x in inputs)
+        if spec is not None:
+            spec.check(*inputs)
+        out = runner(*inputs)
         return out[0] if isinstance(out, (list, tuple)) else out
     return run
 
 
-def build_engine(gen: nn.Module, example: Example, batch: BatchRange, path: Path, dtype: str,
-                 opt_level: int, timing_cache: str | None) -> None:
+def _import_torch_tensorrt():  # noqa: ANN202 - the module
     if not torch.cuda.is_available():
-        raise MissingBackendError("--format engine needs an NVIDIA GPU with CUDA; use --format onnx or pt2 here")
+        raise MissingBackendError("TensorRT needs an NVIDIA GPU with CUDA; use --format onnx or pt2 here")
     try:
         import torch_tensorrt
     except ImportError:
-        raise MissingBackendError("--format engine needs TensorRT: pip install 'fastflow[tensorrt]' "
-                                  "(torch-tensorrt matching your torch)") from None
-    inputs = [torch_tensorrt.Input(min_shape=(batch.min, *x.shape[1:]), opt_shape=(batch.opt, *x.shape[1:]),
-                                   max_shape=(batch.max, *x.shape[1:]),
-                                   dtype=DTYPES[dtype] if x.is_floating_point() else x.dtype)
-              for x in example]
-    kwargs = {"optimization_level": opt_level}
+        raise MissingBackendError(f"TensorRT is not installed: {TRT_HINT}") from None
+    return torch_tensorrt
+
+
+def _trt_inputs(example: Example, spec: GeneratorSpec) -> list[Any]:
+    """min/opt/max shape profiles of every input (batch dimension only)."""
+    tt = _import_torch_tensorrt()
+    b = spec.batch
+    return [tt.Input(min_shape=(b.min, *x.shape[1:]), opt_shape=(b.opt, *x.shape[1:]),
+                     max_shape=(b.max, *x.shape[1:]), dtype=x.dtype) for x in example]
+
+
+def _trt_settings(spec: GeneratorSpec, opt_level: int, timing_cache: str | None) -> dict[str, Any]:
+    kw: dict[str, Any] = {"enabled_precisions": {DTYPES[spec.dtype]}, "optimization_level": opt_level}
     if timing_cache:
-        kwargs["timing_cache_path"] = timing_cache
-    trt = torch_tensorrt.compile(gen.cuda(), ir="dynamo", inputs=inputs,
-                                 enabled_precisions={DTYPES[dtype]}, **kwargs)
-    torch_tensorrt.save(trt, str(path), inputs=[x.cuda() for x in example])
+        kw["timing_cache_path"] = timing_cache
+    return kw
+
+
+def engine_sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def build_engine(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, opt_level: int,
+                 timing_cache: str | None) -> None:
+    """A serialized TensorRT engine (plan: ``trtexec --loadEngine``, the TensorRT runtime, Triton
+    Inference Server) with one optimisation profile min/opt/max over the batch, and a sidecar
+    ``PATH.json`` naming its I/O tensors, their shape ranges and dtypes, the spec and versions."""
+    tt = _import_torch_tensorrt()
+    import tensorrt as trt
+
+    example = tuple(x.cuda() for x in example)
+    plan = tt.dynamo.convert_exported_program_to_serialized_trt_engine(
+        _exported(gen.cuda(), example, spec.batch), arg_inputs=_trt_inputs(example, spec),
+        **_trt_settings(spec, opt_level, timing_cache))
+    path.write_bytes(plan)
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
+    io = []
+    for i in range(engine.num_io_tensors):
+        name = engine.get_tensor_name(i)
+        entry = {"name": name, "mode": "input" if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+                 else "output", "dtype": str(engine.get_tensor_dtype(name)).split(".")[-1],
+                 "shape": list(engine.get_tensor_shape(name))}
+        if entry["mode"] == "input":
+            entry["min_shape"], entry["opt_shape"], entry["max_shape"] = (
+                list(s) for s in engine.get_tensor_profile_shape(name, 0))
+        io.append(entry)
+    from fastflow.utils.io import atomic_write_json
+
+    atomic_write_json(engine_sidecar(path), {
+        "format": "fastflow-tensorrt-engine", "metadata": spec.to_metadata(), "io": io,
+        "tensorrt": trt.__version__, "torch_tensorrt": tt.__version__, "timing_cache": timing_cache,
+        "optimization_level": opt_level})
 
 
 def load_engine(path: Path, device: torch.device) -> Runner:
-    import torch_tensorrt  # noqa: F401  (registers the TensorRT runtime ops)
+    """A serialized engine run by the TensorRT Python runtime on torch CUDA tensors."""
+    _import_torch_tensorrt()
+    import tensorrt as trt
 
-    prog = torch.export.load(str(path)).module()
-    return lambda *inputs: prog(*(x.to(device) for x in inputs))
+    try:
+        side = json.loads(engine_sidecar(path).read_text())
+        spec = GeneratorSpec.from_metadata(side["metadata"], str(path))
+    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise ArtifactError(f"{engine_sidecar(path)}: missing or unreadable sidecar ({e})") from None
+    engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
+    if engine is None:
+        raise ArtifactError(f"{path}: TensorRT could not deserialize the engine (other TensorRT version or GPU?)")
+    ctx = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    ins = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+    out_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+    to_torch = {trt.float32: torch.float32, trt.float16: torch.float16, trt.bfloat16: torch.bfloat16,
+                trt.int32: torch.int32, trt.int64: torch.int64}
+
+    def run(*inputs: Tensor) -> Tensor:
+        inputs = tuple(x.to(device).contiguous() for x in inputs)
+        spec.check(*inputs)
+        for name, x in zip(ins, inputs):
+            ctx.set_input_shape(name, tuple(x.shape))
+            ctx.set_tensor_address(name, x.data_ptr())
+        out = torch.empty(tuple(ctx.get_tensor_shape(out_name)), device=device,
+                          dtype=to_torch[engine.get_tensor_dtype(out_name)])
+        ctx.set_tensor_address(out_name, out.data_ptr())
+        if not ctx.execute_async_v3(torch.cuda.current_stream(device).cuda_stream):
+            raise RuntimeError(f"{path}: TensorRT execution failed")
+        return out
+    return run
+
+
+def build_trt_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, opt_level: int,
+                  timing_cache: str | None) -> None:
+    """TensorRT engines inside an AOTInductor ``.pt2`` (run by ``fastflow-run`` when it links
+    ``libtorchtrt_runtime``), with the same metadata and input checks as ``--format pt2``."""
+    tt = _import_torch_tensorrt()
+    spec = dataclasses.replace(spec, extra={**spec.extra, "backend": "tensorrt"})
+    example = tuple(x.cuda() for x in example)
+    trt_gm = tt.dynamo.compile(_exported(gen.cuda(), example, spec.batch), arg_inputs=_trt_inputs(example, spec),
+                               **_trt_settings(spec, opt_level, timing_cache))
+    tt.save(trt_gm, str(path), output_format="aot_inductor", retrace=True, arg_inputs=list(example),
+            dynamic_shapes=_dynamic_shapes(gen, example, spec.batch), inductor_configs=_aoti_configs(spec))
 
 
 LOADERS: dict[str, Callable[[Path, torch.device], Runner]] = {
-    "onnx": load_onnx, "ep": load_ep, "pt2": load_pt2, "engine": load_engine}
+    "onnx": load_onnx, "ep": load_ep, "pt2": load_pt2, "engine": load_engine, "trt-pt2": load_pt2}

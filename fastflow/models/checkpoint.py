@@ -92,19 +92,22 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return found[-1]
 
 
+def weights_file(directory: Path, weights: str = "ema") -> Path:
+    """The safetensors file ``load_model`` reads: ``ema`` falls back to ``model`` when absent."""
+    if weights not in ("ema", "model"):
+        raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
+    file = directory / f"{weights}.safetensors"
+    return file if file.exists() or weights == "model" else directory / "model.safetensors"
+
+
 def load_model(directory: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
     """Build the model from ``config.json`` and load ``ema`` (default, falls back to ``model``
     when the checkpoint has no EMA) or ``model`` weights. Returns it in eval mode."""
-    if weights not in ("ema", "model"):
-        raise ConfigError(f"weights must be 'ema' or 'model', got {weights!r}")
     d = resolve_checkpoint(directory)
     cfg = read_config(d)
     try:
         model = build_model({"arch": cfg.get("arch", "unet"), **cfg["model"]})
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{d / 'config.json'}: invalid model config ({e})") from None
-    file = d / f"{weights}.safetensors"
-    if weights == "ema" and not file.exists():
-        file = d / "model.safetensors"
-    load_weights(model, file)
+    load_weights(model, weights_file(d, weights))
     return model.to(device).eval()

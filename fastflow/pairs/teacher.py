@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,16 +12,8 @@ from torch import Tensor, nn
 
 from fastflow.flow.guidance import Cond
 from fastflow.flow.sample import generate
-from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint
-
-
-def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
-    """SHA-256 of a file (identifies the teacher's weights in a pair manifest)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint, weights_file
+from fastflow.utils.io import file_digest
 
 
 @dataclass
@@ -45,8 +36,7 @@ class FlowTeacher:
                         weights: str = "ema", **kwargs: Any) -> FlowTeacher:
         p = resolve_checkpoint(path)
         model = load_model(p, weights=weights, device=device)
-        file = p / f"{weights}.safetensors"
-        file = file if file.exists() else p / "model.safetensors"
+        file = weights_file(p, weights)
         source = {"checkpoint": str(p.resolve()), "weights": file.name, "sha256": file_digest(file),
                   "model": read_config(p)["model"]}
         return cls(model=model, source=source, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -10,6 +11,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import save_file
+
+from fastflow.errors import ConfigError
 
 
 def _atomic(path: Path, write: Any) -> None:
@@ -24,6 +27,21 @@ def _atomic(path: Path, write: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_writable(path: str | Path) -> Path:
+    """Fail before long work when no file can be written at ``path`` (creates its directory)."""
+    p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p} is a directory; give a file path")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=p.parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write {p}: {e.strerror or e}") from None
+    return p
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -44,3 +62,12 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
 def atomic_torch_save(path: str | Path, obj: Any) -> None:
     """``torch.save`` of plain containers of tensors/numbers (reloadable with weights_only)."""
     _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+
+
+def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
+    """SHA-256 of a file's bytes, as hex."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,126 @@
+"""The contract of an exported generator: which inputs it takes, of which shape, batch range and
+dtype. It is stored with every artefact (string metadata inside a ``.pt2``, the sidecar JSON of a
+TensorRT engine), read back by every loader (Python and ``fastflow-run``), and checked before
+every call, so that a wrong input is a :class:`~fastflow.errors.ShapeError`, never a silent
+wrong result or a corrupted heap.
+
+Inputs by generator kind (``B`` = batch, ``S`` = sample shape, e.g. ``(1, 16, 16)``):
+
+- ``generator``: ``z [B, *S]`` in the artefact's dtype;
+- ``conditional``: ``z [B, *S]`` and ``cond [B]`` int64 class labels in ``[0, num_classes)``;
+- ``sr`` (OFTSR student): ``lq [B, *S]``, ``noise [B, *S]``, ``tau [B]`` float32 in ``[0, 1]``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import Tensor
+
+from fastflow.errors import ArtifactError, ShapeError
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+INPUTS = {"generator": ("z",), "conditional": ("z", "cond"), "sr": ("lq", "noise", "tau")}
+PREFIX = "fastflow."
+VERSION = 1
+
+
+@dataclass(frozen=True)
+class BatchRange:
+    min: int
+    opt: int
+    max: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min <= self.opt <= self.max:
+            raise ShapeError(f"need 1 <= min <= opt <= max batch, got {self.min}/{self.opt}/{self.max}")
+
+    @property
+    def dynamic(self) -> bool:
+        return self.min != self.max
+
+
+@dataclass(frozen=True)
+class GeneratorSpec:
+    kind: str  # generator | conditional | sr
+    sample_shape: tuple[int, ...]
+    batch: BatchRange
+    dtype: str = "fp32"
+    steps: int = 1
+    num_classes: int = 0
+    device: str = "cpu"
+    checkpoint_sha256: str = ""
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.kind not in INPUTS:
+            raise ArtifactError(f"unknown generator kind {self.kind!r} (expected {', '.join(INPUTS)})")
+        if self.dtype not in DTYPES:
+            raise ArtifactError(f"unknown dtype {self.dtype!r} (expected {', '.join(DTYPES)})")
+        if self.kind == "conditional" and self.num_classes < 1:
+            raise ArtifactError("a conditional generator needs num_classes >= 1")
+
+    @property
+    def inputs(self) -> tuple[str, ...]:
+        return INPUTS[self.kind]
+
+    def to_metadata(self) -> dict[str, str]:
+        """Flat string metadata (AOTInductor stores ``dict[str, str]``; C++ reads it back)."""
+        meta = {"version": str(VERSION), "kind": self.kind, "inputs": ",".join(self.inputs),
+                "sample_shape": ",".join(map(str, self.sample_shape)), "batch_min": str(self.batch.min),
+                "batch_opt": str(self.batch.opt), "batch_max": str(self.batch.max), "dtype": self.dtype,
+                "steps": str(self.steps), "num_classes": str(self.num_classes), "device": self.device,
+                "checkpoint_sha256": self.checkpoint_sha256, **self.extra}
+        return {PREFIX + k: v for k, v in meta.items()}
+
+    @classmethod
+    def from_metadata(cls, meta: Mapping[str, str], source: str = "artefact") -> GeneratorSpec | None:
+        """The spec stored in ``meta``, or None when it holds no fastflow keys (an older artefact)."""
+        own = {k[len(PREFIX):]: v for k, v in meta.items() if k.startswith(PREFIX)}
+        if not own:
+            return None
+        try:
+            if int(own.pop("version")) > VERSION:
+                raise ArtifactError(f"{source}: made by a newer fastflow (metadata version "
+                                    f"{meta[PREFIX + 'version']} > {VERSION})")
+            own.pop("inputs", None)  # derived from kind
+            known = {"kind", "sample_shape", "batch_min", "batch_opt", "batch_max", "dtype", "steps",
+                     "num_classes", "device", "checkpoint_sha256"}
+            return cls(kind=own["kind"], sample_shape=tuple(int(s) for s in own["sample_shape"].split(",")),
+                       batch=BatchRange(int(own["batch_min"]), int(own["batch_opt"]), int(own["batch_max"])),
+                       dtype=own["dtype"], steps=int(own["steps"]), num_classes=int(own["num_classes"]),
+                       device=own["device"], checkpoint_sha256=own["checkpoint_sha256"],
+                       extra={k: v for k, v in own.items() if k not in known})
+        except (KeyError, ValueError) as e:
+            raise ArtifactError(f"{source}: malformed fastflow metadata ({type(e).__name__}: {e})") from None
+
+    def to_dict(self) -> dict[str, object]:
+        d = asdict(self)
+        d["inputs"] = list(self.inputs)
+        return d
+
+    def check(self, *inputs: Tensor) -> None:
+        """Raise :class:`ShapeError` unless ``inputs`` are exactly what the artefact takes.
+
+        Label values are checked on CPU tensors only (a device tensor would need a host sync)."""
+        if len(inputs) != len(self.inputs):
+            raise ShapeError(f"the artefact takes {len(self.inputs)} inputs ({', '.join(self.inputs)}), "
+                             f"got {len(inputs)}")
+        b = inputs[0].shape[0] if inputs[0].dim() else -1
+        if not self.batch.min <= b <= self.batch.max:
+            raise ShapeError(f"batch {b} is outside the artefact's range {self.batch.min}..{self.batch.max}")
+        for name, x in zip(self.inputs, inputs):
+            if name in ("cond", "tau"):
+                want, dtype = (b,), torch.int64 if name == "cond" else torch.float32
+            else:
+                want, dtype = (b, *self.sample_shape), DTYPES[self.dtype]
+            if tuple(x.shape) != want:
+                raise ShapeError(f"{name} has shape {tuple(x.shape)}, the artefact takes {want}")
+            if x.dtype != dtype:
+                raise ShapeError(f"{name} has dtype {x.dtype}, the artefact takes {dtype}")
+            if name == "cond" and x.device.type == "cpu" and x.numel() and (
+                    int(x.min()) < 0 or int(x.max()) >= self.num_classes):
+                raise ShapeError(f"labels must lie in [0, {self.num_classes}), got "
+                                 f"{int(x.min())}..{int(x.max())}")

@@ -1,0 +1,111 @@
+#include "png.h"
+
+#include <ATen/ATen.h>
+
+#include <array>
+#include <cmath>
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "error.h"
+
+namespace fastflow {
+namespace {
+
+uint32_t crc32(const uint8_t* data, std::size_t n, uint32_t crc = 0) {
+  static const auto table = [] {
+    std::array<uint32_t, 256> t{};
+    for (uint32_t i = 0; i < 256; ++i) {
+      uint32_t c = i;
+      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+      t[i] = c;
+    }
+    return t;
+  }();
+  crc = ~crc;
+  for (std::size_t i = 0; i < n; ++i) crc = table[(crc ^ data[i]) & 0xff] ^ (crc >> 8);
+  return ~crc;
+}
+
+void put32(std::vector<uint8_t>& out, uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<uint8_t>(v >> s));
+}
+
+void chunk(std::ofstream& f, const char* type, const std::vector<uint8_t>& data) {
+  std::vector<uint8_t> buf;
+  put32(buf, static_cast<uint32_t>(data.size()));
+  buf.insert(buf.end(), type, type + 4);
+  buf.insert(buf.end(), data.begin(), data.end());
+  put32(buf, crc32(buf.data() + 4, buf.size() - 4));
+  f.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+}
+
+// zlib stream of stored (uncompressed) deflate blocks.
+std::vector<uint8_t> zlib_stored(const std::vector<uint8_t>& raw) {
+  std::vector<uint8_t> z = {0x78, 0x01};
+  std::size_t pos = 0;
+  do {
+    const std::size_t n = std::min<std::size_t>(65535, raw.size() - pos);
+    const bool last = pos + n == raw.size();
+    z.push_back(last ? 1 : 0);
+    z.push_back(n & 0xff);
+    z.push_back(n >> 8);
+    z.push_back(~n & 0xff);
+    z.push_back((~n >> 8) & 0xff);
+    z.insert(z.end(), raw.begin() + pos, raw.begin() + pos + n);
+    pos += n;
+  } while (pos < raw.size());
+  uint32_t a = 1, b = 0;
+  for (const auto byte : raw) {
+    a = (a + byte) % 65521;
+    b = (b + a) % 65521;
+  }
+  put32(z, (b << 16) | a);
+  return z;
+}
+
+}  // namespace
+
+void write_png_grid(const std::string& path, const at::Tensor& images) {
+  if (images.dim() != 4 || (images.size(1) != 1 && images.size(1) != 3))
+    throw InputError("--png needs images [B, 1 or 3, H, W]");
+  // Same rounding as fastflow.utils.images.to_uint8: round((clamp(x) + 1) * 127.5).
+  const auto u8 = ((images.to(at::kFloat).clamp(-1, 1) + 1) * 127.5).round().to(at::kByte)
+                      .permute({0, 2, 3, 1}).contiguous().cpu();
+  const int64_t b = u8.size(0), h = u8.size(1), w = u8.size(2), c = u8.size(3), pad = 1;
+  const int64_t per_row = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(b))));
+  const int64_t rows = (b + per_row - 1) / per_row;
+  const int64_t gh = rows * (h + pad) + pad, gw = per_row * (w + pad) + pad;
+  std::vector<uint8_t> grid(static_cast<std::size_t>(gh * gw * c), 255);
+  const uint8_t* src = u8.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < b; ++i) {
+    const int64_t r = i / per_row, q = i % per_row;
+    for (int64_t y = 0; y < h; ++y) {
+      const uint8_t* line = src + ((i * h + y) * w) * c;
+      uint8_t* dst = grid.data() + ((pad + r * (h + pad) + y) * gw + pad + q * (w + pad)) * c;
+      std::copy(line, line + w * c, dst);
+    }
+  }
+  std::vector<uint8_t> raw;
+  raw.reserve(static_cast<std::size_t>(gh * (gw * c + 1)));
+  for (int64_t y = 0; y < gh; ++y) {
+    raw.push_back(0);  // filter: none
+    raw.insert(raw.end(), grid.begin() + y * gw * c, grid.begin() + (y + 1) * gw * c);
+  }
+  std::vector<uint8_t> ihdr;
+  put32(ihdr, static_cast<uint32_t>(gw));
+  put32(ihdr, static_cast<uint32_t>(gh));
+  ihdr.insert(ihdr.end(), {8, static_cast<uint8_t>(c == 1 ? 0 : 2), 0, 0, 0});
+  std::ofstream f(path, std::ios::binary | std::ios::trunc);
+  if (!f) throw InputError(path + ": cannot write");
+  f.write("\x89PNG\r\n\x1a\n", 8);
+  chunk(f, "IHDR", ihdr);
+  chunk(f, "IDAT", zlib_stored(raw));
+  chunk(f, "IEND", {});
+  if (!f) throw InputError(path + ": write failed");
+}
+
+}  // namespace fastflow

@@ -1,0 +1,122 @@
+"""One ctest case of ``fastflow-run``: ``check_runner.py RUNNER FIXTURES CASE``.
+
+Good cases compare the runner's ``.npy`` with Python's AOTInductor loader on the same package and
+inputs (bit for bit, both on one thread) and with the eager PyTorch generator (1e-5). Bad cases
+expect exit 2 and exactly one line on stderr (no abort, no signal)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fastflow.export.formats import load_pt2
+from fastflow.export.generator import Generator, SRGenerator
+from fastflow.models import load_model
+from fastflow.utils.images import save_grid
+
+GOOD = {  # case: (package, runner args, python inputs builder)
+    "uncond-batch1": ("uncond", ["--seed", "3", "--batch", "1"]),
+    "uncond-batchmax": ("uncond", ["--seed", "4", "--batch", "4", "--png", "{tmp}/grid.png"]),
+    "uncond-input": ("uncond", ["--input", "{fx}/noise.npy"]),
+    "cond-label": ("cond", ["--seed", "5", "--batch", "3", "--label", "2"]),
+    "cond-default-labels": ("cond", ["--seed", "6", "--batch", "4"]),
+    "sr-tau": ("sr", ["--seed", "7", "--lq", "{fx}/lq.npy", "--tau", "0.3"]),
+    "timing": ("uncond", ["--batch", "2", "--iters", "5", "--warmup", "1", "--timing-json", "{tmp}/t.json"]),
+}
+BAD = {  # case: (package, runner args, a word the message must contain)
+    "bad-batch": ("uncond.pt2", ["--batch", "5"], "range"),
+    "bad-hw": ("uncond.pt2", ["--input", "{fx}/wrong-hw.npy"], "shape"),
+    "bad-nan-input": ("uncond.pt2", ["--input", "{fx}/nan.npy"], "NaN"),
+    "bad-label": ("cond.pt2", ["--label", "3"], "out of range"),
+    "bad-label-on-uncond": ("uncond.pt2", ["--label", "1"], "label"),
+    "bad-sr-without-lq": ("sr.pt2", [], "--lq"),
+    "bad-truncated": ("truncated.pt2", [], "package"),
+    "bad-not-a-package": ("not-a-package.pt2", [], "package"),
+    "bad-missing-file": ("does-not-exist.pt2", [], "not found"),
+    "bad-device": ("uncond.pt2", ["--device", "cuda"], "cpu"),
+    "bad-option": ("uncond.pt2", ["--bogus", "1"], "unknown option"),
+    "bad-tau": ("sr.pt2", ["--lq", "{fx}/lq.npy", "--tau", "1.5"], "tau"),
+}
+
+
+def fill(args: list[str], fx: Path, tmp: Path) -> list[str]:
+    return [a.format(fx=fx, tmp=tmp) for a in args]
+
+
+def arg(args: list[str], flag: str, default: str | None = None) -> str | None:
+    return args[args.index(flag) + 1] if flag in args else default
+
+
+def python_inputs(kind: str, args: list[str], fx: Path) -> tuple[torch.Tensor, ...]:
+    """The inputs fastflow-run builds, built the documented Python way."""
+    shape = (1, 8, 8)
+    if arg(args, "--input"):
+        z = torch.from_numpy(np.load(arg(args, "--input")))
+    else:
+        b = len(np.load(arg(args, "--lq"))) if kind == "sr" else int(arg(args, "--batch", "1"))
+        torch.manual_seed(int(arg(args, "--seed", "0")))
+        z = torch.randn(b, *shape)
+    b = z.shape[0]
+    if kind == "sr":
+        return torch.from_numpy(np.load(arg(args, "--lq"))), z, torch.full((b,), float(arg(args, "--tau")))
+    if kind == "cond":
+        label = arg(args, "--label")
+        return z, (torch.full((b,), int(label)) if label else torch.arange(b) % 3)
+    return (z,)
+
+
+def good(runner: str, fx: Path, case: str, tmp: Path) -> None:
+    kind, args = GOOD[case]
+    args = fill(args, fx, tmp)
+    res = subprocess.run([runner, str(fx / f"{kind}.pt2"), "--out", str(tmp / "out.npy"), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"exit {res.returncode}: {res.stderr}"
+    got = torch.from_numpy(np.load(tmp / "out.npy"))
+    inputs = python_inputs(kind, args, fx)
+    torch.set_num_threads(1)  # the runner's default: same reduction order, same bits
+    aoti = load_pt2(fx / f"{kind}.pt2", torch.device("cpu"))(*inputs)
+    assert torch.equal(got, aoti), f"C++ != Python AOTI: max |Δ| {float((got - aoti).abs().max()):.3g}"
+    model = load_model(fx / f"ckpt-{kind}")
+    gen = SRGenerator(model, 0.2) if kind == "sr" else Generator(model, 1)
+    with torch.no_grad():
+        eager = gen(*inputs)
+    err = float((got - eager).abs().max())
+    assert err <= 1e-5, f"C++ vs eager max |Δ| {err:.3g} > 1e-5"
+    print(f"{case}: C++ == Python AOTI bit for bit, eager max |Δ| {err:.2g}, shape {tuple(got.shape)}")
+    if "--png" in args:  # the grid is the one fastflow.utils.images.save_grid makes
+        save_grid(got, tmp / "py.png")
+        a, b = np.asarray(Image.open(tmp / "grid.png")), np.asarray(Image.open(tmp / "py.png"))
+        assert a.shape == b.shape and (a == b).all(), "PNG grid differs from save_grid's"
+    if "--timing-json" in args:
+        t = json.loads((tmp / "t.json").read_text())
+        assert t["calls"] == 5 and 0 < t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"], t
+        assert "p50" in res.stdout and "p99" in res.stdout, res.stdout
+
+
+def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:
+    pkg, args, word = BAD[case]
+    res = subprocess.run([runner, str(fx / pkg), "--out", str(tmp / "out.npy"), *fill(args, fx, tmp)],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, f"exit {res.returncode} (want 2; negative = killed by a signal): {res.stderr}"
+    lines = res.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fastflow-run: error:"), f"stderr: {res.stderr!r}"
+    assert word in lines[0], f"{word!r} not in {lines[0]!r}"
+    assert not (tmp / "out.npy").exists(), "an output was written despite the error"
+    print(f"{case}: exit 2, {lines[0]}")
+
+
+def main() -> None:
+    runner, fx, case = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
+    with tempfile.TemporaryDirectory() as tmp:
+        (good if case in GOOD else bad)(runner, fx, case, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

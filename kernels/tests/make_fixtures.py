@@ -1,0 +1,52 @@
+"""ctest fixture: three tiny generator packages exported by ``fastflow-export --format pt2``
+(unconditional, class-conditional, OFTSR super-resolution; batch 1..4), plus input files and
+broken packages for the bad-input cases. Usage: ``make_fixtures.py OUTDIR``."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fastflow.models import build_model, save_model
+
+# A minimal UNet (one level, attention): each package compiles in ~20 s on one core.
+TINY = dict(arch="unet", in_channels=1, resolution=8, channels=8, num_res_blocks=1, ch_mult=(1,),
+            attn_resolutions=(8,), dropout=0.0)
+KINDS = {"uncond": ({}, {}), "cond": ({"num_classes": 3}, {}),
+         "sr": ({"cond_channels": 1}, {"objective_config": {"name": "oftsr", "sigma_p": 0.2}})}
+
+
+def main(out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for i, (name, (extra, meta)) in enumerate(KINDS.items()):
+        torch.manual_seed(i)
+        model = build_model({**TINY, **extra})
+        for p in model.parameters():
+            torch.nn.init.normal_(p, std=0.05)  # non-trivial outputs
+        save_model(out / f"ckpt-{name}", model, model, meta=meta)
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "fastflow.cli.export", str(out / f"ckpt-{name}"), "--format", "pt2",
+             "-o", str(out / f"{name}.pt2"), "--min-batch", "1", "--max-batch", "4"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    failed = [(p.args, p.communicate()[0]) for p in procs if p.wait() != 0]
+    for args, log in failed:
+        print(" ".join(map(str, args)), "\n", log[-3000:], file=sys.stderr)
+    if failed:
+        sys.exit(1)
+    g = torch.Generator().manual_seed(123)
+    np.save(out / "lq.npy", (torch.rand(3, 1, 8, 8, generator=g) * 2 - 1).numpy())
+    np.save(out / "noise.npy", torch.randn(2, 1, 8, 8, generator=g).numpy())
+    np.save(out / "wrong-hw.npy", torch.randn(2, 1, 6, 6, generator=g).numpy())
+    np.save(out / "nan.npy", np.full((2, 1, 8, 8), np.nan, dtype=np.float32))
+    data = (out / "uncond.pt2").read_bytes()
+    (out / "truncated.pt2").write_bytes(data[: len(data) // 2])
+    (out / "not-a-package.pt2").write_text("hello\n")
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
