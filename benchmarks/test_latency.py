@@ -130,3 +130,28 @@ def test_exported_backends_give_the_same_samples(backend) -> None:
     if backend == "onnxruntime":  # (an AOTInductor build takes ~30 s on CPU: one is enough)
         rows = latency_suite(m, m, z, [backend], euler_ns=[2], heun_ns=[], rk45=False, iters=3)
         assert {r["solver"] for r in rows} == {"call", "euler"} and all(r["p50_ms"] > 0 for r in rows)
+
+
+def test_native_backend_times_the_runner_on_the_aoti_package(tmp_path) -> None:
+    from fastflow.bench.latency import RUNNER_BUILD_PATH
+
+    if not RUNNER_BUILD_PATH.is_file():
+        pytest.skip("fastflow-run is not built (make native; make test builds it first)")
+    torch.manual_seed(0)
+    m = build_model({"preset": "tiny"}).eval()
+    z = torch.randn(2, 3, 8, 8)
+    rows = latency_suite(m, m, z, ["native"], euler_ns=[], heun_ns=[], rk45=False, iters=5, warmup=1)
+    (row,) = rows
+    assert (row["backend"], row["model"], row["nfe"], row["calls"]) == ("native", "student", 1.0, 5)
+    assert 0 < row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    assert row["max_abs_vs_aoti"] == 0.0  # C++ and Python ran the same package on the same inputs
+
+
+def test_native_backend_without_runner_is_one_line_exit_2(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "fastflow", "bench", "latency", "--backends", "eager,native",
+                          "--runner", str(tmp_path / "nope"), "--out", str(tmp_path / "l.json"),
+                          "--png", str(tmp_path / "l.png")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "make native" in res.stderr, res.stderr

@@ -269,7 +269,23 @@ def test_attention_autotune_key_is_bucketed() -> None:
 
     assert key(33, 77) == key(64, 128) == key(40, 100)
     assert key(65, 77) != key(64, 77) and key(33, 77, d=80) != key(33, 77)
-    assert key(33, 77)["BLOCK_D"] == 64 and key(33, 77, d=160)["BLOCK_D"] == 256
+    assert (key(33, 77)["BLOCK_D0"], key(33, 77)["BLOCK_D1"]) == (32, 16)
+
+
+@pytest.mark.parametrize("d, parts", [(160, (128, 32)), (80, (64, 16)), (40, (32, 16)), (96, (64, 32)),
+                                      (64, (64, 0)), (24, (32, 0)), (100, (128, 0)), (256, (256, 0))])
+def test_head_dim_split_does_the_dot_work_of_the_head_dim(d, parts) -> None:
+    """Per (BLOCK_M × BLOCK_N) tile the forward issues 4·BM·BN·(D0 + D1) FLOPs (QKᵀ and PV): with
+    the split that is the real head dim for 80/96/160 (padding to 256 did 60 % more work at 160)."""
+    from fastflow.fused.attention import head_dim_parts
+
+    assert head_dim_parts(d) == parts
+    d0, d1 = parts
+    assert d0 & (d0 - 1) == 0 and (d1 == 0 or d1 & (d1 - 1) == 0) and min(d0, d1 or 16) >= 16
+    assert d <= d0 + d1 <= max(16, 1 << (d - 1).bit_length())  # never more than padding
+    bm = bn = 64
+    if d in (80, 96, 160):
+        assert 4 * bm * bn * (d0 + d1) == 4 * bm * bn * d
 
 
 @pytest.mark.gpu

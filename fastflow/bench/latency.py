@@ -3,31 +3,77 @@
 Backends wrap the *velocity model* and samplers loop in Python around it (``eager``,
 ``compiled``, ``onnxruntime``, ``aoti`` — the latter two run the exported velocity net at a
 fixed batch), or a whole fixed-step generator is captured as one CUDA graph (``cudagraph``).
+The student's one-step *generator* is also exported as one AOTInductor package: ``aoti`` times it
+from Python and ``native`` times the C++ runner ``fastflow-run`` on the same package and inputs
+(student row only; its output is checked against Python's).
 Rows report NFE, latency percentiles and parameters; :func:`speedup_check` compares the
 measured one-step speedup over Euler-N with ``N × (teacher call / student call)``.
 """
 
 from __future__ import annotations
 
+import json
+import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from fastflow.bench.timing import measure_latency
-from fastflow.errors import ConfigError
+from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export.compile import CUDAGraphGenerator
+from fastflow.export.formats import build_pt2, load_pt2
 from fastflow.export.generator import Generator
+from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.flow.sample import generate
 from fastflow.metrics.cost import count_params
 
 EULER_NS = (1, 2, 4, 8, 16, 32, 64)
 
 
-BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti")
+BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti", "native")
+RUNNER_BUILD_PATH = Path(__file__).resolve().parents[2] / "build" / "kernels" / "fastflow-run"
+
+
+def find_runner(path: str | None = None) -> Path:
+    """``fastflow-run``: the given path, the repository's ``build/`` (``make native``), or PATH."""
+    found = path or (str(RUNNER_BUILD_PATH) if RUNNER_BUILD_PATH.is_file() else shutil.which("fastflow-run"))
+    if not found or not Path(found).is_file():
+        raise MissingBackendError("the native backend needs the C++ runner: run `make native` "
+                                  "(or pass --runner PATH to fastflow-run)")
+    return Path(found)
+
+
+def _generator_package(student: nn.Module, z: Tensor, workdir: Path) -> Path:
+    """The student's one-step generator as an AOTInductor package at the batch of ``z``."""
+    b = z.shape[0]
+    spec = GeneratorSpec("generator", tuple(z.shape[1:]), BatchRange(b, b, b), device=z.device.type)
+    path = workdir / "student-generator.pt2"
+    with torch.no_grad():
+        build_pt2(Generator(student, 1).eval(), (z,), spec, path)
+    return path
+
+
+def native_latency(runner: Path, package: Path, z: Tensor, iters: int, warmup: int,
+                   workdir: Path) -> tuple[dict[str, float], Tensor]:
+    """Latency percentiles from ``fastflow-run --iters`` on ``package`` with noise ``z`` (same
+    thread count as this process), and the image it wrote."""
+    np.save(workdir / "z.npy", z.float().cpu().numpy())
+    cmd = [str(runner), str(package), "--input", str(workdir / "z.npy"), "--out", str(workdir / "native.npy"),
+           "--iters", str(iters), "--warmup", str(warmup), "--threads", str(torch.get_num_threads()),
+           "--timing-json", str(workdir / "native.json"), "--device", z.device.type]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        raise MissingBackendError(f"fastflow-run failed (exit {res.returncode}): {res.stderr.strip()}")
+    t = json.loads((workdir / "native.json").read_text())
+    lat = {k: float(t[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")} | {"calls": int(t["calls"])}
+    return lat, torch.from_numpy(np.load(workdir / "native.npy"))
 
 
 class _Velocity(nn.Module):
@@ -83,12 +129,26 @@ def _sampler(model: Callable[..., Tensor], backend: str, solver: str, steps: int
 
 def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: Sequence[str] = ("eager",),
                   euler_ns: Sequence[int] = EULER_NS, heun_ns: Sequence[int] = (4,), rk45: bool = True,
-                  iters: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
+                  iters: int = 20, warmup: int = 3, runner: str | None = None) -> list[dict[str, Any]]:
     """Latency rows for every (model, backend, solver) of the suite at the batch of ``z``."""
     dev = z.device
     rows = []
     workdir = Path(tempfile.mkdtemp(prefix="fastflow-bench-"))
+    unknown = [b for b in backends if b not in BACKENDS]
+    if unknown:
+        raise ConfigError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
+    runner_path = find_runner(runner) if "native" in backends else None
+    package = _generator_package(student.eval(), z, workdir) if {"aoti", "native"} & set(backends) else None
+    packaged = load_pt2(package, dev) if package else None  # the student's one-step generator
+    s_params, t_params = count_params(student), count_params(teacher)
     for backend in backends:
+        if backend == "native":
+            lat, image = native_latency(runner_path, package, z, iters, warmup, workdir)
+            with torch.no_grad():
+                ref = packaged(z).float().cpu()
+            rows.append({"model": "student", "backend": "native", "solver": "euler", "steps": 1, "nfe": 1.0,
+                         "params": s_params, "max_abs_vs_aoti": float((image - ref).abs().max()), **lat})
+            continue
         s_m = _backend_model(student.eval(), backend, z, workdir)
         t_m = _backend_model(teacher.eval(), backend, z, workdir)
         t = torch.full((z.shape[0],), 0.5, device=dev)
@@ -102,10 +162,12 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
             for who, m in (("student", s_m), ("teacher", t_m)):  # one velocity call
                 lat = measure_latency(lambda m=m: m(z, t), dev, warmup=warmup, iters=iters)
                 rows.append({"model": who, "backend": backend, "solver": "call", "nfe": 1,
-                             "params": count_params(student if who == "student" else teacher),
-                             **lat.to_dict()})
+                             "params": s_params if who == "student" else t_params, **lat.to_dict()})
             for who, m, solver, steps in plan:
-                fn = _sampler(m, backend, solver, steps, z)
+                if backend == "aoti" and who == "student":  # the package fastflow-run runs too
+                    fn = partial(packaged, z)
+                else:
+                    fn = _sampler(m, backend, solver, steps, z)
                 if solver == "rk45":
                     res = generate(m, z, "rk45", None, rtol=1e-5, atol=1e-5)
                     nfe = float(res.sample_nfe.float().mean())
@@ -114,8 +176,7 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
                 lat = measure_latency(fn, dev, warmup=1 if solver == "rk45" else warmup,
                                       iters=max(3, iters // 4) if solver == "rk45" else iters)
                 rows.append({"model": who, "backend": backend, "solver": solver, "steps": steps, "nfe": nfe,
-                             "params": count_params(student if who == "student" else teacher),
-                             **lat.to_dict()})
+                             "params": s_params if who == "student" else t_params, **lat.to_dict()})
     return rows
 
 
@@ -144,8 +205,9 @@ def save_plot(rows: list[dict[str, Any]], path: str) -> None:
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
     for i, backend in enumerate(dict.fromkeys(r["backend"] for r in rows)):
         eul = [r for r in rows if r["backend"] == backend and r["model"] == "teacher" and r["solver"] == "euler"]
-        ax.plot([r["nfe"] for r in eul], [r["p50_ms"] for r in eul], "o-", color=f"C{i}",
-                label=f"teacher Euler ({backend})")
+        if eul:
+            ax.plot([r["nfe"] for r in eul], [r["p50_ms"] for r in eul], "o-", color=f"C{i}",
+                    label=f"teacher Euler ({backend})")
         for r in rows:
             if r["backend"] == backend and r["solver"] in ("heun", "rk45"):
                 ax.plot([r["nfe"]], [r["p50_ms"]], "s" if r["solver"] == "rk45" else "^", color=f"C{i}")

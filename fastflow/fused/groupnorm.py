@@ -26,9 +26,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 
-from fastflow.fused.runtime import flat_spatial, next_pow2, require_kernel_device, sm_count
+from fastflow.fused.runtime import Launch, flat_spatial, next_pow2, require_kernel_device, sm_count
 
 
 @triton.jit
@@ -221,6 +221,11 @@ def _bwd_kernel(X, DY, DX, W, B, S, T, MEAN, RSTD, PW, PB, PS, PT, GA, GB, C, HW
             tl.store(DX + obase + ch[:, None] * o_c + hw[None, :] * o_hw, dx.to(DX.dtype.element_ty), mask=m)
 
 
+def auto_split(programs: int, sms: int) -> int:
+    """Programs per group so that ``N·G`` groups fill about twice the GPU's SMs."""
+    return triton.cdiv(2 * sms, programs)
+
+
 def _geometry(x: Tensor, groups: int, split: int) -> tuple[int, int, int, int, int, int]:
     """``(HW, CPG, BLOCK_C, BLOCK_HW, CHUNK, SPLIT)``: tiles of ~4k elements, and a split of the
     spatial range when ``N·G`` programs are fewer than twice the SMs (or as forced by ``split``)."""
@@ -230,7 +235,7 @@ def _geometry(x: Tensor, groups: int, split: int) -> tuple[int, int, int, int, i
     block_c = next_pow2(cpg)
     block_hw = max(16, min(next_pow2(hw), max(1, 4096 // block_c)))
     tiles = triton.cdiv(hw, block_hw)
-    want = split if split > 0 else triton.cdiv(2 * sm_count(x.device), n * groups)
+    want = split if split > 0 else auto_split(n * groups, sm_count(x.device))
     want = max(1, min(want, tiles, 256))
     chunk = triton.cdiv(tiles, want) * block_hw
     return hw, cpg, block_c, block_hw, chunk, triton.cdiv(hw, chunk)
@@ -246,6 +251,25 @@ def _flags(weight, bias, scale, shift) -> dict[str, bool]:  # noqa: ANN001
             "HAS_T": shift is not None}
 
 
+def fwd_launches(x: Tensor, y: Tensor, weight: Tensor | None, bias: Tensor | None, scale: Tensor | None,
+                 shift: Tensor | None, mean: Tensor, rstd: Tensor, groups: int, eps: float, silu: bool,
+                 split: int) -> list[Launch]:
+    """The statistics launch (only when the spatial range is split), then the apply launch."""
+    n, c = x.shape[:2]
+    hw, cpg, block_c, block_hw, chunk, nsplit = _geometry(x, groups, split)
+    part = x.new_empty(n * groups * nsplit * 3, dtype=torch.float32) if nsplit > 1 else None
+    grid = (n * groups, nsplit)
+    launches = []
+    if nsplit > 1:  # split reduction: partial statistics first, merged exactly by the apply kernel
+        launches.append(Launch(_stats_kernel, grid, (x, part, hw, cpg, groups, *_strides(x), chunk, nsplit),
+                               {"BLOCK_C": block_c, "BLOCK_HW": block_hw}))
+    launches.append(Launch(_apply_kernel, grid, (x, y, weight, bias, scale, shift, part, mean, rstd, c, hw, cpg,
+                                                 groups, *_strides(x), *_strides(y), chunk, nsplit, eps),
+                           {**_flags(weight, bias, scale, shift), "SILU": silu, "BLOCK_C": block_c,
+                            "BLOCK_HW": block_hw, "BLOCK_S": next_pow2(nsplit), "ONE_PASS": nsplit == 1}))
+    return launches
+
+
 @triton_op("fastflow::group_norm_fwd", mutates_args=())
 def group_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, scale: Tensor | None,
                    shift: Tensor | None, groups: int, eps: float, silu: bool,
@@ -253,21 +277,11 @@ def group_norm_fwd(x: Tensor, weight: Tensor | None, bias: Tensor | None, scale:
     """``(y, mean [N, G], rstd [N, G])``, the mean taken relative to each group's first element
     (for the backward). Kernel only: ``fastflow.fused.group_norm`` routes CPU tensors to the reference."""
     require_kernel_device(x, "group_norm_fwd")
-    n, c = x.shape[:2]
     y = torch.empty_like(x)
-    hw, cpg, block_c, block_hw, chunk, nsplit = _geometry(x, groups, split)
-    part = torch.empty(n * groups * nsplit * 3, device=x.device, dtype=torch.float32) if nsplit > 1 else None
-    mean = torch.empty(n, groups, device=x.device, dtype=torch.float32)
+    mean = x.new_empty((x.shape[0], groups), dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    grid = (n * groups, nsplit)
-    if nsplit > 1:  # split reduction: partial statistics first, merged exactly by the apply kernel
-        wrap_triton(_stats_kernel)[grid](x, part, hw, cpg, groups, *_strides(x), chunk, nsplit,
-                                         BLOCK_C=block_c, BLOCK_HW=block_hw)
-    wrap_triton(_apply_kernel)[grid](x, y, weight, bias, scale, shift, part, mean, rstd, c, hw, cpg, groups,
-                                     *_strides(x), *_strides(y), chunk, nsplit, eps,
-                                     **_flags(weight, bias, scale, shift),
-                                     SILU=silu, BLOCK_C=block_c, BLOCK_HW=block_hw, BLOCK_S=next_pow2(nsplit),
-                                     ONE_PASS=nsplit == 1)
+    for launch in fwd_launches(x, y, weight, bias, scale, shift, mean, rstd, groups, eps, silu, split):
+        launch()
     return y, mean, rstd
 
 
@@ -277,6 +291,26 @@ def _(x, weight, bias, scale, shift, groups, eps, silu, split):  # noqa: ANN001,
     return torch.empty_like(x), stats, torch.empty_like(stats)
 
 
+def bwd_launch(dy: Tensor, x: Tensor, dx: Tensor, weight: Tensor | None, bias: Tensor | None,
+               scale: Tensor | None, shift: Tensor | None, mean: Tensor, rstd: Tensor, parts: Tensor,
+               groups: int, silu: bool, split: int, reduce: bool, apply: bool, ga: Tensor | None = None,
+               gb: Tensor | None = None) -> Launch:
+    """One backward launch: ``reduce`` (partial sums into ``parts [4, N, SPLIT, C]``) and/or
+    ``apply`` (``dx``, with the group sums ``ga``, ``gb`` when not reducing in the same program)."""
+    n, c = x.shape[:2]
+    hw, cpg, block_c, block_hw, chunk, nsplit = _geometry(x, groups, split)
+    return Launch(_bwd_kernel, (n * groups, nsplit),
+                  (x, dy, dx, weight, bias, scale, shift, mean, rstd, parts[0], parts[1], parts[2], parts[3], ga, gb,
+                   c, hw, cpg, groups, *_strides(x), *_strides(dy), *_strides(dx), chunk, nsplit, 1.0 / (cpg * hw)),
+                  {**_flags(weight, bias, scale, shift), "SILU": silu, "REDUCE": reduce, "APPLY": apply,
+                   "BLOCK_C": block_c, "BLOCK_HW": block_hw})
+
+
+def split_count(x: Tensor, groups: int, split: int) -> int:
+    """How many programs share one group's spatial range (1: one program per group)."""
+    return _geometry(x, groups, split)[-1]
+
+
 @triton_op("fastflow::group_norm_bwd", mutates_args=())
 def group_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | None, scale: Tensor | None,
                    shift: Tensor | None, mean: Tensor, rstd: Tensor, groups: int, eps: float, silu: bool,
@@ -284,27 +318,20 @@ def group_norm_bwd(dy: Tensor, x: Tensor, weight: Tensor | None, bias: Tensor | 
     """``(dx, dweight, dbias, dscale, dshift)`` in fp32 for the parameters (empty when absent)."""
     require_kernel_device(x, "group_norm_bwd")
     n, c = x.shape[:2]
-    hw, cpg, block_c, block_hw, chunk, nsplit = _geometry(x, groups, split)
-    parts = torch.empty(4, n, nsplit, c, device=x.device, dtype=torch.float32)
+    nsplit = split_count(x, groups, split)
+    parts = x.new_empty((4, n, nsplit, c), dtype=torch.float32)
     dx = torch.empty_like(x)
-    grid = (n * groups, nsplit)
-
-    def launch(reduce: bool, apply: bool, ga: Tensor | None = None, gb: Tensor | None = None) -> None:
-        wrap_triton(_bwd_kernel)[grid](x, dy, dx, weight, bias, scale, shift, mean, rstd, parts[0], parts[1], parts[2],
-                                       parts[3], ga, gb, c, hw, cpg, groups, *_strides(x), *_strides(dy), *_strides(dx),
-                                       chunk, nsplit, 1.0 / (cpg * hw), **_flags(weight, bias, scale, shift), SILU=silu,
-                                       REDUCE=reduce, APPLY=apply, BLOCK_C=block_c, BLOCK_HW=block_hw)
-
+    args = (dy, x, dx, weight, bias, scale, shift, mean, rstd, parts, groups, silu, split)
     if nsplit == 1:
-        launch(True, True)
+        bwd_launch(*args, reduce=True, apply=True)()
         per_nc = parts[:, :, 0]  # [4, N, C]
     else:  # split: partial sums, the group sums Σg and Σg·x̂ from them, then dx
-        launch(True, False)
+        bwd_launch(*args, reduce=True, apply=False)()
         per_nc = parts.sum(2)
         w = weight.float() if weight is not None else torch.ones(c, device=x.device)
-        ga = (per_nc[1] * w).view(n, groups, cpg).sum(2).contiguous()
-        gb = (per_nc[0] * w).view(n, groups, cpg).sum(2).contiguous()
-        launch(False, True, ga, gb)
+        ga = (per_nc[1] * w).view(n, groups, c // groups).sum(2).contiguous()
+        gb = (per_nc[0] * w).view(n, groups, c // groups).sum(2).contiguous()
+        bwd_launch(*args, reduce=False, apply=True, ga=ga, gb=gb)()
 
     def empty() -> Tensor:
         return x.new_empty(0, dtype=torch.float32)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from functools import cache
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -63,3 +66,19 @@ def warn_once(key: str, msg: str) -> None:
     if key not in _warned:
         _warned.add(key)
         log.warning("fastflow.fused: %s; using the PyTorch reference", msg)
+
+
+@dataclass
+class Launch:
+    """One kernel launch of an op: what the op runs, and what ``fastflow bench codegen`` compiles
+    for each GPU arch (the same arguments, so the same specialisation)."""
+
+    kernel: Any  # a @triton.jit or @triton.autotune kernel
+    grid: Callable[[dict[str, Any]], tuple[int, ...]]
+    args: tuple[Any, ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self) -> None:
+        from torch.library import wrap_triton
+
+        wrap_triton(self.kernel)[self.grid](*self.args, **self.meta)

@@ -1,0 +1,256 @@
+"""``fastflow bench codegen``: compile every kernel the fused ops can launch, for real NVIDIA
+targets, on a machine without a GPU.
+
+For each shape of the set (our presets' GroupNorm inputs at batch 1/16/128, SD-1.5's GroupNorm
+shapes, attention at head dims 40/64/80/128/160, self and cross with 77 keys), the ops build their
+launches on meta tensors (:class:`fastflow.fused.runtime.Launch`: the same arguments, so the same
+specialisation as a real launch), and each kernel is compiled with every autotune config that can
+be chosen for that shape on that arch (after the configs' pruning) — or with every config
+(``--all-configs``) to see what the pruning removes. Triton's bundled ``ptxas -v`` reports
+registers and spill bytes; shared memory comes from the compiled kernel's metadata. A stand-in
+driver answers the one question compilation asks of a GPU: which target.
+
+Must run without ``TRITON_INTERPRET`` (the interpreter replaces the kernels).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import re
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from fastflow.errors import ConfigError, MissingBackendError
+
+#: arch → (GPU, SM count, max dynamic shared memory per block in bytes, opt-in)
+ARCHS = {80: ("A100", 108, 166912), 90: ("H100", 132, 232448), 100: ("B200", 148, 232448)}
+DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+HEAD_DIMS = (40, 64, 80, 128, 160)
+ATTN_LENGTHS = ((256, 256), (1024, 1024), (4096, 4096), (1024, 77), (4096, 77))
+OPS = ("gn", "attn")
+
+_REGS = re.compile(r"Used (\d+) registers")
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+@dataclass
+class Row:
+    op: str
+    kernel: str
+    variant: str  # head dim / GroupNorm flags and split
+    dtype: str
+    arch: int
+    config: str
+    chosen: bool  # survives the config pruning for this arch and shape
+    warps: int
+    stages: int
+    registers: int
+    spill_stores: int
+    spill_loads: int
+    stack: int
+    shared: int
+    shared_limit: int
+    wgmma_serialized: bool  # ptxas: "wgmma.mma_async instructions are serialized" (sm_90 register pressure)
+    compile_s: float
+    shapes: str  # the first shape that launched this compile
+
+    @property
+    def spills(self) -> bool:
+        return self.spill_stores > 0 or self.spill_loads > 0
+
+    @property
+    def fits_shared(self) -> bool:
+        return self.shared <= self.shared_limit
+
+
+class _StandInDriver:
+    """The active-driver surface Triton's compile path touches: the target, a device key (the
+    arch, so each arch gets its own kernel cache) and a stream."""
+
+    def __init__(self, arch: int) -> None:
+        from triton.backends.compiler import GPUTarget
+
+        self.target = GPUTarget("cuda", arch, 32)
+        self.arch = arch
+
+    def get_current_target(self):  # noqa: ANN201
+        return self.target
+
+    def get_current_device(self) -> int:
+        return self.arch
+
+    def get_current_stream(self, device: int | None = None) -> int:
+        return 0
+
+    def is_active(self) -> bool:
+        return True
+
+
+@contextlib.contextmanager
+def _target(arch: int) -> Iterator[None]:
+    import triton
+    from triton import knobs
+
+    drv = triton.runtime.driver
+    saved = (drv._active, knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile)  # no default on CPU
+    drv.set_active(_StandInDriver(arch))
+    knobs.nvidia.dump_ptxas_log = True  # ptxas -v output: registers and spills
+    knobs.compilation.always_compile = True  # an on-disk cache hit would print no log
+    try:
+        yield
+    finally:
+        drv.set_active(saved[0])
+        knobs.nvidia.dump_ptxas_log, knobs.compilation.always_compile = saved[1:]
+
+
+def _launch_cases(dtype: torch.dtype, arch: int, ops: Sequence[str] = OPS) -> Iterator[tuple[str, str, str, Any]]:
+    """``(op, variant, shape text, launch)`` for every launch of the shape set on ``arch``."""
+    from fastflow.bench.kernels import SD15_GN, unet_gn_shapes
+    from fastflow.fused.attention import bwd_launches, fwd_launch, head_dim_parts
+    from fastflow.fused.groupnorm import auto_split, bwd_launch, fwd_launches, split_count
+
+    meta = torch.device("meta")
+    _, sms, _ = ARCHS[arch]
+    gn_shapes = sorted(set(unet_gn_shapes()) | set(SD15_GN)) if "gn" in ops else []
+    for n, c, h, w in gn_shapes:
+        groups = math.gcd(32, c)
+        x = torch.empty(n, c, h, w, device=meta, dtype=dtype)
+        wb = torch.empty(c, device=meta, dtype=dtype)
+        ss = torch.empty(n, c, 1, 1, device=meta, dtype=dtype)
+        split = auto_split(n * groups, sms)
+        nsplit = split_count(x, groups, split)
+        stats = torch.empty(n, groups, device=meta)
+        for silu, mod in ((True, False), (True, True), (False, False)):
+            s, t = (ss, ss) if mod else (None, None)
+            variant = f"silu={int(silu)} scale_shift={int(mod)} split={int(nsplit > 1)}"
+            shape = f"{n}x{c}x{h}x{w} G{groups}"
+            for launch in fwd_launches(x, torch.empty_like(x), wb, wb, s, t, stats, stats, groups, 1e-5, silu,
+                                          split):
+                yield "group_norm", variant, shape, launch
+            parts = torch.empty(4, n, nsplit, c, device=meta)
+            args = (x, x, torch.empty_like(x), wb, wb, s, t, stats, stats, parts, groups, silu, split)
+            modes = [(True, True)] if nsplit == 1 else [(True, False), (False, True)]
+            for reduce, apply in modes:
+                yield "group_norm", variant, shape, bwd_launch(*args, reduce=reduce, apply=apply,
+                                                                  ga=stats, gb=stats)
+    for d in HEAD_DIMS if "attn" in ops else ():
+        for lq, lk in ATTN_LENGTHS:
+            if lk == 77 and d in (64, 128):
+                continue  # SD cross-attention head dims are 40/80/160
+            q = torch.empty(2, 8, lq, d, device=meta, dtype=dtype)
+            k = torch.empty(2, 8, lk, d, device=meta, dtype=dtype)
+            lse = torch.empty(2, 8, lq, device=meta)
+            variant = f"head_dim={d} parts={'+'.join(str(p) for p in head_dim_parts(d) if p)}"
+            shape = f"2x8x{lq}x{lk}x{d}"
+            yield "attention", variant, shape, fwd_launch(q, k, k, torch.empty_like(q), lse, 0.1)
+            for launch in bwd_launches(q, q, k, k, q, lse, lse, torch.empty_like(q), torch.empty_like(k),
+                                          torch.empty_like(k), 0.1):
+                yield "attention", variant, shape, launch
+
+
+def _configs(kernel: Any, launch: Any, all_configs: bool) -> list[tuple[Any, bool]]:
+    """``(config or None, chosen)`` for every config compiled for this launch."""
+    from triton.runtime.autotuner import Autotuner
+
+    if not isinstance(kernel, Autotuner):
+        return [(None, True)]
+    names = kernel.fn.arg_names
+    chosen = kernel.configs
+    if kernel.early_config_prune:
+        chosen = kernel.early_config_prune(kernel.configs, dict(zip(names, launch.args)), **launch.meta)
+    return [(c, c in chosen) for c in kernel.configs] if all_configs else [(c, True) for c in chosen]
+
+
+def compile_all(archs: Sequence[int], dtypes: Sequence[str], all_configs: bool = False,
+                ops: Sequence[str] = OPS, progress: bool = True) -> list[Row]:
+    """Compile every (kernel, config) of the shape set for each arch and dtype; one row each."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise MissingBackendError("fastflow bench codegen compiles for GPUs: unset TRITON_INTERPRET")
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        raise MissingBackendError("fastflow bench codegen needs triton (pip install triton)") from None
+    for a in archs:
+        if a not in ARCHS:
+            raise ConfigError(f"unknown arch {a}; choose from {', '.join(map(str, ARCHS))}")
+    for o in ops:
+        if o not in OPS:
+            raise ConfigError(f"unknown op {o!r}; choose from {', '.join(OPS)}")
+    for d in dtypes:
+        if d not in DTYPES:
+            raise ConfigError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+    from tqdm import tqdm
+    from triton.runtime.autotuner import Autotuner
+
+    rows: list[Row] = []
+    for arch in archs:
+        seen: dict[tuple[str, str], Row] = {}  # (kernel hash, config) → row: one compile per specialisation
+        with _target(arch):
+            for dname in dtypes:
+                cases = list(_launch_cases(DTYPES[dname], arch, ops))
+                for op, variant, shape, launch in tqdm(cases, desc=f"sm_{arch} {dname}", disable=not progress,
+                                                       leave=False):
+                    fn = launch.kernel.fn if isinstance(launch.kernel, Autotuner) else launch.kernel
+                    for cfg, chosen in _configs(launch.kernel, launch, all_configs):
+                        opts = {**launch.meta, **(cfg.all_kwargs() if cfg else {})}
+                        log = io.StringIO()
+                        t0 = time.perf_counter()
+                        with contextlib.redirect_stdout(log):
+                            compiled = fn.warmup(*launch.args, grid=(1,), **opts)
+                        dt = time.perf_counter() - t0
+                        label = _config_label(cfg)
+                        key = (compiled.hash, label)
+                        if key in seen:  # same specialisation as an earlier shape: no new compile
+                            seen[key].chosen |= chosen
+                            continue
+                        regs = _REGS.findall(log.getvalue())
+                        spill = _SPILL.findall(log.getvalue())
+                        if not regs:
+                            raise RuntimeError(f"no ptxas log for {fn.__name__} {label} on sm_{arch}")
+                        st, ss, sl = (int(v) for v in spill[-1]) if spill else (0, 0, 0)
+                        md = compiled.metadata
+                        row = Row(op, fn.__name__.lstrip("_"), variant, dname, arch, label, chosen, md.num_warps,
+                                  md.num_stages, int(regs[-1]), ss, sl, st, int(md.shared), ARCHS[arch][2],
+                                  "wgmma.mma_async instructions are serialized" in log.getvalue(), round(dt, 3), shape)
+                        seen[key] = row
+                        rows.append(row)
+    return rows
+
+
+def _config_label(cfg: Any) -> str:
+    if cfg is None:
+        return "-"
+    return ",".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())) + f",w{cfg.num_warps},s{cfg.num_stages}"
+
+
+def problems(rows: Sequence[Row]) -> list[str]:
+    """What the codegen test fails on: a chosen fp16/bf16 config that spills on sm_80/sm_90, and a
+    kernel variant with no chosen config that fits the arch's shared memory."""
+    out = [f"{r.kernel} {r.variant} {r.dtype} sm_{r.arch} {r.config}: spills {r.spill_stores}/{r.spill_loads} bytes"
+           for r in rows if r.chosen and r.spills and r.dtype in ("fp16", "bf16") and r.arch in (80, 90)]
+    groups: dict[tuple, list[Row]] = {}
+    for r in rows:
+        groups.setdefault((r.kernel, r.variant, r.dtype, r.arch), []).append(r)
+    for (kernel, variant, dtype, arch), rs in groups.items():
+        if not any(r.chosen and r.fits_shared for r in rs):
+            out.append(f"{kernel} {variant} {dtype} sm_{arch}: no chosen config fits {ARCHS[arch][2]} bytes of "
+                       "shared memory")
+    return out
+
+
+def to_json(rows: Sequence[Row], arch: int) -> dict[str, Any]:
+    """The committed ``codegen-sm{arch}.json``: rows of one arch, sorted, compile times left out
+    (they vary by machine; everything else is deterministic for a given triton)."""
+    import triton
+
+    keep = sorted((r for r in rows if r.arch == arch), key=lambda r: (r.op, r.kernel, r.variant, r.dtype, r.config))
+    return {"arch": f"sm_{arch}", "gpu": ARCHS[arch][0], "triton": triton.__version__,
+            "shared_limit": ARCHS[arch][2], "problems": problems(keep),
+            "rows": [{k: v for k, v in asdict(r).items() if k not in ("compile_s", "shapes")} for r in keep]}
