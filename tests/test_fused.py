@@ -329,6 +329,12 @@ def test_bench_kernels_plumbing(tmp_path) -> None:
     assert len(res["group_norm"]) == 2 and len(res["attention"]) == 2
     assert {"fused_GBps", "speedup_vs_eager", "fraction_of_copy_bw"} <= set(res["group_norm"][0])
     assert "fused_TFLOPs" in res["attention"][0] and "gn_speedup_vs_eager_geomean" in res["summary"]
+    assert res["ceilings"]["copy_GBps"] > 0 and res["ceilings"]["matmul_TFLOPs"] > 0
+    b, h, lq, lk, d = res["attention"][0]["shape"]
+    row = res["attention"][0]
+    assert row["flops"] == 4 * b * h * lq * lk * d and row["bytes"] == (2 * b * h * lq * d + 2 * b * h * lk * d) * 4
+    expect = max(row["flops"] / (res["ceilings"]["matmul_TFLOPs"] * 1e9), row["bytes"] / (res["ceilings"]["copy_GBps"] * 1e6))
+    assert row["lower_bound_ms"] == pytest.approx(expect) and row["fraction_of_bound"] > 0
     if DEV == "cpu":
         r = run_cli("bench", "kernels", "--out", str(out), "--device", "cpu")
         assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr

@@ -29,8 +29,9 @@ import torch
 
 from fastflow.errors import ConfigError, MissingBackendError
 
-#: arch → (GPU, SM count, max dynamic shared memory per block in bytes, opt-in)
-ARCHS = {80: ("A100", 108, 166912), 90: ("H100", 132, 232448), 100: ("B200", 148, 232448)}
+#: arch → (GPU, SM count); shared memory limits are in :mod:`fastflow.fused.tuning`
+ARCHS = {80: ("A100", 108), 90: ("H100", 132), 100: ("B200", 148)}
+KERNEL_KEYS = {"fwd_kernel": "fwd", "bwd_dq_kernel": "dq", "bwd_dkdv_kernel": "dkdv"}
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 HEAD_DIMS = (40, 64, 80, 128, 160)
 ATTN_LENGTHS = ((256, 256), (1024, 1024), (4096, 4096), (1024, 77), (4096, 77))
@@ -117,7 +118,7 @@ def _launch_cases(dtype: torch.dtype, arch: int, ops: Sequence[str] = OPS) -> It
     from fastflow.fused.groupnorm import auto_split, bwd_launch, fwd_launches, split_count
 
     meta = torch.device("meta")
-    _, sms, _ = ARCHS[arch]
+    _, sms = ARCHS[arch]
     gn_shapes = sorted(set(unet_gn_shapes()) | set(SD15_GN)) if "gn" in ops else []
     for n, c, h, w in gn_shapes:
         groups = math.gcd(32, c)
@@ -189,6 +190,8 @@ def compile_all(archs: Sequence[int], dtypes: Sequence[str], all_configs: bool =
     from tqdm import tqdm
     from triton.runtime.autotuner import Autotuner
 
+    from fastflow.fused.tuning import config_label, shared_limit
+
     rows: list[Row] = []
     for arch in archs:
         seen: dict[tuple[str, str], Row] = {}  # (kernel hash, config) → row: one compile per specialisation
@@ -205,7 +208,7 @@ def compile_all(archs: Sequence[int], dtypes: Sequence[str], all_configs: bool =
                         with contextlib.redirect_stdout(log):
                             compiled = fn.warmup(*launch.args, grid=(1,), **opts)
                         dt = time.perf_counter() - t0
-                        label = _config_label(cfg)
+                        label = config_label(cfg) if cfg else "-"
                         key = (compiled.hash, label)
                         if key in seen:  # same specialisation as an earlier shape: no new compile
                             seen[key].chosen |= chosen
@@ -217,17 +220,11 @@ def compile_all(archs: Sequence[int], dtypes: Sequence[str], all_configs: bool =
                         st, ss, sl = (int(v) for v in spill[-1]) if spill else (0, 0, 0)
                         md = compiled.metadata
                         row = Row(op, fn.__name__.lstrip("_"), variant, dname, arch, label, chosen, md.num_warps,
-                                  md.num_stages, int(regs[-1]), ss, sl, st, int(md.shared), ARCHS[arch][2],
+                                  md.num_stages, int(regs[-1]), ss, sl, st, int(md.shared), shared_limit(arch),
                                   "wgmma.mma_async instructions are serialized" in log.getvalue(), round(dt, 3), shape)
                         seen[key] = row
                         rows.append(row)
     return rows
-
-
-def _config_label(cfg: Any) -> str:
-    if cfg is None:
-        return "-"
-    return ",".join(f"{k}={v}" for k, v in sorted(cfg.kwargs.items())) + f",w{cfg.num_warps},s{cfg.num_stages}"
 
 
 def problems(rows: Sequence[Row]) -> list[str]:
@@ -240,8 +237,8 @@ def problems(rows: Sequence[Row]) -> list[str]:
         groups.setdefault((r.kernel, r.variant, r.dtype, r.arch), []).append(r)
     for (kernel, variant, dtype, arch), rs in groups.items():
         if not any(r.chosen and r.fits_shared for r in rs):
-            out.append(f"{kernel} {variant} {dtype} sm_{arch}: no chosen config fits {ARCHS[arch][2]} bytes of "
-                       "shared memory")
+            out.append(f"{kernel} {variant} {dtype} sm_{arch}: no chosen config fits {rs[0].shared_limit} bytes "
+                       "of shared memory")
     return out
 
 
@@ -252,5 +249,52 @@ def to_json(rows: Sequence[Row], arch: int) -> dict[str, Any]:
 
     keep = sorted((r for r in rows if r.arch == arch), key=lambda r: (r.op, r.kernel, r.variant, r.dtype, r.config))
     return {"arch": f"sm_{arch}", "gpu": ARCHS[arch][0], "triton": triton.__version__,
-            "shared_limit": ARCHS[arch][2], "problems": problems(keep),
+            "shared_limit": keep[0].shared_limit if keep else None, "problems": problems(keep),
             "rows": [{k: v for k, v in asdict(r).items() if k not in ("compile_s", "shapes")} for r in keep]}
+
+
+def spill_free_table(rows: Sequence[Row]) -> dict[str, Any]:
+    """``fastflow/fused/spill_free.json`` from an ``--all-configs`` run over fp16 and bf16: per
+    attention kernel, arch and head-dim tiles ``D0 + D1``, the configs with no spill and no shared
+    memory overflow in every dtype and specialisation compiled."""
+    import triton
+
+    measured = {r.dtype for r in rows}
+    if not {"fp16", "bf16"} <= measured:
+        raise ConfigError("the spill-free table needs an --all-configs run over --dtype fp16,bf16")
+    verdict: dict[tuple[str, int, int, str], bool] = {}
+    for r in rows:
+        if r.kernel not in KERNEL_KEYS or r.dtype == "fp32":
+            continue
+        head = sum(int(p) for p in re.search(r"parts=([\d+]+)", r.variant).group(1).split("+"))
+        key = (KERNEL_KEYS[r.kernel], r.arch, head, r.config)
+        verdict[key] = verdict.get(key, True) and not r.spills and r.fits_shared
+    table: dict[str, Any] = {"triton": triton.__version__,
+                             "made_by": "fastflow bench codegen --ops attn --all-configs --dtype fp16,bf16 --table"}
+    for (kernel, arch, head, cfg), ok in sorted(verdict.items()):
+        entry = table.setdefault(kernel, {}).setdefault(str(arch), {}).setdefault(str(head), [])
+        if ok:
+            entry.append(cfg)
+    return table
+
+
+def markdown_summary(docs: Sequence[dict[str, Any]]) -> str:
+    """The README table from committed ``codegen-sm*.json``: per kernel, dtype and arch the configs
+    that can be chosen, their largest register count, spill bytes and shared memory."""
+    lines = ["| kernel | dtype | arch | variants | chosen configs | max registers | spill bytes (st/ld) "
+             "| max shared memory / limit | wgmma serialized |", "|---|---|---|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for doc in docs:
+        for r in doc["rows"]:
+            groups.setdefault((r["kernel"], r["dtype"], doc["arch"]), []).append({**r, "limit": doc["shared_limit"]})
+    for (kernel, dtype, arch), rs in sorted(groups.items()):
+        chosen = [r for r in rs if r["chosen"]]
+        if not chosen:
+            continue
+        lines.append(
+            f"| `{kernel}` | {dtype} | {arch} | {len({r['variant'] for r in chosen})} "
+            f"| {len({r['config'] for r in chosen})} | {max(r['registers'] for r in chosen)} "
+            f"| {max(r['spill_stores'] for r in chosen)}/{max(r['spill_loads'] for r in chosen)} "
+            f"| {max(r['shared'] for r in chosen) / 1024:.0f} / {rs[0]['limit'] / 1024:.0f} KiB "
+            f"| {sum(bool(r.get('wgmma_serialized')) for r in chosen)} |")
+    return "\n".join(lines)

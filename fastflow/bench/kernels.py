@@ -5,7 +5,10 @@ backend, on the UNet shape set, all in one run.
 Timing: ``triton.testing.do_bench`` (CUDA events, median, warm-up and repeats in ms). GroupNorm
 reports GB/s over the bytes it must move (read x, write y) and the ratio to a measured
 device-to-device copy of the same tensor (the bandwidth ceiling); attention reports TFLOP/s over
-``4·B·H·Lq·Lk·D`` (forward; ×3.5 with the backward).
+``4·B·H·Lq·Lk·D`` (forward; ×3.5 with the backward). Every row also carries the bytes it must
+move, its FLOPs and the lower-bound time ``max(FLOPs / matmul peak, bytes / copy peak)`` at the
+device's ceilings measured in the same run (a 256 MiB copy, an 8192³ matmul in the dtype), and
+``fraction_of_bound`` = bound / measured time.
 """
 
 from __future__ import annotations
@@ -64,8 +67,30 @@ def _geomean(xs: list[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
 
 
+def device_ceilings(device: torch.device, dtype: torch.dtype, quick: bool = False) -> dict[str, float]:
+    """Measured copy bandwidth (GB/s, read + write) and matmul throughput (TFLOP/s) in ``dtype``."""
+    n = (1 << 14) if quick else (1 << 27) // torch.finfo(dtype).bits * 8  # 256 MiB (a plumbing size when quick)
+    src = torch.empty(n, device=device, dtype=dtype)
+    dst = torch.empty_like(src)
+    copy_ms = _time(lambda: dst.copy_(src), device)
+    m = 64 if quick else 8192
+    a, b = torch.randn(m, m, device=device, dtype=dtype), torch.randn(m, m, device=device, dtype=dtype)
+    mm_ms = _time(lambda: a @ b, device)
+    return {"copy_GBps": 2 * src.numel() * src.element_size() / copy_ms / 1e6,
+            "matmul_TFLOPs": 2 * m ** 3 / mm_ms / 1e9}
+
+
+def _bound(row: dict[str, Any], nbytes: float, flops: float, ceilings: dict[str, float] | None) -> None:
+    """Add bytes, FLOPs, the lower-bound time at the ceilings and the fraction of it reached."""
+    row.update(bytes=nbytes, flops=flops)
+    if ceilings:
+        bound = max(flops / (ceilings["matmul_TFLOPs"] * 1e9), nbytes / (ceilings["copy_GBps"] * 1e6))
+        row.update(lower_bound_ms=bound, fraction_of_bound=bound / row["fused_ms"])
+
+
 def bench_group_norm(shapes: list[tuple[int, int, int, int]], dtype: torch.dtype, device: torch.device,
-                     groups: int = 32, compiled: bool = True) -> list[dict[str, Any]]:
+                     groups: int = 32, compiled: bool = True,
+                     ceilings: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """GroupNorm+SiLU forward (NCHW): fused vs eager ``group_norm`` then ``silu`` vs compiled reference."""
     rows = []
     ref_c = torch.compile(group_norm_ref, dynamic=True) if compiled and device.type == "cuda" else None
@@ -86,6 +111,7 @@ def bench_group_norm(shapes: list[tuple[int, int, int, int]], dtype: torch.dtype
                "speedup_vs_eager": t["eager"] / t["fused"], "fraction_of_copy_bw": t["copy"] / t["fused"]}
         if "compiled" in t:
             row.update(compiled_ms=t["compiled"], speedup_vs_compiled=t["compiled"] / t["fused"])
+        _bound(row, nbytes, 12 * x.numel(), ceilings)  # ~12 flops/element (stats, affine, SiLU): bandwidth-bound
         rows.append(row)
     return rows
 
@@ -98,7 +124,7 @@ def _sdpa_backends() -> dict[str, Any]:
 
 
 def bench_attention(shapes: list[tuple[int, int, int, int, int]], dtype: torch.dtype, device: torch.device,
-                    backward: bool = False) -> list[dict[str, Any]]:
+                    backward: bool = False, ceilings: dict[str, float] | None = None) -> list[dict[str, Any]]:
     """Attention (forward, or forward + backward) vs each SDPA backend that takes the case."""
     from torch.nn.attention import sdpa_kernel
 
@@ -130,6 +156,9 @@ def bench_attention(shapes: list[tuple[int, int, int, int, int]], dtype: torch.d
                         row[f"sdpa_{name}_ms"] = None
         sdpa = [row[key] for key in row if key.startswith("sdpa_") and row[key]]
         row["fused_TFLOPs"] = flops / row["fused_ms"] / 1e9
+        es = q.element_size()  # q, k, v read, o written (+ dO read, dq, dk, dv written, q k v o re-read)
+        io = (2 * b * h * lq * d + 2 * b * h * lk * d) * es * (3 if backward else 1)
+        _bound(row, io, flops, ceilings)
         if sdpa:
             row["best_sdpa_ms"] = min(sdpa)
             row["ratio_vs_best_sdpa"] = row["best_sdpa_ms"] / row["fused_ms"]  # > 1: fused is faster
@@ -164,10 +193,11 @@ def kernel_suite(device: torch.device, dtype: torch.dtype = torch.float16, ops: 
 
     gn_shapes = QUICK_GN if quick else unet_gn_shapes() + SD15_GN
     attn_shapes = QUICK_ATTN if quick else ATTN_SHAPES
-    gn = bench_group_norm(gn_shapes, dtype, device, groups=8 if quick else 32) if "gn" in ops else []
-    attn = bench_attention(attn_shapes, dtype, device, backward) if "attn" in ops else []
+    ceilings = device_ceilings(device, dtype, quick)
+    gn = bench_group_norm(gn_shapes, dtype, device, groups=8 if quick else 32, ceilings=ceilings) if "gn" in ops else []
+    attn = bench_attention(attn_shapes, dtype, device, backward, ceilings) if "attn" in ops else []
     import triton
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     return {"device": name, "torch": torch.__version__, "triton": triton.__version__, "dtype": str(dtype),
-            "group_norm": gn, "attention": attn, "summary": summarize(gn, attn)}
+            "ceilings": ceilings, "group_norm": gn, "attention": attn, "summary": summarize(gn, attn)}

@@ -302,10 +302,12 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
     res = kernel_suite(device, dtype, tuple(args.ops.split(",")), quick=args.quick, backward=args.backward)
     if res["group_norm"]:
         print(format_table(res["group_norm"], ["shape", "fused_ms", "eager_ms", "fused_GBps", "copy_GBps",
-                                               "fraction_of_copy_bw", "speedup_vs_eager"]))
+                                               "fraction_of_copy_bw", "fraction_of_bound", "speedup_vs_eager"]))
     if res["attention"]:
         print(format_table(res["attention"], ["shape", "fused_ms", "best_sdpa_ms", "fused_TFLOPs",
-                                              "ratio_vs_best_sdpa"]))
+                                              "fraction_of_bound", "ratio_vs_best_sdpa"]))
+    print(f"device ceilings (measured): copy {res['ceilings']['copy_GBps']:.0f} GB/s, "
+          f"matmul {res['ceilings']['matmul_TFLOPs']:.1f} TFLOP/s")
     for k, v in res["summary"].items():
         print(f"{k}: {v}")
     atomic_write_json(args.out, res)
@@ -314,9 +316,19 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
 
 
 def cmd_bench_codegen(args: argparse.Namespace) -> int:
-    from fastflow.bench.codegen import compile_all, problems, to_json
+    import json
+
+    from fastflow.bench.codegen import compile_all, markdown_summary, problems, spill_free_table, to_json
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
+
+    if args.from_json:  # no compiling: the README table from committed results
+        try:
+            docs = [json.loads(Path(f).read_text()) for f in args.from_json.split(",")]
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--from-json: {e}") from None
+        print(markdown_summary(docs))
+        return 0
 
     try:
         archs = [int(a) for a in args.arch.split(",")]
@@ -325,11 +337,16 @@ def cmd_bench_codegen(args: argparse.Namespace) -> int:
     if args.json:
         for a in archs:
             check_writable(args.json.format(arch=a))
+    if args.tf32:  # fp32 attention then takes TF32 tensor cores, as at run time under this setting
+        torch.set_float32_matmul_precision("high")
     rows = compile_all(archs, args.dtype.split(","), all_configs=args.all_configs, ops=args.ops.split(","))
     cols = ["kernel", "variant", "dtype", "arch", "config", "chosen", "registers", "spill_stores", "spill_loads",
             "shared", "wgmma_serialized", "compile_s"]
     print(format_table([{c: getattr(r, c) for c in cols} for r in rows], cols))
     found = problems(rows)
+    if args.table:
+        atomic_write_json(args.table, spill_free_table(rows))
+        print(f"wrote {args.table}")
     for a in archs:
         if args.json:
             atomic_write_json(args.json.format(arch=a), to_json(rows, a))
@@ -472,6 +489,12 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--ops", default="gn,attn", help="comma list of gn, attn")
     bc.add_argument("--all-configs", action="store_true", help="also compile the configs the pruning removes")
     bc.add_argument("--json", default=None, help="write one JSON per arch, e.g. codegen-sm{arch}.json")
+    bc.add_argument("--tf32", action="store_true", help="compile fp32 attention for TF32 tensor cores "
+                    "(torch.set_float32_matmul_precision('high')), not IEEE")
+    bc.add_argument("--from-json", default=None, help="comma list of codegen JSONs: print the README summary "
+                    "table from them instead of compiling")
+    bc.add_argument("--table", default=None, help="with --all-configs: write the spill-free config table "
+                    "(fastflow/fused/spill_free.json)")
     bc.set_defaults(fn=cmd_bench_codegen)
 
     d = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~12 minutes)")

@@ -1,0 +1,86 @@
+"""Code generation for real GPUs, checked without one (``fastflow bench codegen``).
+
+Every fused kernel × config that can be chosen for our shape set compiles for sm_80 and sm_90 with
+Triton's bundled ptxas; no fp16/bf16 config that can be chosen spills registers; every kernel has a
+chosen config within the arch's shared memory; the committed ``benchmarks/results/codegen-sm*.json``
+are what the command prints here (same Triton). Runs in subprocesses without ``TRITON_INTERPRET``
+(which conftest sets on CPU), one arch per core.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import triton
+
+from fastflow.fused.tuning import attention_smem, attention_pruner, shared_limit, spill_free
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _codegen(arch: int, out: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    return subprocess.Popen([sys.executable, "-m", "fastflow", "bench", "codegen", "--arch", str(arch),
+                             "--dtype", "fp16,bf16", "--json", str(out / "codegen-sm{arch}.json")],
+                            env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_every_choosable_kernel_config_compiles_spill_free_for_sm80_and_sm90(tmp_path) -> None:
+    procs = {arch: _codegen(arch, tmp_path) for arch in (80, 90)}
+    for arch, proc in procs.items():
+        log = proc.communicate(timeout=1200)[0]
+        assert proc.returncode == 0, f"sm_{arch}:\n{log[-5000:]}"  # exit 1 lists every PROBLEM line
+        got = json.loads((tmp_path / f"codegen-sm{arch}.json").read_text())
+        assert got["problems"] == [] and got["rows"]
+        rows = got["rows"]
+        for kernel in ("fwd_kernel", "bwd_dq_kernel", "bwd_dkdv_kernel", "apply_kernel", "bwd_kernel",
+                       "stats_kernel"):
+            assert any(r["kernel"] == kernel for r in rows), f"{kernel} was not compiled for sm_{arch}"
+        for d in (40, 64, 80, 128, 160):
+            assert any(f"head_dim={d} " in r["variant"] for r in rows)
+        assert all(r["chosen"] for r in rows)  # without --all-configs only choosable configs compile
+        assert not any(r["spill_stores"] or r["spill_loads"] for r in rows)
+        committed = json.loads((RESULTS / f"codegen-sm{arch}.json").read_text())
+        if committed["triton"] != triton.__version__:
+            pytest.skip(f"committed codegen JSON is from triton {committed['triton']}, this is {triton.__version__}")
+        want = [r for r in committed["rows"] if r["dtype"] in ("fp16", "bf16")]
+        assert rows == want, f"sm_{arch}: benchmarks/results/codegen-sm{arch}.json is stale; regenerate it"
+
+
+def test_shared_memory_estimate_and_pruning_rules() -> None:
+    """The estimate of a config's shared memory (never below Triton's, checked by the codegen
+    bench) and the pruner: configs over the arch's limit or not in the spill-free table go."""
+    big = triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=2)
+    assert attention_smem("dkdv", big, 160, 2) > shared_limit(80) and attention_smem("dkdv", big, 160, 2) < shared_limit(90)
+    assert shared_limit(86) == shared_limit(89) < shared_limit(80) < shared_limit(90) == shared_limit(100)
+    assert spill_free("dkdv", 90, 160) is not None and spill_free("dkdv", 89, 160) == spill_free("dkdv", 80, 160)
+    assert spill_free("fwd", 90, 96) == spill_free("fwd", 90, 128)  # next larger measured head dim
+    assert spill_free("fwd", 75, 64) is None  # no measurement below sm_80
+
+
+def test_pruner_keeps_a_config_and_respects_the_table(monkeypatch) -> None:
+    from fastflow.fused import tuning
+
+    monkeypatch.setattr(tuning, "interpreting", lambda: False)
+    configs = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+               for m, n, w, s in ((128, 64, 8, 2), (64, 64, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2))]
+    q = torch.empty(1, dtype=torch.float16)
+    for arch in (80, 90, 100):
+        monkeypatch.setattr(tuning, "current_arch", lambda arch=arch: arch)
+        for head in ((128, 32), (64, 16), (64, 0)):
+            kept = attention_pruner("dkdv")(configs, {"Q": q}, BLOCK_D0=head[0], BLOCK_D1=head[1])
+            assert kept
+            allowed = spill_free("dkdv", arch, sum(head))
+            assert all(tuning.config_label(c) in allowed for c in kept) or len(kept) == 1
+    monkeypatch.setattr(tuning, "current_arch", lambda: 80)
+    kept = attention_pruner("dkdv")(configs, {"Q": torch.empty(1)}, BLOCK_D0=128, BLOCK_D1=32)  # fp32: smem only
+    assert kept and all(attention_smem("dkdv", c, 160, 4) <= shared_limit(80) for c in kept)
+    assert len(kept) < len(configs)  # 128×64 at head dim 160 in fp32 needs more than sm_80's 163 KB
