@@ -287,7 +287,7 @@ def markdown_summary(docs: Sequence[dict[str, Any]]) -> str:
     for doc in docs:
         for r in doc["rows"]:
             groups.setdefault((r["kernel"], r["dtype"], doc["arch"]), []).append({**r, "limit": doc["shared_limit"]})
-    for (kernel, dtype, arch), rs in sorted(groups.items()):
+    for (kernel, dtype, arch), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1], int(kv[0][2][3:]))):
         chosen = [r for r in rs if r["chosen"]]
         if not chosen:
             continue
