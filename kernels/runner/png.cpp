@@ -34,13 +34,18 @@ void put32(std::vector<uint8_t>& out, uint32_t v) {
   for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<uint8_t>(v >> s));
 }
 
+void write32(std::ofstream& f, uint32_t v) {
+  const char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
+                     static_cast<char>(v)};
+  f.write(b, 4);
+}
+
+// length, type, data, CRC-32 of type + data.
 void chunk(std::ofstream& f, const char* type, const std::vector<uint8_t>& data) {
-  std::vector<uint8_t> buf;
-  put32(buf, static_cast<uint32_t>(data.size()));
-  buf.insert(buf.end(), type, type + 4);
-  buf.insert(buf.end(), data.begin(), data.end());
-  put32(buf, crc32(buf.data() + 4, buf.size() - 4));
-  f.write(reinterpret_cast<const char*>(buf.data()), static_cast<std::streamsize>(buf.size()));
+  write32(f, static_cast<uint32_t>(data.size()));
+  f.write(type, 4);
+  f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+  write32(f, crc32(data.data(), data.size(), crc32(reinterpret_cast<const uint8_t*>(type), 4)));
 }
 
 // zlib stream of stored (uncompressed) deflate blocks.
