@@ -255,32 +255,41 @@ def _eval_sr(args: argparse.Namespace, ckpt: Path, model: torch.nn.Module, devic
 
 
 def cmd_sr(args: argparse.Namespace) -> int:
-    import numpy as np
     import torch.nn.functional as F
 
     from fastflow.data.folder import load_image
+    from fastflow.data.npz import NpzDataset
     from fastflow.objectives.oftsr import oftsr_one_step
     from fastflow.utils.images import save_grid
+    from fastflow.utils.io import check_writable
 
+    if Path(args.out).suffix.lower() != ".png":
+        raise ConfigError(f"--out must be a .png file, got {args.out!r}")
+    if not 0.0 <= args.tau <= 1.0:
+        raise ConfigError("--tau must be in [0, 1]")
+    check_writable(args.out)
     device, ckpt, model = _load(args)
     data_cfg, obj_cfg = _sr_meta(ckpt)
     if obj_cfg.get("name") != "oftsr":
         raise ConfigError(f"{ckpt} is not an OFTSR student (objective {obj_cfg.get('name')!r})")
-    if not 0.0 <= args.tau <= 1.0:
-        raise ConfigError("--tau must be in [0, 1]")
-    scale = args.scale or int(data_cfg.get("scale", 4))
+    scale = int(data_cfg.get("scale", 4))
+    if args.scale is not None and args.scale != scale:
+        raise ConfigError(f"--scale {args.scale}: this student was trained for ×{scale}")
     c, res = model.config.in_channels, model.config.resolution
     src = Path(args.input)
-    if src.suffix == ".npz":
-        with np.load(src, allow_pickle=False) as z:
-            y = torch.from_numpy(z["x"]).float()
+    if src.suffix == ".npz":  # checked there: real, finite, non-empty, images in [-1, 1] or uint8
+        ds = NpzDataset(str(src))
+        y = ds.get(torch.arange(len(ds))).x
     else:
         y = load_image(src, res // scale, c)[None].float() / 127.5 - 1.0
     if y.dim() != 4 or y.shape[1] != c or y.shape[-1] * scale != res or y.shape[-2] * scale != res:
-        raise ConfigError(f"input must be low-resolution [N, {c}, {res // scale}, {res // scale}] for this model")
+        raise ConfigError(f"input must be low-resolution [N, {c}, {res // scale}, {res // scale}] for this model, "
+                          f"got {list(y.shape)}")
     lq = F.interpolate(y, scale_factor=scale, mode="bicubic", align_corners=False).to(device)
     noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
     x = oftsr_one_step(model, lq, args.tau, float(obj_cfg.get("sigma_p", 0.1)), noise)
+    if not torch.isfinite(x).all():
+        raise FastflowError("the student produced NaN or Inf values; no image written")
     save_grid(x, args.out, upscale=max(1, 128 // res))
     print(f"wrote {args.out}: {len(x)} image(s) ×{scale}, tau={args.tau}, NFE=1")
     return 0
@@ -446,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("ckpt", help="OFTSR student checkpoint (or run directory)")
     r.add_argument("--input", required=True, help="low-resolution image (png/jpg) or .npz with x [N, C, h, w]")
     r.add_argument("--tau", type=float, default=0.5, help="fidelity (0) ↔ realism (1) knob")
-    r.add_argument("--scale", type=int, default=None, help="default: the scale the student was trained for")
+    r.add_argument("--scale", type=int, default=None, help="the student's trained scale (checked when given)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--weights", default="ema", choices=["ema", "model"])
     r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -33,6 +33,10 @@ class NpzDataset(ArrayDataset):
             raise DataError(f"{path}: unreadable npz ({e})") from None
         if x is None:
             raise DataError(f"{path}: no array named x, images or arr_0")
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise DataError(f"{path}: images must be real numbers, got dtype {x.dtype}")
+        if x.ndim < 2 or len(x) == 0:
+            raise DataError(f"{path}: expected a non-empty [N, ...] array, got shape {x.shape}")
         if x.ndim == 4 and x.shape[-1] <= 4 < x.shape[1]:
             x = x.transpose(0, 3, 1, 2)
         if x.ndim not in (2, 4):

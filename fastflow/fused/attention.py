@@ -40,9 +40,8 @@ def _configs(bwd: bool = False) -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
     sizes = [(128, 64, 8, 2), (64, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2),
-             (32, 64, 8, 2), (32, 32, 4, 2), (16, 64, 4, 2)] if bwd \
-        else [(128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 4, 3), (128, 32, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3),
-              (64, 32, 4, 2)]
+             (32, 64, 8, 2), (16, 64, 4, 2)] if bwd \
+        else [(128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in sizes]
 
 

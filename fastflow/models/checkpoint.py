@@ -1,9 +1,13 @@
 """Model checkpoints: a directory with ``config.json`` + ``model.safetensors``
-(+ ``ema.safetensors``). Nothing is unpickled."""
+(+ ``ema.safetensors``). Nothing is unpickled. ``config.json`` records the SHA-256 of every
+payload file (taken from the bytes written, before the atomic rename); every load verifies it, so
+a flipped bit is a :class:`CheckpointError` naming the file, never silently different weights.
+Checkpoints written before digests load with a one-time warning."""
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +22,43 @@ from fastflow.models.presets import arch_of, build_model
 from fastflow.utils.io import atomic_save_tensors, atomic_write_json
 
 FORMAT = "fastflow-model"
+log = logging.getLogger("fastflow.checkpoint")
+_warned_legacy: set[Path] = set()
 
 
 def save_model(directory: str | Path, model: nn.Module, ema: nn.Module | None = None,
-               meta: dict[str, Any] | None = None) -> Path:
-    """Write ``config.json``, ``model.safetensors`` and, if given, ``ema.safetensors``."""
+               meta: dict[str, Any] | None = None, digests: dict[str, str] | None = None) -> Path:
+    """Write ``model.safetensors``, ``ema.safetensors`` (if given), then ``config.json`` with their
+    SHA-256 (and the ``digests`` of other payload files already written to the directory)."""
     d = Path(directory)
-    atomic_save_tensors(d / "model.safetensors", model.state_dict())
+    sha = {**(digests or {}), "model.safetensors": atomic_save_tensors(d / "model.safetensors", model.state_dict())}
     if ema is not None:
-        atomic_save_tensors(d / "ema.safetensors", ema.state_dict())
+        sha["ema.safetensors"] = atomic_save_tensors(d / "ema.safetensors", ema.state_dict())
     atomic_write_json(d / "config.json", {"format": FORMAT, "fastflow_version": __version__,
                                           "arch": arch_of(model), "model": model.config.to_dict(),
-                                          "meta": meta or {}})
+                                          "meta": meta or {}, "sha256": sha})
     return d
+
+
+def verify_payload(path: str | Path) -> None:
+    """Check a checkpoint payload file against the SHA-256 its directory's ``config.json`` records
+    (a file outside a checkpoint directory has nothing to check against)."""
+    p = Path(path)
+    if not (p.parent / "config.json").is_file():
+        return
+    digests = read_config(p.parent).get("sha256")
+    if digests is None:
+        if p.parent not in _warned_legacy:
+            _warned_legacy.add(p.parent)
+            log.warning("%s: checkpoint written before SHA-256 digests; its files cannot be verified "
+                        "(re-save it to add them)", p.parent)
+        return
+    if p.name not in digests:
+        raise CheckpointError(f"{p}: not listed in config.json's digests (file added or renamed?)")
+    from fastflow.utils.io import file_digest
+
+    if file_digest(p) != digests[p.name]:
+        raise CheckpointError(f"{p}: SHA-256 mismatch with config.json (corrupted or modified file)")
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -48,10 +76,12 @@ def read_config(directory: str | Path) -> dict[str, Any]:
 
 
 def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file, turning truncation/corruption into :class:`CheckpointError`."""
+    """Load a safetensors file (verified against its checkpoint's digest), turning truncation or
+    corruption into :class:`CheckpointError`."""
     p = Path(path)
     if not p.is_file():
         raise CheckpointError(f"{p}: file not found")
+    verify_payload(p)
     try:
         return load_file(str(p), device=str(device))
     except (SafetensorError, OSError, ValueError) as e:

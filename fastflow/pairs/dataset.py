@@ -1,12 +1,15 @@
 """``PairDataset``: teacher pairs read through memory maps, never loaded whole into RAM.
 
 A safetensors file is an 8-byte header length, a JSON header with each tensor's dtype, shape
-and byte offsets, then the raw data; each tensor becomes a read-only ``numpy.memmap``.
+and byte offsets, then the raw data; each tensor becomes a read-only ``numpy.memmap``. Every
+shard's data is checked against the SHA-256 in its metadata when the dataset opens (one
+sequential read of the pairs); shards written before digests load with a one-time warning.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import struct
 from pathlib import Path
 
@@ -15,13 +18,17 @@ import torch
 
 from fastflow.data.base import Batch, Dataset
 from fastflow.errors import DataError
-from fastflow.pairs.writer import MANIFEST
+from fastflow.pairs.writer import MANIFEST, tensors_digest
+
+log = logging.getLogger("fastflow.pairs")
+_warned_legacy: set[Path] = set()
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 
 
 def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
-    """Map every tensor of a safetensors file (bf16 is not mappable by numpy: store F32/F16)."""
+    """Map every tensor of a safetensors file (bf16 is not mappable by numpy: store F32/F16),
+    checked against the ``sha256`` of its metadata."""
     try:
         with open(path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
@@ -40,6 +47,13 @@ def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
             raise DataError(f"{path}: truncated shard")
         out[name] = np.memmap(path, dtype=_DTYPES[info["dtype"]], mode="r",
                               offset=8 + header_len + start, shape=tuple(info["shape"]))
+    want = (header.get("__metadata__") or {}).get("sha256")
+    if want is None:
+        if path.parent not in _warned_legacy:
+            _warned_legacy.add(path.parent)
+            log.warning("%s: shards written before SHA-256 digests; their data cannot be verified", path.parent)
+    elif tensors_digest(out) != want:
+        raise DataError(f"{path}: SHA-256 mismatch with the shard's metadata (corrupted or modified file)")
     return out
 
 

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from torch import Tensor
@@ -40,6 +41,16 @@ class Teacher(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
     def __call__(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
+
+
+def tensors_digest(arrays: dict[str, Any]) -> str:
+    """SHA-256 over the arrays' bytes in name order: stored in a shard's own metadata (written
+    inside the same atomic rename) and recomputed from the memory maps by ``PairDataset``."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(memoryview(np.ascontiguousarray(arrays[name])).cast("B"))
+    return h.hexdigest()
 
 
 def shard_name(k: int) -> str:
@@ -118,8 +129,9 @@ def generate_pairs(teacher: Teacher, out: str | Path, n: int, sample_shape: Sequ
         if label is not None:
             tensors["label"] = label
         nfe_mean = float(torch.cat(nfes).mean())
-        atomic_save_tensors(root / shard_name(k), tensors, metadata={"nfe": repr(nfe_mean),
-                                                                     "count": str(count)})
+        atomic_save_tensors(root / shard_name(k), tensors, metadata={
+            "nfe": repr(nfe_mean), "count": str(count), "sha256": tensors_digest(
+                {name: t.numpy() for name, t in tensors.items()})})
         done_pairs += count
         rate = done_pairs / (time.perf_counter() - t0)
         bar.update(1)

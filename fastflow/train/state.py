@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from fastflow.errors import CheckpointError
-from fastflow.models.checkpoint import load_weights, save_model
+from fastflow.models.checkpoint import load_weights, save_model, verify_payload
 from fastflow.utils.io import atomic_torch_save, atomic_write_text
 
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -40,9 +40,9 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state
     name = f"step-{state.step:08d}"
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    save_model(tmp, model, ema, meta={**(meta or {}), "step": state.step})
-    atomic_torch_save(tmp / "state.pt", {"step": state.step, "optimizer": state.optimizer,
-                                         "rng": state.rng, "cuda_rng": state.cuda_rng})
+    sha = atomic_torch_save(tmp / "state.pt", {"step": state.step, "optimizer": state.optimizer,
+                                               "rng": state.rng, "cuda_rng": state.cuda_rng})
+    save_model(tmp, model, ema, meta={**(meta or {}), "step": state.step}, digests={"state.pt": sha})
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -78,6 +78,8 @@ def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module) -> Train
     p = Path(path)
     load_weights(model, p / "model.safetensors")
     load_weights(ema, p / "ema.safetensors")
+    if (p / "state.pt").is_file():
+        verify_payload(p / "state.pt")
     try:
         raw = torch.load(p / "state.pt", map_location="cpu", weights_only=True)
         return TrainState(int(raw["step"]), raw["optimizer"], list(raw["rng"]), list(raw["cuda_rng"]))

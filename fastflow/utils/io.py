@@ -15,7 +15,9 @@ from safetensors.torch import save_file
 from fastflow.errors import ConfigError
 
 
-def _atomic(path: Path, write: Any) -> None:
+def _atomic(path: Path, write: Any) -> str:
+    """Write through ``write(tmp)``, fsync, rename; returns the SHA-256 of the bytes written (taken
+    from the temporary file, so the digest and the renamed file are the same bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -23,10 +25,12 @@ def _atomic(path: Path, write: Any) -> None:
         write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
+        digest = file_digest(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return digest
 
 
 def check_writable(path: str | Path) -> Path:
@@ -53,15 +57,16 @@ def atomic_write_json(path: str | Path, obj: Any) -> None:
 
 
 def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
-                        metadata: dict[str, str] | None = None) -> None:
-    """Save a flat tensor dict as safetensors (contiguous CPU copies)."""
+                        metadata: dict[str, str] | None = None) -> str:
+    """Save a flat tensor dict as safetensors (contiguous CPU copies); returns the file's SHA-256."""
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    _atomic(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
+    return _atomic(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
-def atomic_torch_save(path: str | Path, obj: Any) -> None:
-    """``torch.save`` of plain containers of tensors/numbers (reloadable with weights_only)."""
-    _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+def atomic_torch_save(path: str | Path, obj: Any) -> str:
+    """``torch.save`` of plain containers of tensors/numbers (reloadable with weights_only);
+    returns the file's SHA-256."""
+    return _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:
