@@ -58,7 +58,7 @@ def verify_payload(path: str | Path) -> None:
     from fastflow.utils.io import file_digest
 
     if file_digest(p) != digests[p.name]:
-        raise CheckpointError(f"{p}: SHA-256 mismatch with config.json (corrupted or modified file)")
+        raise CheckpointError(f"{p}: SHA-256 mismatch with config.json (truncated, corrupted or modified file)")
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
