@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.library import wrap_triton
 
 from fastflow.errors import MissingBackendError
 
@@ -79,6 +80,4 @@ class Launch:
     meta: dict[str, Any] = field(default_factory=dict)
 
     def __call__(self) -> None:
-        from torch.library import wrap_triton
-
         wrap_triton(self.kernel)[self.grid](*self.args, **self.meta)

@@ -21,7 +21,7 @@ from fastflow.export.generator import Generator, SRGenerator
 from fastflow.models import load_model
 from fastflow.utils.images import save_grid
 
-GOOD = {  # case: (package, runner args, python inputs builder)
+GOOD = {  # case: (package, runner args); the Python inputs are rebuilt from the args
     "uncond-batch1": ("uncond", ["--seed", "3", "--batch", "1"]),
     "uncond-batchmax": ("uncond", ["--seed", "4", "--batch", "4", "--png", "{tmp}/grid.png"]),
     "uncond-input": ("uncond", ["--input", "{fx}/noise.npy"]),
