@@ -110,8 +110,9 @@ def _plots(rows: list[dict[str, Any]], out: Path) -> None:
                 title="quality vs NFE")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "latency_vs_nfe.png")
-    plt.close(fig)
+    from fastflow.utils.images import save_figure
+
+    save_figure(fig, out / "latency_vs_nfe.png")
 
 
 def _overview(samples: dict[str, torch.Tensor], path: Path, per_row: int = 16) -> None:
@@ -129,8 +130,9 @@ def _overview(samples: dict[str, torch.Tensor], path: Path, per_row: int = 16) -
         ax.set_title(label, fontsize=8)
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from fastflow.utils.images import save_figure
+
+    save_figure(fig, path)
 
 
 def _export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> dict[str, Any] | None:

@@ -133,7 +133,7 @@ def test_sigkill_then_resume(tmp_path) -> None:
     extra = [f"train.steps={steps}", "train.ckpt_every=4", "train.keep_ckpts=2"]
     run = tmp_path / "killed"
     args = [sys.executable, "-m", "fastflow", "train", "configs/digits.yaml", *TINY_DIGITS,
-            f"out_dir={run}", *extra]
+            f"out_dir={run}", *extra, "--threads", str(torch.get_num_threads())]  # same sums as in-process
     proc = subprocess.Popen(args, cwd=ROOT, env=cli_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 240

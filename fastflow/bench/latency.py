@@ -217,5 +217,6 @@ def save_plot(rows: list[dict[str, Any]], path: str) -> None:
            title="one-step student vs multi-step teacher")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from fastflow.utils.images import save_figure
+
+    save_figure(fig, path)

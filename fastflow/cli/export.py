@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
-from fastflow.errors import ConfigError, FastflowError, MissingBackendError
+from fastflow.cli.common import (Parser, add_threads, default_device, device_arg, nonneg_float, nonneg_int,
+                                 positive_int, run_cli)
+from fastflow.errors import ConfigError, MissingBackendError
 
 
 def _versions() -> dict[str, str | None]:
@@ -36,27 +38,28 @@ def _device_name(device: torch.device) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastflow-export", description=__doc__.splitlines()[0])
+    p = Parser(prog="fastflow-export", description=__doc__.splitlines()[0])
     p.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
     p.add_argument("--format", required=True, choices=["onnx", "pt2", "ep", "engine", "trt-pt2"],
                    help="engine: serialized TensorRT plan (+ PATH.json); trt-pt2: TensorRT inside a .pt2")
     p.add_argument("-o", "--output", required=True, help="artefact path")
-    p.add_argument("--batch", type=int, default=None, help="static batch size")
-    p.add_argument("--min-batch", type=int, default=1)
-    p.add_argument("--opt-batch", type=int, default=None)
-    p.add_argument("--max-batch", type=int, default=8)
+    p.add_argument("--batch", type=positive_int, default=None, help="static batch size")
+    p.add_argument("--min-batch", type=positive_int, default=1)
+    p.add_argument("--opt-batch", type=positive_int, default=None)
+    p.add_argument("--max-batch", type=positive_int, default=8)
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
-    p.add_argument("--steps", type=int, default=1, help="Euler steps inside the generator")
-    p.add_argument("--opset", type=int, default=19)
+    p.add_argument("--steps", type=positive_int, default=1, help="Euler steps inside the generator")
+    p.add_argument("--opset", type=positive_int, default=19)
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file")
-    p.add_argument("--opt-level", type=int, default=3, help="TensorRT builder optimisation level")
+    p.add_argument("--opt-level", type=nonneg_int, default=3, help="TensorRT builder optimisation level")
     p.add_argument("--validate", action="store_true", help="compare with PyTorch on fixed-seed inputs")
-    p.add_argument("--atol", type=float, default=1e-4)
-    p.add_argument("--rtol", type=float, default=1e-3)
+    p.add_argument("--atol", type=nonneg_float, default=1e-4)
+    p.add_argument("--rtol", type=nonneg_float, default=1e-3)
     p.add_argument("--report", default=None, help="write a JSON report here")
     p.add_argument("--weights", default="ema", choices=["ema", "model"])
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", type=device_arg, default=default_device())
+    p.add_argument("--seed", type=nonneg_int, default=0)
+    add_threads(p)
     return p
 
 
@@ -76,17 +79,17 @@ def run(args: argparse.Namespace) -> int:
         lo, opt, hi = args.min_batch, args.opt_batch or args.max_batch, args.max_batch
     if not 1 <= lo <= opt <= hi:
         raise ConfigError("need 1 <= min-batch <= opt-batch <= max-batch")
-    if args.steps < 1:
-        raise ConfigError("--steps must be >= 1")
     if args.opset < 18:
         raise ConfigError("--opset must be >= 18 (GroupNormalization, dynamo exporter)")
-    device = torch.device(args.device)
+    device = args.device
     dtype = DTYPES[args.dtype]
     if args.format in ("engine", "trt-pt2") and not torch.cuda.is_available():  # fail fast
         raise MissingBackendError(f"--format {args.format} needs an NVIDIA GPU with CUDA and TensorRT "
                                   f"({formats.TRT_HINT}); use --format onnx or pt2 here")
     out = Path(args.output)
     check_writable(out)  # before minutes of compilation
+    if args.report:
+        check_writable(args.report)
     ckpt = resolve_checkpoint(args.ckpt)
     model = load_model(ckpt, weights=args.weights, device=device)
     if getattr(model.config, "context_dim", 0):
@@ -166,11 +169,7 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return run(args)
-    except FastflowError as e:
-        print(f"fastflow-export: error: {e}", file=sys.stderr)
-        return 2
+    return run_cli("fastflow-export", run, args)
 
 
 if __name__ == "__main__":

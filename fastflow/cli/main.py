@@ -5,6 +5,7 @@ Bad input → one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -12,19 +13,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from fastflow.cli.common import (Parser, add_threads, choice_list, default_device, device_arg, finite_float,
+                                 int_list, nonneg_int, positive_float, positive_int, run_cli)
 from fastflow.errors import ConfigError, FastflowError
 from fastflow.models.checkpoint import resolve_checkpoint
 from fastflow.models.presets import sample_shape, viewable
+
+#: A PNG grid of more samples is unreadable (and huge): ask for .npz instead.
+MAX_GRID = 4096
 
 
 def _load(args: argparse.Namespace) -> tuple[torch.device, Path, torch.nn.Module]:
     """``--device``, the resolved checkpoint of ``ckpt`` and its model (``--weights``)."""
     from fastflow.models.checkpoint import load_model
 
-    device = torch.device(args.device)
     ckpt = resolve_checkpoint(args.ckpt)
-    return device, ckpt, load_model(ckpt, weights=args.weights, device=device)
+    return args.device, ckpt, load_model(ckpt, weights=args.weights, device=args.device)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -39,44 +45,56 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from fastflow.flow.sample import generate
     from fastflow.utils.images import save_samples
+    from fastflow.utils.io import atomic_savez, check_fits_in_memory, check_writable
 
-    if args.n < 1:
-        raise ConfigError("--n must be >= 1")
     out = Path(args.out)
     if out.suffix not in (".png", ".npz"):
         raise ConfigError(f"--out must end in .png or .npz, got {args.out!r}")
-    device, _, model = _load(args)
-    cfg, shape = model.config, sample_shape(model)
-    g = torch.Generator().manual_seed(args.seed)
-    z = torch.randn(args.n, *shape, generator=g).to(device)
-    cond = None
+    if out.suffix == ".png" and args.n > MAX_GRID:
+        raise ConfigError(f"--n {args.n}: a PNG grid holds at most {MAX_GRID} samples; write .npz for more")
     if args.prompt_emb is not None and args.label is not None:
         raise ConfigError("give --label or --prompt-emb, not both")
+    check_writable(out)
+    device, _, model = _load(args)
+    cfg, shape = model.config, sample_shape(model)
+    check_fits_in_memory(args.n * math.prod(shape) * 4, f"--n {args.n} samples of shape {list(shape)}")
+    cond = None
     if args.prompt_emb is not None:
-        cond = {"tokens": _prompt_embedding(args.prompt_emb).to(device).expand(args.n, -1, -1)}
+        cond = {"tokens": _prompt_embedding(args.prompt_emb).to(device)}
     elif args.label is not None:
         if not cfg.num_classes:
             raise ConfigError("--label given but the model is not class-conditional")
         if not 0 <= args.label < cfg.num_classes:
             raise ConfigError(f"--label must be in [0, {cfg.num_classes})")
-        cond = torch.full((args.n,), args.label, dtype=torch.long, device=device)
+        cond = torch.full((args.n,), args.label, dtype=torch.long)
     elif cfg.num_classes:
-        cond = (torch.arange(args.n) % cfg.num_classes).to(device)
-    kwargs = {"rtol": args.rtol, "atol": args.atol} if args.solver == "rk45" else {}
+        cond = torch.arange(args.n) % cfg.num_classes
+    if args.cfg != 1.0 and cond is None:
+        raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional model (this one is unconditional)")
+    kwargs: dict = {"rtol": args.rtol, "atol": args.atol} if args.solver == "rk45" else {}
     if args.solver == "rk2":
         kwargs["r"] = args.r
+    g = torch.Generator().manual_seed(args.seed)
+    z = torch.randn(args.n, *shape, generator=g)  # the same noise for any --batch-size
+    xs, nfe = [], 0
     t0 = time.perf_counter()
-    res = generate(model, z, args.solver, args.steps, cond=cond, cfg_scale=args.cfg, **kwargs)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    for i in tqdm(range(0, args.n, args.batch_size), desc="sample", disable=args.n <= args.batch_size,
+                  unit="batch"):
+        zi = z[i:i + args.batch_size].to(device)
+        ci = None if cond is None else (cond if isinstance(cond, dict) else cond[i:i + args.batch_size].to(device))
+        if isinstance(ci, dict):
+            ci = {"tokens": ci["tokens"].expand(len(zi), -1, -1)}
+        res = generate(model, zi, args.solver, args.steps, cond=ci, cfg_scale=args.cfg, **kwargs)
+        xs.append(res.x.float().cpu())
+        nfe = max(nfe, res.nfe)
     wall = time.perf_counter() - t0
+    x = torch.cat(xs)
     if out.suffix == ".npz":  # raw samples (latents for latent models)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(out, x=res.x.float().cpu().numpy(), nfe=res.nfe,
-                 **({"label": cond.cpu().numpy()} if isinstance(cond, torch.Tensor) else {}))
+        atomic_savez(out, x=x.numpy(), nfe=np.asarray(nfe),
+                     **({"label": cond.numpy()} if isinstance(cond, torch.Tensor) else {}))
     else:
-        save_samples(viewable(model, res.x), out, title=f"{args.solver} NFE {res.nfe}")
-    print(f"wrote {out}: {args.n} samples, solver={args.solver}, NFE={res.nfe}, "
+        save_samples(viewable(model, x.to(device)), out, title=f"{args.solver} NFE {nfe}")
+    print(f"wrote {out}: {args.n} samples, solver={args.solver}, NFE={nfe}, "
           f"wall={wall:.3f}s ({wall / args.n * 1e3:.2f} ms/sample)")
     return 0
 
@@ -97,7 +115,9 @@ def _prompt_embedding(path: str) -> torch.Tensor:
 
 def cmd_prompts(args: argparse.Namespace) -> int:
     from fastflow.models.sd import write_prompt_table
+    from fastflow.utils.io import check_writable
 
+    check_writable(args.out)
     try:
         prompts = Path(args.prompts).read_text().splitlines()
     except OSError as e:
@@ -125,11 +145,13 @@ def _sd_teacher(args: argparse.Namespace, device: torch.device):  # noqa: ANN202
 def cmd_pairs(args: argparse.Namespace) -> int:
     from fastflow.pairs import FlowTeacher, generate_pairs
     from fastflow.utils.distributed import init_distributed
+    from fastflow.utils.io import writable_dir
 
     info = init_distributed()
-    device = torch.device(args.device) if args.device else info.device
+    device = args.device or info.device
     if (args.ckpt is None) == (args.sd is None):
         raise ConfigError("give a teacher checkpoint or --sd DIR (exactly one)")
+    writable_dir(args.out)
     if args.sd is not None:
         teacher = _sd_teacher(args, device)
     else:
@@ -137,6 +159,8 @@ def cmd_pairs(args: argparse.Namespace) -> int:
                                               weights=args.weights, solver=args.solver,
                                               steps=args.steps if args.solver != "rk45" else None,
                                               rtol=args.rtol, atol=args.atol, cfg_scale=args.cfg)
+        if args.cfg != 1.0 and not teacher.num_classes:
+            raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional teacher (this one is unconditional)")
     t0 = time.perf_counter()
     manifest = generate_pairs(teacher, args.out, args.count, sample_shape(teacher.model),
                               shard_size=args.shard_size, seed=args.seed, batch_size=args.batch_size, device=device,
@@ -150,20 +174,22 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from fastflow.metrics.evaluate import evaluate
-    from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 
+    steps = None if args.solver in ("rk45", "one_step") else args.steps
+    if args.json:
+        check_writable(args.json)
     device, ckpt, model = _load(args)
     if getattr(model.config, "cond_channels", 0):
         return _eval_sr(args, ckpt, model, device)
-    steps = None if args.solver in ("rk45", "one_step") else args.steps
+    out = check_writable(args.json or ckpt / f"eval-{args.solver}{steps or ''}.json")
     res = evaluate(model, args.solver, steps, n=args.n, seed=args.seed, features=args.features,
                    ref=args.ref, device=device)
     res["checkpoint"] = str(ckpt)
     cols = [c for c in ("solver", "steps", "nfe", "digits_fd", "digits_coverage", "fid",
                         "straightness", "params", "gflops_per_sample", "latency_ms_b1") if c in res]
     print(format_table([res], cols))
-    out = Path(args.json) if args.json else ckpt / f"eval-{args.solver}{steps or ''}.json"
     atomic_write_json(out, res)
     print(f"wrote {out}")
     return 0
@@ -174,10 +200,14 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
 
     from fastflow.bench.latency import latency_suite, save_plot, speedup_check
     from fastflow.models import build_model, load_model
-    from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 
-    device = torch.device(args.device)
+    device = args.device
+    for path, suffix in ((args.out, ".json"), (args.png, ".png")):
+        if Path(path).suffix.lower() != suffix:
+            raise ConfigError(f"{path!r}: want a {suffix} file")
+        check_writable(path)
 
     def get(ckpt: str | None, preset: str) -> torch.nn.Module:
         if ckpt:
@@ -190,8 +220,8 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     if sample_shape(teacher) != shape:
         raise ConfigError(f"student and teacher sample shapes differ: {shape} vs {sample_shape(teacher)}")
     z = torch.randn(args.batch, *shape, device=device)
-    backends = args.backends.split(",")
-    rows = latency_suite(student, teacher, z, backends, euler_ns=[int(n) for n in args.euler.split(",")],
+    backends = args.backends
+    rows = latency_suite(student, teacher, z, backends, euler_ns=args.euler,
                          iters=args.iters, rk45=not args.no_rk45, runner=args.runner)
     for r in rows:
         r["speedup_vs_one_step"] = r["p50_ms"] / next(
@@ -229,9 +259,10 @@ def _eval_sr(args: argparse.Namespace, ckpt: Path, model: torch.nn.Module, devic
     from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
     from fastflow.models.checkpoint import load_model
     from fastflow.utils.images import save_grid
-    from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 
+    out = check_writable(args.json or ckpt / "eval-sr.json")
     data_cfg, obj_cfg = _sr_meta(ckpt)
     if data_cfg.get("name") != "sr":
         raise ConfigError(f"{ckpt}: an image-conditioned model without SR training metadata")
@@ -244,7 +275,6 @@ def _eval_sr(args: argparse.Namespace, ckpt: Path, model: torch.nn.Module, devic
     rows, samples = tau_sweep(model, b.x.to(device), b.image.to(device), float(obj_cfg.get("sigma_p", 0.1)),
                               taus, teacher=teacher)
     print(format_table(rows, ["method", "tau", "NFE", "psnr", "ssim", "hf_ratio"]))
-    out = Path(args.json) if args.json else ckpt / "eval-sr.json"
     atomic_write_json(out, {"checkpoint": str(ckpt), "rows": rows})
     save_sweep_plot(rows, str(out.with_suffix(".png")))
     strip = torch.cat([x[:8].cpu() for x in samples.values()])
@@ -257,7 +287,7 @@ def _eval_sr(args: argparse.Namespace, ckpt: Path, model: torch.nn.Module, devic
 def cmd_sr(args: argparse.Namespace) -> int:
     import torch.nn.functional as F
 
-    from fastflow.data.folder import load_image
+    from fastflow.data.folder import decode_image
     from fastflow.data.npz import NpzDataset
     from fastflow.objectives.oftsr import oftsr_one_step
     from fastflow.utils.images import save_grid
@@ -280,11 +310,14 @@ def cmd_sr(args: argparse.Namespace) -> int:
     if src.suffix == ".npz":  # checked there: real, finite, non-empty, images in [-1, 1] or uint8
         ds = NpzDataset(str(src))
         y = ds.get(torch.arange(len(ds))).x
-    else:
-        y = load_image(src, res // scale, c)[None].float() / 127.5 - 1.0
+    else:  # an image file, taken as it is: never resized or turned grey behind the user's back
+        rgb = torch.from_numpy(decode_image(src, 3).copy()).permute(2, 0, 1)
+        if c == 1 and not (rgb == rgb[:1]).all():
+            raise ConfigError(f"{src} is a colour image; this student takes grey images (convert it first)")
+        y = rgb[:c][None].float() / 127.5 - 1.0
     if y.dim() != 4 or y.shape[1] != c or y.shape[-1] * scale != res or y.shape[-2] * scale != res:
-        raise ConfigError(f"input must be low-resolution [N, {c}, {res // scale}, {res // scale}] for this model, "
-                          f"got {list(y.shape)}")
+        raise ConfigError(f"input must be low-resolution [N, {c}, {res // scale}, {res // scale}] for this model "
+                          f"(×{scale} to {res}×{res}), got {list(y.shape)}")
     lq = F.interpolate(y, scale_factor=scale, mode="bicubic", align_corners=False).to(device)
     noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
     x = oftsr_one_step(model, lq, args.tau, float(obj_cfg.get("sigma_p", 0.1)), noise)
@@ -303,12 +336,12 @@ def cmd_bench_kernels(args: argparse.Namespace) -> int:
 
     if not TRITON:
         raise ConfigError("fastflow bench kernels needs triton: pip install triton")
-    device = torch.device(args.device)
+    device = args.device
     if device.type != "cuda" and not (args.quick and interpreting()):
         raise ConfigError("fastflow bench kernels needs a CUDA GPU (on CPU only --quick under TRITON_INTERPRET=1, "
                           "which checks the plumbing, not the speed)")
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
-    res = kernel_suite(device, dtype, tuple(args.ops.split(",")), quick=args.quick, backward=args.backward)
+    res = kernel_suite(device, dtype, tuple(args.ops), quick=args.quick, backward=args.backward)
     if res["group_norm"]:
         print(format_table(res["group_norm"], ["shape", "fused_ms", "eager_ms", "fused_GBps", "copy_GBps",
                                                "fraction_of_copy_bw", "fraction_of_bound", "speedup_vs_eager"]))
@@ -348,7 +381,7 @@ def cmd_bench_codegen(args: argparse.Namespace) -> int:
             check_writable(args.json.format(arch=a))
     if args.tf32:  # fp32 attention then takes TF32 tensor cores, as at run time under this setting
         torch.set_float32_matmul_precision("high")
-    rows = compile_all(archs, args.dtype.split(","), all_configs=args.all_configs, ops=args.ops.split(","))
+    rows = compile_all(archs, args.dtype, all_configs=args.all_configs, ops=args.ops)
     cols = ["kernel", "variant", "dtype", "arch", "config", "chosen", "registers", "spill_stores", "spill_loads",
             "shared", "wgmma_serialized", "compile_s"]
     print(format_table([{c: getattr(r, c) for c in cols} for r in rows], cols))
@@ -369,8 +402,9 @@ def cmd_bench_codegen(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastflow.demo import run_conditional, run_demo, run_sr
+    from fastflow.utils.io import writable_dir
 
-    out = Path(args.out)
+    out = writable_dir(args.out)
     if not args.skip_main:
         run_demo(out, scale=args.scale)
     if args.conditional:
@@ -381,7 +415,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fastflow", description="One-step generators from rectified flows.")
+    from fastflow.bench.latency import BACKENDS
+
+    p = Parser(prog="fastflow", description="One-step generators from rectified flows.")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model from a YAML config")
@@ -393,18 +429,19 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sample", help="draw samples from a checkpoint")
     s.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
     s.add_argument("--solver", default="euler", choices=["one_step", "euler", "heun", "rk2", "rk45"])
-    s.add_argument("--steps", type=int, default=16, help="steps for euler/heun/rk2")
-    s.add_argument("--r", type=float, default=0.5, help="rk2 intermediate point")
-    s.add_argument("--rtol", type=float, default=1e-5)
-    s.add_argument("--atol", type=float, default=1e-5)
-    s.add_argument("--n", type=int, default=64, help="number of samples")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--steps", type=positive_int, default=16, help="steps for euler/heun/rk2")
+    s.add_argument("--r", type=positive_float, default=0.5, help="rk2 intermediate point in (0, 1]")
+    s.add_argument("--rtol", type=positive_float, default=1e-5)
+    s.add_argument("--atol", type=positive_float, default=1e-5)
+    s.add_argument("--n", type=positive_int, default=64, help="number of samples")
+    s.add_argument("--batch-size", type=positive_int, default=256, help="samples per model call")
+    s.add_argument("--seed", type=nonneg_int, default=0)
     s.add_argument("--label", type=int, default=None, help="class label (class-conditional models)")
-    s.add_argument("--cfg", type=float, default=1.0, help="classifier-free guidance scale α")
+    s.add_argument("--cfg", type=finite_float, default=1.0, help="classifier-free guidance scale α")
     s.add_argument("--prompt-emb", default=None,
                    help="text embedding (.safetensors, [L, D]) for token-conditioned models")
     s.add_argument("--weights", default="ema", choices=["ema", "model"])
-    s.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    s.add_argument("--device", type=device_arg, default=default_device())
     s.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
     s.set_defaults(fn=cmd_sample)
 
@@ -415,18 +452,18 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--prediction", default=None, choices=["epsilon", "v_prediction", "sample"],
                    help="with --sd: override the scheduler's prediction type")
     q.add_argument("--out", required=True, help="output directory for shards + manifest.json")
-    q.add_argument("--count", type=int, required=True, help="number of pairs")
-    q.add_argument("--shard-size", type=int, default=1000)
-    q.add_argument("--batch-size", type=int, default=256, help="teacher batch size")
+    q.add_argument("--count", type=positive_int, required=True, help="number of pairs")
+    q.add_argument("--shard-size", type=positive_int, default=1000)
+    q.add_argument("--batch-size", type=positive_int, default=256, help="teacher batch size")
     q.add_argument("--solver", default="rk45", choices=["euler", "heun", "rk2", "rk45"])
-    q.add_argument("--steps", type=int, default=100, help="steps for euler/heun/rk2")
-    q.add_argument("--rtol", type=float, default=1e-5)
-    q.add_argument("--atol", type=float, default=1e-5)
-    q.add_argument("--cfg", type=float, default=1.0, help="CFG scale of a conditional teacher")
-    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--steps", type=positive_int, default=100, help="steps for euler/heun/rk2")
+    q.add_argument("--rtol", type=positive_float, default=1e-5)
+    q.add_argument("--atol", type=positive_float, default=1e-5)
+    q.add_argument("--cfg", type=finite_float, default=1.0, help="CFG scale of a conditional teacher")
+    q.add_argument("--seed", type=nonneg_int, default=0)
     q.add_argument("--dtype", default="float32", choices=["float32", "float16"])
     q.add_argument("--weights", default="ema", choices=["ema", "model"])
-    q.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    q.add_argument("--device", type=device_arg, default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
     q.add_argument("--quiet", action="store_true", help="no progress bar")
     q.set_defaults(fn=cmd_pairs)
 
@@ -434,19 +471,19 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("sd", help="local Stable-Diffusion-style diffusers directory (tokenizer/, text_encoder/)")
     pr.add_argument("prompts", help="text file, one prompt per line")
     pr.add_argument("--out", required=True, help="output .safetensors")
-    pr.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    pr.add_argument("--device", type=device_arg, default=default_device())
     pr.set_defaults(fn=cmd_prompts)
 
     e = sub.add_parser("eval", help="quality, straightness, params, FLOPs, NFE and latency of a checkpoint")
     e.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
     e.add_argument("--solver", default="one_step", choices=["one_step", "euler", "heun", "rk2", "rk45"])
-    e.add_argument("--steps", type=int, default=1)
-    e.add_argument("--n", type=int, default=1000, help="samples for the quality metrics")
-    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--steps", type=positive_int, default=1)
+    e.add_argument("--n", type=positive_int, default=1000, help="samples for the quality metrics")
+    e.add_argument("--seed", type=nonneg_int, default=0)
     e.add_argument("--features", default="auto", choices=["auto", "digits", "inception", "none"])
     e.add_argument("--ref", default=None, help="reference .npz (mu/sigma or images x) for Inception FD")
     e.add_argument("--weights", default="ema", choices=["ema", "model"])
-    e.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    e.add_argument("--device", type=device_arg, default=default_device())
     e.add_argument("--json", default=None, help="output JSON (default: CKPT/eval-SOLVER.json)")
     e.add_argument("--taus", default="0.01,0.25,0.5,0.75,0.99", help="OFTSR students: knob values to sweep")
     e.set_defaults(fn=cmd_eval)
@@ -454,11 +491,11 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("sr", help="one-step super-resolution with an OFTSR student")
     r.add_argument("ckpt", help="OFTSR student checkpoint (or run directory)")
     r.add_argument("--input", required=True, help="low-resolution image (png/jpg) or .npz with x [N, C, h, w]")
-    r.add_argument("--tau", type=float, default=0.5, help="fidelity (0) ↔ realism (1) knob")
+    r.add_argument("--tau", type=finite_float, default=0.5, help="fidelity (0) ↔ realism (1) knob")
     r.add_argument("--scale", type=int, default=None, help="the student's trained scale (checked when given)")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--seed", type=nonneg_int, default=0)
     r.add_argument("--weights", default="ema", choices=["ema", "model"])
-    r.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    r.add_argument("--device", type=device_arg, default=default_device())
     r.add_argument("--out", default="sr.png")
     r.set_defaults(fn=cmd_sr)
 
@@ -469,33 +506,34 @@ def build_parser() -> argparse.ArgumentParser:
     bl.add_argument("--teacher", default=None, help="teacher checkpoint (default: random --teacher-preset)")
     bl.add_argument("--student-preset", default="digits-small")
     bl.add_argument("--teacher-preset", default="digits")
-    bl.add_argument("--batch", type=int, default=1)
-    bl.add_argument("--backends", default="eager",
+    bl.add_argument("--batch", type=positive_int, default=1)
+    bl.add_argument("--backends", type=choice_list(*BACKENDS), default="eager",
                     help="comma list of eager, compiled, cudagraph, onnxruntime, aoti, native")
-    bl.add_argument("--euler", default="1,2,4,8,16,32,64", help="teacher Euler step counts")
+    bl.add_argument("--euler", type=int_list, default="1,2,4,8,16,32,64", help="teacher Euler step counts")
     bl.add_argument("--runner", default=None, help="fastflow-run binary for the native backend "
                     "(default: build/kernels/fastflow-run from `make native`, else PATH)")
     bl.add_argument("--no-rk45", action="store_true")
-    bl.add_argument("--iters", type=int, default=20)
-    bl.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bl.add_argument("--iters", type=positive_int, default=20)
+    bl.add_argument("--device", type=device_arg, default=default_device())
     bl.add_argument("--out", default="latency.json")
     bl.add_argument("--png", default="latency_vs_nfe.png")
     bl.set_defaults(fn=cmd_bench_latency)
 
     bk = bsub.add_parser("kernels", help="fused GroupNorm+SiLU and attention vs eager, compiled and SDPA (GPU)")
-    bk.add_argument("--ops", default="gn,attn", help="comma list of gn, attn")
+    bk.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
     bk.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"])
     bk.add_argument("--backward", action="store_true", help="time attention forward + backward")
     bk.add_argument("--quick", action="store_true", help="tiny shape set (plumbing check)")
-    bk.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    bk.add_argument("--device", type=device_arg, default=default_device())
     bk.add_argument("--out", default="kernels.json")
     bk.set_defaults(fn=cmd_bench_kernels)
 
     bc = bsub.add_parser("codegen", help="compile every fused kernel × config for sm_80/90/100 (no GPU needed): "
                          "registers, spills, shared memory")
     bc.add_argument("--arch", default="80,90", help="comma list of 80, 90, 100")
-    bc.add_argument("--dtype", default="fp16,bf16", help="comma list of fp16, bf16, fp32")
-    bc.add_argument("--ops", default="gn,attn", help="comma list of gn, attn")
+    bc.add_argument("--dtype", type=choice_list("fp16", "bf16", "fp32"), default="fp16,bf16",
+                    help="comma list of fp16, bf16, fp32")
+    bc.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
     bc.add_argument("--all-configs", action="store_true", help="also compile the configs the pruning removes")
     bc.add_argument("--json", default=None, help="write one JSON per arch, e.g. codegen-sm{arch}.json")
     bc.add_argument("--tf32", action="store_true", help="compile fp32 attention for TF32 tensor cores "
@@ -508,26 +546,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~12 minutes)")
     d.add_argument("--out", default="demo_out")
-    d.add_argument("--scale", type=float, default=1.0,
+    d.add_argument("--scale", type=positive_float, default=1.0,
                    help="multiply every training budget and the pair count (e.g. 4 for a longer run)")
     d.add_argument("--conditional", action="store_true",
                    help="also run InstaFlow on class-conditioned digits with CFG (~14 more minutes on 2 cores)")
     d.add_argument("--sr", action="store_true", help="also run OFTSR ×4 on digits with the τ sweep (~3 more minutes)")
     d.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
     d.set_defaults(fn=cmd_demo)
+    for verb in (t, s, q, pr, e, r, bl, bk, bc, d):
+        add_threads(verb)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return args.fn(args)
-    except FastflowError as e:
-        print(f"fastflow: error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("fastflow: interrupted", file=sys.stderr)
-        return 130
+    return run_cli("fastflow", args.fn, args)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from fastflow.errors import DataError
+from fastflow.errors import ConfigError, DataError
 
 
 @dataclass
@@ -77,10 +77,16 @@ class BatchStream:
     function of ``(seed, step, rank, world)``: resuming at step ``s`` needs no saved state.
     """
 
+    #: A batch may repeat each sample at most this many times (a larger one is a config mistake).
+    MAX_REPEATS = 64
+
     def __init__(self, dataset: Dataset, batch_size: int, seed: int = 0, rank: int = 0,
                  world: int = 1) -> None:
         if batch_size < 1:
-            raise DataError(f"batch size must be >= 1, got {batch_size}")
+            raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+        if batch_size > self.MAX_REPEATS * len(dataset):
+            raise ConfigError(f"batch size {batch_size} is over {self.MAX_REPEATS}× the dataset's {len(dataset)} "
+                              "samples; lower train.batch_size")
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.rank, self.world, self.n = rank, world, len(dataset)
         self._perm: tuple[int, Tensor] | None = None
@@ -92,14 +98,16 @@ class BatchStream:
         return self._perm[1]
 
     def indices(self, step: int) -> Tensor:
-        start = (step * self.world + self.rank) * self.batch_size
-        pos = torch.arange(start, start + self.batch_size)
-        epochs = pos // self.n
-        out = torch.empty_like(pos)
-        for e in epochs.unique().tolist():
-            m = epochs == e
-            out[m] = self._epoch_perm(e)[pos[m] % self.n]
-        return out
+        """Dataset indices of ``step``'s batch on this rank: O(batch + dataset) work."""
+        pos = (step * self.world + self.rank) * self.batch_size
+        end = pos + self.batch_size
+        parts = []
+        while pos < end:  # one slice per epoch the batch spans
+            epoch, offset = divmod(pos, self.n)
+            take = min(self.n - offset, end - pos)
+            parts.append(self._epoch_perm(epoch)[offset:offset + take])
+            pos += take
+        return torch.cat(parts)
 
     def batch(self, step: int) -> Batch:
         return self.dataset.get(self.indices(step))

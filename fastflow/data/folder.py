@@ -13,9 +13,18 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from fastflow.data.base import Batch, Dataset
-from fastflow.errors import DataError
+from fastflow.errors import ConfigError, DataError
 
 EXTENSIONS = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+
+
+def decode_image(path: str | Path, channels: int) -> np.ndarray:
+    """Decode an image file as ``[H, W, channels]`` uint8 (grey or RGB; alpha dropped)."""
+    try:
+        with Image.open(path) as im:
+            return _hwc(np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.uint8))
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DataError(f"{path}: cannot decode image ({e})") from None
 
 
 def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
@@ -28,22 +37,27 @@ def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
             im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
             im = im.resize((size, size), Image.Resampling.BICUBIC)
             arr = np.asarray(im, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise DataError(f"{path}: cannot decode image ({e})") from None
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1)
+    return torch.from_numpy(_hwc(arr).copy()).permute(2, 0, 1)
+
+
+def _hwc(arr: np.ndarray) -> np.ndarray:
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 class ImageFolderDataset(Dataset):
     def __init__(self, root: str, resolution: int = 32, channels: int = 3) -> None:
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= 4096:
+            raise ConfigError(f"data.resolution must be an integer in [1, 4096], got {resolution!r}")
+        if channels not in (1, 3):
+            raise ConfigError(f"data.channels must be 1 or 3, got {channels!r}")
         r = Path(root)
         if not r.is_dir():
             raise DataError(f"image folder {root!r} does not exist")
         self.files = sorted(p for p in r.rglob("*") if p.suffix.lower() in EXTENSIONS)
         if not self.files:
             raise DataError(f"no images ({', '.join(sorted(EXTENSIONS))}) found under {root!r}")
-        if channels not in (1, 3):
-            raise DataError(f"channels must be 1 or 3, got {channels}")
         self.resolution, self.channels = resolution, channels
         classes = sorted({p.relative_to(r).parts[0] for p in self.files if len(p.relative_to(r).parts) > 1})
         if len(classes) >= 2 and all(len(p.relative_to(r).parts) > 1 for p in self.files):

@@ -54,5 +54,6 @@ def save_sweep_plot(rows: list[dict[str, Any]], path: str) -> None:
     axes[1].axhline(1.0, color="k", lw=0.5)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    from fastflow.utils.images import save_figure
+
+    save_figure(fig, path)

@@ -6,8 +6,9 @@ Checkpoints written before digests load with a one-time warning."""
 
 from __future__ import annotations
 
-import json
 import logging
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ from torch import nn
 from fastflow import __version__
 from fastflow.errors import CheckpointError, ConfigError
 from fastflow.models.presets import arch_of, build_model
-from fastflow.utils.io import atomic_save_tensors, atomic_write_json
+from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json
 
 FORMAT = "fastflow-model"
 log = logging.getLogger("fastflow.checkpoint")
 _warned_legacy: set[Path] = set()
+#: Training checkpoints are ``<run>/checkpoints/step-XXXXXXXX``.
+STEP_NAME = re.compile(r"step-(\d{8})")
 
 
 def save_model(directory: str | Path, model: nn.Module, ema: nn.Module | None = None,
@@ -66,10 +69,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     path = Path(directory) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{directory}: no config.json (not a fastflow checkpoint directory)")
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path}: corrupted JSON ({e})") from None
+    cfg = read_json(path, CheckpointError)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT or "model" not in cfg:
         raise CheckpointError(f"{path}: not a {FORMAT} config")
     return cfg
@@ -107,15 +107,42 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     model.load_state_dict(state)
 
 
+def checkpoints_root(run_dir: str | Path) -> Path:
+    """``<run>/checkpoints``, refusing a path there that is not a directory (a file, or a broken or
+    self-looping symlink would otherwise read as "no checkpoints" and restart training from 0)."""
+    root = Path(run_dir) / "checkpoints"
+    if os.path.lexists(root) and not root.is_dir():
+        raise CheckpointError(f"{root} is not a directory (a file, or a broken or looping symlink)")
+    return root
+
+
+def read_latest(root: Path) -> Path | None:
+    """The checkpoint directory ``root/latest`` names (``None`` when there is no pointer)."""
+    pointer = root / "latest"
+    if not os.path.lexists(pointer):
+        return None
+    try:
+        name = pointer.read_bytes().decode("ascii").strip()
+    except OSError as e:
+        raise CheckpointError(f"{pointer}: unreadable ({e.strerror or e})") from None
+    except UnicodeDecodeError:
+        name = ""
+    if not STEP_NAME.fullmatch(name):
+        raise CheckpointError(f"{pointer}: corrupted (not a checkpoint name); delete it to use the newest "
+                              "complete checkpoint")
+    return root / name
+
+
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory as given, or a training run directory → its newest checkpoint."""
+    """A checkpoint directory as given, or a training run directory → its newest checkpoint
+    (the one ``checkpoints/latest`` names, else the highest step)."""
     p = Path(path)
     if (p / "config.json").is_file():
         return p
-    root = p / "checkpoints"
-    pointer = root / "latest"
-    if pointer.is_file() and (root / pointer.read_text().strip() / "config.json").is_file():
-        return root / pointer.read_text().strip()
+    root = checkpoints_root(p)
+    latest = read_latest(root) if root.is_dir() else None
+    if latest is not None and (latest / "config.json").is_file():
+        return latest
     found = sorted(q for q in root.glob("step-*") if (q / "config.json").is_file()) if root.is_dir() else []
     if not found:
         raise CheckpointError(f"{path}: neither a checkpoint directory nor a run with checkpoints")

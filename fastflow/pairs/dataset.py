@@ -19,6 +19,7 @@ import torch
 from fastflow.data.base import Batch, Dataset
 from fastflow.errors import DataError
 from fastflow.pairs.writer import MANIFEST, tensors_digest
+from fastflow.utils.io import read_json
 
 log = logging.getLogger("fastflow.pairs")
 _warned_legacy: set[Path] = set()
@@ -65,7 +66,7 @@ class PairDataset(Dataset):
         mpath = r / MANIFEST
         if not mpath.is_file():
             raise DataError(f"{root}: no {MANIFEST} (generate pairs with `fastflow pairs`)")
-        self.manifest = json.loads(mpath.read_text())
+        self.manifest = read_json(mpath, DataError)
         if not self.manifest.get("complete"):
             raise DataError(f"{root}: pair generation has not finished; rerun `fastflow pairs` "
                             "with the same arguments to complete it")

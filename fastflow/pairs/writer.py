@@ -14,7 +14,6 @@ every shard exists, counts, mean NFE and throughput.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import time
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from tqdm import tqdm
 from fastflow import __version__
 from fastflow.errors import DataError
 from fastflow.utils.distributed import DistInfo, barrier
-from fastflow.utils.io import atomic_save_tensors, atomic_write_json
+from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json
 
 MANIFEST = "manifest.json"
 
@@ -96,7 +95,7 @@ def generate_pairs(teacher: Teacher, out: str | Path, n: int, sample_shape: Sequ
     manifest_path = root / MANIFEST
     if info.main:
         if manifest_path.is_file():
-            old = json.loads(manifest_path.read_text())
+            old = read_json(manifest_path, DataError)
             if old.get("settings") != settings:
                 raise DataError(f"{root} holds pairs made with other settings; "
                                 "use another output directory or delete it")
@@ -157,7 +156,7 @@ def finalize_manifest(root: Path, settings: dict[str, Any], n_shards: int,
         c = int(meta["count"])
         counts.append(c)
         nfe_sum += float(meta["nfe"]) * c
-    manifest = json.loads((root / MANIFEST).read_text())
+    manifest = read_json(root / MANIFEST, DataError)
     manifest.update(complete=True, count=sum(counts), shards=[shard_name(k) for k in range(n_shards)],
                     shard_counts=counts, mean_nfe=nfe_sum / sum(counts))
     if pairs_per_s is not None:

@@ -14,10 +14,12 @@ def truncate_log(path: Path, step: int) -> None:
     if not path.is_file():
         return
     keep = []
-    for line in path.read_text().splitlines():
+    for line in path.read_text(errors="replace").splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:  # a line cut by a kill
+            continue
+        if not isinstance(rec, dict):
             continue
         if rec.get("step", 0) <= step:
             keep.append(line)

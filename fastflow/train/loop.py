@@ -18,7 +18,7 @@ from tqdm import tqdm
 from fastflow.data import BatchStream, Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
-from fastflow.models.checkpoint import load_weights, resolve_checkpoint
+from fastflow.models.checkpoint import checkpoints_root, load_weights, resolve_checkpoint
 from fastflow.models.presets import build_model, sample_shape, viewable
 from fastflow.objectives import build_objective
 from fastflow.train.config import TrainConfig, dump_config
@@ -26,7 +26,7 @@ from fastflow.utils.distributed import DistInfo, barrier, gather_bytes, init_dis
 from fastflow.train.ema import EMA
 from fastflow.train.logger import Logger, truncate_log
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
-from fastflow.utils.io import atomic_write_text
+from fastflow.utils.io import atomic_write_text, remove_stale_temps, writable_dir
 from fastflow.utils.images import save_samples
 
 
@@ -114,6 +114,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     data = build_dataset(cfg.data)
     model = build_model(cfg.model)
     check_model_data(model, data)
+    stream = BatchStream(data, cfg.train.batch_size // info.world, cfg.seed, info.rank, info.world)
     model.to(info.device)
     ema = EMA(model, cfg.train.ema_rate)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
@@ -122,10 +123,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
                                 device=info.device)
 
     start = 0
-    ckpt = latest_checkpoint(run)
+    ckpt = latest_checkpoint(run)  # a looping symlink or a corrupted `latest` is an error, not "none"
     if ckpt is not None and not resume:
         raise ConfigError(f"{run} already holds checkpoints: pass --resume to continue, "
                           "or choose another out_dir")
+    if info.main:  # every output path is checked before the first step
+        writable_dir(run)
+        for d in (run, checkpoints_root(run), run / "samples"):
+            remove_stale_temps(d)  # what a kill during a write left behind
+    if resume and ckpt is None and info.main:
+        print(f"note: --resume: no checkpoint in {run}; starting from step 0")
     if resume and ckpt is not None:
         state = load_checkpoint(ckpt, model, ema.model)
         opt.load_state_dict(state.optimizer)
@@ -153,7 +160,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     logger = sampler = None
     if info.main:
-        run.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run / "config.yaml", dump_config(cfg))
         truncate_log(run / "log.jsonl", start)
         logger = Logger(run, cfg.train.tensorboard)
@@ -164,7 +170,6 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     if info.world > 1:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-    stream = BatchStream(data, cfg.train.batch_size // info.world, cfg.seed, info.rank, info.world)
     amp = autocast_for(cfg.train.amp, info.device)
     clip = cfg.optim.grad_clip or math.inf
     meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf"),

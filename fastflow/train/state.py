@@ -5,7 +5,7 @@ temporary name and renamed when complete; ``checkpoints/latest`` names the newes
 
 from __future__ import annotations
 
-import re
+import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +15,9 @@ import torch
 from torch import nn
 
 from fastflow.errors import CheckpointError
-from fastflow.models.checkpoint import load_weights, save_model, verify_payload
+from fastflow.models.checkpoint import (STEP_NAME, checkpoints_root, load_weights, read_latest, save_model,
+                                        verify_payload)
 from fastflow.utils.io import atomic_torch_save, atomic_write_text
-
-_NAME = re.compile(r"^step-(\d{8})$")
 
 
 @dataclass
@@ -29,14 +28,10 @@ class TrainState:
     cuda_rng: list[torch.Tensor]  # CUDA RNG state per rank (empty on CPU)
 
 
-def checkpoint_dir(run_dir: str | Path) -> Path:
-    return Path(run_dir) / "checkpoints"
-
-
 def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state: TrainState,
                     keep: int, meta: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint of ``state.step`` atomically, point ``latest`` at it, prune old ones."""
-    root = checkpoint_dir(run_dir)
+    root = checkpoints_root(run_dir)
     name = f"step-{state.step:08d}"
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -54,21 +49,19 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoint directories, oldest first."""
-    root = checkpoint_dir(run_dir)
+    root = checkpoints_root(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _NAME.match(p.name) and (p / "state.pt").is_file()]
+    found = [p for p in root.iterdir() if STEP_NAME.fullmatch(p.name) and (p / "state.pt").is_file()]
     return sorted(found, key=lambda p: p.name)
 
 
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint (``latest`` if valid, else the highest step found)."""
-    root = checkpoint_dir(run_dir)
-    pointer = root / "latest"
-    if pointer.is_file():
-        p = root / pointer.read_text().strip()
-        if _NAME.match(p.name) and (p / "state.pt").is_file():
-            return p
+    root = checkpoints_root(run_dir)
+    p = read_latest(root) if root.is_dir() else None
+    if p is not None and (p / "state.pt").is_file():
+        return p
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
 
@@ -85,5 +78,9 @@ def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module) -> Train
         return TrainState(int(raw["step"]), raw["optimizer"], list(raw["rng"]), list(raw["cuda_rng"]))
     except FileNotFoundError:
         raise CheckpointError(f"{p}: state.pt missing") from None
-    except Exception as e:  # truncated zip, wrong keys, unpickling refused
-        raise CheckpointError(f"{p / 'state.pt'}: unreadable training state ({e})") from None
+    except pickle.UnpicklingError:  # weights_only refused an object: never retried unsafely
+        raise CheckpointError(f"{p / 'state.pt'}: holds objects other than tensors and plain containers; "
+                              "refused to unpickle it") from None
+    except Exception as e:  # truncated zip, wrong keys
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CheckpointError(f"{p / 'state.pt'}: unreadable training state ({first})") from None

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
+
+from fastflow.errors import ShapeError
+from fastflow.utils.io import atomic_write
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -30,10 +34,8 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, pad: i
     img = Image.fromarray(grid[:, :, 0] if c == 1 else grid)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.Resampling.NEAREST)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    img.save(p)
-    return p
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return Path(path)
 
 
 def save_scatter(points: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
@@ -53,11 +55,16 @@ def save_scatter(points: torch.Tensor, path: str | Path, reference: torch.Tensor
     ax.set_aspect("equal")
     ax.set_title(title)
     ax.legend(loc="upper right", fontsize=7)
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p, bbox_inches="tight")
+    return save_figure(fig, path, bbox_inches="tight")
+
+
+def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
+    """Write a matplotlib figure as PNG (atomically: never a half-written image) and close it."""
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", **kwargs))
     plt.close(fig)
-    return p
+    return Path(path)
 
 
 def save_samples(x: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
@@ -67,4 +74,4 @@ def save_samples(x: torch.Tensor, path: str | Path, reference: torch.Tensor | No
         return save_grid(x, path, upscale=max(1, 64 // x.shape[-1]))
     if x.dim() == 2 and x.shape[1] == 2:
         return save_scatter(x, path, reference, title)
-    raise ValueError(f"cannot draw samples of shape {tuple(x.shape)}")
+    raise ShapeError(f"cannot draw samples of shape {tuple(x.shape)}")

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name in the same directory, fsync, rename."""
+"""Atomic file writes (a temporary name ``.NAME.XXXX.tmp`` in the same directory, fsync, rename),
+checks that an output can be written before long work starts, and file digests."""
 
 from __future__ import annotations
 
@@ -15,9 +16,10 @@ from safetensors.torch import save_file
 from fastflow.errors import ConfigError
 
 
-def _atomic(path: Path, write: Any) -> str:
+def atomic_write(path: str | Path, write: Any) -> str:
     """Write through ``write(tmp)``, fsync, rename; returns the SHA-256 of the bytes written (taken
     from the temporary file, so the digest and the renamed file are the same bytes)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -33,6 +35,44 @@ def _atomic(path: Path, write: Any) -> str:
     return digest
 
 
+def remove_stale_temps(directory: str | Path) -> list[Path]:
+    """Delete what writes killed mid-way left in ``directory`` (``.NAME.XXXX.tmp`` files and
+    ``.step-N.tmp`` checkpoint directories). Only for directories this process owns (a run's)."""
+    import shutil
+
+    d = Path(directory)
+    stale = sorted(d.glob(".*.tmp")) if d.is_dir() else []
+    for p in stale:
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
+    return stale
+
+
+def writable_dir(path: str | Path) -> Path:
+    """Create directory ``path`` (and parents) and check a file can be written there."""
+    p = Path(path)
+    if os.path.lexists(p) and not p.is_dir():
+        raise ConfigError(f"{p} exists and is not a directory (or is a broken or looping symlink)")
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=p)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ConfigError(f"cannot write to directory {p}: {e.strerror or e}") from None
+    return p
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, an array larger than the memory this machine has available."""
+    try:
+        with open("/proc/meminfo") as f:
+            avail = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):  # not Linux: let the allocator decide
+        return
+    if nbytes > avail:
+        raise ConfigError(f"{what} need {nbytes / 1e9:.1f} GB; {avail / 1e9:.1f} GB of memory is available")
+
+
 def check_writable(path: str | Path) -> Path:
     """Fail before long work when no file can be written at ``path`` (creates its directory)."""
     p = Path(path)
@@ -44,12 +84,14 @@ def check_writable(path: str | Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise ConfigError(f"cannot write {p}: {e.strerror or e}") from None
+        blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker else e.strerror or e
+        raise ConfigError(f"cannot write {p}: {why}") from None
     return p
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
@@ -60,13 +102,35 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
                         metadata: dict[str, str] | None = None) -> str:
     """Save a flat tensor dict as safetensors (contiguous CPU copies); returns the file's SHA-256."""
     flat = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return _atomic(Path(path), lambda tmp: save_file(flat, tmp, metadata=metadata))
+    return atomic_write(path, lambda tmp: save_file(flat, tmp, metadata=metadata))
 
 
 def atomic_torch_save(path: str | Path, obj: Any) -> str:
     """``torch.save`` of plain containers of tensors/numbers (reloadable with weights_only);
     returns the file's SHA-256."""
-    return _atomic(Path(path), lambda tmp: torch.save(obj, tmp))
+    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_json(path: str | Path, error: type[Exception] = ConfigError) -> Any:
+    """Parse a JSON file; a missing, unreadable, non-UTF-8 or malformed file raises ``error``
+    naming it (one line)."""
+    try:
+        return json.loads(Path(path).read_bytes().decode("utf-8"))
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise error(f"{path}: corrupted JSON ({e})") from None
+
+
+def atomic_savez(path: str | Path, **arrays: Any) -> str:
+    """``numpy.savez`` through a temporary file (never a half-written ``.npz``)."""
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:  # a file object: savez would append ".npz" to a bare name
+            np.savez(f, **arrays)
+
+    return atomic_write(path, write)
 
 
 def file_digest(path: str | Path, chunk: int = 1 << 20) -> str:

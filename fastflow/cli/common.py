@@ -1,0 +1,155 @@
+"""What every CLI entry point shares: a parser whose errors are one line, checked argument types,
+``--threads``, and the error boundary.
+
+The boundary turns *expected* failures into one line on stderr and exit 2: fastflow's typed
+errors, OS errors on paths (missing, unwritable, a directory where a file is wanted, symlink
+loops, a full disk) and running out of memory. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from fastflow.errors import FastflowError
+from fastflow.utils.threads import THREADS_ENV, configure_threads
+
+#: OS errors that are the user's path or machine, not a bug.
+_PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EROFS,
+                errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG, errno.EXDEV, errno.EBUSY, errno.EIO}
+
+
+class Parser(argparse.ArgumentParser):
+    """``argparse`` with one-line errors (``PROG: error: …``, exit 2) instead of usage + error."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def positive_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {text}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    value = _number(text, int)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = _number(text, float)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def nonneg_float(text: str) -> float:
+    value = _number(text, float)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    return _number(text, float)
+
+
+def int_list(text: str) -> list[int]:
+    """``1,2,4`` → ``[1, 2, 4]`` (each >= 1)."""
+    try:
+        return [positive_int(t) for t in text.split(",")]
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"want a comma list of integers >= 1, got {text!r}") from None
+
+
+def choice_list(*choices: str) -> Callable[[str], list[str]]:
+    """A comma list of some of ``choices`` (no repeats)."""
+
+    def parse(text: str) -> list[str]:
+        items = text.split(",")
+        bad = [i for i in items if i not in choices]
+        if bad or len(set(items)) != len(items) or not items:
+            raise argparse.ArgumentTypeError(f"want a comma list of {', '.join(choices)}; got {text!r}")
+        return items
+
+    return parse
+
+
+def device_arg(text: str) -> torch.device:
+    """A torch device that exists here: ``cpu``, ``cuda`` or ``cuda:N`` with a GPU present."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r} (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU is available on this machine (use --device cpu)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: this machine has {torch.cuda.device_count()} GPU(s)")
+    elif device.type != "cpu":
+        raise argparse.ArgumentTypeError(f"device {text!r} is not supported (cpu, cuda, cuda:N)")
+    return device
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _number(text: str, kind: type) -> Any:
+    try:
+        value = kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {'an integer' if kind is int else 'a number'}: {text!r}") from None
+    if kind is float and not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be finite, got {text}")
+    return value
+
+
+def add_threads(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help=f"CPU threads for PyTorch (default: ${THREADS_ENV}, else one core fewer than "
+                        "this process may use, at least 1)")
+
+
+def run_cli(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Call ``fn(args)`` with the thread setting applied, behind the error boundary."""
+    try:
+        configure_threads(getattr(args, "threads", None))
+        return fn(args)
+    except FastflowError as e:
+        return _fail(prog, str(e))
+    except OSError as e:
+        if e.errno not in _PATH_ERRNOS:
+            raise
+        where = " -> ".join(str(f) for f in (e.filename, e.filename2) if f is not None)
+        return _fail(prog, f"{where + ': ' if where else ''}{e.strerror or e}")
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        return _fail(prog, f"out of memory ({_first_line(e) or 'MemoryError'}); use a smaller batch or --n")
+    except RuntimeError as e:  # the CPU allocator raises a plain RuntimeError
+        if "can't allocate memory" not in str(e):
+            raise
+        return _fail(prog, f"out of memory ({str(e).split('DefaultCPUAllocator: ')[-1].split('. Error')[0]}); "
+                           "use a smaller batch or --n")
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def _fail(prog: str, message: str) -> int:
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
