@@ -32,6 +32,7 @@ def tiny_config(out_dir: Path, *extra: str) -> TrainConfig:
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("FASTFLOW_THREADS", str(torch.get_num_threads()))  # the CLI computes as the tests do
     return env
 
 

@@ -400,6 +400,26 @@ def cmd_bench_codegen(args: argparse.Namespace) -> int:
     return 1 if found else 0
 
 
+def cmd_bench_threads(args: argparse.Namespace) -> int:
+    import platform
+
+    from fastflow.bench.threads import thread_sweep
+    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.table import format_table
+    from fastflow.utils.threads import available_cores, default_threads
+
+    check_writable(args.out)
+    sweep = args.sweep or list(range(1, available_cores() + 1))
+    rows = thread_sweep(sweep, steps=args.steps)
+    print(format_table(rows, ["threads", "neighbour", "step_ms_p50", "step_ms_p90", "slowdown_vs_idle"]))
+    atomic_write_json(args.out, {"device": f"cpu ({platform.machine()}, {available_cores()} cores available)",
+                                 "torch": torch.__version__, "workload": "demo teacher training step "
+                                 "(configs/digits.yaml, batch 128)", "default_threads": default_threads(),
+                                 "rows": rows})
+    print(f"default threads here: {default_threads()}; wrote {args.out}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from fastflow.demo import run_conditional, run_demo, run_sr
     from fastflow.utils.io import writable_dir
@@ -544,6 +564,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(fastflow/fused/spill_free.json)")
     bc.set_defaults(fn=cmd_bench_codegen)
 
+    bt = bsub.add_parser("threads", help="a demo training step at each CPU thread count, idle and next to a "
+                         "busy core (the measurement behind the --threads default)")
+    bt.add_argument("--sweep", type=int_list, default=None, help="thread counts (default: 1 … available cores)")
+    bt.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
+    bt.add_argument("--out", default="threads.json")
+    bt.set_defaults(fn=cmd_bench_threads)
+
     d = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~12 minutes)")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--scale", type=positive_float, default=1.0,
@@ -553,7 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sr", action="store_true", help="also run OFTSR ×4 on digits with the τ sweep (~3 more minutes)")
     d.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
     d.set_defaults(fn=cmd_demo)
-    for verb in (t, s, q, pr, e, r, bl, bk, bc, d):
+    for verb in (t, s, q, pr, e, r, bl, bk, bc, bt, d):
         add_threads(verb)
     return p
 

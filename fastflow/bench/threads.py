@@ -1,0 +1,70 @@
+"""CPU threads vs a busy neighbour: the time of one demo training step (``configs/digits.yaml``:
+the 0.74M-parameter teacher, batch 128; forward, backward, clipping, Adam) at each thread count,
+on an idle machine and next to a process that keeps one core busy.
+
+This is the measurement behind the default of ``fastflow.utils.threads`` (``fastflow bench threads``).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from fastflow.bench.timing import measure_latency
+
+BUSY_LOOP = "while True: pass"
+
+
+def _demo_step() -> Any:
+    """One training step of the demo's teacher, as a closure (fixed seed and batch)."""
+    from fastflow.data import BatchStream, build_dataset
+    from fastflow.models import build_model
+    from fastflow.objectives import build_objective
+    from fastflow.train import load_config
+
+    cfg = load_config("digits")
+    torch.manual_seed(0)
+    data = build_dataset(cfg.data)
+    model = build_model(cfg.model).train()
+    objective = build_objective(cfg.objective, num_classes=0, device=torch.device("cpu"))
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
+    batch = BatchStream(data, cfg.train.batch_size, cfg.seed).batch(0)
+
+    def step() -> None:
+        loss, _ = objective(model, batch, 0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+        opt.step()
+
+    return step
+
+
+def thread_sweep(threads: Sequence[int], steps: int = 20, warmup: int = 3) -> list[dict[str, Any]]:
+    """Median/p90 step time per (threads, neighbour) with the neighbour idle or one busy loop."""
+    step = _demo_step()
+    before = torch.get_num_threads()
+    rows = []
+    try:
+        for neighbour in ("idle", "one busy core"):
+            busy = subprocess.Popen([sys.executable, "-c", BUSY_LOOP]) if neighbour != "idle" else None
+            try:
+                for n in threads:
+                    torch.set_num_threads(n)
+                    lat = measure_latency(step, warmup=warmup, iters=steps)
+                    rows.append({"threads": n, "neighbour": neighbour, "step_ms_p50": lat.p50_ms,
+                                 "step_ms_p90": lat.p90_ms, "steps": lat.calls})
+            finally:
+                if busy is not None:
+                    busy.kill()
+                    busy.wait()
+    finally:
+        torch.set_num_threads(before)
+    idle = {r["threads"]: r["step_ms_p50"] for r in rows if r["neighbour"] == "idle"}
+    for r in rows:
+        r["slowdown_vs_idle"] = r["step_ms_p50"] / idle[r["threads"]]
+    return rows
