@@ -121,3 +121,32 @@ def test_batch_stream_deterministic_and_disjoint() -> None:
     for s in range(4):
         assert not set(r0.indices(s).tolist()) & set(r1.indices(s).tolist())
     assert not torch.equal(BatchStream(d, 8, seed=4).indices(0), a.indices(0))
+
+
+def test_batch_stream_spans_epochs_in_linear_time_and_bounds_the_batch() -> None:
+    import time
+
+    from fastflow.errors import ConfigError
+
+    d = build_dataset({"name": "toy2d", "n": 50})
+    s = BatchStream(d, 7, seed=2)
+    stream = torch.cat([s._epoch_perm(e) for e in range(4)])  # positions 0..199 of the definition
+    for step in range(20):  # batches that straddle epoch boundaries read the concatenated permutations
+        assert torch.equal(s.indices(step), stream[7 * step:7 * step + 7])
+    big = BatchStream(d, 64 * 50, seed=1)  # the largest batch allowed: 64 epochs in one batch
+    t0 = time.perf_counter()
+    idx = big.indices(3)
+    assert time.perf_counter() - t0 < 1.0
+    assert torch.equal(torch.bincount(idx, minlength=50), torch.full((50,), 64))  # each epoch once per sample
+    with pytest.raises(ConfigError, match="over 64×"):
+        BatchStream(d, 64 * 50 + 1)
+
+
+def test_thread_sweep_measures_idle_and_busy(monkeypatch) -> None:
+    from fastflow.bench import threads
+
+    threads._demo_step()()  # the real workload runs (one step)
+    monkeypatch.setattr(threads, "_demo_step", lambda: (lambda: torch.ones(64, 64) @ torch.ones(64, 64)))
+    rows = threads.thread_sweep([1], steps=2, warmup=0)
+    assert [(r["threads"], r["neighbour"]) for r in rows] == [(1, "idle"), (1, "one busy core")]
+    assert rows[0]["slowdown_vs_idle"] == 1.0 and all(r["step_ms_p50"] > 0 for r in rows)
