@@ -126,8 +126,6 @@ def test_batch_stream_deterministic_and_disjoint() -> None:
 def test_batch_stream_spans_epochs_in_linear_time_and_bounds_the_batch() -> None:
     import time
 
-    from fastflow.errors import ConfigError
-
     d = build_dataset({"name": "toy2d", "n": 50})
     s = BatchStream(d, 7, seed=2)
     stream = torch.cat([s._epoch_perm(e) for e in range(4)])  # positions 0..199 of the definition
@@ -150,3 +148,20 @@ def test_thread_sweep_measures_idle_and_busy(monkeypatch) -> None:
     rows = threads.thread_sweep([1], steps=2, warmup=0)
     assert [(r["threads"], r["neighbour"]) for r in rows] == [(1, "idle"), (1, "one busy core")]
     assert rows[0]["slowdown_vs_idle"] == 1.0 and all(r["step_ms_p50"] > 0 for r in rows)
+
+
+def test_photo_crops_are_seeded_and_the_eval_photographs_are_held_out() -> None:
+    from fastflow.data.photos import EVAL_PHOTOS, TRAIN_PHOTOS, PhotoCrops
+
+    assert not set(EVAL_PHOTOS) & set(TRAIN_PHOTOS)
+    a, b = PhotoCrops(size=16, count=10, seed=1), PhotoCrops(size=16, count=10, seed=1)
+    x = a.get(torch.arange(10)).x
+    assert x.shape == (10, 3, 16, 16) and x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x, b.get(torch.arange(10)).x) and torch.equal(a.get(torch.tensor([7])).x, x[7:8])
+    assert not torch.equal(PhotoCrops(size=16, count=10, seed=2).get(torch.arange(10)).x, x)
+    held = build_dataset({"name": "sr", "source": {"name": "photos", "split": "eval", "count": 4, "size": 16},
+                          "scale": 4})
+    batch = held.get(torch.arange(4))
+    assert batch.x.shape == batch.image.shape == (4, 3, 16, 16) and len(held.base.photos) == len(EVAL_PHOTOS)
+    with pytest.raises(ConfigError, match="split"):
+        PhotoCrops(split="test")

@@ -33,6 +33,7 @@ from fastflow.export.generator import Generator
 from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.flow.sample import generate
 from fastflow.metrics.cost import count_params
+from fastflow.utils.images import save_figure
 
 EULER_NS = (1, 2, 4, 8, 16, 32, 64)
 
@@ -217,6 +218,4 @@ def save_plot(rows: list[dict[str, Any]], path: str) -> None:
            title="one-step student vs multi-step teacher")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    from fastflow.utils.images import save_figure
-
     save_figure(fig, path)

@@ -577,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="multiply every training budget and the pair count (e.g. 4 for a longer run)")
     d.add_argument("--conditional", action="store_true",
                    help="also run InstaFlow on class-conditioned digits with CFG (~14 more minutes on 2 cores)")
-    d.add_argument("--sr", action="store_true", help="also run OFTSR ×4 on digits with the τ sweep (~3 more minutes)")
+    d.add_argument("--sr", action="store_true",
+                   help="also run OFTSR ×4 on photographs (scikit-image's; τ sweep on held-out ones)")
     d.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
     d.set_defaults(fn=cmd_demo)
     for verb in (t, s, q, pr, e, r, bl, bk, bc, bt, d):

@@ -18,6 +18,7 @@ DATASETS: dict[str, str] = {
     "cifar10": "fastflow.data.cifar10:Cifar10Dataset",
     "pairs": "fastflow.pairs.dataset:PairDataset",
     "sr": "fastflow.data.sr:SRDataset",
+    "photos": "fastflow.data.photos:PhotoCrops",
 }
 
 

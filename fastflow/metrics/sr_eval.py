@@ -3,7 +3,7 @@ input and the teacher's multi-step result, on fixed noise."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -12,27 +12,32 @@ from torch import Tensor, nn
 from fastflow.flow.sample import generate
 from fastflow.metrics.sr import sr_scores
 from fastflow.objectives.oftsr import oftsr_one_step, sr_start
+from fastflow.utils.images import save_figure
 
 TAUS = (0.01, 0.25, 0.5, 0.75, 0.99)
 
 
 @torch.no_grad()
 def tau_sweep(student: nn.Module, hr: Tensor, lq: Tensor, sigma_p: float, taus: Sequence[float] = TAUS,
-              teacher: nn.Module | None = None, teacher_steps: int = 32,
-              seed: int = 0) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
-    """Rows ``{"method", "tau", "NFE", "psnr", "ssim", "hf_ratio"}`` and the sample batches."""
+              teacher: nn.Module | None = None, teacher_steps: int = 32, seed: int = 0,
+              lpips: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
+    """Rows ``{"method", "tau", "NFE", "psnr", "ssim", "hf_ratio"[, "lpips"]}`` and the sample
+    batches; ``lpips(a, b) → [B]`` adds the mean LPIPS to each row."""
     g = torch.Generator().manual_seed(seed)
     noise = torch.randn(lq.shape, generator=g).to(lq.device)
-    rows, samples = [{"method": "bicubic input (lq)", "tau": None, "NFE": 0, **sr_scores(lq, hr)}], {"lq": lq}
+
+    def scores(x: Tensor) -> dict[str, float]:
+        return {**sr_scores(x, hr), **({"lpips": float(lpips(x, hr).mean())} if lpips is not None else {})}
+
+    rows, samples = [{"method": "bicubic input (lq)", "tau": None, "NFE": 0, **scores(lq)}], {"lq": lq}
     for tau in taus:
         x = oftsr_one_step(student, lq, tau, sigma_p, noise)
-        rows.append({"method": "OFTSR one step", "tau": tau, "NFE": 1, **sr_scores(x, hr)})
+        rows.append({"method": "OFTSR one step", "tau": tau, "NFE": 1, **scores(x)})
         samples[f"tau={tau}"] = x
     if teacher is not None:
         x0 = sr_start(lq, sigma_p, noise)
         x = generate(teacher, x0, "euler", teacher_steps, cond={"image": lq}, t0=0.0).x
-        rows.append({"method": f"teacher Euler {teacher_steps}", "tau": None, "NFE": teacher_steps,
-                     **sr_scores(x, hr)})
+        rows.append({"method": f"teacher Euler {teacher_steps}", "tau": None, "NFE": teacher_steps, **scores(x)})
         samples["teacher"] = x
     samples["hr"] = hr
     return rows, samples
@@ -54,6 +59,4 @@ def save_sweep_plot(rows: list[dict[str, Any]], path: str) -> None:
     axes[1].axhline(1.0, color="k", lw=0.5)
     axes[0].legend(fontsize=7)
     fig.tight_layout()
-    from fastflow.utils.images import save_figure
-
     save_figure(fig, path)
