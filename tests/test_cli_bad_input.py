@@ -235,7 +235,11 @@ def test_threads_option_and_environment(box, monkeypatch, threads) -> None:
     from fastflow.utils.threads import configure_threads, default_threads
 
     monkeypatch.delenv("FASTFLOW_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     assert configure_threads() == default_threads() == torch.get_num_threads() >= 1
+    torch.set_num_threads(2)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # e.g. torchrun's: left as it is
+    assert configure_threads() == 2 == torch.get_num_threads()
     monkeypatch.setenv("FASTFLOW_THREADS", "1")
     assert configure_threads() == 1 == torch.get_num_threads()
     assert configure_threads(2) == 2 == torch.get_num_threads()  # the option wins over the environment

@@ -1,5 +1,6 @@
-"""How many CPU threads PyTorch uses: ``--threads``, else ``$FASTFLOW_THREADS``, else one core fewer
-than this process may run on (at least 1).
+"""How many CPU threads PyTorch uses: ``--threads``, else ``$FASTFLOW_THREADS``, else what
+``$OMP_NUM_THREADS`` set (``torchrun`` sets 1 per rank), else one core fewer than this process may
+run on (at least 1).
 
 PyTorch's default (every core) collapses when anything else runs: its OpenMP pool waits at every
 barrier for the thread whose core was taken. On the 2-core machines here a demo training step went
@@ -42,6 +43,8 @@ def configure_threads(threads: int | None = None) -> int:
                 raise ConfigError(f"{THREADS_ENV}={raw!r} is not an integer") from None
             if threads < 1:
                 raise ConfigError(f"{THREADS_ENV} must be >= 1, got {threads}")
+        elif os.environ.get("OMP_NUM_THREADS", "").strip():  # a launcher's or the user's choice
+            return torch.get_num_threads()
         else:
             threads = default_threads()
     if threads != torch.get_num_threads():
