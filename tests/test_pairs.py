@@ -104,7 +104,7 @@ def _pairs_cmd(ckpt, out, ranks: int) -> list[str]:
 
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_sigkill_restart_gives_identical_pairs(tmp_path, slow_teacher, ranks) -> None:
-    env = {**cli_env(), "OMP_NUM_THREADS": "1"}  # same kernels whatever the rank count
+    env = {**cli_env(), "OMP_NUM_THREADS": "1", "FASTFLOW_THREADS": "1"}  # same kernels whatever the rank count
     ref = tmp_path / "ref"
     res = subprocess.run(_pairs_cmd(slow_teacher, ref, 1), env=env, cwd=ROOT, capture_output=True,
                          text=True, timeout=300)
