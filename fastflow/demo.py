@@ -59,9 +59,9 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _train(out: Path, name: str, overrides: list[str], config: str | None = "digits.yaml") -> Path:
+def _train(out: Path, name: str, overrides: list[str], config: str | None = "digits.yaml", seed: int = 0) -> Path:
     cfg = load_config(PACKAGED_CONFIGS / config if config else None,
-                      [f"out_dir={out / name}", "train.tensorboard=false", *overrides])
+                      [f"out_dir={out / name}", "train.tensorboard=false", f"seed={seed}", *overrides])
     _log(f"  {name}: {cfg.objective.get('name')} · {cfg.model} · {cfg.train.steps} steps")
     return latest_checkpoint(train(cfg, resume=latest_checkpoint(out / name) is not None))
 
@@ -159,7 +159,22 @@ def _export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> dict[str, Any
             "params (M)": count_params(model) / 1e6, "validation": val["passed"]}
 
 
-def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) -> dict[str, Any]:
+#: The paper's orderings on one-step digits FD: (claim, the better (method, solver), the worse one).
+ORDERINGS = [
+    ("2-RF one-step beats 1-RF one-step", ("2-RF student (annealing)", "euler 1"), ("1-RF teacher", "euler 1")),
+    ("distilled one-step beats 2-RF one-step", ("distilled (FGD)", "euler 1"), ("2-RF student (annealing)", "euler 1")),
+    ("Annealing Reflow beats plain reflow (one step)", ("2-RF student (annealing)", "euler 1"),
+     ("2-RF student (reflow)", "euler 1")),
+    ("FGD beats plain distillation (one step)", ("distilled (FGD)", "euler 1"), ("distilled (plain)", "euler 1")),
+]
+
+
+def _fd(rows: list[dict[str, Any]], method: str, solver: str) -> float:
+    return next(r["digits FD"] for r in rows if r["method"] == method and r["solver"] == solver)
+
+
+def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
+    """The SlimFlow pipeline; ``seed`` seeds every training run, the pairs and the scoring noise."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     seconds: dict[str, float] = {}
@@ -169,14 +184,14 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
 
     _log("[1/6] 1-RF teacher on digits")
     t0 = time.perf_counter()
-    teacher_ckpt = _train(out, "teacher-1rf", [f"train.steps={teacher_steps or _budget(1200, scale)}"])
+    teacher_ckpt = _train(out, "teacher-1rf", [f"train.steps={teacher_steps or _budget(1200, scale)}"], seed=seed)
     lap("teacher", t0)
 
     _log("[2/6] teacher pairs (RK45, rtol = atol = 1e-3)")
     t0 = time.perf_counter()
     n_pairs = _budget(2000, scale)
     teacher = FlowTeacher.from_checkpoint(teacher_ckpt, solver="rk45", rtol=1e-3, atol=1e-3)
-    manifest = generate_pairs(teacher, out / "pairs", n_pairs, SHAPE, shard_size=500, batch_size=500)
+    manifest = generate_pairs(teacher, out / "pairs", n_pairs, SHAPE, shard_size=500, batch_size=500, seed=seed)
     lap("pairs", t0)
     _log(f"  {manifest['count']} pairs, mean NFE {manifest['mean_nfe']:.1f}")
 
@@ -186,23 +201,24 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
              "optim.warmup=100", "train.sample_every=0"]
     reflow_steps = _budget(1000, scale)
     plain_ckpt = _train(out, "student-reflow", [*pairs, "objective={name: reflow}",
-                                                f"train.steps={reflow_steps}"])
+                                                f"train.steps={reflow_steps}"], seed=seed)
     anneal = f"objective={{name: reflow, anneal: cos_{_budget(400, scale)}}}"
     anneal_ckpt = _train(out, "student-annealing", [*pairs, anneal,
-                                                    f"train.steps={reflow_steps}"])
+                                                    f"train.steps={reflow_steps}"], seed=seed)
     lap("students", t0)
 
     _log("[4/6] one-step distillation of the Annealing-Reflow student: plain vs Flow-Guided")
     t0 = time.perf_counter()
     distill = [*pairs, f"train.init_from={anneal_ckpt}", f"train.steps={_budget(500, scale)}", "optim.lr=5e-4",
                "optim.warmup=50"]
-    distill_ckpt = _train(out, "student-distill", [*distill, "objective={name: distill}"])
-    fgd_ckpt = _train(out, "student-fgd", [*distill, f"objective={{name: fgd, teacher: '{anneal_ckpt}'}}"])
+    distill_ckpt = _train(out, "student-distill", [*distill, "objective={name: distill}"], seed=seed)
+    fgd_ckpt = _train(out, "student-fgd", [*distill, f"objective={{name: fgd, teacher: '{anneal_ckpt}'}}"],
+                      seed=seed)
     lap("distillation", t0)
 
     _log(f"[5/6] scoring {N_EVAL} samples per row from the same noise")
     t0 = time.perf_counter()
-    z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024))
+    z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024 + seed))
     models = {"1-RF teacher": load_model(teacher_ckpt), "2-RF student (reflow)": load_model(plain_ckpt),
               "2-RF student (annealing)": load_model(anneal_ckpt),
               "distilled (plain)": load_model(distill_ckpt), "distilled (FGD)": load_model(fgd_ckpt)}
@@ -227,17 +243,11 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
         rows.append(exported)
     lap("export", t0)
 
-    one = {r["method"]: r["digits FD"] for r in rows if r["NFE"] == 1}
-    checks = {
-        "2-RF one-step beats 1-RF one-step": one["2-RF student (annealing)"] < one["1-RF teacher"],
-        "distilled one-step beats 2-RF one-step": one["distilled (FGD)"] < one["2-RF student (annealing)"],
-        "2-RF is straighter than 1-RF": straight["2-RF student (annealing)"] < straight["1-RF teacher"],
-        "Annealing Reflow beats plain reflow (one step)":
-            one["2-RF student (annealing)"] < one["2-RF student (reflow)"],
-        "FGD beats plain distillation (one step)": one["distilled (FGD)"] < one["distilled (plain)"],
-        "more Euler steps beat one step (1-RF)": all(
-            r["digits FD"] < one["1-RF teacher"] for r in rows if r["method"] == "1-RF teacher" and r["NFE"] > 1),
-    }
+    checks = {claim: _fd(rows, *better) < _fd(rows, *worse) for claim, better, worse in ORDERINGS}
+    checks["2-RF is straighter than 1-RF"] = straight["2-RF student (annealing)"] < straight["1-RF teacher"]
+    checks["more Euler steps beat one step (1-RF)"] = all(
+        r["digits FD"] < _fd(rows, "1-RF teacher", "euler 1") for r in rows
+        if r["method"] == "1-RF teacher" and r["NFE"] > 1)
     if exported is not None:
         checks["ONNX export validates against PyTorch"] = exported.pop("validation")
     _overview(samples, out / "samples.png")
@@ -246,7 +256,7 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
         save_grid(samples[label][:64], out / f"grid_{name}.png", upscale=4)
     _plots(rows, out)
     seconds["total"] = time.perf_counter() - t_start
-    result = {"scale": scale, "rows": rows, "straightness": straight, "checks": checks,
+    result = {"scale": scale, "seed": seed, "rows": rows, "straightness": straight, "checks": checks,
               "pairs": {"count": manifest["count"], "mean_nfe": manifest["mean_nfe"]},
               "seconds": seconds}
     atomic_write_json(out / "results.json", result)
@@ -263,6 +273,46 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None) ->
         print(f"[{'x' if ok else ' '}] {name}")
     print(f"wrote {out}/samples.png, grid_fgd.png, grid_teacher_rk45.png, latency_vs_nfe.png, "
           f"student_fgd.onnx, results.json in {seconds['total']:.0f}s")
+    return result
+
+
+def run_seeds(out: Path, seeds: list[int], scale: float = 1.0) -> dict[str, Any]:
+    """The SlimFlow pipeline once per seed (``out/seed-S``), then every row as mean ± sd over the
+    seeds, and whether each of the paper's orderings holds beyond one sd: the better method's
+    mean + sd below the worse one's mean − sd (also: the paired gain, mean ± sd, and in how many
+    seeds it holds)."""
+    runs = [run_demo(out / f"seed-{s}", scale, seed=s) for s in seeds]
+    ms = lambda v: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)  # noqa: E731
+    rows = []
+    for r0 in runs[0]["rows"]:
+        same = [next(r for r in run["rows"] if (r["method"], r["solver"]) == (r0["method"], r0["solver"]))
+                for run in runs]
+        fd, cov = ms([r["digits FD"] for r in same]), ms([r["coverage"] for r in same])
+        rows.append({"method": r0["method"], "solver": r0["solver"], "NFE": float(np.mean([r["NFE"] for r in same])),
+                     "digits FD": f"{fd[0]:.1f} ± {fd[1]:.1f}", "coverage": f"{cov[0]:.2f} ± {cov[1]:.2f}",
+                     "fd_mean": fd[0], "fd_sd": fd[1], "coverage_mean": cov[0], "coverage_sd": cov[1],
+                     "latency ms (b=1)": float(np.median([r["latency ms (b=1)"] for r in same])),
+                     "params (M)": r0["params (M)"]})
+    orderings = []
+    for claim, better, worse in ORDERINGS:
+        b, w = ([_fd(run["rows"], *m) for run in runs] for m in (better, worse))
+        gain, (bm, bs), (wm, wsd) = ms([y - x for x, y in zip(b, w)]), ms(b), ms(w)
+        orderings.append({"claim": claim, "better": f"{bm:.1f} ± {bs:.1f}", "worse": f"{wm:.1f} ± {wsd:.1f}",
+                          "paired gain": f"{gain[0]:.2f} ± {gain[1]:.2f}",
+                          "seeds holding": f"{sum(y > x for x, y in zip(b, w))}/{len(seeds)}",
+                          "beyond one sd": bm + bs < wm - wsd})
+    straight = {m: ms([run["straightness"][m] for run in runs]) for m in runs[0]["straightness"]}
+    result = {"seeds": seeds, "scale": scale, "rows": rows, "orderings": orderings, "straightness": straight,
+              "per_seed": {str(s): run["checks"] for s, run in zip(seeds, runs)}}
+    atomic_write_json(out / "results-seeds.json", result)
+    print()
+    print(f"SlimFlow on digits over seeds {seeds} (mean ± sd; {N_EVAL} samples per row and seed)")
+    print(format_table(rows, ["method", "solver", "NFE", "digits FD", "coverage", "latency ms (b=1)", "params (M)"]))
+    print()
+    print(format_table(orderings, ["claim", "better", "worse", "paired gain", "seeds holding", "beyond one sd"]))
+    for m, (mean, sd) in straight.items():
+        print(f"straightness S of {m}: {mean:.4f} ± {sd:.4f}")
+    print(f"wrote {out}/results-seeds.json (each seed's run under {out}/seed-S)")
     return result
 
 
@@ -296,7 +346,7 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
                                         f"train.steps={_budget(500, scale)}", "optim.lr=5e-4", fgd])
 
     _log(f"scoring {N_EVAL} samples per row, labels 0..9 in turn, same noise")
-    z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024))
+    z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024 + seed))
     labels = torch.arange(N_EVAL) % 10
     plan = [("1-RF teacher", teacher_ckpt, "rk45", None, CFG_PAIRS),
             ("1-RF teacher", teacher_ckpt, "euler", 1, CFG_PAIRS),
@@ -333,7 +383,7 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
 SR_MODEL = ["model.arch=unet", "model.in_channels=3", "model.cond_channels=3", "model.resolution=32",
             "model.channels=16", "model.ch_mult=[1,2,2]", "model.num_res_blocks=1", "model.attn_resolutions=[]"]
 N_SR_EVAL = 256
-SR_TEACHER_STEPS, SR_STUDENT_STEPS = 600, 150
+SR_TEACHER_STEPS, SR_STUDENT_STEPS = 700, 200
 SR_STRIP = {"lq": "bicubic", "tau=0.01": "τ = 0.01", "tau=0.5": "τ = 0.5", "tau=0.99": "τ = 0.99",
             "teacher": "teacher, 32 steps", "hr": "ground truth"}
 

@@ -37,13 +37,17 @@ def test_measure_latency_cpu() -> None:
 def test_eval_cli_reports_everything(tmp_path) -> None:
     save_model(tmp_path, build_model({"preset": "digits-small"}))
     out = tmp_path / "e.json"
-    res = run_cli("eval", str(tmp_path), "--solver", "euler", "--steps", "2", "--n", "64", "--json", str(out))
+    res = run_cli("eval", str(tmp_path), "--solver", "euler", "--steps", "2", "--n", "64", "--seeds", "2",
+                  "--json", str(out))
     assert res.returncode == 0, res.stderr
-    for col in ("digits_fd", "digits_coverage", "straightness", "params", "gflops_per_sample",
+    for col in ("digits_fd", "digits_fd_sd", "digits_coverage", "straightness", "params", "gflops_per_sample",
                 "latency_ms_b1", "nfe"):
         assert col in res.stdout
     d = json.loads(out.read_text())
-    assert d["nfe"] == 2 and d["params"] == 187729 and d["digits_fd"] > 0
+    assert d["nfe"] == 2 and d["params"] == 187729 and d["digits_fd"] > 0 and d["seeds"] == [0, 1]
+    fds = d["digits_fd_per_seed"]  # two noise seeds: two different sample sets
+    assert len(fds) == 2 and fds[0] != fds[1] and d["digits_fd"] == pytest.approx(sum(fds) / 2)
+    assert d["digits_fd_sd"] == pytest.approx(abs(fds[0] - fds[1]) / 2**0.5)
     assert d["gflops_per_sample"] == pytest.approx(2 * d["gflops_per_call"])
     assert {"p50_ms", "p90_ms", "p99_ms"} <= set(d["latency"])
 

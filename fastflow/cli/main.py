@@ -173,7 +173,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fastflow.metrics.evaluate import evaluate
+    from fastflow.metrics.evaluate import evaluate_seeds
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 
@@ -184,11 +184,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if getattr(model.config, "cond_channels", 0):
         return _eval_sr(args, ckpt, model, device)
     out = check_writable(args.json or ckpt / f"eval-{args.solver}{steps or ''}.json")
-    res = evaluate(model, args.solver, steps, n=args.n, seed=args.seed, features=args.features,
-                   ref=args.ref, device=device)
+    res = evaluate_seeds(model, range(args.seed, args.seed + args.seeds), solver=args.solver, steps=steps, n=args.n,
+                         features=args.features, ref=args.ref, device=device)
     res["checkpoint"] = str(ckpt)
-    cols = [c for c in ("solver", "steps", "nfe", "digits_fd", "digits_coverage", "fid",
-                        "straightness", "params", "gflops_per_sample", "latency_ms_b1") if c in res]
+    metrics = [m for k in ("nfe", "digits_fd", "digits_coverage", "fid", "straightness")
+               for m in (k, f"{k}_sd" if args.seeds > 1 else "")]
+    cols = [c for c in ("solver", "steps", *metrics, "params", "gflops_per_sample", "latency_ms_b1") if c in res]
     print(format_table([res], cols))
     atomic_write_json(out, res)
     print(f"wrote {out}")
@@ -421,12 +422,15 @@ def cmd_bench_threads(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fastflow.demo import run_conditional, run_demo, run_sr
+    from fastflow.demo import run_conditional, run_demo, run_seeds, run_sr
     from fastflow.utils.io import writable_dir
 
     out = writable_dir(args.out)
     if not args.skip_main:
-        run_demo(out, scale=args.scale)
+        if args.seeds > 1:
+            run_seeds(out, list(range(args.seeds)), scale=args.scale)
+        else:
+            run_demo(out, scale=args.scale)
     if args.conditional:
         run_conditional(out / "conditional", scale=args.scale)
     if args.sr:
@@ -500,6 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--steps", type=positive_int, default=1)
     e.add_argument("--n", type=positive_int, default=1000, help="samples for the quality metrics")
     e.add_argument("--seed", type=nonneg_int, default=0)
+    e.add_argument("--seeds", type=positive_int, default=1,
+                   help="repeat with noise seeds SEED … SEED+N−1: metrics as mean with their sd (KEY_sd)")
     e.add_argument("--features", default="auto", choices=["auto", "digits", "inception", "none"])
     e.add_argument("--ref", default=None, help="reference .npz (mu/sigma or images x) for Inception FD")
     e.add_argument("--weights", default="ema", choices=["ema", "model"])
@@ -579,6 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run InstaFlow on class-conditioned digits with CFG (~14 more minutes on 2 cores)")
     d.add_argument("--sr", action="store_true",
                    help="also run OFTSR ×4 on photographs (scikit-image's; τ sweep on held-out ones)")
+    d.add_argument("--seeds", type=positive_int, default=1,
+                   help="run the SlimFlow pipeline with seeds 0 … N−1 (each in OUT/seed-S) and report mean ± sd")
     d.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
     d.set_defaults(fn=cmd_demo)
     for verb in (t, s, q, pr, e, r, bl, bk, bc, bt, d):

@@ -7,6 +7,7 @@ Quality features: the built-in digits classifier for ``1×16×16`` models, Incep
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,4 +83,22 @@ def evaluate(model: nn.Module, solver: str = "euler", steps: int | None = 1, n: 
     out["latency_ms_b1"] = lat.p50_ms
     out["latency"] = lat.to_dict()
     out["throughput_img_s"] = n / sample_s
+    return out
+
+
+#: Metrics that depend on the sampled noise (what ``evaluate_seeds`` averages).
+SEED_METRICS = ("nfe", "digits_fd", "digits_coverage", "fid", "straightness")
+
+
+def evaluate_seeds(model: nn.Module, seeds: Sequence[int], **kwargs: Any) -> dict[str, Any]:
+    """:func:`evaluate` once per noise seed: the noise-dependent metrics become their mean over
+    the seeds, with ``KEY_sd`` (sample standard deviation) and ``KEY_per_seed``; the rest
+    (parameters, FLOPs, latency) come from the first seed's run."""
+    runs = [evaluate(model, seed=s, **kwargs) for s in seeds]
+    out = {**runs[0], "seeds": list(seeds)}
+    for key in SEED_METRICS:
+        if key in out:
+            v = np.array([r[key] for r in runs], dtype=np.float64)
+            out.update({key: float(v.mean()), f"{key}_sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
+                        f"{key}_per_seed": v.tolist()})
     return out
