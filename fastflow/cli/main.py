@@ -81,9 +81,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     for i in tqdm(range(0, args.n, args.batch_size), desc="sample", disable=args.n <= args.batch_size,
                   unit="batch"):
         zi = z[i:i + args.batch_size].to(device)
-        ci = None if cond is None else (cond if isinstance(cond, dict) else cond[i:i + args.batch_size].to(device))
-        if isinstance(ci, dict):
-            ci = {"tokens": ci["tokens"].expand(len(zi), -1, -1)}
+        if isinstance(cond, dict):
+            ci = {"tokens": cond["tokens"].expand(len(zi), -1, -1)}
+        else:
+            ci = None if cond is None else cond[i:i + args.batch_size].to(device)
         res = generate(model, zi, args.solver, args.steps, cond=ci, cfg_scale=args.cfg, **kwargs)
         xs.append(res.x.float().cpu())
         nfe = max(nfe, res.nfe)
@@ -178,12 +179,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from fastflow.utils.table import format_table
 
     steps = None if args.solver in ("rk45", "one_step") else args.steps
-    if args.json:
-        check_writable(args.json)
+    out = check_writable(args.json) if args.json else None  # before loading anything
     device, ckpt, model = _load(args)
     if getattr(model.config, "cond_channels", 0):
         return _eval_sr(args, ckpt, model, device)
-    out = check_writable(args.json or ckpt / f"eval-{args.solver}{steps or ''}.json")
+    out = out or check_writable(ckpt / f"eval-{args.solver}{steps or ''}.json")
     res = evaluate_seeds(model, range(args.seed, args.seed + args.seeds), solver=args.solver, steps=steps, n=args.n,
                          features=args.features, ref=args.ref, device=device)
     res["checkpoint"] = str(ckpt)
