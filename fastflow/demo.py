@@ -59,11 +59,19 @@ def _log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def _train(out: Path, name: str, overrides: list[str], config: str | None = "digits.yaml", seed: int = 0) -> Path:
+def train_stage(out: Path, name: str, overrides: list[str], config: str | None = "digits.yaml", seed: int = 0) -> Path:
+    """Train ``out/name`` from a packaged config plus ``key=value`` overrides, resuming a run that
+    has checkpoints (a finished one returns at once); returns its latest checkpoint."""
     cfg = load_config(PACKAGED_CONFIGS / config if config else None,
                       [f"out_dir={out / name}", "train.tensorboard=false", f"seed={seed}", *overrides])
     _log(f"  {name}: {cfg.objective.get('name')} · {cfg.model} · {cfg.train.steps} steps")
     return latest_checkpoint(train(cfg, resume=latest_checkpoint(out / name) is not None))
+
+
+def student_overrides(pairs_root: Path) -> list[str]:
+    """Config overrides of the demo's students: ``digits-small`` from scratch on teacher pairs."""
+    return ["data.name=pairs", f"data.root={pairs_root}", "model.preset=digits-small", "optim.warmup=100",
+            "train.sample_every=0"]
 
 
 def _budget(n: int, scale: float) -> int:
@@ -184,7 +192,7 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None, se
 
     _log("[1/6] 1-RF teacher on digits")
     t0 = time.perf_counter()
-    teacher_ckpt = _train(out, "teacher-1rf", [f"train.steps={teacher_steps or _budget(1200, scale)}"], seed=seed)
+    teacher_ckpt = train_stage(out, "teacher-1rf", [f"train.steps={teacher_steps or _budget(1200, scale)}"], seed=seed)
     lap("teacher", t0)
 
     _log("[2/6] teacher pairs (RK45, rtol = atol = 1e-3)")
@@ -197,23 +205,22 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None, se
 
     _log("[3/6] small students (digits-small, ~4x fewer parameters) from scratch on the pairs")
     t0 = time.perf_counter()
-    pairs = ["data.name=pairs", f"data.root={out / 'pairs'}", "model.preset=digits-small",
-             "optim.warmup=100", "train.sample_every=0"]
+    pairs = student_overrides(out / "pairs")
     reflow_steps = _budget(1000, scale)
-    plain_ckpt = _train(out, "student-reflow", [*pairs, "objective={name: reflow}",
-                                                f"train.steps={reflow_steps}"], seed=seed)
+    plain_ckpt = train_stage(out, "student-reflow", [*pairs, "objective={name: reflow}",
+                                                     f"train.steps={reflow_steps}"], seed=seed)
     anneal = f"objective={{name: reflow, anneal: cos_{_budget(400, scale)}}}"
-    anneal_ckpt = _train(out, "student-annealing", [*pairs, anneal,
-                                                    f"train.steps={reflow_steps}"], seed=seed)
+    anneal_ckpt = train_stage(out, "student-annealing", [*pairs, anneal,
+                                                         f"train.steps={reflow_steps}"], seed=seed)
     lap("students", t0)
 
     _log("[4/6] one-step distillation of the Annealing-Reflow student: plain vs Flow-Guided")
     t0 = time.perf_counter()
     distill = [*pairs, f"train.init_from={anneal_ckpt}", f"train.steps={_budget(500, scale)}", "optim.lr=5e-4",
                "optim.warmup=50"]
-    distill_ckpt = _train(out, "student-distill", [*distill, "objective={name: distill}"], seed=seed)
-    fgd_ckpt = _train(out, "student-fgd", [*distill, f"objective={{name: fgd, teacher: '{anneal_ckpt}'}}"],
-                      seed=seed)
+    distill_ckpt = train_stage(out, "student-distill", [*distill, "objective={name: distill}"], seed=seed)
+    fgd_ckpt = train_stage(out, "student-fgd", [*distill, f"objective={{name: fgd, teacher: '{anneal_ckpt}'}}"],
+                           seed=seed)
     lap("distillation", t0)
 
     _log(f"[5/6] scoring {N_EVAL} samples per row from the same noise")
@@ -334,8 +341,8 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     t_start = time.perf_counter()
     cond = ["model.num_classes=10", "train.sample_every=0"]
     _log("[cond 1/4] class-conditional 1-RF teacher on digits (10 % condition dropout)")
-    teacher_ckpt = _train(out, "teacher-1rf", [*cond, "objective={name: rf, cond_drop: 0.1}",
-                                               f"train.steps={_budget(1200, scale)}"])
+    teacher_ckpt = train_stage(out, "teacher-1rf", [*cond, "objective={name: rf, cond_drop: 0.1}",
+                                                    f"train.steps={_budget(1200, scale)}"])
     _log(f"[cond 2/4] teacher pairs with CFG α = {CFG_PAIRS} (RK45, labels stored in the shards)")
     teacher = FlowTeacher.from_checkpoint(teacher_ckpt, solver="rk45", rtol=1e-3, atol=1e-3, cfg_scale=CFG_PAIRS)
     manifest = generate_pairs(teacher, out / "pairs", _budget(2000, scale), SHAPE, shard_size=500,
@@ -343,13 +350,13 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     _log(f"  {manifest['count']} pairs, mean NFE {manifest['mean_nfe']:.1f}")
     pairs = [*cond, "data.name=pairs", f"data.root={out / 'pairs'}", "optim.warmup=50"]
     _log("[cond 3/4] 2-RF from the teacher (reflow, 10 % condition dropout)")
-    reflow_ckpt = _train(out, "2rf", [*pairs, "objective={name: reflow, cond_drop: 0.1}",
-                                      f"train.init_from={teacher_ckpt}", f"train.steps={_budget(600, scale)}",
-                                      "optim.lr=1e-3"])
+    reflow_ckpt = train_stage(out, "2rf", [*pairs, "objective={name: reflow, cond_drop: 0.1}",
+                                           f"train.init_from={teacher_ckpt}", f"train.steps={_budget(600, scale)}",
+                                           "optim.lr=1e-3"])
     _log(f"[cond 4/4] one-step Flow-Guided Distillation guided by the 2-RF (α = {CFG_DISTILL})")
     fgd = f"objective={{name: fgd, teacher: '{reflow_ckpt}', cfg_scale: {CFG_DISTILL}}}"
-    fgd_ckpt = _train(out, "one-step", [*pairs, f"train.init_from={reflow_ckpt}",
-                                        f"train.steps={_budget(500, scale)}", "optim.lr=5e-4", fgd])
+    fgd_ckpt = train_stage(out, "one-step", [*pairs, f"train.init_from={reflow_ckpt}",
+                                             f"train.steps={_budget(500, scale)}", "optim.lr=5e-4", fgd])
 
     _log(f"scoring {N_EVAL} samples per row, labels 0..9 in turn, same noise")
     z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024 + seed))
@@ -407,15 +414,15 @@ def run_sr(out: Path, scale: float = 1.0) -> dict[str, Any]:
     common = [*SR_MODEL, f"data={data}", "optim.lr=2e-3", "optim.warmup=50", "train.ema_rate=0.999",
               "train.sample_every=0", "train.sample_n=16"]
     _log("[sr 1/3] SR teacher flow from x0 = sqrt(1 − σp²)·lq + σp·ε (photo crops ×4, σp = 0.1)")
-    teacher_ckpt = _train(out, "teacher", [*common, "objective={name: sr, sigma_p: 0.1}", "train.batch_size=32",
-                                           f"train.steps={_budget(SR_TEACHER_STEPS, scale)}"], config=None)
+    teacher_ckpt = train_stage(out, "teacher", [*common, "objective={name: sr, sigma_p: 0.1}", "train.batch_size=32",
+                                                f"train.steps={_budget(SR_TEACHER_STEPS, scale)}"], config=None)
     _log("[sr 2/3] OFTSR one-step distillation (bootstrap + boundary + alignment)")
     # a student step costs 4 teacher calls and a 3× batch: batch 16 (as fast per step as 32 on 1 thread
     # here) and more steps close the gap to the teacher at τ ≈ 1 (200 steps at batch 32: 0.74 dB)
-    student_ckpt = _train(out, "one-step", [*common, f"objective={{name: oftsr, teacher: '{teacher_ckpt}'}}",
-                                            "train.batch_size=16",
-                                            f"train.init_from={teacher_ckpt}",
-                                            f"train.steps={_budget(SR_STUDENT_STEPS, scale)}"], config=None)
+    student_ckpt = train_stage(out, "one-step", [*common, f"objective={{name: oftsr, teacher: '{teacher_ckpt}'}}",
+                                                 "train.batch_size=16",
+                                                 f"train.init_from={teacher_ckpt}",
+                                                 f"train.steps={_budget(SR_STUDENT_STEPS, scale)}"], config=None)
     _log(f"[sr 3/3] τ sweep on {N_SR_EVAL} crops of held-out photographs")
     held_out = {"name": "sr", "source": {"name": "photos", "split": "eval", "count": N_SR_EVAL}, "scale": 4}
     b = build_dataset(held_out).get(torch.arange(N_SR_EVAL))
