@@ -207,3 +207,25 @@ def test_oftsr_tau_trades_fidelity_for_realism_on_digits_x4(tmp_path) -> None:
     assert all(a < b for a, b in zip(hf, hf[1:])), hf
     assert min(psnrs) > lq["psnr"] + 5  # far better than the bicubic input
     assert abs(psnrs[-1] - teach["psnr"]) < 0.5 and abs(hf[-1] - teach["hf_ratio"]) < 0.05
+
+
+def test_tau_sweep_adds_the_perceptual_column() -> None:
+    """The ``lpips`` hook (the demo passes LPIPSDistance when FASTFLOW_LPIPS_BACKBONE is set): every
+    row gets the mean of the given per-image distance between its samples and the ground truth."""
+    from fastflow.metrics.sr_eval import tau_sweep
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "digits-small", "cond_channels": 1}).eval()
+    b = build_dataset({"name": "sr", "source": "digits", "scale": 4}).get(torch.arange(8))
+    calls = []
+
+    def dist(x: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        calls.append(len(x))
+        return (x - hr).abs().flatten(1).mean(1)
+
+    rows, samples = tau_sweep(model, b.x, b.image, 0.1, (0.01, 0.99), teacher=model, teacher_steps=2, lpips=dist)
+    keys = ["lq", "tau=0.01", "tau=0.99", "teacher"]
+    assert [r["lpips"] for r in rows] == pytest.approx([float((samples[k] - b.x).abs().mean()) for k in keys])
+    assert calls == [8] * 4
+    plain, _ = tau_sweep(model, b.x, b.image, 0.1, (0.01, 0.99))
+    assert all("lpips" not in r for r in plain)
