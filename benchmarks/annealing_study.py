@@ -38,12 +38,12 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from fastflow.demo import SHAPE, student_overrides, train_stage
 from fastflow.flow import generate
 from fastflow.metrics import digits_scores
+from fastflow.metrics.evaluate import mean_sd
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, PairDataset, generate_pairs
 from fastflow.train.state import latest_checkpoint
@@ -117,10 +117,6 @@ def _job(demo: Path, out: Path, run: Run) -> dict[str, Any]:
     return record
 
 
-def _ms(v: list[float]) -> tuple[float, float]:
-    return float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0
-
-
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
     """Per setting (steps, channels) and schedule: mean ± sd of every score and the paired gain over
     plain reflow of the same seed and setting; per setting: the schedule chosen on ``val_fd`` alone
@@ -138,10 +134,10 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             base = [by[(s, steps, channels, "reflow")] for s in seeds]
             row = {"steps": steps, "channels": channels, "schedule": sched, "seeds": len(rs)}
             for key in ("val_fd", "val_mse", "eval_fd"):
-                row[key], row[f"{key}_sd"] = _ms([r[key] for r in rs])
+                row[key], row[f"{key}_sd"] = mean_sd([r[key] for r in rs])
             for key in ("val", "eval"):
                 gains = [b[f"{key}_fd"] - r[f"{key}_fd"] for b, r in zip(base, rs)]
-                row[f"{key}_gain"], row[f"{key}_gain_sd"] = _ms(gains)
+                row[f"{key}_gain"], row[f"{key}_gain_sd"] = mean_sd(gains)
                 row[f"{key}_gain_per_seed"] = gains
             row["eval_gain_seeds"] = sum(g > 0 for g in row["eval_gain_per_seed"])
             rows.append(row)

@@ -41,6 +41,7 @@ from fastflow.flow import generate, straightness
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.metrics import digits_scores
 from fastflow.metrics.digits import classify
+from fastflow.metrics.evaluate import mean_sd
 from fastflow.metrics.cost import count_params
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, generate_pairs
@@ -294,12 +295,11 @@ def aggregate_seeds(out: Path, seeds: list[int], runs: list[dict[str, Any]], sca
     paired gain (worse − better FD, mean ± sd over seeds: the seeds share nothing, but both methods
     of a seed share its teacher and pairs), in how many seeds it holds, whether it holds beyond one
     sd of that gain, and whether the two methods' mean ± sd intervals are apart."""
-    ms = lambda v: (float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else 0.0)  # noqa: E731
     rows = []
     for r0 in runs[0]["rows"]:
         same = [next(r for r in run["rows"] if (r["method"], r["solver"]) == (r0["method"], r0["solver"]))
                 for run in runs]
-        fd, cov = ms([r["digits FD"] for r in same]), ms([r["coverage"] for r in same])
+        fd, cov = mean_sd([r["digits FD"] for r in same]), mean_sd([r["coverage"] for r in same])
         rows.append({"method": r0["method"], "solver": r0["solver"], "NFE": float(np.mean([r["NFE"] for r in same])),
                      "digits FD": f"{fd[0]:.1f} ± {fd[1]:.1f}", "coverage": f"{cov[0]:.2f} ± {cov[1]:.2f}",
                      "fd_mean": fd[0], "fd_sd": fd[1], "coverage_mean": cov[0], "coverage_sd": cov[1],
@@ -308,12 +308,12 @@ def aggregate_seeds(out: Path, seeds: list[int], runs: list[dict[str, Any]], sca
     orderings = []
     for claim, better, worse in ORDERINGS:
         b, w = ([_fd(run["rows"], *m) for run in runs] for m in (better, worse))
-        gain, (bm, bs), (wm, wsd) = ms([y - x for x, y in zip(b, w)]), ms(b), ms(w)
+        gain, (bm, bs), (wm, wsd) = mean_sd([y - x for x, y in zip(b, w)]), mean_sd(b), mean_sd(w)
         orderings.append({"claim": claim, "better": f"{bm:.1f} ± {bs:.1f}", "worse": f"{wm:.1f} ± {wsd:.1f}",
                           "paired gain": f"{gain[0]:.2f} ± {gain[1]:.2f}",
                           "seeds holding": f"{sum(y > x for x, y in zip(b, w))}/{len(seeds)}",
                           "beyond one sd": gain[0] > gain[1], "intervals apart": bm + bs < wm - wsd})
-    straight = {m: ms([run["straightness"][m] for run in runs]) for m in runs[0]["straightness"]}
+    straight = {m: mean_sd([run["straightness"][m] for run in runs]) for m in runs[0]["straightness"]}
     result = {"seeds": seeds, "scale": scale, "rows": rows, "orderings": orderings, "straightness": straight,
               "per_seed": {str(s): run["checks"] for s, run in zip(seeds, runs)}}
     atomic_write_json(out / "results-seeds.json", result)

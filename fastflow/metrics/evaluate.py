@@ -86,6 +86,12 @@ def evaluate(model: nn.Module, solver: str = "euler", steps: int | None = 1, n: 
     return out
 
 
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (``ddof = 1``; 0 for a single value) of per-seed results."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
 #: Metrics that depend on the sampled noise (what ``evaluate_seeds`` averages).
 SEED_METRICS = ("nfe", "digits_fd", "digits_coverage", "fid", "straightness")
 
@@ -98,7 +104,7 @@ def evaluate_seeds(model: nn.Module, seeds: Sequence[int], **kwargs: Any) -> dic
     out = {**runs[0], "seeds": list(seeds)}
     for key in SEED_METRICS:
         if key in out:
-            v = np.array([r[key] for r in runs], dtype=np.float64)
-            out.update({key: float(v.mean()), f"{key}_sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0,
-                        f"{key}_per_seed": v.tolist()})
+            v = [float(r[key]) for r in runs]
+            out[key], out[f"{key}_sd"] = mean_sd(v)
+            out[f"{key}_per_seed"] = v
     return out
