@@ -577,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--out", default="threads.json")
     bt.set_defaults(fn=cmd_bench_threads)
 
-    d = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~12 minutes)")
+    d = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~20 minutes on 2 cores)")
     d.add_argument("--out", default="demo_out")
     d.add_argument("--scale", type=positive_float, default=1.0,
                    help="multiply every training budget and the pair count (e.g. 4 for a longer run)")
