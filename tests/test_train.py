@@ -167,10 +167,11 @@ def test_bf16_autocast_step(tmp_path) -> None:
 
 
 DDP_SCRIPT = r"""
-import sys, torch, torch.distributed as dist
+import os, sys, torch, torch.distributed as dist
 sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[1] + "/tests")
 from helpers import tiny_config
 from fastflow.train import train
+from fastflow.utils.distributed import shutdown_distributed
 steps, resume = int(sys.argv[3]), sys.argv[4] == "1"
 model_box = {}
 import fastflow.train.loop as loop
@@ -182,7 +183,9 @@ out = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
 dist.all_gather(out, vec)
 assert all(torch.equal(out[0], o) for o in out), "ranks diverged"
 print(f"rank {dist.get_rank()} ok {float(vec.abs().sum()):.6f}")
-dist.destroy_process_group()
+shutdown_distributed()  # gloo's threads are joined now, not left to race interpreter exit
+threads = [open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task")]
+assert not [t for t in threads if "gloo" in t], threads
 """
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from fastflow.errors import FastflowError
+from fastflow.utils.distributed import shutdown_distributed
 from fastflow.utils.threads import THREADS_ENV, configure_threads
 
 #: OS errors that are the user's path or machine, not a bug.
@@ -133,6 +134,8 @@ def run_cli(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.N
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        shutdown_distributed()
 
 
 def _first_line(e: BaseException) -> str:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import importlib
 import os
 from dataclasses import dataclass
 
@@ -30,8 +32,23 @@ def init_distributed() -> DistInfo:
     if cuda:
         torch.cuda.set_device(device)
     if world > 1 and not dist.is_initialized():
+        # torch._dynamo (imported by DDP) keeps references to a default group that exists when it is
+        # first imported, so destroy_process_group could not free it: import it first.
+        importlib.import_module("torch._dynamo")
         dist.init_process_group("nccl" if cuda else "gloo")
     return DistInfo(rank, world, local, device)
+
+
+def shutdown_distributed() -> None:
+    """Destroy the process group and free it while the interpreter is still alive.
+
+    Otherwise gloo's worker threads outlive it: one that releases its last collective's tensors
+    after interpreter shutdown has begun cannot take the GIL and aborts the process
+    ("terminate called without an active exception") after a successful run.
+    """
+    if dist.is_initialized():
+        dist.destroy_process_group()
+        gc.collect()  # DDP's reference cycles hold the group until collected
 
 
 def barrier(info: DistInfo) -> None:
