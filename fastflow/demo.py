@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +42,8 @@ from fastflow.flow import generate, straightness
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.metrics import digits_scores
 from fastflow.metrics.digits import classify
-from fastflow.metrics.evaluate import mean_sd
+from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
+from fastflow.metrics.evaluate import aggregate_rows, mean_sd
 from fastflow.metrics.cost import count_params
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, generate_pairs
@@ -284,27 +286,32 @@ def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None, se
     return result
 
 
-def run_seeds(out: Path, seeds: list[int], scale: float = 1.0) -> dict[str, Any]:
-    """The SlimFlow pipeline once per seed (``out/seed-S``), then :func:`aggregate_seeds`."""
-    runs = [run_demo(out / f"seed-{s}", scale, seed=s) for s in seeds]
-    return aggregate_seeds(out, seeds, runs, scale)
+def over_seeds(run: Callable[..., dict[str, Any]], out: Path, seeds: Sequence[int], scale: float,
+               keys: Sequence[str]) -> dict[str, Any]:
+    """``run(out/seed-S, scale, seed=S)`` for each seed; its rows as mean ± sd (``aggregate_rows``:
+    ``keys`` name a row), each check as the number of seeds in which it holds, and every run."""
+    runs = [run(out / f"seed-{s}", scale, seed=s) for s in seeds]
+    return {"seeds": list(seeds), "scale": scale, "rows": aggregate_rows([r["rows"] for r in runs], keys),
+            "checks": {name: sum(bool(r["checks"][name]) for r in runs) for name in runs[0]["checks"]},
+            "per_seed": {str(s): r for s, r in zip(seeds, runs)}}
 
 
-def aggregate_seeds(out: Path, seeds: list[int], runs: list[dict[str, Any]], scale: float = 1.0) -> dict[str, Any]:
-    """Every row of the per-seed ``results.json`` as mean ± sd, and for each paper ordering the
-    paired gain (worse − better FD, mean ± sd over seeds: the seeds share nothing, but both methods
-    of a seed share its teacher and pairs), in how many seeds it holds, whether it holds beyond one
-    sd of that gain, and whether the two methods' mean ± sd intervals are apart."""
-    rows = []
-    for r0 in runs[0]["rows"]:
-        same = [next(r for r in run["rows"] if (r["method"], r["solver"]) == (r0["method"], r0["solver"]))
-                for run in runs]
-        fd, cov = mean_sd([r["digits FD"] for r in same]), mean_sd([r["coverage"] for r in same])
-        rows.append({"method": r0["method"], "solver": r0["solver"], "NFE": float(np.mean([r["NFE"] for r in same])),
-                     "digits FD": f"{fd[0]:.1f} ± {fd[1]:.1f}", "coverage": f"{cov[0]:.2f} ± {cov[1]:.2f}",
-                     "fd_mean": fd[0], "fd_sd": fd[1], "coverage_mean": cov[0], "coverage_sd": cov[1],
-                     "latency ms (b=1)": float(np.median([r["latency ms (b=1)"] for r in same])),
-                     "params (M)": r0["params (M)"]})
+def _report_seeds(out: Path, result: dict[str, Any], title: str, columns: Sequence[str]) -> None:
+    atomic_write_json(out / "results-seeds.json", result)
+    print()
+    print(f"{title} over seeds {result['seeds']} (mean ± sd)")
+    print(format_table(result["rows"], columns))
+    for name, held in result["checks"].items():
+        print(f"[{held}/{len(result['seeds'])}] {name}")
+
+
+def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[str, Any]:
+    """The SlimFlow pipeline once per seed (``out/seed-S``), rows as mean ± sd, and for each paper
+    ordering the paired gain (worse − better FD, mean ± sd over seeds: the seeds share nothing, but
+    both methods of a seed share its teacher and pairs), in how many seeds it holds, whether it holds
+    beyond one sd of that gain, and whether the two methods' mean ± sd intervals are apart."""
+    result = over_seeds(run_demo, out, seeds, scale, ("method", "solver", "params (M)"))
+    runs = list(result["per_seed"].values())
     orderings = []
     for claim, better, worse in ORDERINGS:
         b, w = ([_fd(run["rows"], *m) for run in runs] for m in (better, worse))
@@ -313,17 +320,14 @@ def aggregate_seeds(out: Path, seeds: list[int], runs: list[dict[str, Any]], sca
                           "paired gain": f"{gain[0]:.2f} ± {gain[1]:.2f}",
                           "seeds holding": f"{sum(y > x for x, y in zip(b, w))}/{len(seeds)}",
                           "beyond one sd": gain[0] > gain[1], "intervals apart": bm + bs < wm - wsd})
-    straight = {m: mean_sd([run["straightness"][m] for run in runs]) for m in runs[0]["straightness"]}
-    result = {"seeds": seeds, "scale": scale, "rows": rows, "orderings": orderings, "straightness": straight,
-              "per_seed": {str(s): run["checks"] for s, run in zip(seeds, runs)}}
-    atomic_write_json(out / "results-seeds.json", result)
-    print()
-    print(f"SlimFlow on digits over seeds {seeds} (mean ± sd; {N_EVAL} samples per row and seed)")
-    print(format_table(rows, ["method", "solver", "NFE", "digits FD", "coverage", "latency ms (b=1)", "params (M)"]))
+    result["orderings"] = orderings
+    result["straightness"] = {m: mean_sd([run["straightness"][m] for run in runs]) for m in runs[0]["straightness"]}
+    _report_seeds(out, result, f"SlimFlow on digits ({N_EVAL} samples per row and seed)",
+                  ["method", "solver", "NFE", "digits FD", "coverage", "latency ms (b=1)", "params (M)"])
     print()
     print(format_table(orderings, ["claim", "better", "worse", "paired gain", "seeds holding", "beyond one sd",
                                    "intervals apart"]))
-    for m, (mean, sd) in straight.items():
+    for m, (mean, sd) in result["straightness"].items():
         print(f"straightness S of {m}: {mean:.4f} ± {sd:.4f}")
     print(f"wrote {out}/results-seeds.json (each seed's run under {out}/seed-S)")
     return result
@@ -335,28 +339,30 @@ CFG_PAIRS = 2.0  # CFG scale of the conditional teacher when it generates pairs
 CFG_DISTILL = 1.0
 
 
-def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
-    """InstaFlow on class-conditioned digits (condition = label; text embeddings take the same path)."""
+def run_conditional(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """InstaFlow on class-conditioned digits (condition = label; text embeddings take the same path);
+    ``seed`` seeds every training run, the pairs and the scoring noise."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     cond = ["model.num_classes=10", "train.sample_every=0"]
     _log("[cond 1/4] class-conditional 1-RF teacher on digits (10 % condition dropout)")
     teacher_ckpt = train_stage(out, "teacher-1rf", [*cond, "objective={name: rf, cond_drop: 0.1}",
-                                                    f"train.steps={_budget(1200, scale)}"])
+                                                    f"train.steps={_budget(1200, scale)}"], seed=seed)
     _log(f"[cond 2/4] teacher pairs with CFG α = {CFG_PAIRS} (RK45, labels stored in the shards)")
     teacher = FlowTeacher.from_checkpoint(teacher_ckpt, solver="rk45", rtol=1e-3, atol=1e-3, cfg_scale=CFG_PAIRS)
     manifest = generate_pairs(teacher, out / "pairs", _budget(2000, scale), SHAPE, shard_size=500,
-                              batch_size=500)
+                              batch_size=500, seed=seed)
     _log(f"  {manifest['count']} pairs, mean NFE {manifest['mean_nfe']:.1f}")
     pairs = [*cond, "data.name=pairs", f"data.root={out / 'pairs'}", "optim.warmup=50"]
     _log("[cond 3/4] 2-RF from the teacher (reflow, 10 % condition dropout)")
     reflow_ckpt = train_stage(out, "2rf", [*pairs, "objective={name: reflow, cond_drop: 0.1}",
                                            f"train.init_from={teacher_ckpt}", f"train.steps={_budget(600, scale)}",
-                                           "optim.lr=1e-3"])
+                                           "optim.lr=1e-3"], seed=seed)
     _log(f"[cond 4/4] one-step Flow-Guided Distillation guided by the 2-RF (α = {CFG_DISTILL})")
     fgd = f"objective={{name: fgd, teacher: '{reflow_ckpt}', cfg_scale: {CFG_DISTILL}}}"
     fgd_ckpt = train_stage(out, "one-step", [*pairs, f"train.init_from={reflow_ckpt}",
-                                             f"train.steps={_budget(500, scale)}", "optim.lr=5e-4", fgd])
+                                             f"train.steps={_budget(500, scale)}", "optim.lr=5e-4", fgd],
+                             seed=seed)
 
     _log(f"scoring {N_EVAL} samples per row, labels 0..9 in turn, same noise")
     z = torch.randn(N_EVAL, *SHAPE, generator=torch.Generator().manual_seed(2024 + seed))
@@ -378,7 +384,7 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     _overview(samples, out / "samples.png", per_row=20)
     save_grid(samples[next(k for k in samples if k.startswith("one-step"))], out / "grid_one_step.png",
               nrow=10, upscale=4)  # column j shows digit j
-    result = {"rows": rows, "checks": checks, "seconds": time.perf_counter() - t_start,
+    result = {"seed": seed, "rows": rows, "checks": checks, "seconds": time.perf_counter() - t_start,
               "pairs": {"count": manifest["count"], "mean_nfe": manifest["mean_nfe"], "cfg_scale": CFG_PAIRS}}
     atomic_write_json(out / "results.json", result)
     print()
@@ -392,20 +398,29 @@ def run_conditional(out: Path, scale: float = 1.0) -> dict[str, Any]:
     return result
 
 
+def run_conditional_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[str, Any]:
+    """:func:`run_conditional` once per seed (``out/seed-S``), rows as mean ± sd."""
+    result = over_seeds(run_conditional, out, seeds, scale, ("method", "solver", "CFG α", "params (M)"))
+    _report_seeds(out, result, f"InstaFlow on class-conditioned digits ({N_EVAL} samples per row and seed)",
+                  ["method", "solver", "CFG α", "NFE", "label accuracy", "digits FD", "coverage"])
+    return result
+
+
 #: OFTSR ×4 on photographs: 8×8 → 32×32 RGB crops; a small conditional UNet (~0.4M).
 SR_MODEL = ["model.arch=unet", "model.in_channels=3", "model.cond_channels=3", "model.resolution=32",
             "model.channels=16", "model.ch_mult=[1,2,2]", "model.num_res_blocks=1", "model.attn_resolutions=[]"]
 N_SR_EVAL = 256
 SR_TEACHER_STEPS, SR_STUDENT_STEPS = 700, 400
+SR_CLOSE = "one step at τ≈1 within 0.5 dB of the teacher's 32 steps"
 SR_STRIP = {"lq": "bicubic", "tau=0.01": "τ = 0.01", "tau=0.5": "τ = 0.5", "tau=0.99": "τ = 0.99",
             "teacher": "teacher, 32 steps", "hr": "ground truth"}
 
 
-def run_sr(out: Path, scale: float = 1.0) -> dict[str, Any]:
+def run_sr(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     """OFTSR ×4 on photographs: teacher flow and one-step student trained on random crops of
-    scikit-image's photographs, τ sweep on crops of held-out photographs."""
+    scikit-image's photographs, τ sweep on crops of held-out photographs; ``seed`` seeds both
+    training runs and the sweep's noise (the held-out crops are the same for every seed)."""
     from fastflow.data import build_dataset
-    from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
     from fastflow.objectives.lpips_distance import ENV as LPIPS_ENV
 
     out.mkdir(parents=True, exist_ok=True)
@@ -415,14 +430,16 @@ def run_sr(out: Path, scale: float = 1.0) -> dict[str, Any]:
               "train.sample_every=0", "train.sample_n=16"]
     _log("[sr 1/3] SR teacher flow from x0 = sqrt(1 − σp²)·lq + σp·ε (photo crops ×4, σp = 0.1)")
     teacher_ckpt = train_stage(out, "teacher", [*common, "objective={name: sr, sigma_p: 0.1}", "train.batch_size=32",
-                                                f"train.steps={_budget(SR_TEACHER_STEPS, scale)}"], config=None)
+                                                f"train.steps={_budget(SR_TEACHER_STEPS, scale)}"], config=None,
+                               seed=seed)
     _log("[sr 2/3] OFTSR one-step distillation (bootstrap + boundary + alignment)")
     # a student step costs 4 teacher calls and a 3× batch: batch 16 (as fast per step as 32 on 1 thread
     # here) and more steps close the gap to the teacher at τ ≈ 1 (200 steps at batch 32: 0.74 dB)
     student_ckpt = train_stage(out, "one-step", [*common, f"objective={{name: oftsr, teacher: '{teacher_ckpt}'}}",
                                                  "train.batch_size=16",
                                                  f"train.init_from={teacher_ckpt}",
-                                                 f"train.steps={_budget(SR_STUDENT_STEPS, scale)}"], config=None)
+                                                 f"train.steps={_budget(SR_STUDENT_STEPS, scale)}"], config=None,
+                               seed=seed)
     _log(f"[sr 3/3] τ sweep on {N_SR_EVAL} crops of held-out photographs")
     held_out = {"name": "sr", "source": {"name": "photos", "split": "eval", "count": N_SR_EVAL}, "scale": 4}
     b = build_dataset(held_out).get(torch.arange(N_SR_EVAL))
@@ -434,15 +451,15 @@ def run_sr(out: Path, scale: float = 1.0) -> dict[str, Any]:
     else:
         _log(f"  LPIPS skipped: set {LPIPS_ENV} to a local torchvision vgg16 state dict to add it")
     rows, samples = tau_sweep(load_model(student_ckpt), b.x, b.image, 0.1, teacher=load_model(teacher_ckpt),
-                              lpips=lpips)
+                              seed=seed, lpips=lpips)
     save_sweep_plot(rows, str(out / "tau_sweep.png"))
     _sr_strip({SR_STRIP[k]: samples[k] for k in SR_STRIP}, out / "strip.png")
     sweep = [r for r in rows if r["tau"] is not None]
     psnr, hf = [r["psnr"] for r in sweep], [r["hf_ratio"] for r in sweep]
     checks = {"PSNR falls as τ rises": all(a > b for a, b in zip(psnr, psnr[1:])),
               "high-frequency energy rises with τ": all(a < b for a, b in zip(hf, hf[1:])),
-              "one step at τ≈1 within 0.5 dB of the teacher's 32 steps": abs(psnr[-1] - rows[-1]["psnr"]) < 0.5}
-    result = {"rows": rows, "checks": checks, "seconds": time.perf_counter() - t_start}
+              SR_CLOSE: abs(psnr[-1] - rows[-1]["psnr"]) < 0.5}
+    result = {"seed": seed, "rows": rows, "checks": checks, "seconds": time.perf_counter() - t_start}
     atomic_write_json(out / "results.json", result)
     print()
     print(f"OFTSR ×4 on {N_SR_EVAL} crops of held-out photographs (PSNR on [−1, 1]; HF ratio = "
@@ -451,6 +468,21 @@ def run_sr(out: Path, scale: float = 1.0) -> dict[str, Any]:
     for name, ok in checks.items():
         print(f"[{'x' if ok else ' '}] {name}")
     print(f"wrote {out}/tau_sweep.png, strip.png, results.json in {result['seconds']:.0f}s")
+    return result
+
+
+def run_sr_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[str, Any]:
+    """:func:`run_sr` once per seed (``out/seed-S``): the τ sweep as mean ± sd (also plotted with
+    error bars) and the paired PSNR gap of the τ ≈ 1 student to the teacher."""
+    result = over_seeds(run_sr, out, seeds, scale, ("method", "tau"))
+    gap = mean_sd([r["rows"][-2]["psnr"] - r["rows"][-1]["psnr"] for r in result["per_seed"].values()])
+    result["student τ≈1 − teacher PSNR (dB)"] = gap
+    save_sweep_plot(result["rows"], str(out / "tau_sweep.png"))
+    _report_seeds(out, result, f"OFTSR ×4 on {N_SR_EVAL} crops of held-out photographs",
+                  ["method", "tau", "NFE", "psnr", "ssim", "hf_ratio", *(["lpips"] if "lpips" in result["rows"][0] else [])])
+    print(f"one step at τ≈1 − teacher: {gap[0]:+.2f} ± {gap[1]:.2f} dB (paired; |mean| + sd "
+          f"{'<' if abs(gap[0]) + gap[1] < 0.5 else '≥'} 0.5 dB)")
+    print(f"wrote {out}/tau_sweep.png, results-seeds.json (each seed's run, strip included, under {out}/seed-S)")
     return result
 
 

@@ -174,7 +174,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from fastflow.metrics.evaluate import evaluate_seeds
+    from fastflow.metrics.evaluate import SEED_METRICS, evaluate_seeds
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 
@@ -187,9 +187,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     res = evaluate_seeds(model, range(args.seed, args.seed + args.seeds), solver=args.solver, steps=steps, n=args.n,
                          features=args.features, ref=args.ref, device=device)
     res["checkpoint"] = str(ckpt)
-    metrics = [m for k in ("nfe", "digits_fd", "digits_coverage", "fid", "straightness")
-               for m in (k, f"{k}_sd" if args.seeds > 1 else "")]
-    cols = [c for c in ("solver", "steps", *metrics, "params", "gflops_per_sample", "latency_ms_b1") if c in res]
+    cols = [c for c in ("solver", "steps", *SEED_METRICS, "params", "gflops_per_sample", "latency_ms_b1") if c in res]
     print(format_table([res], cols))
     atomic_write_json(out, res)
     print(f"wrote {out}")
@@ -422,19 +420,16 @@ def cmd_bench_threads(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fastflow.demo import run_conditional, run_demo, run_seeds, run_sr
+    from fastflow import demo
     from fastflow.utils.io import writable_dir
 
-    out = writable_dir(args.out)
-    if not args.skip_main:
-        if args.seeds > 1:
-            run_seeds(out, list(range(args.seeds)), scale=args.scale)
-        else:
-            run_demo(out, scale=args.scale)
-    if args.conditional:
-        run_conditional(out / "conditional", scale=args.scale)
-    if args.sr:
-        run_sr(out / "sr", scale=args.scale)
+    out, seeds = writable_dir(args.out), list(range(args.seeds))
+    runs = [(not args.skip_main, out, demo.run_demo, demo.run_seeds),
+            (args.conditional, out / "conditional", demo.run_conditional, demo.run_conditional_seeds),
+            (args.sr, out / "sr", demo.run_sr, demo.run_sr_seeds)]
+    for wanted, where, once, per_seed in runs:
+        if wanted:
+            per_seed(where, seeds, scale=args.scale) if len(seeds) > 1 else once(where, scale=args.scale)
     return 0
 
 
@@ -586,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--sr", action="store_true",
                    help="also run OFTSR ×4 on photographs (scikit-image's; τ sweep on held-out ones)")
     d.add_argument("--seeds", type=positive_int, default=1,
-                   help="run the SlimFlow pipeline with seeds 0 … N−1 (each in OUT/seed-S) and report mean ± sd")
+                   help="run each pipeline (SlimFlow, --conditional, --sr) with seeds 0 … N−1 (each in "
+                        "its OUT/…/seed-S) and report mean ± sd")
     d.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
     d.set_defaults(fn=cmd_demo)
     for verb in (t, s, q, pr, e, r, bl, bk, bc, bt, d):

@@ -44,6 +44,8 @@ def tau_sweep(student: nn.Module, hr: Tensor, lq: Tensor, sigma_p: float, taus: 
 
 
 def save_sweep_plot(rows: list[dict[str, Any]], path: str) -> None:
+    """PSNR and HF ratio against τ, the τ-free rows (input, teacher) as lines; a ``KEY_sd`` (rows
+    averaged over seeds) draws error bars / bands."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -52,9 +54,12 @@ def save_sweep_plot(rows: list[dict[str, Any]], path: str) -> None:
     sweep = [r for r in rows if r["tau"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
     for ax, key, label in ((axes[0], "psnr", "PSNR (dB) — fidelity"), (axes[1], "hf_ratio", "HF energy ratio — realism")):
-        ax.plot([r["tau"] for r in sweep], [r[key] for r in sweep], "o-", label="OFTSR one step")
+        ax.errorbar([r["tau"] for r in sweep], [r[key] for r in sweep], [r.get(f"{key}_sd", 0.0) for r in sweep],
+                    fmt="o-", capsize=3, label="OFTSR one step")
         for i, r in enumerate(x for x in rows if x["tau"] is None):
             ax.axhline(r[key], ls="--", color=f"C{i + 1}", label=r["method"])
+            if r.get(f"{key}_sd"):
+                ax.axhspan(r[key] - r[f"{key}_sd"], r[key] + r[f"{key}_sd"], color=f"C{i + 1}", alpha=0.15)
         ax.set(xlabel="τ", ylabel=label)
     axes[1].axhline(1.0, color="k", lw=0.5)
     axes[0].legend(fontsize=7)

@@ -12,9 +12,15 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _cell(row: dict[str, Any], column: str) -> str:
+    v = _fmt(row.get(column, ""))
+    return f"{v} ± {_fmt(row[column + '_sd'])}" if column + "_sd" in row else v
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """Left-aligned text table of ``rows`` (dicts) over ``columns``."""
-    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    """Left-aligned text table of ``rows`` (dicts) over ``columns``; a value with a ``COLUMN_sd``
+    beside it (a mean over seeds) is shown as ``mean ± sd``."""
+    cells = [[_cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])

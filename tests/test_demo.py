@@ -1,0 +1,61 @@
+"""The demo's seed aggregation (formula on a hand-made case) and the optional demo runs over seeds,
+end to end at a tiny budget."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+
+from fastflow.metrics.evaluate import aggregate_rows
+from fastflow.utils.table import format_table
+
+
+def test_aggregate_rows_means_and_sample_sds() -> None:
+    runs = [[{"method": "a", "tau": 0.5, "psnr": 20.0, "NFE": 1, "ok": True, "note": "x"}],
+            [{"method": "a", "tau": 0.5, "psnr": 23.0, "NFE": 3, "ok": False, "note": "y"}],
+            [{"method": "a", "tau": 0.5, "psnr": 26.0, "NFE": 2, "ok": True, "note": "z"}]]
+    (row,) = aggregate_rows(runs, ("method", "tau"))
+    assert row["method"] == "a" and row["tau"] == 0.5  # keys kept, not averaged
+    assert row["psnr"] == pytest.approx(23.0) and row["psnr_sd"] == pytest.approx(3.0)  # sample sd (ddof 1)
+    assert row["NFE"] == pytest.approx(2.0) and row["NFE_sd"] == pytest.approx(1.0)
+    assert "ok" not in row and "note" not in row  # booleans and text are not averaged
+    assert format_table([row], ["method", "psnr"]).splitlines()[-1] == "a       23 ± 3"
+    (one,) = aggregate_rows(runs[:1], ("method",))
+    assert one["psnr"] == 20.0 and one["psnr_sd"] == 0.0
+    with pytest.raises(ValueError, match="disagree"):
+        aggregate_rows([runs[0], [{**runs[1][0], "tau": 0.9}]], ("method", "tau"))
+    with pytest.raises(ValueError, match="numbers of rows"):
+        aggregate_rows([runs[0], runs[1] * 2], ("method",))
+
+
+def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -> None:
+    """``fastflow demo --skip-main --conditional --sr --seeds 2`` at a tiny budget: each seed trains
+    and scores its own models, and the aggregate rows are the per-seed mean ± sd."""
+    from fastflow import demo
+    from fastflow.cli.main import main
+
+    monkeypatch.setattr(demo, "N_EVAL", 40)
+    monkeypatch.setattr(demo, "N_SR_EVAL", 8)
+    out = tmp_path / "demo"
+    assert main(["demo", "--skip-main", "--conditional", "--sr", "--seeds", "2", "--scale", "0.002",
+                 "--out", str(out), "--threads", "1"]) == 0
+    printed = capsys.readouterr().out
+    for part, key in (("conditional", "digits FD"), ("sr", "psnr")):
+        res = json.loads((out / part / "results-seeds.json").read_text())
+        assert res["seeds"] == [0, 1] and set(res["per_seed"]) == {"0", "1"}
+        runs = [res["per_seed"][s]["rows"] for s in ("0", "1")]
+        assert [r["seed"] for r in res["per_seed"].values()] == [0, 1]
+        assert runs[0][-1][key] != runs[1][-1][key]  # the seed reaches training and sampling
+        for i, row in enumerate(res["rows"]):
+            values = [run[i][key] for run in runs]
+            assert row[key] == pytest.approx(statistics.mean(values))
+            assert row[f"{key}_sd"] == pytest.approx(statistics.stdev(values))
+        assert all(0 <= n <= 2 for n in res["checks"].values())
+        assert (out / part / "seed-1" / "results.json").is_file()
+    sr = json.loads((out / "sr" / "results-seeds.json").read_text())
+    gaps = [sr["per_seed"][s]["rows"][-2]["psnr"] - sr["per_seed"][s]["rows"][-1]["psnr"] for s in ("0", "1")]
+    assert sr["student τ≈1 − teacher PSNR (dB)"] == pytest.approx([statistics.mean(gaps), statistics.stdev(gaps)])
+    assert (out / "sr" / "tau_sweep.png").is_file() and (out / "sr" / "seed-0" / "strip.png").is_file()
+    assert "InstaFlow on class-conditioned digits" in printed and " ± " in printed and "/2] " in printed
