@@ -474,7 +474,7 @@ def run_sr(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
 def run_sr_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[str, Any]:
     """:func:`run_sr` once per seed (``out/seed-S``): the τ sweep as mean ± sd (also plotted with
     error bars) and the paired PSNR gap of the τ ≈ 1 student to the teacher."""
-    result = over_seeds(run_sr, out, seeds, scale, ("method", "tau"))
+    result = over_seeds(run_sr, out, seeds, scale, ("method", "tau", "NFE"))
     gap = mean_sd([r["rows"][-2]["psnr"] - r["rows"][-1]["psnr"] for r in result["per_seed"].values()])
     result["student τ≈1 − teacher PSNR (dB)"] = gap
     save_sweep_plot(result["rows"], str(out / "tau_sweep.png"))

@@ -4,24 +4,27 @@ end to end at a tiny budget."""
 from __future__ import annotations
 
 import json
+import math
 import statistics
 
 import pytest
 
-from fastflow.metrics.evaluate import aggregate_rows
+from fastflow.metrics.evaluate import aggregate_rows, mean_sd
 from fastflow.utils.table import format_table
 
 
 def test_aggregate_rows_means_and_sample_sds() -> None:
-    runs = [[{"method": "a", "tau": 0.5, "psnr": 20.0, "NFE": 1, "ok": True, "note": "x"}],
-            [{"method": "a", "tau": 0.5, "psnr": 23.0, "NFE": 3, "ok": False, "note": "y"}],
-            [{"method": "a", "tau": 0.5, "psnr": 26.0, "NFE": 2, "ok": True, "note": "z"}]]
+    runs = [[{"method": "a", "tau": 0.5, "psnr": 20.0, "NFE": 1, "ok": True, "note": "x", "same": 0.1}],
+            [{"method": "a", "tau": 0.5, "psnr": 23.0, "NFE": 3, "ok": False, "note": "y", "same": 0.1}],
+            [{"method": "a", "tau": 0.5, "psnr": 26.0, "NFE": 2, "ok": True, "note": "z", "same": 0.1}]]
     (row,) = aggregate_rows(runs, ("method", "tau"))
     assert row["method"] == "a" and row["tau"] == 0.5  # keys kept, not averaged
     assert row["psnr"] == pytest.approx(23.0) and row["psnr_sd"] == pytest.approx(3.0)  # sample sd (ddof 1)
     assert row["NFE"] == pytest.approx(2.0) and row["NFE_sd"] == pytest.approx(1.0)
     assert "ok" not in row and "note" not in row  # booleans and text are not averaged
+    assert row["same"] == 0.1 and row["same_sd"] == 0.0  # exactly, not the rounding of a mean
     assert format_table([row], ["method", "psnr"]).splitlines()[-1] == "a       23 ± 3"
+    assert all(math.isnan(v) for v in mean_sd([1.0, float("nan")]))  # a NaN seed is never hidden
     (one,) = aggregate_rows(runs[:1], ("method",))
     assert one["psnr"] == 20.0 and one["psnr_sd"] == 0.0
     with pytest.raises(ValueError, match="disagree"):

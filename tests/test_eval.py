@@ -43,7 +43,7 @@ def test_eval_cli_reports_everything(tmp_path) -> None:
     for col in ("digits_fd", "digits_coverage", "straightness", "params", "gflops_per_sample", "latency_ms_b1", "nfe"):
         assert col in res.stdout
     d = json.loads(out.read_text())
-    assert f"{d['digits_fd']:.4g} ± {d['digits_fd_sd']:.4g}" in res.stdout  # seed metrics as mean ± sd
+    assert f"{d['digits_fd']:.4g} ± {d['digits_fd_sd']:.2g}" in res.stdout  # seed metrics as mean ± sd
     assert d["nfe"] == 2 and d["params"] == 187729 and d["digits_fd"] > 0 and d["seeds"] == [0, 1]
     fds = d["digits_fd_per_seed"]  # two noise seeds: two different sample sets
     assert len(fds) == 2 and fds[0] != fds[1] and d["digits_fd"] == pytest.approx(sum(fds) / 2)

@@ -428,8 +428,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             (args.conditional, out / "conditional", demo.run_conditional, demo.run_conditional_seeds),
             (args.sr, out / "sr", demo.run_sr, demo.run_sr_seeds)]
     for wanted, where, once, per_seed in runs:
-        if wanted:
-            per_seed(where, seeds, scale=args.scale) if len(seeds) > 1 else once(where, scale=args.scale)
+        if wanted and len(seeds) > 1:
+            per_seed(where, seeds, scale=args.scale)
+        elif wanted:
+            once(where, scale=args.scale)
     return 0
 
 

@@ -87,9 +87,10 @@ def evaluate(model: nn.Module, solver: str = "euler", steps: int | None = 1, n: 
 
 
 def mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (``ddof = 1``; 0 for a single value) of per-seed results."""
+    """Mean and sample standard deviation (``ddof = 1``) of per-seed results; equal values (one
+    seed, or a seed-independent row) give that value and exactly 0, not rounding noise."""
     v = np.asarray(values, dtype=np.float64)
-    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+    return (float(v[0]), 0.0) if np.all(v == v[0]) else (float(v.mean()), float(v.std(ddof=1)))
 
 
 def aggregate_rows(per_seed: Sequence[Sequence[dict[str, Any]]], keys: Sequence[str]) -> list[dict[str, Any]]:

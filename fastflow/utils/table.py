@@ -14,7 +14,7 @@ def _fmt(v: Any) -> str:
 
 def _cell(row: dict[str, Any], column: str) -> str:
     v = _fmt(row.get(column, ""))
-    return f"{v} ± {_fmt(row[column + '_sd'])}" if column + "_sd" in row else v
+    return f"{v} ± {row[column + '_sd']:.2g}" if column + "_sd" in row else v
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
