@@ -425,6 +425,11 @@ def run_sr(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
 
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    lpips = None  # built first: a bad backbone file fails before minutes of training, not after
+    if os.environ.get(LPIPS_ENV):
+        from fastflow.objectives.lpips_distance import LPIPSDistance
+
+        lpips = LPIPSDistance()
     data = {"name": "sr", "source": "photos", "scale": 4}
     common = [*SR_MODEL, f"data={data}", "optim.lr=2e-3", "optim.warmup=50", "train.ema_rate=0.999",
               "train.sample_every=0", "train.sample_n=16"]
@@ -443,12 +448,7 @@ def run_sr(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     _log(f"[sr 3/3] τ sweep on {N_SR_EVAL} crops of held-out photographs")
     held_out = {"name": "sr", "source": {"name": "photos", "split": "eval", "count": N_SR_EVAL}, "scale": 4}
     b = build_dataset(held_out).get(torch.arange(N_SR_EVAL))
-    lpips = None
-    if os.environ.get(LPIPS_ENV):
-        from fastflow.objectives.lpips_distance import LPIPSDistance
-
-        lpips = LPIPSDistance()
-    else:
+    if lpips is None:
         _log(f"  LPIPS skipped: set {LPIPS_ENV} to a local torchvision vgg16 state dict to add it")
     rows, samples = tau_sweep(load_model(student_ckpt), b.x, b.image, 0.1, teacher=load_model(teacher_ckpt),
                               seed=seed, lpips=lpips)

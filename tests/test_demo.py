@@ -62,3 +62,14 @@ def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -
     assert sr["student τ≈1 − teacher PSNR (dB)"] == pytest.approx([statistics.mean(gaps), statistics.stdev(gaps)])
     assert (out / "sr" / "tau_sweep.png").is_file() and (out / "sr" / "seed-0" / "strip.png").is_file()
     assert "InstaFlow on class-conditioned digits" in printed and " ± " in printed and "/2] " in printed
+
+
+def test_demo_sr_refuses_a_bad_lpips_backbone_before_training(tmp_path, monkeypatch, capsys) -> None:
+    from fastflow.cli.main import main
+    from fastflow.objectives.lpips_distance import ENV
+
+    monkeypatch.setenv(ENV, str(tmp_path / "missing-vgg16.pth"))
+    assert main(["demo", "--skip-main", "--sr", "--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "lpips" in err.lower() and "Traceback" not in err
+    assert not (tmp_path / "demo" / "sr" / "teacher").exists()  # nothing trained
