@@ -380,7 +380,8 @@ def run_conditional(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, A
     one_step = rows[-1]
     checks = {"one-step samples show the requested digit (≥ 80 %)": one_step["label accuracy"] >= 0.8,
               "one-step student beats the teacher's one step (FD)": one_step["digits FD"] < rows[1]["digits FD"],
-              "distilled one step beats the 2-RF's one step (FD)": one_step["digits FD"] < rows[2]["digits FD"]}
+              "distilled one step beats the 2-RF's one step (FD)": one_step["digits FD"] < rows[2]["digits FD"],
+              "one step beats the CFG teacher's RK45 (FD)": one_step["digits FD"] < rows[0]["digits FD"]}
     _overview(samples, out / "samples.png", per_row=20)
     save_grid(samples[next(k for k in samples if k.startswith("one-step"))], out / "grid_one_step.png",
               nrow=10, upscale=4)  # column j shows digit j

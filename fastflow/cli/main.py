@@ -579,9 +579,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--scale", type=positive_float, default=1.0,
                    help="multiply every training budget and the pair count (e.g. 4 for a longer run)")
     d.add_argument("--conditional", action="store_true",
-                   help="also run InstaFlow on class-conditioned digits with CFG (~14 more minutes on 2 cores)")
+                   help="also run InstaFlow on class-conditioned digits with CFG (~25 more minutes on one CPU thread)")
     d.add_argument("--sr", action="store_true",
-                   help="also run OFTSR ×4 on photographs (scikit-image's; τ sweep on held-out ones)")
+                   help="also run OFTSR ×4 on photographs (scikit-image's; τ sweep on held-out ones; ~7 more minutes "
+                        "on one CPU thread)")
     d.add_argument("--seeds", type=positive_int, default=1,
                    help="run each pipeline (SlimFlow, --conditional, --sr) with seeds 0 … N−1 (each in "
                         "its OUT/…/seed-S) and report mean ± sd")
