@@ -23,6 +23,9 @@ Two optional runs (``fastflow demo --conditional --sr``), each written to its ow
 * :func:`run_sr` — OFTSR ×4 on photographs (random crops of scikit-image's bundled photographs):
   the SR teacher flow, the one-step distillation and the τ sweep (PSNR falls, high-frequency energy
   rises) on crops of held-out photographs, against the bicubic input and the teacher.
+
+``--seeds N`` repeats each run with seeds 0 … N−1 (:func:`run_seeds`, :func:`run_conditional_seeds`,
+:func:`run_sr_seeds`, all through :func:`over_seeds`): rows as mean ± sd, checks as seeds holding.
 """
 
 from __future__ import annotations
@@ -42,9 +45,9 @@ from fastflow.flow import generate, straightness
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.metrics import digits_scores
 from fastflow.metrics.digits import classify
-from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
-from fastflow.metrics.evaluate import aggregate_rows, mean_sd
 from fastflow.metrics.cost import count_params
+from fastflow.metrics.evaluate import aggregate_rows, mean_sd
+from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, generate_pairs
 from fastflow.train import load_config, train
