@@ -173,7 +173,8 @@ def _export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> dict[str, Any
             "params (M)": count_params(model) / 1e6, "validation": val["passed"]}
 
 
-#: The paper's orderings on one-step digits FD: (claim, the better (method, solver), the worse one).
+#: The paper's orderings on one-step digits FD: (claim, the better (method, solver), the worse one);
+#: a row may also be named by (method, solver, CFG α).
 ORDERINGS = [
     ("2-RF one-step beats 1-RF one-step", ("2-RF student (annealing)", "euler 1"), ("1-RF teacher", "euler 1")),
     ("distilled one-step beats 2-RF one-step", ("distilled (FGD)", "euler 1"), ("2-RF student (annealing)", "euler 1")),
@@ -183,8 +184,8 @@ ORDERINGS = [
 ]
 
 
-def _fd(rows: list[dict[str, Any]], method: str, solver: str) -> float:
-    return next(r["digits FD"] for r in rows if r["method"] == method and r["solver"] == solver)
+def _fd(rows: list[dict[str, Any]], method: str, solver: str, alpha: float | None = None) -> float:
+    return next(r["digits FD"] for r in rows if (r["method"], r["solver"], r.get("CFG α")) == (method, solver, alpha))
 
 
 def run_demo(out: Path, scale: float = 1.0, teacher_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
@@ -299,37 +300,47 @@ def over_seeds(run: Callable[..., dict[str, Any]], out: Path, seeds: Sequence[in
             "per_seed": {str(s): r for s, r in zip(seeds, runs)}}
 
 
-def _report_seeds(out: Path, result: dict[str, Any], title: str, columns: Sequence[str]) -> None:
+def paired_orderings(runs: Sequence[dict[str, Any]], orderings: Sequence[tuple]) -> list[dict[str, Any]]:
+    """For each ``(claim, better, worse)`` the paired gain (worse − better FD, mean ± sd over seeds:
+    the seeds share nothing, but both methods of a seed share its teacher and pairs), in how many
+    seeds it holds, whether it holds beyond one sd of that gain, and whether the two methods'
+    mean ± sd intervals are apart."""
+    table = []
+    for claim, better, worse in orderings:
+        b, w = ([_fd(run["rows"], *m) for run in runs] for m in (better, worse))
+        gain, (bm, bs), (wm, wsd) = mean_sd([y - x for x, y in zip(b, w)]), mean_sd(b), mean_sd(w)
+        table.append({"claim": claim, "better": f"{bm:.1f} ± {bs:.1f}", "worse": f"{wm:.1f} ± {wsd:.1f}",
+                      "paired gain": f"{gain[0]:.2f} ± {gain[1]:.2f}",
+                      "seeds holding": f"{sum(y > x for x, y in zip(b, w))}/{len(runs)}",
+                      "beyond one sd": gain[0] > gain[1], "intervals apart": bm + bs < wm - wsd})
+    return table
+
+
+def _report_seeds(out: Path, result: dict[str, Any], title: str, columns: Sequence[str],
+                  orderings: Sequence[tuple] = ()) -> None:
+    """Add the paired ``orderings`` to ``result``, write ``out/results-seeds.json``, print the tables."""
+    if orderings:
+        result["orderings"] = paired_orderings(list(result["per_seed"].values()), orderings)
     atomic_write_json(out / "results-seeds.json", result)
     print()
     print(f"{title} over seeds {result['seeds']} (mean ± sd)")
     print(format_table(result["rows"], columns))
     for name, held in result["checks"].items():
         print(f"[{held}/{len(result['seeds'])}] {name}")
+    if orderings:
+        print()
+        print(format_table(result["orderings"], ["claim", "better", "worse", "paired gain", "seeds holding",
+                                                 "beyond one sd", "intervals apart"]))
 
 
 def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[str, Any]:
-    """The SlimFlow pipeline once per seed (``out/seed-S``), rows as mean ± sd, and for each paper
-    ordering the paired gain (worse − better FD, mean ± sd over seeds: the seeds share nothing, but
-    both methods of a seed share its teacher and pairs), in how many seeds it holds, whether it holds
-    beyond one sd of that gain, and whether the two methods' mean ± sd intervals are apart."""
+    """The SlimFlow pipeline once per seed (``out/seed-S``): rows as mean ± sd, the paper's
+    orderings as paired gains (:func:`paired_orderings`), straightness as mean ± sd."""
     result = over_seeds(run_demo, out, seeds, scale, ("method", "solver", "params (M)"))
     runs = list(result["per_seed"].values())
-    orderings = []
-    for claim, better, worse in ORDERINGS:
-        b, w = ([_fd(run["rows"], *m) for run in runs] for m in (better, worse))
-        gain, (bm, bs), (wm, wsd) = mean_sd([y - x for x, y in zip(b, w)]), mean_sd(b), mean_sd(w)
-        orderings.append({"claim": claim, "better": f"{bm:.1f} ± {bs:.1f}", "worse": f"{wm:.1f} ± {wsd:.1f}",
-                          "paired gain": f"{gain[0]:.2f} ± {gain[1]:.2f}",
-                          "seeds holding": f"{sum(y > x for x, y in zip(b, w))}/{len(seeds)}",
-                          "beyond one sd": gain[0] > gain[1], "intervals apart": bm + bs < wm - wsd})
-    result["orderings"] = orderings
     result["straightness"] = {m: mean_sd([run["straightness"][m] for run in runs]) for m in runs[0]["straightness"]}
     _report_seeds(out, result, f"SlimFlow on digits ({N_EVAL} samples per row and seed)",
-                  ["method", "solver", "NFE", "digits FD", "coverage", "latency ms (b=1)", "params (M)"])
-    print()
-    print(format_table(orderings, ["claim", "better", "worse", "paired gain", "seeds holding", "beyond one sd",
-                                   "intervals apart"]))
+                  ["method", "solver", "NFE", "digits FD", "coverage", "latency ms (b=1)", "params (M)"], ORDERINGS)
     for m, (mean, sd) in result["straightness"].items():
         print(f"straightness S of {m}: {mean:.4f} ± {sd:.4f}")
     print(f"wrote {out}/results-seeds.json (each seed's run under {out}/seed-S)")
@@ -340,6 +351,14 @@ CFG_PAIRS = 2.0  # CFG scale of the conditional teacher when it generates pairs
 # α of the 2-RF that guides the distillation. InstaFlow uses 1.5 on SD; here the pairs already
 # carry α = 2 and more guidance over-guides (measured FGD at α = 1.5: one-step FD 53.0 vs 34.8).
 CFG_DISTILL = 1.0
+#: The conditional run's orderings on digits FD, rows named by (method, solver, CFG α).
+COND_ORDERINGS = [
+    ("one-step student beats the teacher's one step (FD)", ("one-step (FGD)", "euler 1", 1.0),
+     ("1-RF teacher", "euler 1", CFG_PAIRS)),
+    ("distilled one step beats the 2-RF's one step (FD)", ("one-step (FGD)", "euler 1", 1.0), ("2-RF", "euler 1", 1.0)),
+    ("one step beats the CFG teacher's RK45 (FD)", ("one-step (FGD)", "euler 1", 1.0),
+     ("1-RF teacher", "rk45", CFG_PAIRS)),
+]
 
 
 def run_conditional(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
@@ -382,9 +401,7 @@ def run_conditional(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, A
                 f"FD {row['digits FD']:.1f}"] = x[:100]
     one_step = rows[-1]
     checks = {"one-step samples show the requested digit (≥ 80 %)": one_step["label accuracy"] >= 0.8,
-              "one-step student beats the teacher's one step (FD)": one_step["digits FD"] < rows[1]["digits FD"],
-              "distilled one step beats the 2-RF's one step (FD)": one_step["digits FD"] < rows[2]["digits FD"],
-              "one step beats the CFG teacher's RK45 (FD)": one_step["digits FD"] < rows[0]["digits FD"]}
+              **{claim: _fd(rows, *better) < _fd(rows, *worse) for claim, better, worse in COND_ORDERINGS}}
     _overview(samples, out / "samples.png", per_row=20)
     save_grid(samples[next(k for k in samples if k.startswith("one-step"))], out / "grid_one_step.png",
               nrow=10, upscale=4)  # column j shows digit j
@@ -403,10 +420,11 @@ def run_conditional(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, A
 
 
 def run_conditional_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[str, Any]:
-    """:func:`run_conditional` once per seed (``out/seed-S``), rows as mean ± sd."""
+    """:func:`run_conditional` once per seed (``out/seed-S``): rows as mean ± sd, its orderings as
+    paired gains."""
     result = over_seeds(run_conditional, out, seeds, scale, ("method", "solver", "CFG α", "params (M)"))
     _report_seeds(out, result, f"InstaFlow on class-conditioned digits ({N_EVAL} samples per row and seed)",
-                  ["method", "solver", "CFG α", "NFE", "label accuracy", "digits FD", "coverage"])
+                  ["method", "solver", "CFG α", "NFE", "label accuracy", "digits FD", "coverage"], COND_ORDERINGS)
     return result
 
 
@@ -482,8 +500,9 @@ def run_sr_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[st
     gap = mean_sd([r["rows"][-2]["psnr"] - r["rows"][-1]["psnr"] for r in result["per_seed"].values()])
     result["student τ≈1 − teacher PSNR (dB)"] = gap
     save_sweep_plot(result["rows"], str(out / "tau_sweep.png"))
+    metrics = ["psnr", "ssim", "hf_ratio", *(["lpips"] if "lpips" in result["rows"][0] else [])]
     _report_seeds(out, result, f"OFTSR ×4 on {N_SR_EVAL} crops of held-out photographs",
-                  ["method", "tau", "NFE", "psnr", "ssim", "hf_ratio", *(["lpips"] if "lpips" in result["rows"][0] else [])])
+                  ["method", "tau", "NFE", *metrics])
     print(f"one step at τ≈1 − teacher: {gap[0]:+.2f} ± {gap[1]:.2f} dB (paired; |mean| + sd "
           f"{'<' if abs(gap[0]) + gap[1] < 0.5 else '≥'} 0.5 dB)")
     print(f"wrote {out}/tau_sweep.png, results-seeds.json (each seed's run, strip included, under {out}/seed-S)")

@@ -57,6 +57,14 @@ def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -
             assert row[f"{key}_sd"] == pytest.approx(statistics.stdev(values))
         assert all(0 <= n <= 2 for n in res["checks"].values())
         assert (out / part / "seed-1" / "results.json").is_file()
+    cond = json.loads((out / "conditional" / "results-seeds.json").read_text())
+    for claim in cond["orderings"]:  # paired gains of the conditional run's orderings, per seed
+        fd = {s: {(r["method"], r["solver"], r["CFG α"]): r["digits FD"] for r in run["rows"]}
+              for s, run in cond["per_seed"].items()}
+        assert claim["seeds holding"] == f"{cond['checks'][claim['claim']]}/2"
+    gains = [fd[s][("1-RF teacher", "rk45", 2.0)] - fd[s][("one-step (FGD)", "euler 1", 1.0)] for s in ("0", "1")]
+    rk45 = next(c for c in cond["orderings"] if "RK45" in c["claim"])
+    assert rk45["paired gain"] == f"{statistics.mean(gains):.2f} ± {statistics.stdev(gains):.2f}"
     sr = json.loads((out / "sr" / "results-seeds.json").read_text())
     gaps = [sr["per_seed"][s]["rows"][-2]["psnr"] - sr["per_seed"][s]["rows"][-1]["psnr"] for s in ("0", "1")]
     assert sr["student τ≈1 − teacher PSNR (dB)"] == pytest.approx([statistics.mean(gaps), statistics.stdev(gaps)])
