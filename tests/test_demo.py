@@ -58,10 +58,11 @@ def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -
         assert all(0 <= n <= 2 for n in res["checks"].values())
         assert (out / part / "seed-1" / "results.json").is_file()
     cond = json.loads((out / "conditional" / "results-seeds.json").read_text())
-    for claim in cond["orderings"]:  # paired gains of the conditional run's orderings, per seed
-        fd = {s: {(r["method"], r["solver"], r["CFG α"]): r["digits FD"] for r in run["rows"]}
-              for s, run in cond["per_seed"].items()}
+    assert len(cond["orderings"]) == 3
+    for claim in cond["orderings"]:  # the paired table and the per-seed checks count the same seeds
         assert claim["seeds holding"] == f"{cond['checks'][claim['claim']]}/2"
+    fd = {s: {(r["method"], r["solver"], r["CFG α"]): r["digits FD"] for r in run["rows"]}
+          for s, run in cond["per_seed"].items()}
     gains = [fd[s][("1-RF teacher", "rk45", 2.0)] - fd[s][("one-step (FGD)", "euler 1", 1.0)] for s in ("0", "1")]
     rk45 = next(c for c in cond["orderings"] if "RK45" in c["claim"])
     assert rk45["paired gain"] == f"{statistics.mean(gains):.2f} ± {statistics.stdev(gains):.2f}"
