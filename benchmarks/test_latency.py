@@ -71,27 +71,35 @@ def test_teacher_rk45(benchmark, models) -> None:
                        warmup_rounds=1)
 
 
-def test_one_step_speedup_matches_call_cost_ratio(models) -> None:
-    """Measured speedup of one step over Euler-N is within 20 % of N × (teacher / student call).
+def test_one_step_cost_is_one_student_call_and_euler_n_is_n_teacher_calls(models) -> None:
+    """The cost relation behind the one-step speedup, on deterministic proxies: a sampler calls the
+    model exactly NFE times (forward hooks) and spends exactly NFE × one call's FLOPs
+    (``torch.utils.flop_counter``), so Euler-N over one step costs ``N × teacher / student`` FLOPs;
+    the suite's rows and ``speedup_check`` carry those FLOPs. Wall-clock speedups are recorded by
+    the benchmarks and ``fastflow bench latency``, never asserted."""
+    from torch.utils.flop_counter import FlopCounterMode
 
-    Timings taken one after another are exposed to drift (a busy neighbour, frequency changes on a
-    shared CI machine), which biases one row against another: the suite is measured up to three
-    times and the claim must hold in one of them (every attempt is reported on failure).
-    """
+    from fastflow.metrics.cost import count_flops
+
     s, t, z = models
-    threads = torch.get_num_threads()
-    if z.device.type == "cpu":  # one thread: a neighbour on the other core cannot stall the intra-op pool
-        torch.set_num_threads(1)
-    attempts = []
-    try:
-        for _ in range(3):
-            rows = latency_suite(s, t, z, ["eager"], euler_ns=[4, 16], heun_ns=[], rk45=False, iters=30)
-            attempts.append(speedup_check(rows))
-            if all(abs(r["rel_error"]) < 0.2 for r in attempts[-1]):
-                break
-    finally:
-        torch.set_num_threads(threads)
-    assert all(abs(r["rel_error"]) < 0.2 for r in attempts[-1]), attempts
+    per_call = {"student": count_flops(s, z), "teacher": count_flops(t, z)}
+    for who, m, solver, steps, nfe in (("student", s, "euler", 1, 1), ("teacher", t, "euler", 4, 4),
+                                       ("teacher", t, "euler", 16, 16), ("teacher", t, "heun", 4, 7)):
+        calls = []
+        hook = m.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+        try:
+            with FlopCounterMode(display=False) as counter:
+                res = generate(m, z, solver, steps)
+        finally:
+            hook.remove()
+        assert res.nfe == nfe and calls == [z.shape[0]] * nfe
+        assert counter.get_total_flops() == nfe * per_call[who] > 0
+    rows = latency_suite(s, t, z, ["eager"], euler_ns=[4, 16], heun_ns=[2], rk45=False, iters=1, warmup=0)
+    assert all(r["flops"] == r["nfe"] * per_call[r["model"]] for r in rows)
+    check = speedup_check(rows)
+    assert [(c["N"], c["flops_ratio"]) for c in check] == [
+        (n, n * per_call["teacher"] / per_call["student"]) for n in (4, 16)]
+    assert all(c["measured_speedup"] > 0 and c["predicted_speedup"] > 0 for c in check)  # recorded, not judged
 
 
 @pytest.mark.gpu

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastflow.bench.timing import measure_latency
+from fastflow.utils.timing import measure_latency
 from fastflow.flow import generate, straightness
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.metrics import digits_scores
@@ -456,7 +456,7 @@ def run_sr(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     common = [*SR_MODEL, f"data={data}", "optim.lr=2e-3", "optim.warmup=50", "train.ema_rate=0.999",
               "train.sample_every=0", "train.sample_n=16"]
     _log("[sr 1/3] SR teacher flow from x0 = sqrt(1 − σp²)·lq + σp·ε (photo crops ×4, σp = 0.1)")
-    teacher_ckpt = train_stage(out, "teacher", [*common, "objective={name: sr, sigma_p: 0.1}", "train.batch_size=32",
+    teacher_ckpt = train_stage(out, "teacher", [*common, "objective={name: sr}", "train.batch_size=32",
                                                 f"train.steps={_budget(SR_TEACHER_STEPS, scale)}"], config=None,
                                seed=seed)
     _log("[sr 2/3] OFTSR one-step distillation (bootstrap + boundary + alignment)")

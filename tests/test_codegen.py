@@ -4,7 +4,8 @@ Every fused kernel × config that can be chosen for our shape set compiles for s
 Triton's bundled ptxas; no fp16/bf16 config that can be chosen spills registers; every kernel has a
 chosen config within the arch's shared memory; the committed ``benchmarks/results/codegen-sm*.json``
 are what the command prints here (same Triton). Runs in subprocesses without ``TRITON_INTERPRET``
-(which conftest sets on CPU), one arch per core.
+(which conftest sets on CPU), one arch per core. The command caches an arch's rows by the kernel
+sources, triton and settings: an unchanged tree compiles once per machine (tested below).
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ def _codegen(arch: int, out: Path) -> subprocess.Popen:
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.timeout(2700)  # a cold cache on a slow, busy machine: ~10 min per arch measured, 2 archs on 2 cores
 def test_every_choosable_kernel_config_compiles_spill_free_for_sm80_and_sm90(tmp_path) -> None:
     procs = {arch: _codegen(arch, tmp_path) for arch in (80, 90)}
     for arch, proc in procs.items():
-        log = proc.communicate(timeout=1200)[0]
+        log = proc.communicate(timeout=2600)[0]
         assert proc.returncode == 0, f"sm_{arch}:\n{log[-5000:]}"  # exit 1 lists every PROBLEM line
         got = json.loads((tmp_path / f"codegen-sm{arch}.json").read_text())
         assert got["problems"] == [] and got["rows"]
@@ -84,3 +86,34 @@ def test_pruner_keeps_a_config_and_respects_the_table(monkeypatch) -> None:
     kept = attention_pruner("dkdv")(configs, {"Q": torch.empty(1)}, BLOCK_D0=128, BLOCK_D1=32)  # fp32: smem only
     assert kept and all(attention_smem("dkdv", c, 160, 4) <= shared_limit(80) for c in kept)
     assert len(kept) < len(configs)  # 128×64 at head dim 160 in fp32 needs more than sm_80's 163 KB
+
+
+def test_codegen_rows_are_cached_by_kernel_source_triton_and_settings(tmp_path, monkeypatch) -> None:
+    from fastflow.bench import codegen
+
+    monkeypatch.setenv("FASTFLOW_CACHE", str(tmp_path))
+    monkeypatch.setattr(codegen, "_check_request", lambda *a: None)  # the interpreter is on in tests
+    compiled = []
+    row = codegen.Row("attention", "fwd_kernel", "head_dim=64 parts=64", "fp16", 90, "64x64 w4 s2", True, 4, 2,
+                      128, 0, 0, 0, 32768, 232448, False, 1.5, "2x8x256x256x64")
+
+    def fake_compile(arch, dtypes, all_configs, ops, progress):
+        compiled.append(arch)
+        return [row]
+
+    monkeypatch.setattr(codegen, "_compile_arch", fake_compile)
+    key = codegen.cache_key(90, ["fp16"], False, ["attn"])
+    assert key == codegen.cache_key(90, ["fp16"], False, ["attn"])  # deterministic
+    assert len({key, codegen.cache_key(80, ["fp16"], False, ["attn"]), codegen.cache_key(90, ["bf16"], False, ["attn"]),
+                codegen.cache_key(90, ["fp16"], True, ["attn"])}) == 4
+    assert codegen.compile_all([90], ["fp16"], ops=["attn"], progress=False) == [row]
+    assert codegen.compile_all([90], ["fp16"], ops=["attn"], progress=False) == [row] and compiled == [90]
+    codegen.compile_all([90], ["fp16"], ops=["attn"], progress=False, cache=False)
+    assert compiled == [90, 90]
+    monkeypatch.setattr(triton, "__version__", "0.0-other")  # another triton: another key, compiled again
+    codegen.compile_all([90], ["fp16"], ops=["attn"], progress=False)
+    assert compiled == [90, 90, 90]
+    (cached,) = [p for p in (tmp_path / "codegen").iterdir() if codegen.cache_key(90, ["fp16"], False, ["attn"]) in p.name]
+    cached.write_text("{not json")  # a damaged entry is compiled again, never trusted
+    codegen.compile_all([90], ["fp16"], ops=["attn"], progress=False)
+    assert compiled == [90, 90, 90, 90]

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from fastflow.bench import measure_latency
+from fastflow.utils.timing import measure_latency
 from fastflow.errors import CheckpointError, FastflowError
 from fastflow.metrics.cost import count_flops, count_params
 from fastflow.models import build_model, save_model

@@ -201,7 +201,7 @@ def test_oftsr_student_exports_with_tau_as_an_input(tmp_path) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
     from fastflow.export.generator import SRGenerator
-    from fastflow.objectives.oftsr import oftsr_one_step
+    from fastflow.flow.sr import sr_one_step
 
     d = tmp_path / "oftsr"
     m = _random_model(cond_channels=1)
@@ -209,7 +209,7 @@ def test_oftsr_student_exports_with_tau_as_an_input(tmp_path) -> None:
     lq, noise = torch.rand(2, 1, 16, 16) * 2 - 1, torch.randn(2, 1, 16, 16)
     with torch.no_grad():  # the wrapper is the one-step formula
         assert torch.allclose(SRGenerator(m.eval(), 0.2)(lq, noise, torch.full((2,), 0.3)),
-                              oftsr_one_step(m, lq, 0.3, 0.2, noise), atol=1e-6)
+                              sr_one_step(m, lq, 0.3, 0.2, noise), atol=1e-6)
     out, rep = tmp_path / "sr.onnx", tmp_path / "r.json"
     res = _export(d, "--format", "onnx", "-o", str(out), "--max-batch", "4", "--validate", "--report", str(rep))
     assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]

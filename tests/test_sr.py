@@ -11,7 +11,8 @@ from fastflow.data.sr import degrade
 from fastflow.errors import ConfigError, DataError
 from fastflow.models import build_model
 from fastflow.objectives import build_objective
-from fastflow.objectives.oftsr import OFTSRDistill, SRFlow, sr_start
+from fastflow.flow.sr import sr_start
+from fastflow.objectives.oftsr import OFTSRDistill, SRFlow
 
 from helpers import fit
 

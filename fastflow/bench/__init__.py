@@ -1,5 +1,2 @@
-"""Timing utilities shared by the CLI, the demo and benchmarks/."""
-
-from fastflow.bench.timing import Latency, measure_latency
-
-__all__ = ["Latency", "measure_latency"]
+"""Benchmarks behind ``fastflow bench`` and ``benchmarks/``: latency suites, kernels, code generation,
+threads. The timing primitive they share is :mod:`fastflow.utils.timing`."""

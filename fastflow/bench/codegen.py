@@ -6,7 +6,10 @@ shapes, with SiLU and without — neither uses scale-shift GroupNorm —, attent
 launches on meta tensors (:class:`fastflow.fused.runtime.Launch`: the same arguments, so the same
 specialisation as a real launch), and each kernel is compiled with every autotune config that can
 be chosen for that shape on that arch (after the configs' pruning) — or with every config
-(``--all-configs``) to see what the pruning removes. Triton's bundled ``ptxas -v`` reports
+(``--all-configs``) to see what the pruning removes. An arch's rows are cached under
+``$FASTFLOW_CACHE/codegen`` keyed by everything they depend on (the sources of ``fastflow/fused``,
+the shape set, this module, the triton and torch versions and the compile settings), so an
+unchanged kernel is compiled once per machine, not once per run (``--no-cache`` recompiles). Triton's bundled ``ptxas -v`` reports
 registers and spill bytes; shared memory comes from the compiled kernel's metadata. A stand-in
 driver answers the one question compilation asks of a GPU: which target.
 
@@ -16,18 +19,23 @@ Must run without ``TRITON_INTERPRET`` (the interpreter replaces the kernels).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
+import json
 import math
 import os
 import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.utils.cache import cache_dir
+from fastflow.utils.io import atomic_write_json
 
 #: arch → (GPU, SM count); shared memory limits are in :mod:`fastflow.fused.tuning`
 ARCHS = {80: ("A100", 108), 90: ("H100", 132), 100: ("B200", 148)}
@@ -167,9 +175,7 @@ def _configs(kernel: Any, launch: Any, all_configs: bool) -> list[tuple[Any, boo
     return [(c, c in chosen) for c in kernel.configs] if all_configs else [(c, True) for c in chosen]
 
 
-def compile_all(archs: Sequence[int], dtypes: Sequence[str], all_configs: bool = False,
-                ops: Sequence[str] = OPS, progress: bool = True) -> list[Row]:
-    """Compile every (kernel, config) of the shape set for each arch and dtype; one row each."""
+def _check_request(archs: Sequence[int], dtypes: Sequence[str], ops: Sequence[str]) -> None:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         raise MissingBackendError("fastflow bench codegen compiles for GPUs: unset TRITON_INTERPRET")
     try:
@@ -185,43 +191,91 @@ def compile_all(archs: Sequence[int], dtypes: Sequence[str], all_configs: bool =
     for d in dtypes:
         if d not in DTYPES:
             raise ConfigError(f"unknown dtype {d!r}; choose from {', '.join(DTYPES)}")
+
+
+def cache_key(arch: int, dtypes: Sequence[str], all_configs: bool, ops: Sequence[str]) -> str:
+    """What one arch's rows depend on: the kernel sources and tuning tables (``fastflow/fused``),
+    the shape set and this module, the triton (and its ptxas) and torch versions, and the compile
+    settings (fp32 matmul precision, Triton's FP-fusion knob, a ptxas override)."""
+    import triton
+
+    pkg = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted((pkg / "fused").iterdir()) + [pkg / "bench" / "codegen.py", pkg / "bench" / "kernels.py"]:
+        if f.is_file() and f.suffix in (".py", ".json"):
+            h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    settings = [arch, list(dtypes), all_configs, list(ops), triton.__version__, torch.__version__,
+                torch.get_float32_matmul_precision(), os.environ.get("TRITON_DEFAULT_FP_FUSION", ""),
+                os.environ.get("TRITON_PTXAS_PATH", "")]
+    h.update(json.dumps(settings).encode())
+    return h.hexdigest()[:32]
+
+
+def _cached_rows(path: Path) -> list[Row] | None:
+    try:
+        return [Row(**r) for r in json.loads(path.read_text())["rows"]]
+    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: compile again
+        return None
+
+
+def compile_all(archs: Sequence[int], dtypes: Sequence[str], all_configs: bool = False,
+                ops: Sequence[str] = OPS, progress: bool = True, cache: bool = True) -> list[Row]:
+    """Compile every (kernel, config) of the shape set for each arch and dtype; one row each. With
+    ``cache``, an arch whose :func:`cache_key` was compiled before on this machine is read back."""
+    _check_request(archs, dtypes, ops)
+    rows: list[Row] = []
+    for arch in archs:
+        path = cache_dir() / "codegen" / f"sm{arch}-{cache_key(arch, dtypes, all_configs, ops)}.json"
+        got = _cached_rows(path) if cache else None
+        if got is None:
+            got = _compile_arch(arch, dtypes, all_configs, ops, progress)
+            atomic_write_json(path, {"arch": arch, "dtypes": list(dtypes), "all_configs": all_configs,
+                                     "ops": list(ops), "rows": [asdict(r) for r in got]})
+        elif progress:
+            print(f"sm_{arch}: {len(got)} compiles read from the cache {path} (unchanged kernels and triton; "
+                  "--no-cache recompiles)")
+        rows += got
+    return rows
+
+
+def _compile_arch(arch: int, dtypes: Sequence[str], all_configs: bool, ops: Sequence[str],
+                  progress: bool) -> list[Row]:
     from tqdm import tqdm
     from triton.runtime.autotuner import Autotuner
 
     from fastflow.fused.tuning import config_label, shared_limit
 
     rows: list[Row] = []
-    for arch in archs:
-        seen: dict[tuple[str, str], Row] = {}  # (kernel hash, config) → row: one compile per specialisation
-        with _target(arch):
-            for dname in dtypes:
-                cases = list(_launch_cases(DTYPES[dname], arch, ops))
-                for op, variant, shape, launch in tqdm(cases, desc=f"sm_{arch} {dname}", disable=not progress,
-                                                       leave=False):
-                    fn = launch.kernel.fn if isinstance(launch.kernel, Autotuner) else launch.kernel
-                    for cfg, chosen in _configs(launch.kernel, launch, all_configs):
-                        opts = {**launch.meta, **(cfg.all_kwargs() if cfg else {})}
-                        log = io.StringIO()
-                        t0 = time.perf_counter()
-                        with contextlib.redirect_stdout(log):
-                            compiled = fn.warmup(*launch.args, grid=(1,), **opts)
-                        dt = time.perf_counter() - t0
-                        label = config_label(cfg) if cfg else "-"
-                        key = (compiled.hash, label)
-                        if key in seen:  # same specialisation as an earlier shape: no new compile
-                            seen[key].chosen |= chosen
-                            continue
-                        regs = _REGS.findall(log.getvalue())
-                        spill = _SPILL.findall(log.getvalue())
-                        if not regs:
-                            raise RuntimeError(f"no ptxas log for {fn.__name__} {label} on sm_{arch}")
-                        st, ss, sl = (int(v) for v in spill[-1]) if spill else (0, 0, 0)
-                        md = compiled.metadata
-                        row = Row(op, fn.__name__.lstrip("_"), variant, dname, arch, label, chosen, md.num_warps,
-                                  md.num_stages, int(regs[-1]), ss, sl, st, int(md.shared), shared_limit(arch),
-                                  "wgmma.mma_async instructions are serialized" in log.getvalue(), round(dt, 3), shape)
-                        seen[key] = row
-                        rows.append(row)
+    seen: dict[tuple[str, str], Row] = {}  # (kernel hash, config) → row: one compile per specialisation
+    with _target(arch):
+        for dname in dtypes:
+            cases = list(_launch_cases(DTYPES[dname], arch, ops))
+            for op, variant, shape, launch in tqdm(cases, desc=f"sm_{arch} {dname}", disable=not progress,
+                                                   leave=False):
+                fn = launch.kernel.fn if isinstance(launch.kernel, Autotuner) else launch.kernel
+                for cfg, chosen in _configs(launch.kernel, launch, all_configs):
+                    opts = {**launch.meta, **(cfg.all_kwargs() if cfg else {})}
+                    log = io.StringIO()
+                    t0 = time.perf_counter()
+                    with contextlib.redirect_stdout(log):
+                        compiled = fn.warmup(*launch.args, grid=(1,), **opts)
+                    dt = time.perf_counter() - t0
+                    label = config_label(cfg) if cfg else "-"
+                    key = (compiled.hash, label)
+                    if key in seen:  # same specialisation as an earlier shape: no new compile
+                        seen[key].chosen |= chosen
+                        continue
+                    regs = _REGS.findall(log.getvalue())
+                    spill = _SPILL.findall(log.getvalue())
+                    if not regs:
+                        raise RuntimeError(f"no ptxas log for {fn.__name__} {label} on sm_{arch}")
+                    st, ss, sl = (int(v) for v in spill[-1]) if spill else (0, 0, 0)
+                    md = compiled.metadata
+                    row = Row(op, fn.__name__.lstrip("_"), variant, dname, arch, label, chosen, md.num_warps,
+                              md.num_stages, int(regs[-1]), ss, sl, st, int(md.shared), shared_limit(arch),
+                              "wgmma.mma_async instructions are serialized" in log.getvalue(), round(dt, 3), shape)
+                    seen[key] = row
+                    rows.append(row)
     return rows
 
 

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastflow.bench.timing import measure_latency
+from fastflow.utils.timing import measure_latency
 from fastflow.fused.ops import attention, group_norm
-from fastflow.fused.reference import group_norm_ref
+from fastflow.models.reference import group_norm_ref
 
 #: Stable Diffusion 1.5's UNet: GroupNorm widths and resolutions at 512² (latent 64²), CFG batch 2.
 SD15_GN = [(2, c, hw, hw) for c in (320, 640, 1280) for hw in (64, 32, 16, 8)]

@@ -6,8 +6,10 @@ fixed batch), or a whole fixed-step generator is captured as one CUDA graph (``c
 The student's one-step *generator* is also exported as one AOTInductor package: ``aoti`` times it
 from Python and ``native`` times the C++ runner ``fastflow-run`` on the same package and inputs
 (student row only; its output is checked against Python's).
-Rows report NFE, latency percentiles and parameters; :func:`speedup_check` compares the
-measured one-step speedup over Euler-N with ``N × (teacher call / student call)``.
+Rows report NFE, FLOPs per generation (``torch.utils.flop_counter``), latency percentiles and
+parameters; :func:`speedup_check` sets the measured one-step speedup over Euler-N beside two
+predictions, ``N × (teacher call / student call)`` in time and the same ratio in FLOPs. It records
+numbers for a report; nothing asserts on the timings (tests check the FLOPs and call counts).
 """
 
 from __future__ import annotations
@@ -25,14 +27,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastflow.bench.timing import measure_latency
+from fastflow.utils.timing import measure_latency
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export.compile import CUDAGraphGenerator
 from fastflow.export.formats import build_pt2, load_pt2
 from fastflow.export.generator import Generator
 from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.flow.sample import generate
-from fastflow.metrics.cost import count_params
+from fastflow.metrics.cost import count_flops, count_params
 from fastflow.utils.images import save_figure
 
 EULER_NS = (1, 2, 4, 8, 16, 32, 64)
@@ -142,13 +144,15 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
     package = _generator_package(student.eval(), z, workdir) if {"aoti", "native"} & set(backends) else None
     packaged = load_pt2(package, dev) if package else None  # the student's one-step generator
     s_params, t_params = count_params(student), count_params(teacher)
+    call_flops = {"student": count_flops(student, z), "teacher": count_flops(teacher, z)}  # per batched call
     for backend in backends:
         if backend == "native":
             lat, image = native_latency(runner_path, package, z, iters, warmup, workdir)
             with torch.no_grad():
                 ref = packaged(z).float().cpu()
             rows.append({"model": "student", "backend": "native", "solver": "euler", "steps": 1, "nfe": 1.0,
-                         "params": s_params, "max_abs_vs_aoti": float((image - ref).abs().max()), **lat})
+                         "flops": call_flops["student"], "params": s_params,
+                         "max_abs_vs_aoti": float((image - ref).abs().max()), **lat})
             continue
         s_m = _backend_model(student.eval(), backend, z, workdir)
         t_m = _backend_model(teacher.eval(), backend, z, workdir)
@@ -162,7 +166,7 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
         with torch.no_grad():
             for who, m in (("student", s_m), ("teacher", t_m)):  # one velocity call
                 lat = measure_latency(lambda m=m: m(z, t), dev, warmup=warmup, iters=iters)
-                rows.append({"model": who, "backend": backend, "solver": "call", "nfe": 1,
+                rows.append({"model": who, "backend": backend, "solver": "call", "nfe": 1, "flops": call_flops[who],
                              "params": s_params if who == "student" else t_params, **lat.to_dict()})
             for who, m, solver, steps in plan:
                 if backend == "aoti" and who == "student":  # the package fastflow-run runs too
@@ -171,29 +175,33 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
                     fn = _sampler(m, backend, solver, steps, z)
                 if solver == "rk45":
                     res = generate(m, z, "rk45", None, rtol=1e-5, atol=1e-5)
-                    nfe = float(res.sample_nfe.float().mean())
+                    nfe, calls = float(res.sample_nfe.float().mean()), res.nfe
                 else:
                     nfe = float(steps if solver == "euler" else 2 * steps - 1)
+                    calls = int(nfe)
                 lat = measure_latency(fn, dev, warmup=1 if solver == "rk45" else warmup,
                                       iters=max(3, iters // 4) if solver == "rk45" else iters)
                 rows.append({"model": who, "backend": backend, "solver": solver, "steps": steps, "nfe": nfe,
-                             "params": s_params if who == "student" else t_params, **lat.to_dict()})
+                             "flops": calls * call_flops[who], "params": s_params if who == "student" else t_params,
+                             **lat.to_dict()})
     return rows
 
 
 def speedup_check(rows: list[dict[str, Any]], backend: str = "eager") -> list[dict[str, Any]]:
-    """Measured one-step speedup over teacher Euler-N vs ``N × teacher call / student call``."""
+    """Measured one-step speedup over teacher Euler-N beside ``N × teacher call / student call`` in
+    time (``predicted_speedup``) and in FLOPs (``flops_ratio``): a record, not a pass/fail check."""
     get = lambda m, s, n=None: next(r for r in rows if r["backend"] == backend and r["model"] == m  # noqa: E731
                                     and r["solver"] == s and (n is None or r.get("steps") == n))
     ratio = get("teacher", "call")["p50_ms"] / get("student", "call")["p50_ms"]
-    one = get("student", "euler", 1)["p50_ms"]
+    one_row = get("student", "euler", 1)
+    one = one_row["p50_ms"]
     out = []
     for r in rows:
         if r["backend"] == backend and r["model"] == "teacher" and r["solver"] == "euler":
             measured = r["p50_ms"] / one
             predicted = r["steps"] * ratio
             out.append({"N": r["steps"], "measured_speedup": measured, "predicted_speedup": predicted,
-                        "rel_error": measured / predicted - 1})
+                        "rel_error": measured / predicted - 1, "flops_ratio": r["flops"] / one_row["flops"]})
     return out
 
 

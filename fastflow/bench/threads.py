@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from fastflow.bench.timing import measure_latency
+from fastflow.utils.timing import measure_latency
 
 BUSY_LOOP = "while True: pass"
 

@@ -19,6 +19,7 @@ import torch
 from fastflow.cli.common import (Parser, add_threads, default_device, device_arg, nonneg_float, nonneg_int,
                                  positive_int, run_cli)
 from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.flow.sr import DEFAULT_SIGMA_P
 
 
 def _versions() -> dict[str, str | None]:
@@ -64,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastflow.bench.timing import measure_latency
+    from fastflow.utils.timing import measure_latency
     from fastflow.export import formats
     from fastflow.export.generator import Generator, SRGenerator
     from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
@@ -101,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         objective = read_config(ckpt).get("meta", {}).get("objective_config") or {}
         if objective.get("name") != "oftsr":
             raise ConfigError(f"{ckpt}: image-conditioned models export only as OFTSR students")
-        sigma_p = float(objective.get("sigma_p", 0.1))
+        sigma_p = float(objective.get("sigma_p", DEFAULT_SIGMA_P))
         gen = SRGenerator(model, sigma_p).to(device=device, dtype=dtype).eval()
         kind, extra = "sr", {"sigma_p": repr(sigma_p)}
     else:

@@ -234,7 +234,7 @@ def cmd_bench_latency(args: argparse.Namespace) -> int:
     if check:
         print()
         print(f"one-step speedup over teacher Euler-N vs N x (per-call cost ratio), backend {check_backend}:")
-        print(format_table(check, ["N", "measured_speedup", "predicted_speedup", "rel_error"]))
+        print(format_table(check, ["N", "measured_speedup", "predicted_speedup", "rel_error", "flops_ratio"]))
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
     atomic_write_json(args.out, {"device": dev_name, "batch": args.batch, "torch": torch.__version__,
                                  "student": args.student or args.student_preset,
@@ -255,6 +255,7 @@ def _sr_meta(ckpt: Path) -> tuple[dict, dict]:
 def _eval_sr(args: argparse.Namespace, ckpt: Path, model: torch.nn.Module, device: torch.device) -> int:
     """τ sweep of an OFTSR student (PSNR, SSIM, HF-energy ratio), with the teacher's result."""
     from fastflow.data import build_dataset
+    from fastflow.flow.sr import DEFAULT_SIGMA_P
     from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
     from fastflow.models.checkpoint import load_model
     from fastflow.utils.images import save_grid
@@ -271,7 +272,7 @@ def _eval_sr(args: argparse.Namespace, ckpt: Path, model: torch.nn.Module, devic
     b = data.get(torch.arange(min(args.n, len(data))))
     teacher = load_model(obj_cfg["teacher"], device=device)
     taus = [float(t) for t in args.taus.split(",")]
-    rows, samples = tau_sweep(model, b.x.to(device), b.image.to(device), float(obj_cfg.get("sigma_p", 0.1)),
+    rows, samples = tau_sweep(model, b.x.to(device), b.image.to(device), float(obj_cfg.get("sigma_p", DEFAULT_SIGMA_P)),
                               taus, teacher=teacher)
     print(format_table(rows, ["method", "tau", "NFE", "psnr", "ssim", "hf_ratio"]))
     atomic_write_json(out, {"checkpoint": str(ckpt), "rows": rows})
@@ -288,7 +289,7 @@ def cmd_sr(args: argparse.Namespace) -> int:
 
     from fastflow.data.folder import decode_image
     from fastflow.data.npz import NpzDataset
-    from fastflow.objectives.oftsr import oftsr_one_step
+    from fastflow.flow.sr import DEFAULT_SIGMA_P, sr_one_step
     from fastflow.utils.images import save_grid
     from fastflow.utils.io import check_writable
 
@@ -319,7 +320,8 @@ def cmd_sr(args: argparse.Namespace) -> int:
                           f"(×{scale} to {res}×{res}), got {list(y.shape)}")
     lq = F.interpolate(y, scale_factor=scale, mode="bicubic", align_corners=False).to(device)
     noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(args.seed)).to(device)
-    x = oftsr_one_step(model, lq, args.tau, float(obj_cfg.get("sigma_p", 0.1)), noise)
+    with torch.no_grad():
+        x = sr_one_step(model, lq, args.tau, float(obj_cfg.get("sigma_p", DEFAULT_SIGMA_P)), noise)
     if not torch.isfinite(x).all():
         raise FastflowError("the student produced NaN or Inf values; no image written")
     save_grid(x, args.out, upscale=max(1, 128 // res))
@@ -380,7 +382,7 @@ def cmd_bench_codegen(args: argparse.Namespace) -> int:
             check_writable(args.json.format(arch=a))
     if args.tf32:  # fp32 attention then takes TF32 tensor cores, as at run time under this setting
         torch.set_float32_matmul_precision("high")
-    rows = compile_all(archs, args.dtype, all_configs=args.all_configs, ops=args.ops)
+    rows = compile_all(archs, args.dtype, all_configs=args.all_configs, ops=args.ops, cache=not args.no_cache)
     cols = ["kernel", "variant", "dtype", "arch", "config", "chosen", "registers", "spill_stores", "spill_loads",
             "shared", "wgmma_serialized", "compile_s"]
     print(format_table([{c: getattr(r, c) for c in cols} for r in rows], cols))
@@ -558,6 +560,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="comma list of fp16, bf16, fp32")
     bc.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
     bc.add_argument("--all-configs", action="store_true", help="also compile the configs the pruning removes")
+    bc.add_argument("--no-cache", action="store_true", help="compile even when $FASTFLOW_CACHE/codegen holds the "
+                    "rows of unchanged kernel sources, triton and settings")
     bc.add_argument("--json", default=None, help="write one JSON per arch, e.g. codegen-sm{arch}.json")
     bc.add_argument("--tf32", action="store_true", help="compile fp32 attention for TF32 tensor cores "
                     "(torch.set_float32_matmul_precision('high')), not IEEE")

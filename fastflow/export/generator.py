@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from fastflow.flow.solvers import time_grid
 from fastflow.flow.time import DEFAULT_EPS
-from fastflow.objectives.oftsr import sr_start
+from fastflow.flow.sr import sr_one_step
 
 
 class Generator(nn.Module):
@@ -52,5 +52,4 @@ class SRGenerator(nn.Module):
         return self.model.config
 
     def forward(self, lq: Tensor, noise: Tensor, tau: Tensor) -> Tensor:
-        x0 = sr_start(lq, self.sigma_p, noise)
-        return x0 + self.model(x0, tau, {"image": lq})
+        return sr_one_step(self.model, lq, tau, self.sigma_p, noise)

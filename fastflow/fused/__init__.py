@@ -8,7 +8,7 @@ Importing this package does not import Triton; the kernels load on first use.
 
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm
 from fastflow.fused.ops import attention, group_norm
-from fastflow.fused.reference import attention_ref, group_norm_ref
+from fastflow.models.reference import attention_ref, group_norm_ref
 from fastflow.fused.swap import SwapReport, swap
 
 __all__ = ["FusedAttention", "FusedAttnProcessor", "FusedGroupNorm", "SwapReport", "attention", "attention_ref",

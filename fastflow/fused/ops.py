@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import ShapeError
-from fastflow.fused.reference import attention_ref, group_norm_ref
+from fastflow.models.reference import attention_ref, group_norm_ref
 from fastflow.fused.runtime import flat_spatial, interpreting, kernel_device, warn_once
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -9,9 +9,6 @@ predicted-class histogram: 1 when all ten digits appear equally often) and a con
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -19,13 +16,10 @@ from torch import Tensor, nn
 from fastflow.errors import ShapeError
 from fastflow.metrics.frechet import frechet_distance, gaussian_stats
 from fastflow.models.checkpoint import load_weights
+from fastflow.utils.cache import cache_dir
 from fastflow.utils.io import atomic_save_tensors
 
 VERSION = 1
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("FASTFLOW_CACHE", Path.home() / ".cache" / "fastflow"))
 
 
 class DigitsClassifier(nn.Module):

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastflow.bench.timing import measure_latency
+from fastflow.utils.timing import measure_latency
 from fastflow.errors import ConfigError, DataError
 from fastflow.flow import generate, straightness
 from fastflow.flow.guidance import cfg_velocity

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from fastflow.flow.sample import generate
 from fastflow.metrics.sr import sr_scores
-from fastflow.objectives.oftsr import oftsr_one_step, sr_start
+from fastflow.flow.sr import sr_one_step, sr_start
 from fastflow.utils.images import save_figure
 
 TAUS = (0.01, 0.25, 0.5, 0.75, 0.99)
@@ -31,7 +31,7 @@ def tau_sweep(student: nn.Module, hr: Tensor, lq: Tensor, sigma_p: float, taus: 
 
     rows, samples = [{"method": "bicubic input (lq)", "tau": None, "NFE": 0, **scores(lq)}], {"lq": lq}
     for tau in taus:
-        x = oftsr_one_step(student, lq, tau, sigma_p, noise)
+        x = sr_one_step(student, lq, tau, sigma_p, noise)
         rows.append({"method": "OFTSR one step", "tau": tau, "NFE": 1, **scores(x)})
         samples[f"tau={tau}"] = x
     if teacher is not None:

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.fused.reference import group_norm_ref
+from fastflow.models.reference import group_norm_ref
 
 
 def num_groups(channels: int) -> int:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from fastflow.errors import ConfigError
+from fastflow.flow.sr import DEFAULT_SIGMA_P
 from fastflow.flow.time import build_time_sampler
 from fastflow.objectives.annealing import parse_schedule
 from fastflow.objectives.base import Objective
@@ -60,7 +61,7 @@ def build_objective(spec: dict[str, Any], num_classes: int = 0,
         return Reflow(**common, beta=parse_schedule(spec.get("anneal", "fixed_0")))
     if name == "sr":
         return SRFlow(time=build_time_sampler(spec.get("time", "uniform")), distance=distance,
-                      sigma_p=float(spec.get("sigma_p", 0.1)))
+                      sigma_p=float(spec.get("sigma_p", DEFAULT_SIGMA_P)))
     eps = float(spec.get("eps", 1e-3))
     if name == "distill":
         return Distill(distance=distance, k=int(spec.get("k", 1)), eps=eps, num_classes=num_classes)
@@ -74,7 +75,7 @@ def build_objective(spec: dict[str, Any], num_classes: int = 0,
         w = spec.get("weights", (1.0, 0.1, 0.01))
         if not (isinstance(w, (list, tuple)) and len(w) == 3):
             raise ConfigError("objective oftsr weights must be [distill, boundary, align]")
-        return OFTSRDistill(teacher=teacher, sigma_p=float(spec.get("sigma_p", 0.1)), distance=distance,
+        return OFTSRDistill(teacher=teacher, sigma_p=float(spec.get("sigma_p", DEFAULT_SIGMA_P)), distance=distance,
                             delta=float(spec.get("delta", 0.05)), t_min=float(spec.get("t_min", 0.01)),
                             t_max=float(spec.get("t_max", 0.99)), weights=tuple(float(x) for x in w))
     return FlowGuidedDistill(distance=distance, eps=eps, num_classes=num_classes, teacher=teacher,

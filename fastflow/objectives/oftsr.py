@@ -4,6 +4,8 @@ r"""OFTSR: one-step flow super-resolution with a fidelity ↔ realism knob.
 :math:`x_0 = \sqrt{1-\sigma_p^2}\,\mathrm{lq} + \sigma_p\epsilon`, :math:`x_1 = \mathrm{HR}`,
 input ``cat([x_t, lq])`` (the model's image condition), standard flow-matching loss.
 
+The start state and the one-step map are :mod:`fastflow.flow.sr`.
+
 **Student** (:class:`OFTSRDistill`): :math:`u_\theta(x_0, t, \mathrm{lq})` is the average velocity
 of the teacher trajectory from :math:`x_0` to time :math:`t` (:math:`x_t \approx x_0 + t\,u_\theta`),
 and its one-step output at knob :math:`\tau` is :math:`\hat x(\tau) = x_0 + u_\theta(x_0, \tau)`.
@@ -21,7 +23,6 @@ with :math:`t \sim U(t_\min, t_\max - \Delta)`, :math:`t_\min = 0.01`, :math:`t_
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -31,22 +32,9 @@ from fastflow.data.base import Batch
 from fastflow.errors import DataError
 from fastflow.flow.guidance import Cond
 from fastflow.flow.path import expand_t, predict_x1
+from fastflow.flow.sr import DEFAULT_SIGMA_P, sr_start
 from fastflow.objectives.distances import Distance, l2
 from fastflow.objectives.rf import RectifiedFlow
-
-
-def sr_start(lq: Tensor, sigma_p: float, noise: Tensor | None = None) -> Tensor:
-    """The flow's start ``x0 = sqrt(1 − σ_p²)·lq + σ_p·ε``."""
-    eps = torch.randn_like(lq) if noise is None else noise
-    return math.sqrt(1.0 - sigma_p**2) * lq + sigma_p * eps
-
-
-@torch.no_grad()
-def oftsr_one_step(model: nn.Module, lq: Tensor, tau: float, sigma_p: float,
-                   noise: Tensor | None = None) -> Tensor:
-    """The student's one-step output at knob ``τ``: ``x̂(τ) = x0 + u_θ(x0, τ | lq)``."""
-    x0 = sr_start(lq, sigma_p, noise)
-    return x0 + model(x0, torch.full((len(lq),), float(tau), device=lq.device), {"image": lq})
 
 
 def _lq(batch: Batch) -> Tensor:
@@ -59,7 +47,7 @@ def _lq(batch: Batch) -> Tensor:
 class SRFlow(RectifiedFlow):
     """The OFTSR teacher: flow matching from the noised degraded image to the HR image."""
 
-    sigma_p: float = 0.1
+    sigma_p: float = DEFAULT_SIGMA_P
 
     def source(self, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         return sr_start(_lq(batch), self.sigma_p), {}
@@ -75,7 +63,7 @@ class SRFlow(RectifiedFlow):
 @dataclass
 class OFTSRDistill:
     teacher: nn.Module = field(default=None)  # type: ignore[assignment]
-    sigma_p: float = 0.1
+    sigma_p: float = DEFAULT_SIGMA_P
     distance: Distance = l2
     delta: float = 0.05
     t_min: float = 0.01

@@ -1,5 +1,7 @@
-r"""Plain-PyTorch references of the fused ops: used on CPU, under export, as the fallback for
-inputs the kernels do not take, and as the test oracle. One reference per op.
+r"""Plain-PyTorch references of the ops :mod:`fastflow.fused` replaces with Triton kernels: what the
+models compute with, used on CPU, under export, as the kernels' fallback for inputs they do not
+take, and as the test oracle. One reference per op; it lives here, below both the models and
+``fused``, so that no model imports the kernels.
 
 GroupNorm with time modulation and activation, statistics over each group of ``C/G`` channels
 and all spatial positions:

@@ -1,5 +1,6 @@
-"""Latency measurement: warm-up, then per-call times from CUDA events (GPU) or
-``perf_counter`` (CPU); percentiles over the calls."""
+"""Latency measurement, the one timing primitive of the benches, the evaluation and the demo:
+warm-up, then per-call times from CUDA events (GPU) or ``perf_counter`` (CPU); percentiles over
+the calls."""
 
 from __future__ import annotations
 

@@ -1,0 +1,62 @@
+"""The package's layering, checked by parsing every import (``ast``): a module may import from its
+own sub-package or from a lower layer, never from its own layer's siblings or from above
+(``../shared/DESIGN.md`` §2). Function-local imports count too: a lazy import still climbs."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+PKG = Path(__file__).resolve().parents[1] / "fastflow"
+
+#: bottom up; each entry is one layer
+LAYERS = [
+    ["errors", "__init__"],  # the package root: its version string, no imports
+    ["utils"],
+    ["flow", "data"],
+    ["models"],
+    ["objectives", "fused"],
+    ["train", "pairs", "metrics", "export"],
+    ["bench", "pipelines"],
+    ["demo"],
+    ["cli"],
+    ["__main__"],
+]
+RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+
+
+def _unit(path: Path) -> str:
+    rel = path.relative_to(PKG).parts
+    return rel[0] if len(rel) > 1 else rel[0].removesuffix(".py")
+
+
+def _imported_units(path: Path) -> list[tuple[int, str]]:
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module] if node.module != "fastflow" else [
+                f"fastflow.{a.name}" if (PKG / a.name).is_dir() or (PKG / f"{a.name}.py").is_file()
+                else "fastflow.__init__" for a in node.names]  # a submodule, or a name of the root
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            raise AssertionError(f"{path}:{node.lineno}: relative import; write fastflow.… in full")
+        out += [(node.lineno, n.split(".")[1]) for n in names if n.startswith("fastflow.")]
+    return out
+
+
+def test_every_unit_has_a_layer() -> None:
+    units = {_unit(p) for p in PKG.rglob("*.py")}
+    assert units <= set(RANK), f"add to LAYERS: {sorted(units - set(RANK))}"
+
+
+def test_no_import_climbs_or_crosses_a_layer() -> None:
+    bad = []
+    for path in sorted(PKG.rglob("*.py")):
+        src = _unit(path)
+        for line, dst in _imported_units(path):
+            if dst != src and RANK[dst] >= RANK[src]:
+                bad.append(f"{path.relative_to(PKG.parent)}:{line}: {src} (layer {RANK[src]}) imports {dst} "
+                           f"(layer {RANK[dst]})")
+    assert not bad, "imports that climb:\n" + "\n".join(bad)
