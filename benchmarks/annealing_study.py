@@ -40,7 +40,9 @@ from typing import Any
 
 import torch
 
-from fastflow.demo import SHAPE, student_overrides, train_stage
+from fastflow.pipelines.digits import eval_noise
+from fastflow.pipelines.slimflow import student_overrides
+from fastflow.pipelines.stages import DIGITS_SHAPE, train_stage
 from fastflow.flow import generate
 from fastflow.metrics import digits_scores
 from fastflow.metrics.evaluate import mean_sd
@@ -87,7 +89,7 @@ def _val_pairs(demo: Path, out: Path, seed: int) -> Path:
     teacher = FlowTeacher.from_checkpoint(latest_checkpoint(demo / f"seed-{seed}" / "teacher-1rf"),
                                           solver="rk45", rtol=1e-3, atol=1e-3)  # as the training pairs
     root = out / f"seed-{seed}" / "val-pairs"
-    generate_pairs(teacher, root, N_VAL, SHAPE, shard_size=500, batch_size=500, seed=VAL_SEED + seed)
+    generate_pairs(teacher, root, N_VAL, DIGITS_SHAPE, shard_size=500, batch_size=500, seed=VAL_SEED + seed)
     return root
 
 
@@ -97,11 +99,11 @@ def _scores(ckpt: Path, val_root: Path, seed: int) -> dict[str, float]:
     and ``eval_fd`` (the demo's evaluation noise seed), FDs on ``N_FD`` samples."""
     model = load_model(ckpt)
     one_step = lambda z: generate(model, z, "euler", 1).x  # noqa: E731
-    noise = lambda s: torch.randn(N_FD, *SHAPE, generator=torch.Generator().manual_seed(s))  # noqa: E731
+    noise = lambda s: torch.randn(N_FD, *DIGITS_SHAPE, generator=torch.Generator().manual_seed(s))  # noqa: E731
     val = PairDataset(str(val_root)).get(torch.arange(N_VAL))
     return {"val_fd": digits_scores(one_step(noise(VAL_SEED + seed)))["fd"],
             "val_mse": float((one_step(val.z) - val.x).pow(2).mean()),
-            "eval_fd": digits_scores(one_step(noise(2024 + seed)))["fd"], "n_fd": N_FD}
+            "eval_fd": digits_scores(one_step(eval_noise(seed, N_FD)))["fd"], "n_fd": N_FD}
 
 
 def _job(demo: Path, out: Path, run: Run) -> dict[str, Any]:

@@ -34,3 +34,25 @@ def test_sample_npz_with_label_and_cfg(tmp_path, ckpt) -> None:
     z = np.load(out)
     assert z["x"].shape == (4, 1, 16, 16) and (z["label"] == 7).all() and int(z["nfe"]) > 1
     assert np.isfinite(z["x"]).all()
+
+
+def test_every_verb_is_a_module_and_every_option_has_help() -> None:
+    """``fastflow/cli/``: one module per verb (``add_parser``/``run``); no option without help text."""
+    import argparse
+
+    from fastflow.cli import export
+    from fastflow.cli.main import VERBS, build_parser
+
+    assert all(callable(getattr(v, "add_parser", None)) for v in VERBS)
+
+    def parsers(p: argparse.ArgumentParser):
+        yield p
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                for child in a.choices.values():
+                    yield from parsers(child)
+
+    missing = [f"{p.prog} {a.option_strings or a.dest}" for root in (build_parser(), export.build_parser())
+               for p in parsers(root) for a in p._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    assert not missing, missing

@@ -36,21 +36,22 @@ def test_aggregate_rows_means_and_sample_sds() -> None:
 def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -> None:
     """``fastflow demo --skip-main --conditional --sr --seeds 2`` at a tiny budget: each seed trains
     and scores its own models, and the aggregate rows are the per-seed mean ± sd."""
-    from fastflow import demo
     from fastflow.cli.main import main
+    from fastflow.pipelines import digits, oftsr
 
-    monkeypatch.setattr(demo, "N_EVAL", 40)
-    monkeypatch.setattr(demo, "N_SR_EVAL", 8)
+    monkeypatch.setattr(digits, "N_EVAL", 40)
+    monkeypatch.setattr(oftsr, "N_EVAL", 8)
     out = tmp_path / "demo"
     assert main(["demo", "--skip-main", "--conditional", "--sr", "--seeds", "2", "--scale", "0.002",
                  "--out", str(out), "--threads", "1"]) == 0
     printed = capsys.readouterr().out
-    for part, key in (("conditional", "digits FD"), ("sr", "psnr")):
+    for part, key, last in (("conditional", "digits FD", "one-step (FGD)"), ("sr", "psnr", "teacher Euler 32")):
         res = json.loads((out / part / "results-seeds.json").read_text())
         assert res["seeds"] == [0, 1] and set(res["per_seed"]) == {"0", "1"}
         runs = [res["per_seed"][s]["rows"] for s in ("0", "1")]
         assert [r["seed"] for r in res["per_seed"].values()] == [0, 1]
-        assert runs[0][-1][key] != runs[1][-1][key]  # the seed reaches training and sampling
+        a, b = (next(r[key] for r in run if r["method"] == last) for run in runs)
+        assert a != b  # the seed reaches training and sampling
         for i, row in enumerate(res["rows"]):
             values = [run[i][key] for run in runs]
             assert row[key] == pytest.approx(statistics.mean(values))
@@ -67,7 +68,8 @@ def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -
     rk45 = next(c for c in cond["orderings"] if "RK45" in c["claim"])
     assert rk45["paired gain"] == f"{statistics.mean(gains):.2f} ± {statistics.stdev(gains):.2f}"
     sr = json.loads((out / "sr" / "results-seeds.json").read_text())
-    gaps = [sr["per_seed"][s]["rows"][-2]["psnr"] - sr["per_seed"][s]["rows"][-1]["psnr"] for s in ("0", "1")]
+    gaps = [next(r["psnr"] for r in sr["per_seed"][s]["rows"] if r["tau"] == 0.99)
+            - next(r["psnr"] for r in sr["per_seed"][s]["rows"] if r["method"] == "teacher Euler 32") for s in ("0", "1")]
     assert sr["student τ≈1 − teacher PSNR (dB)"] == pytest.approx([statistics.mean(gaps), statistics.stdev(gaps)])
     assert (out / "sr" / "tau_sweep.png").is_file() and (out / "sr" / "seed-0" / "strip.png").is_file()
     assert "InstaFlow on class-conditioned digits" in printed and " ± " in printed and "/2] " in printed

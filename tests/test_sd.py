@@ -169,8 +169,10 @@ def test_load_from_a_local_directory_and_prompt_table(sd_dir, tmp_path) -> None:
     emb, prompts = load_prompt_table(table_path)
     assert prompts == ["a cat", "a dog"] and emb.shape == (3, 16, D)
     assert not torch.allclose(emb[0], emb[1])
-    model = SDVelocity(SDConfig(path=str(sd_dir), prompts=str(table_path)))
+    given = SDConfig(path=str(sd_dir), prompts=str(table_path))
+    model = SDVelocity(given)
     assert model.config.prediction == "epsilon" and model.config.num_classes == 2 and model.config.resolution == 8
+    assert given == SDConfig(path=str(sd_dir), prompts=str(table_path))  # the caller's config is left as it was
     with torch.no_grad():
         img = model.decode(torch.randn(2, 4, 8, 8))
     assert img.shape == (2, 3, 8, 8) and img.abs().max() <= 1

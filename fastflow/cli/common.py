@@ -106,6 +106,23 @@ def _number(text: str, kind: type) -> Any:
     return value
 
 
+def add_model_args(p: argparse.ArgumentParser, device: str | None = None) -> None:
+    """``--weights`` and ``--device``: which weights of a checkpoint, and where to run them."""
+    p.add_argument("--weights", default="ema", choices=["ema", "model"],
+                   help="the checkpoint's EMA weights (falls back to model when it has none) or its raw weights")
+    p.add_argument("--device", type=device_arg, default=device or default_device(),
+                   help="cpu, cuda or cuda:N (default: %(default)s)")
+
+
+def load_checkpoint(args: argparse.Namespace) -> tuple[Any, torch.nn.Module]:
+    """The :class:`~fastflow.models.checkpoint.CheckpointRecord` of ``args.ckpt`` and its model
+    (``--weights``) on ``--device``."""
+    from fastflow.models.checkpoint import load_model, read_record
+
+    record = read_record(args.ckpt)
+    return record, load_model(record.path, weights=args.weights, device=args.device)
+
+
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=positive_int, default=None,
                    help=f"CPU threads for PyTorch (default: ${THREADS_ENV}, else one core fewer than "

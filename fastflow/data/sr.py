@@ -18,7 +18,11 @@ from torch import Tensor
 from fastflow.data.base import Batch, Dataset
 from fastflow.errors import ConfigError, DataError
 
-def degrade(x: Tensor, scale: int = 4, sigma_y: float = 0.0, mode: str = "bicubic",
+#: the super-resolution factor when a config names none (OFTSR's ×4)
+DEFAULT_SCALE = 4
+
+
+def degrade(x: Tensor, scale: int = DEFAULT_SCALE, sigma_y: float = 0.0, mode: str = "bicubic",
             generator: torch.Generator | None = None) -> Tensor:
     """``lq = bicubic_up(down(x) + σ_y·n)`` at the size of ``x`` (``[B, C, H, W]`` in [−1, 1])."""
     if x.dim() != 4 or x.shape[-1] % scale or x.shape[-2] % scale:
@@ -38,7 +42,7 @@ class SRDataset(Dataset):
     """Pairs ``(x = HR, image = lq)`` from a source dataset; the degradation noise of sample
     ``i`` is seeded by ``(seed, i)`` so a sample is the same every time it is drawn."""
 
-    def __init__(self, source: dict[str, Any] | str = "digits", scale: int = 4, sigma_y: float = 0.0,
+    def __init__(self, source: dict[str, Any] | str = "digits", scale: int = DEFAULT_SCALE, sigma_y: float = 0.0,
                  mode: str = "bicubic", seed: int = 0) -> None:
         from fastflow.data import build_dataset
 

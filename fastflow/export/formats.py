@@ -1,6 +1,7 @@
-"""One builder and one loader per artefact format. Builders write the file; loaders return a
-``run(*inputs) → image`` callable over the artefact (used by validation and latency) that checks
-its inputs against the artefact's :class:`~fastflow.export.spec.GeneratorSpec` first."""
+"""One builder and one loader per artefact format, dispatched through one table, :data:`FORMATS`.
+Builders write the file; loaders return a ``run(*inputs) → image`` callable over the artefact
+(used by validation and latency) that checks its inputs against the artefact's
+:class:`~fastflow.export.spec.GeneratorSpec` first."""
 
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
 
 Runner = Callable[..., Tensor]  # run(*inputs) → image
 Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
-FORMATS = ("onnx", "pt2", "ep", "engine", "trt-pt2")
 TRT_HINT = "pip install 'fastflow[tensorrt]' (torch-tensorrt matching your torch)"
 
 
@@ -258,5 +258,34 @@ def build_trt_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: P
             dynamic_shapes=_dynamic_shapes(gen, example, spec.batch), inductor_configs=_aoti_configs(spec))
 
 
-LOADERS: dict[str, Callable[[Path, torch.device], Runner]] = {
-    "onnx": load_onnx, "ep": load_ep, "pt2": load_pt2, "engine": load_engine, "trt-pt2": load_pt2}
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """Settings some formats take: the ONNX opset, TensorRT's optimisation level and timing cache."""
+
+    opset: int = 19
+    opt_level: int = 3
+    timing_cache: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Format:
+    """How an artefact format is built from a generator and run."""
+
+    build: Callable[[nn.Module, Example, GeneratorSpec, Path, BuildOptions], None]
+    load: Callable[[Path, torch.device], Runner]
+    gpu_only: bool
+    help: str
+
+
+#: format name → how it is built and run (the one list ``fastflow-export --format`` offers)
+FORMATS: dict[str, Format] = {
+    "onnx": Format(lambda g, e, s, p, o: build_onnx(g, e, s.batch, p, o.opset, s.dtype), load_onnx, False,
+                   "ONNX with dynamic batch, GroupNorm and softmax in fp32, run by ONNX Runtime"),
+    "pt2": Format(lambda g, e, s, p, o: build_pt2(g, e, s, p), load_pt2, False,
+                  "AOTInductor package with input checks and metadata (fastflow-run runs it)"),
+    "ep": Format(lambda g, e, s, p, o: build_ep(g, e, s.batch, p), load_ep, False, "torch.export program"),
+    "engine": Format(lambda g, e, s, p, o: build_engine(g, e, s, p, o.opt_level, o.timing_cache), load_engine, True,
+                     "serialized TensorRT plan (+ PATH.json sidecar)"),
+    "trt-pt2": Format(lambda g, e, s, p, o: build_trt_pt2(g, e, s, p, o.opt_level, o.timing_cache), load_pt2, True,
+                      "TensorRT inside a .pt2"),
+}

@@ -33,7 +33,6 @@ from fastflow.fused.runtime import Launch, interpreting, next_pow2, require_kern
 from fastflow.fused.tuning import attention_pruner
 
 LOG2E = 1.4426950408889634
-MAX_HEAD_DIM = 256
 
 
 def _configs(bwd: bool = False) -> list[triton.Config]:

@@ -14,10 +14,12 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import ShapeError
-from fastflow.models.reference import attention_ref, group_norm_ref
 from fastflow.fused.runtime import flat_spatial, interpreting, kernel_device, warn_once
+from fastflow.models.reference import attention_ref, group_norm_ref
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+#: the attention kernel splits head dims up to this into one or two power-of-two tiles
+MAX_HEAD_DIM = 256
 
 
 def _dtype_ok(x: Tensor, op: str) -> bool:
@@ -68,8 +70,8 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Te
         raise ShapeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     use = kernel_device(q) and _dtype_ok(q, "attention")
-    if use and q.shape[-1] > 256:
-        warn_once(f"attention-head-dim-{q.shape[-1]}", f"attention: head dim {q.shape[-1]} > 256")
+    if use and q.shape[-1] > MAX_HEAD_DIM:
+        warn_once(f"attention-head-dim-{q.shape[-1]}", f"attention: head dim {q.shape[-1]} > {MAX_HEAD_DIM}")
         use = False
     if not use:
         return attention_ref(q, k, v, scale)

@@ -32,7 +32,6 @@ from fastflow.fused.runtime import interpreting
 TABLE = Path(__file__).with_name("spill_free.json")
 #: Max dynamic shared memory per block (opt-in), bytes, by compute capability.
 SHARED_LIMIT = {75: 65536, 80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
-KERNELS = ("fwd", "dq", "dkdv")
 
 
 def shared_limit(arch: int) -> int:

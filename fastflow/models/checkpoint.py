@@ -2,14 +2,21 @@
 (+ ``ema.safetensors``). Nothing is unpickled. ``config.json`` records the SHA-256 of every
 payload file (taken from the bytes written, before the atomic rename); every load verifies it, so
 a flipped bit is a :class:`CheckpointError` naming the file, never silently different weights.
-Checkpoints written before digests load with a one-time warning."""
+Checkpoints written before digests load with a one-time warning.
+
+:func:`read_record` reads what a checkpoint *is* — architecture, conditioning kind, classes,
+training objective, OFTSR's ``sigma_p`` and scale, digests — once, into a typed
+:class:`CheckpointRecord` that the CLI, export and pipelines use instead of guessing."""
 
 from __future__ import annotations
 
 import logging
 import os
+import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -18,8 +25,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fastflow import __version__
+from fastflow.data.sr import DEFAULT_SCALE
 from fastflow.errors import CheckpointError, ConfigError
-from fastflow.models.presets import arch_of, build_model
+from fastflow.flow.sr import DEFAULT_SIGMA_P
+from fastflow.models.presets import arch_of, build_model, model_kind
 from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json
 
 FORMAT = "fastflow-model"
@@ -168,3 +177,56 @@ def load_model(directory: str | Path, weights: str = "ema", device: str | torch.
         raise CheckpointError(f"{d / 'config.json'}: invalid model config ({e})") from None
     load_weights(model, weights_file(d, weights))
     return model.to(device).eval()
+
+
+@dataclass(frozen=True)
+class CheckpointRecord:
+    """What a checkpoint is, read once from its ``config.json``."""
+
+    path: Path
+    arch: str
+    kind: str  # models.presets.KINDS: unconditional, class, token or image
+    num_classes: int
+    objective: str | None  # the training objective's name; None for a model saved outside training
+    objective_config: dict[str, Any]
+    data_config: dict[str, Any]
+    sigma_p: float | None  # image-conditioned (OFTSR) flows: noise of the start state
+    sr_scale: int | None  # trained on data.name=sr: the super-resolution factor
+    digests: dict[str, str]
+
+    @property
+    def oftsr_student(self) -> bool:
+        return self.objective == "oftsr"
+
+    @property
+    def teacher(self) -> str | None:
+        return self.objective_config.get("teacher")
+
+
+def _section(meta: dict[str, Any], key: str, path: Path) -> dict[str, Any]:
+    value = meta.get(key) or {}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: meta.{key} is not a mapping")
+    return value
+
+
+def read_record(directory: str | Path) -> CheckpointRecord:
+    """The :class:`CheckpointRecord` of a checkpoint directory (or a run's latest checkpoint)."""
+    d = resolve_checkpoint(directory)
+    cfg = read_config(d)
+    path = d / "config.json"
+    meta = cfg.get("meta") or {}
+    if not isinstance(meta, dict) or not isinstance(cfg["model"], dict):
+        raise CheckpointError(f"{path}: meta and model must be mappings")
+    obj, data = _section(meta, "objective_config", path), _section(meta, "data_config", path)
+    kind = model_kind(SimpleNamespace(**cfg["model"]))
+    try:
+        sigma_p = float(obj.get("sigma_p", DEFAULT_SIGMA_P)) if kind == "image" else None
+        scale = int(data.get("scale", DEFAULT_SCALE)) if data.get("name") == "sr" else None
+        classes = int(cfg["model"].get("num_classes", 0))
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: malformed sigma_p, scale or num_classes ({e})") from None
+    if sigma_p is not None and not (math.isfinite(sigma_p) and 0 <= sigma_p < 1):
+        raise CheckpointError(f"{path}: sigma_p must be in [0, 1), got {sigma_p}")
+    return CheckpointRecord(d, str(cfg.get("arch", "unet")), kind, classes, obj.get("name") or meta.get("objective"),
+                            obj, data, sigma_p, scale, dict(cfg.get("sha256") or {}))

@@ -75,6 +75,21 @@ def sample_shape(model: nn.Module) -> tuple[int, ...]:
     return (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
 
 
+#: what a model is conditioned on, from its config (one place; the checkpoint record, export,
+#: pairs and training read it here)
+KINDS = ("unconditional", "class", "token", "image")
+
+
+def model_kind(config: Any) -> str:
+    """``token`` (cross-attention context), ``image`` (channel-concatenated, OFTSR), ``class``
+    (label embedding) or ``unconditional``; fields a config lacks (the MLP's) count as 0."""
+    if getattr(config, "context_dim", 0):
+        return "token"
+    if getattr(config, "cond_channels", 0):
+        return "image"
+    return "class" if getattr(config, "num_classes", 0) else "unconditional"
+
+
 def viewable(model: nn.Module, x: Tensor) -> Tensor:
     """Samples as images: latent models (``sd``) decode through their VAE, others are images already."""
     decode = getattr(model, "decode", None)

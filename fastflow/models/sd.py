@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,7 @@ class SDVelocity(nn.Module):
     def __init__(self, config: SDConfig, unet: nn.Module | None = None, schedule: VPSchedule | None = None,
                  table: Tensor | None = None) -> None:
         super().__init__()
+        config = replace(config)  # a copy: the caller's config is never changed
         path = config.path
         if unet is None:
             diffusers = _diffusers()

@@ -19,9 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, ShapeError
+from fastflow.flow.guidance import Cond
 from fastflow.models.layers import AttnBlock, GroupNormAct, ResBlock, timestep_embedding
-
-Cond = Tensor | dict[str, Tensor] | None
 
 
 @dataclass

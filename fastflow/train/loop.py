@@ -19,7 +19,7 @@ from fastflow.data import BatchStream, Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
 from fastflow.models.checkpoint import checkpoints_root, load_weights, resolve_checkpoint
-from fastflow.models.presets import build_model, sample_shape, viewable
+from fastflow.models.presets import build_model, model_kind, sample_shape, viewable
 from fastflow.objectives import build_objective
 from fastflow.train.config import TrainConfig, dump_config
 from fastflow.utils.distributed import DistInfo, barrier, gather_bytes, init_distributed
@@ -56,7 +56,7 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     return cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
 
 
-class _Sampler:
+class _PreviewGrids:
     """Fixed inputs for periodic grids, so grids are comparable across steps: noise (and
     labels), or what the objective's ``sample_inputs(batch)`` makes from a fixed data batch
     (e.g. the noised degraded images of super-resolution)."""
@@ -72,7 +72,7 @@ class _Sampler:
             if make is not None:
                 z, self.cond = make(data.get(torch.arange(min(n, len(data)))).to(device))
                 self.z = z
-            elif not getattr(model.config, "cond_channels", 0):
+            elif model_kind(model.config) != "image":
                 self.z = torch.randn(n, *data.sample_shape).to(device)
                 k = model.config.num_classes
                 self.cond = (torch.arange(n) % k).to(device) if k else None
@@ -158,12 +158,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
             print(f"{run}: already trained to step {start} (train.steps={cfg.train.steps})")
         return run
 
-    logger = sampler = None
+    logger = grids = None
     if info.main:
         atomic_write_text(run / "config.yaml", dump_config(cfg))
         truncate_log(run / "log.jsonl", start)
         logger = Logger(run, cfg.train.tensorboard)
-        sampler = _Sampler(cfg, model, data, objective, info.device)
+        grids = _PreviewGrids(cfg, model, data, objective, info.device)
     barrier(info)
 
     net = model
@@ -226,7 +226,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
         if info.main and ((cfg.train.sample_every and n % cfg.train.sample_every == 0)
                           or n == cfg.train.steps):
-            sampler(ema.model, run / "samples" / f"step-{n:08d}.png", n)
+            grids(ema.model, run / "samples" / f"step-{n:08d}.png", n)
     bar.close()
     if logger is not None:
         logger.close()

@@ -1,0 +1,217 @@
+"""``fastflow bench latency | kernels | codegen | threads``: the benchmarks behind the README's
+numbers; each writes JSON (and PNG where a plot helps)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from fastflow.cli.common import add_threads, choice_list, default_device, device_arg, int_list, positive_int
+from fastflow.errors import ConfigError
+from fastflow.models.checkpoint import resolve_checkpoint
+from fastflow.models.presets import sample_shape
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from fastflow.bench.latency import BACKENDS
+
+    bench = sub.add_parser("bench", help="benchmarks: latency, fused kernels, code generation, CPU threads")
+    verbs = bench.add_subparsers(dest="bench", required=True)
+    lat = verbs.add_parser("latency", help="one-step student vs teacher at Euler N, Heun, RK45, per backend")
+    lat.add_argument("--student", default=None, help="student checkpoint (default: random --student-preset)")
+    lat.add_argument("--teacher", default=None, help="teacher checkpoint (default: random --teacher-preset)")
+    lat.add_argument("--student-preset", default="digits-small", help="preset of a random-weight student")
+    lat.add_argument("--teacher-preset", default="digits", help="preset of a random-weight teacher")
+    lat.add_argument("--batch", type=positive_int, default=1, help="samples per call")
+    lat.add_argument("--backends", type=choice_list(*BACKENDS), default="eager",
+                     help=f"comma list of {', '.join(BACKENDS)}")
+    lat.add_argument("--euler", type=int_list, default="1,2,4,8,16,32,64", help="teacher Euler step counts")
+    lat.add_argument("--runner", default=None, help="fastflow-run binary for the native backend "
+                     "(default: build/kernels/fastflow-run from `make native`, else PATH)")
+    lat.add_argument("--no-rk45", action="store_true", help="skip the teacher's adaptive RK45 row")
+    lat.add_argument("--iters", type=positive_int, default=20, help="timed calls per row")
+    lat.add_argument("--device", type=device_arg, default=default_device(), help="cpu, cuda or cuda:N")
+    lat.add_argument("--out", default="latency.json", help="output JSON")
+    lat.add_argument("--png", default="latency_vs_nfe.png", help="output plot")
+    lat.set_defaults(fn=run_latency)
+
+    kern = verbs.add_parser("kernels", help="fused GroupNorm+SiLU and attention vs eager, compiled and SDPA (GPU)")
+    kern.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
+    kern.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="input dtype")
+    kern.add_argument("--backward", action="store_true", help="time attention forward + backward")
+    kern.add_argument("--quick", action="store_true", help="tiny shape set (plumbing check)")
+    kern.add_argument("--device", type=device_arg, default=default_device(), help="cpu, cuda or cuda:N")
+    kern.add_argument("--out", default="kernels.json", help="output JSON")
+    kern.set_defaults(fn=run_kernels)
+
+    code = verbs.add_parser("codegen", help="compile every fused kernel × config for sm_80/90/100 (no GPU needed): "
+                            "registers, spills, shared memory")
+    code.add_argument("--arch", default="80,90", help="comma list of 80, 90, 100")
+    code.add_argument("--dtype", type=choice_list("fp16", "bf16", "fp32"), default="fp16,bf16",
+                      help="comma list of fp16, bf16, fp32")
+    code.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
+    code.add_argument("--all-configs", action="store_true", help="also compile the configs the pruning removes")
+    code.add_argument("--no-cache", action="store_true", help="compile even when $FASTFLOW_CACHE/codegen holds the "
+                      "rows of unchanged kernel sources, triton and settings")
+    code.add_argument("--json", default=None, help="write one JSON per arch, e.g. codegen-sm{arch}.json")
+    code.add_argument("--tf32", action="store_true", help="compile fp32 attention for TF32 tensor cores "
+                      "(torch.set_float32_matmul_precision('high')), not IEEE")
+    code.add_argument("--from-json", default=None, help="comma list of codegen JSONs: print the README summary "
+                      "table from them instead of compiling")
+    code.add_argument("--table", default=None, help="with --all-configs: write the spill-free config table "
+                      "(fastflow/fused/spill_free.json)")
+    code.set_defaults(fn=run_codegen)
+
+    thr = verbs.add_parser("threads", help="a demo training step at each CPU thread count, idle and next to a "
+                           "busy core (the measurement behind the --threads default)")
+    thr.add_argument("--sweep", type=int_list, default=None, help="thread counts (default: 1 … available cores)")
+    thr.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
+    thr.add_argument("--out", default="threads.json", help="output JSON")
+    thr.set_defaults(fn=run_threads)
+    for verb in (lat, kern, code, thr):
+        add_threads(verb)
+
+
+def run_latency(args: argparse.Namespace) -> int:
+    import platform
+
+    from fastflow.bench.latency import latency_suite, save_plot, speedup_check
+    from fastflow.models import build_model, load_model
+    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.table import format_table
+
+    device = args.device
+    for path, suffix in ((args.out, ".json"), (args.png, ".png")):
+        if Path(path).suffix.lower() != suffix:
+            raise ConfigError(f"{path!r}: want a {suffix} file")
+        check_writable(path)
+
+    def get(ckpt: str | None, preset: str) -> torch.nn.Module:
+        if ckpt:
+            return load_model(resolve_checkpoint(ckpt), device=device)
+        torch.manual_seed(0)
+        return build_model({"preset": preset}).to(device).eval()  # random weights: latency only
+
+    student, teacher = get(args.student, args.student_preset), get(args.teacher, args.teacher_preset)
+    shape = sample_shape(student)
+    if sample_shape(teacher) != shape:
+        raise ConfigError(f"student and teacher sample shapes differ: {shape} vs {sample_shape(teacher)}")
+    z = torch.randn(args.batch, *shape, device=device)
+    backends = args.backends
+    rows = latency_suite(student, teacher, z, backends, euler_ns=args.euler,
+                         iters=args.iters, rk45=not args.no_rk45, runner=args.runner)
+    for r in rows:
+        r["speedup_vs_one_step"] = r["p50_ms"] / next(
+            x["p50_ms"] for x in rows if x["backend"] == r["backend"] and x["model"] == "student"
+            and x["solver"] == "euler")
+    print(format_table(rows, ["model", "backend", "solver", "nfe", "p50_ms", "p90_ms", "speedup_vs_one_step"]))
+    print(format_table([r for r in rows if r["backend"] in ("eager", "aoti", "native") and r["model"] == "student"
+                        and r["solver"] == "euler"], ["backend", "p50_ms", "p90_ms", "p99_ms"]))
+    check_backend = next((b for b in backends if b != "native"), None)  # native times the student only
+    check = speedup_check(rows, check_backend) if check_backend else []
+    if check:
+        print()
+        print(f"one-step speedup over teacher Euler-N vs N x (per-call cost ratio), backend {check_backend}:")
+        print(format_table(check, ["N", "measured_speedup", "predicted_speedup", "rel_error", "flops_ratio"]))
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    atomic_write_json(args.out, {"device": dev_name, "batch": args.batch, "torch": torch.__version__,
+                                 "student": args.student or args.student_preset,
+                                 "teacher": args.teacher or args.teacher_preset,
+                                 "rows": rows, "speedup_check": check})
+    save_plot(rows, args.png)
+    print(f"wrote {args.out}, {args.png}")
+    return 0
+
+
+def run_kernels(args: argparse.Namespace) -> int:
+    from fastflow.bench.kernels import kernel_suite
+    from fastflow.fused.runtime import TRITON, interpreting
+    from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.table import format_table
+
+    if not TRITON:
+        raise ConfigError("fastflow bench kernels needs triton: pip install triton")
+    device = args.device
+    if device.type != "cuda" and not (args.quick and interpreting()):
+        raise ConfigError("fastflow bench kernels needs a CUDA GPU (on CPU only --quick under TRITON_INTERPRET=1, "
+                          "which checks the plumbing, not the speed)")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    res = kernel_suite(device, dtype, tuple(args.ops), quick=args.quick, backward=args.backward)
+    if res["group_norm"]:
+        print(format_table(res["group_norm"], ["shape", "fused_ms", "eager_ms", "fused_GBps", "copy_GBps",
+                                               "fraction_of_copy_bw", "fraction_of_bound", "speedup_vs_eager"]))
+    if res["attention"]:
+        print(format_table(res["attention"], ["shape", "fused_ms", "best_sdpa_ms", "fused_TFLOPs",
+                                              "fraction_of_bound", "ratio_vs_best_sdpa"]))
+    print(f"device ceilings (measured): copy {res['ceilings']['copy_GBps']:.0f} GB/s, "
+          f"matmul {res['ceilings']['matmul_TFLOPs']:.1f} TFLOP/s")
+    for k, v in res["summary"].items():
+        print(f"{k}: {v}")
+    atomic_write_json(args.out, res)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_codegen(args: argparse.Namespace) -> int:
+    import json
+
+    from fastflow.bench.codegen import compile_all, markdown_summary, problems, spill_free_table, to_json
+    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.table import format_table
+
+    if args.from_json:  # no compiling: the README table from committed results
+        try:
+            docs = [json.loads(Path(f).read_text()) for f in args.from_json.split(",")]
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"--from-json: {e}") from None
+        print(markdown_summary(docs))
+        return 0
+
+    try:
+        archs = [int(a) for a in args.arch.split(",")]
+    except ValueError:
+        raise ConfigError(f"--arch takes a comma list of 80, 90, 100; got {args.arch!r}") from None
+    if args.json:
+        for a in archs:
+            check_writable(args.json.format(arch=a))
+    if args.tf32:  # fp32 attention then takes TF32 tensor cores, as at run time under this setting
+        torch.set_float32_matmul_precision("high")
+    rows = compile_all(archs, args.dtype, all_configs=args.all_configs, ops=args.ops, cache=not args.no_cache)
+    cols = ["kernel", "variant", "dtype", "arch", "config", "chosen", "registers", "spill_stores", "spill_loads",
+            "shared", "wgmma_serialized", "compile_s"]
+    print(format_table([{c: getattr(r, c) for c in cols} for r in rows], cols))
+    found = problems(rows)
+    if args.table:
+        atomic_write_json(args.table, spill_free_table(rows))
+        print(f"wrote {args.table}")
+    for a in archs:
+        if args.json:
+            atomic_write_json(args.json.format(arch=a), to_json(rows, a))
+            print(f"wrote {args.json.format(arch=a)}")
+    print(f"{len(rows)} compiles; {sum(r.chosen for r in rows)} chosen configs; "
+          f"{sum(r.chosen and r.spills for r in rows)} of them spill")
+    for p in found:
+        print(f"PROBLEM: {p}")
+    return 1 if found else 0
+
+
+def run_threads(args: argparse.Namespace) -> int:
+    import platform
+
+    from fastflow.bench.threads import thread_sweep
+    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.table import format_table
+    from fastflow.utils.threads import available_cores, default_threads
+
+    check_writable(args.out)
+    sweep = args.sweep or list(range(1, available_cores() + 1))
+    rows = thread_sweep(sweep, steps=args.steps)
+    print(format_table(rows, ["threads", "neighbour", "step_ms_p50", "step_ms_p90", "slowdown_vs_idle"]))
+    atomic_write_json(args.out, {"device": f"cpu ({platform.machine()}, {available_cores()} cores available)",
+                                 "torch": torch.__version__, "workload": "demo teacher training step "
+                                 "(configs/digits.yaml, batch 128)", "default_threads": default_threads(),
+                                 "rows": rows})
+    print(f"default threads here: {default_threads()}; wrote {args.out}")
+    return 0
