@@ -2,6 +2,7 @@
 Reflow, a smaller student from scratch) → one-step distillation (FGD). The paper's orderings
 must hold: one-step quality 1-RF < 2-RF < distilled, and the 2-RF is straighter than the 1-RF."""
 
+import pytest
 import torch
 
 from fastflow.data import build_dataset
@@ -46,6 +47,7 @@ def test_slimflow_orderings_on_toy2d(tmp_path) -> None:
     assert s2 < 0.5 * s1, (s1, s2)
 
 
+@pytest.mark.slow  # ~5 min on 2 cores: make test-all
 def test_instaflow_conditional_one_step_follows_labels_on_digits(tmp_path) -> None:
     """Small budget (~2 min): class-conditional teacher with condition dropout → CFG pairs (labels in
     the shards) → one-step distillation with CFG-guided FGD; one-step samples show the requested

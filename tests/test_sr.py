@@ -182,6 +182,7 @@ def test_sr_cli_and_tau_sweep_eval(tmp_path) -> None:
     assert (tmp_path / "e.png").is_file() and (tmp_path / "e-samples.png").is_file()
 
 
+@pytest.mark.slow  # ~4.5 min on 2 cores: make test-all
 def test_oftsr_tau_trades_fidelity_for_realism_on_digits_x4(tmp_path) -> None:
     """Small budget (~2 min on 2 cores): digits ×4, teacher 500 steps, student 400 steps from it.
     PSNR falls and the high-frequency energy (realism proxy) rises monotonically with τ, and the

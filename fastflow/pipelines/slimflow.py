@@ -189,7 +189,7 @@ def _figures(rows: list[ResultRow], samples: dict[str, torch.Tensor], out: Path)
     sample_rows_figure(samples, out / "samples.png")
     for name, key in (("fgd", f"{FGD}, euler 1"), ("teacher_rk45", f"{TEACHER}, rk45")):
         save_grid(samples[next(k for k in samples if k.startswith(key))][:64], out / f"grid_{name}.png", upscale=4)
-    latency_quality_plot(rows, out)
+    latency_quality_plot(rows, out / "latency_vs_nfe.png")
 
 
 def _print(result: dict[str, Any], n: int, out: Path) -> None:
