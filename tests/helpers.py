@@ -13,6 +13,9 @@ from fastflow.data import BatchStream
 from fastflow.train.config import TrainConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the user's cache as it was before the test session gave every test a private one (conftest);
+#: read at collection, before any fixture runs. The code-generation rows are kept there across runs.
+USER_CACHE = Path(os.environ.get("FASTFLOW_CACHE", Path.home() / ".cache" / "fastflow"))
 
 # A very small digits UNet: a training step takes milliseconds on a CPU.
 TINY_DIGITS = [

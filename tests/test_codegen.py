@@ -22,6 +22,8 @@ import triton
 
 from fastflow.fused.tuning import attention_smem, attention_pruner, shared_limit, spill_free
 
+from helpers import USER_CACHE
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -30,7 +32,8 @@ def _codegen(arch: int, out: Path) -> subprocess.Popen:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
     return subprocess.Popen([sys.executable, "-m", "fastflow", "bench", "codegen", "--arch", str(arch),
-                             "--dtype", "fp16,bf16", "--json", str(out / "codegen-sm{arch}.json")],
+                             "--dtype", "fp16,bf16", "--json", str(out / "codegen-sm{arch}.json"),
+                             "--cache-dir", str(USER_CACHE / "codegen")],
                             env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 

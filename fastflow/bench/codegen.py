@@ -219,13 +219,16 @@ def _cached_rows(path: Path) -> list[Row] | None:
 
 
 def compile_all(archs: Sequence[int], dtypes: Sequence[str], all_configs: bool = False,
-                ops: Sequence[str] = OPS, progress: bool = True, cache: bool = True) -> list[Row]:
+                ops: Sequence[str] = OPS, progress: bool = True, cache: bool = True,
+                cache_root: Path | None = None) -> list[Row]:
     """Compile every (kernel, config) of the shape set for each arch and dtype; one row each. With
-    ``cache``, an arch whose :func:`cache_key` was compiled before on this machine is read back."""
+    ``cache``, an arch whose :func:`cache_key` was compiled before into ``cache_root`` (default
+    ``$FASTFLOW_CACHE/codegen``) is read back."""
     _check_request(archs, dtypes, ops)
+    root = cache_root or cache_dir() / "codegen"
     rows: list[Row] = []
     for arch in archs:
-        path = cache_dir() / "codegen" / f"sm{arch}-{cache_key(arch, dtypes, all_configs, ops)}.json"
+        path = root / f"sm{arch}-{cache_key(arch, dtypes, all_configs, ops)}.json"
         got = _cached_rows(path) if cache else None
         if got is None:
             got = _compile_arch(arch, dtypes, all_configs, ops, progress)

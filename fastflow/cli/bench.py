@@ -53,8 +53,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       help="comma list of fp16, bf16, fp32")
     code.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
     code.add_argument("--all-configs", action="store_true", help="also compile the configs the pruning removes")
-    code.add_argument("--no-cache", action="store_true", help="compile even when $FASTFLOW_CACHE/codegen holds the "
-                      "rows of unchanged kernel sources, triton and settings")
+    code.add_argument("--no-cache", action="store_true", help="compile even when the cache holds the rows of "
+                      "unchanged kernel sources, triton and settings")
+    code.add_argument("--cache-dir", type=Path, default=None, help="where compiled rows are cached "
+                      "(default: $FASTFLOW_CACHE/codegen, ~/.cache/fastflow/codegen)")
     code.add_argument("--json", default=None, help="write one JSON per arch, e.g. codegen-sm{arch}.json")
     code.add_argument("--tf32", action="store_true", help="compile fp32 attention for TF32 tensor cores "
                       "(torch.set_float32_matmul_precision('high')), not IEEE")
@@ -178,7 +180,8 @@ def run_codegen(args: argparse.Namespace) -> int:
             check_writable(args.json.format(arch=a))
     if args.tf32:  # fp32 attention then takes TF32 tensor cores, as at run time under this setting
         torch.set_float32_matmul_precision("high")
-    rows = compile_all(archs, args.dtype, all_configs=args.all_configs, ops=args.ops, cache=not args.no_cache)
+    rows = compile_all(archs, args.dtype, all_configs=args.all_configs, ops=args.ops, cache=not args.no_cache,
+                       cache_root=args.cache_dir)
     cols = ["kernel", "variant", "dtype", "arch", "config", "chosen", "registers", "spill_stores", "spill_loads",
             "shared", "wgmma_serialized", "compile_s"]
     print(format_table([{c: getattr(r, c) for c in cols} for r in rows], cols))

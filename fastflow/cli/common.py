@@ -106,6 +106,17 @@ def _number(text: str, kind: type) -> Any:
     return value
 
 
+#: the ODE solvers a checkpoint is sampled with
+SOLVERS = ["one_step", "euler", "heun", "rk2", "rk45"]
+
+
+def add_sampling_args(p: argparse.ArgumentParser, solver: str, steps: int) -> None:
+    """The checkpoint argument, ``--solver`` and ``--steps`` of the verbs that sample a checkpoint."""
+    p.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
+    p.add_argument("--solver", default=solver, choices=SOLVERS, help="ODE solver (one_step: x + (1 − ε)·v)")
+    p.add_argument("--steps", type=positive_int, default=steps, help="steps for euler/heun/rk2")
+
+
 def add_model_args(p: argparse.ArgumentParser, device: str | None = None) -> None:
     """``--weights`` and ``--device``: which weights of a checkpoint, and where to run them."""
     p.add_argument("--weights", default="ema", choices=["ema", "model"],

@@ -9,16 +9,13 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import add_model_args, add_threads, load_checkpoint, nonneg_int, positive_int
-
-SOLVERS = ["one_step", "euler", "heun", "rk2", "rk45"]
+from fastflow.cli.common import (add_model_args, add_sampling_args, add_threads, load_checkpoint, nonneg_int,
+                                 positive_int)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="quality, straightness, params, FLOPs, NFE and latency of a checkpoint")
-    p.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
-    p.add_argument("--solver", default="one_step", choices=SOLVERS, help="ODE solver of the samples scored")
-    p.add_argument("--steps", type=positive_int, default=1, help="steps for euler/heun/rk2")
+    add_sampling_args(p, "one_step", 1)
     p.add_argument("--n", type=positive_int, default=1000, help="samples for the quality metrics")
     p.add_argument("--seed", type=nonneg_int, default=0, help="noise seed")
     p.add_argument("--seeds", type=positive_int, default=1,

@@ -11,21 +11,18 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastflow.cli.common import (add_model_args, add_threads, finite_float, load_checkpoint, nonneg_int,
-                                 positive_float, positive_int)
+from fastflow.cli.common import (add_model_args, add_sampling_args, add_threads, finite_float, load_checkpoint,
+                                 nonneg_int, positive_float, positive_int)
 from fastflow.errors import ConfigError
 from fastflow.models.presets import sample_shape, viewable
 
 #: A PNG grid of more samples is unreadable (and huge): ask for .npz instead.
 MAX_GRID = 4096
-SOLVERS = ["one_step", "euler", "heun", "rk2", "rk45"]
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sample", help="draw samples from a checkpoint")
-    p.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
-    p.add_argument("--solver", default="euler", choices=SOLVERS, help="ODE solver (one_step: x + (1 − ε)·v)")
-    p.add_argument("--steps", type=positive_int, default=16, help="steps for euler/heun/rk2")
+    add_sampling_args(p, "euler", 16)
     p.add_argument("--r", type=positive_float, default=0.5, help="rk2 intermediate point in (0, 1]")
     p.add_argument("--rtol", type=positive_float, default=1e-5, help="rk45 relative tolerance")
     p.add_argument("--atol", type=positive_float, default=1e-5, help="rk45 absolute tolerance")
