@@ -39,3 +39,22 @@ def test_digits_metric_separates_real_from_noise() -> None:
     blurred = digits_scores(torch.nn.functional.avg_pool2d(x[:900], 3, 1, 1))
     assert real["fd"] < blurred["fd"] < noise["fd"]
     assert real["coverage"] > 0.95 and noise["coverage"] < real["coverage"]
+
+
+def test_digits_classifier_is_the_same_whatever_the_callers_thread_count(tmp_path, monkeypatch) -> None:
+    """The classifier behind digits FD is trained at a fixed thread count: a 1- and a 2-thread caller
+    get the same weights (and so the same FD for the same samples), and keep their own count."""
+    from fastflow.metrics import digits
+
+    states = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            monkeypatch.setenv("FASTFLOW_CACHE", str(tmp_path / f"t{n}"))
+            monkeypatch.setattr(digits, "_CACHE", {})
+            torch.set_num_threads(n)
+            states.append(digits.classifier().state_dict())
+            assert torch.get_num_threads() == n
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
