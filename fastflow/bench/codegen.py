@@ -9,9 +9,9 @@ be chosen for that shape on that arch (after the configs' pruning) — or with e
 (``--all-configs``) to see what the pruning removes. An arch's rows are cached under
 ``$FASTFLOW_CACHE/codegen`` keyed by everything they depend on (the sources of ``fastflow/fused``,
 the shape set, this module, the triton and torch versions and the compile settings), so an
-unchanged kernel is compiled once per machine, not once per run (``--no-cache`` recompiles). Triton's bundled ``ptxas -v`` reports
-registers and spill bytes; shared memory comes from the compiled kernel's metadata. A stand-in
-driver answers the one question compilation asks of a GPU: which target.
+unchanged kernel is compiled once per machine, not once per run (``--no-cache`` recompiles).
+Triton's bundled ``ptxas -v`` reports registers and spill bytes; shared memory comes from the
+compiled kernel's metadata. A stand-in driver answers the one question compilation asks of a GPU: which target.
 
 Must run without ``TRITON_INTERPRET`` (the interpreter replaces the kernels).
 """

@@ -117,9 +117,10 @@ def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[P
         gen, kind, extra = SRGenerator(model, record.sigma_p), "sr", {"sigma_p": repr(record.sigma_p)}
     else:
         gen, kind, extra = Generator(model, args.steps), ("conditional" if record.num_classes else "generator"), {}
+    weights = weights_file(record.path, args.weights)  # its digest was verified by the load above
     spec = GeneratorSpec(kind=kind, sample_shape=tuple(shape), batch=BatchRange(*batch), dtype=args.dtype,
                          steps=1 if kind == "sr" else args.steps, num_classes=record.num_classes,
-                         device=device.type, checkpoint_sha256=file_digest(weights_file(record.path, args.weights)),
+                         device=device.type, checkpoint_sha256=record.digests.get(weights.name) or file_digest(weights),
                          extra=extra)
     g = torch.Generator().manual_seed(args.seed)
 

@@ -185,7 +185,7 @@ class CheckpointRecord:
 
     path: Path
     arch: str
-    kind: str  # models.presets.KINDS: unconditional, class, token or image
+    kind: str  # models.presets.model_kind: unconditional, class, token or image
     num_classes: int
     objective: str | None  # the training objective's name; None for a model saved outside training
     objective_config: dict[str, Any]

@@ -75,11 +75,6 @@ def sample_shape(model: nn.Module) -> tuple[int, ...]:
     return (cfg.dim,) if hasattr(cfg, "dim") else (cfg.in_channels, cfg.resolution, cfg.resolution)
 
 
-#: what a model is conditioned on, from its config (one place; the checkpoint record, export,
-#: pairs and training read it here)
-KINDS = ("unconditional", "class", "token", "image")
-
-
 def model_kind(config: Any) -> str:
     """``token`` (cross-attention context), ``image`` (channel-concatenated, OFTSR), ``class``
     (label embedding) or ``unconditional``; fields a config lacks (the MLP's) count as 0."""

@@ -56,7 +56,7 @@ def lpips_distance() -> Any:
 
 
 def train_teacher(out: Path, scale: float, seed: int) -> Path:
-    log("[sr 1/3] SR teacher flow from x0 = sqrt(1 − σp²)·lq + σp·ε (photo crops ×4, σp = 0.1)")
+    log(f"[sr 1/3] SR teacher flow from x0 = sqrt(1 − σp²)·lq + σp·ε (photo crops ×4, σp = {DEFAULT_SIGMA_P})")
     return train_stage(out, "teacher", [*COMMON, "objective={name: sr}", "train.batch_size=32",
                                         f"train.steps={budget(TEACHER_STEPS, scale)}"], config=None, seed=seed)
 
