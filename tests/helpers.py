@@ -39,10 +39,11 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """``python -m fastflow ARGS`` (or ``python -m MODULE ARGS`` when ARGS start with ``-m``)."""
+def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``python -m fastflow ARGS`` (or ``python -m MODULE ARGS`` when ARGS start with ``-m``); ``env``
+    overrides variables of the test environment."""
     cmd = [*args] if args and args[0] == "-m" else ["-m", "fastflow", *args]
-    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env=cli_env(),
+    return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env={**cli_env(), **(env or {})},
                           timeout=timeout, cwd=ROOT)
 
 

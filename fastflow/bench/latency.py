@@ -19,6 +19,9 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from copy import deepcopy
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,13 +37,32 @@ from fastflow.export.formats import build_pt2, load_pt2
 from fastflow.export.generator import Generator
 from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.flow.sample import generate
+from fastflow.fused import apply as apply_fused, is_fused
+from fastflow.fused.runtime import kernels_in_export
 from fastflow.metrics.cost import count_flops, count_params
 from fastflow.utils.images import save_figure
 
 EULER_NS = (1, 2, 4, 8, 16, 32, 64)
 
 
-BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti", "native")
+#: the same paths with the Triton-fused GroupNorm/attention swapped in (CUDA; CPU only under the interpreter)
+FUSED_BACKENDS = ("fused", "fused+compiled", "fused+cudagraph", "fused+aoti")
+BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti", "native", *FUSED_BACKENDS)
+
+
+def split_backend(backend: str) -> tuple[bool, str]:
+    """``"fused+compiled"`` → ``(True, "compiled")``, ``"fused"`` → ``(True, "eager")``."""
+    if backend == "fused":
+        return True, "eager"
+    fused, _, base = backend.rpartition("+")
+    return fused == "fused", base
+
+
+def fused_copy(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` with the fused kernels in (``fastflow.fused.apply(..., "on")``)."""
+    copy = deepcopy(model)
+    apply_fused(copy, "on")
+    return copy
 RUNNER_BUILD_PATH = Path(__file__).resolve().parents[2] / "build" / "kernels" / "fastflow-run"
 
 
@@ -53,12 +75,19 @@ def find_runner(path: str | None = None) -> Path:
     return Path(found)
 
 
-def _generator_package(student: nn.Module, z: Tensor, workdir: Path) -> Path:
-    """The student's one-step generator as an AOTInductor package at the batch of ``z``."""
+def _fused_tag(fused: bool, device: torch.device) -> str:
+    """``fastflow.fused`` of a package (see ``fastflow-export --fused``)."""
+    return "off" if not fused else "triton" if device.type == "cuda" else "op"
+
+
+def _generator_package(student: nn.Module, z: Tensor, workdir: Path, fused: bool = False) -> Path:
+    """The student's one-step generator as an AOTInductor package at the batch of ``z`` (``fused``:
+    with the kernels of a fused student)."""
     b = z.shape[0]
-    spec = GeneratorSpec("generator", tuple(z.shape[1:]), BatchRange(b, b, b), device=z.device.type)
-    path = workdir / "student-generator.pt2"
-    with torch.no_grad():
+    spec = GeneratorSpec("generator", tuple(z.shape[1:]), BatchRange(b, b, b), device=z.device.type,
+                         extra={"fused": _fused_tag(fused, z.device)})
+    path = workdir / f"student-generator{'-fused' if fused else ''}.pt2"
+    with torch.no_grad(), kernels_in_export() if fused else nullcontext():
         build_pt2(Generator(student, 1).eval(), (z,), spec, path)
     return path
 
@@ -104,8 +133,11 @@ def _exported_velocity(model: nn.Module, backend: str, example: Tensor, workdir:
             sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
             return lambda x, t, cond=None: torch.from_numpy(
                 sess.run(None, {"x": x.cpu().numpy(), "t": t.cpu().numpy()})[0]).to(x.device)
-        torch._inductor.aoti_compile_and_package(torch.export.export(vel, (example, t)),
-                                                 package_path=str(path))
+        fused = is_fused(model)
+        with kernels_in_export() if fused else nullcontext(), torch._functorch.config.patch(
+                decompose_custom_triton_ops=_fused_tag(fused, example.device) != "op"):
+            torch._inductor.aoti_compile_and_package(torch.export.export(vel, (example, t)),
+                                                     package_path=str(path))
         runner = torch._inductor.aoti_load_package(str(path))
         return lambda x, t, cond=None: runner(x, t)
 
@@ -130,60 +162,91 @@ def _sampler(model: Callable[..., Tensor], backend: str, solver: str, steps: int
     return lambda: generate(model, z, solver, steps, **kw)
 
 
+@dataclass
+class _Suite:
+    """What every backend's rows share: noise, models (plain and fused), packages, costs."""
+
+    z: Tensor
+    models: dict[bool, tuple[nn.Module, nn.Module]]  # fused? → (student, teacher)
+    packages: dict[bool, Path]  # fused? → the student's one-step generator package
+    params: dict[str, int]
+    flops: dict[str, int]  # per batched call
+    workdir: Path
+    iters: int
+    warmup: int
+
+
 def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: Sequence[str] = ("eager",),
                   euler_ns: Sequence[int] = EULER_NS, heun_ns: Sequence[int] = (4,), rk45: bool = True,
                   iters: int = 20, warmup: int = 3, runner: str | None = None) -> list[dict[str, Any]]:
-    """Latency rows for every (model, backend, solver) of the suite at the batch of ``z``."""
-    dev = z.device
-    rows = []
-    workdir = Path(tempfile.mkdtemp(prefix="fastflow-bench-"))
+    """Latency rows for every (model, backend, solver) of the suite at the batch of ``z``; the
+    ``fused*`` backends time copies of the models with the fused kernels swapped in."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ConfigError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
     runner_path = find_runner(runner) if "native" in backends else None
-    package = _generator_package(student.eval(), z, workdir) if {"aoti", "native"} & set(backends) else None
-    packaged = load_pt2(package, dev) if package else None  # the student's one-step generator
-    s_params, t_params = count_params(student), count_params(teacher)
-    call_flops = {"student": count_flops(student, z), "teacher": count_flops(teacher, z)}  # per batched call
+    student, teacher = student.eval(), teacher.eval()
+    models = {False: (student, teacher)}
+    if any(split_backend(b)[0] for b in backends):
+        models[True] = (fused_copy(student), fused_copy(teacher))
+    workdir = Path(tempfile.mkdtemp(prefix="fastflow-bench-"))
+    packages = {fused: _generator_package(models[fused][0], z, workdir, fused)
+                for fused in models if {"aoti", "native"} & {split_backend(b)[1] for b in backends
+                                                             if split_backend(b)[0] == fused}}
+    suite = _Suite(z, models, packages, {"student": count_params(student), "teacher": count_params(teacher)},
+                   {"student": count_flops(student, z), "teacher": count_flops(teacher, z)}, workdir, iters, warmup)
+    rows: list[dict[str, Any]] = []
     for backend in backends:
         if backend == "native":
-            lat, image = native_latency(runner_path, package, z, iters, warmup, workdir)
-            with torch.no_grad():
-                ref = packaged(z).float().cpu()
-            rows.append({"model": "student", "backend": "native", "solver": "euler", "steps": 1, "nfe": 1.0,
-                         "flops": call_flops["student"], "params": s_params,
-                         "max_abs_vs_aoti": float((image - ref).abs().max()), **lat})
-            continue
-        s_m = _backend_model(student.eval(), backend, z, workdir)
-        t_m = _backend_model(teacher.eval(), backend, z, workdir)
-        t = torch.full((z.shape[0],), 0.5, device=dev)
-        plan: list[tuple[str, Callable[..., Tensor], str, int | None]] = [("student", s_m, "euler", 1)]
-        plan += [("teacher", t_m, "euler", n) for n in euler_ns]
-        if backend != "cudagraph":
-            plan += [("teacher", t_m, "heun", n) for n in heun_ns]
-            if rk45 and backend == "eager":
-                plan.append(("teacher", t_m, "rk45", None))
-        with torch.no_grad():
-            for who, m in (("student", s_m), ("teacher", t_m)):  # one velocity call
-                lat = measure_latency(lambda m=m: m(z, t), dev, warmup=warmup, iters=iters)
-                rows.append({"model": who, "backend": backend, "solver": "call", "nfe": 1, "flops": call_flops[who],
-                             "params": s_params if who == "student" else t_params, **lat.to_dict()})
-            for who, m, solver, steps in plan:
-                if backend == "aoti" and who == "student":  # the package fastflow-run runs too
-                    fn = partial(packaged, z)
-                else:
-                    fn = _sampler(m, backend, solver, steps, z)
-                if solver == "rk45":
-                    res = generate(m, z, "rk45", None, rtol=1e-5, atol=1e-5)
-                    nfe, calls = float(res.sample_nfe.float().mean()), res.nfe
-                else:
-                    nfe = float(steps if solver == "euler" else 2 * steps - 1)
-                    calls = int(nfe)
-                lat = measure_latency(fn, dev, warmup=1 if solver == "rk45" else warmup,
-                                      iters=max(3, iters // 4) if solver == "rk45" else iters)
-                rows.append({"model": who, "backend": backend, "solver": solver, "steps": steps, "nfe": nfe,
-                             "flops": calls * call_flops[who], "params": s_params if who == "student" else t_params,
-                             **lat.to_dict()})
+            rows.append(_native_row(suite, runner_path))
+        else:
+            rows += _backend_rows(suite, backend, euler_ns, heun_ns, rk45)
+    return rows
+
+
+def _native_row(suite: _Suite, runner_path: Path | None) -> dict[str, Any]:
+    """``fastflow-run`` on the student's package, its output checked against Python's."""
+    lat, image = native_latency(runner_path, suite.packages[False], suite.z, suite.iters, suite.warmup, suite.workdir)
+    with torch.no_grad():
+        ref = load_pt2(suite.packages[False], suite.z.device)(suite.z).float().cpu()
+    return {"model": "student", "backend": "native", "solver": "euler", "steps": 1, "nfe": 1.0,
+            "flops": suite.flops["student"], "params": suite.params["student"],
+            "max_abs_vs_aoti": float((image - ref).abs().max()), **lat}
+
+
+def _backend_rows(suite: _Suite, backend: str, euler_ns: Sequence[int], heun_ns: Sequence[int],
+                  rk45: bool) -> list[dict[str, Any]]:
+    """One velocity call of each model, then every sampler of the plan, on one backend."""
+    fused, base = split_backend(backend)
+    z, dev, rows = suite.z, suite.z.device, []
+    s_m, t_m = (_backend_model(m, base, z, suite.workdir) for m in suite.models[fused])
+    t = torch.full((z.shape[0],), 0.5, device=dev)
+    plan: list[tuple[str, Callable[..., Tensor], str, int | None]] = [("student", s_m, "euler", 1)]
+    plan += [("teacher", t_m, "euler", n) for n in euler_ns]
+    if base != "cudagraph":
+        plan += [("teacher", t_m, "heun", n) for n in heun_ns]
+        if rk45 and base == "eager":
+            plan.append(("teacher", t_m, "rk45", None))
+    with torch.no_grad():
+        for who, m in (("student", s_m), ("teacher", t_m)):  # one velocity call
+            lat = measure_latency(lambda m=m: m(z, t), dev, warmup=suite.warmup, iters=suite.iters)
+            rows.append({"model": who, "backend": backend, "solver": "call", "nfe": 1, "flops": suite.flops[who],
+                         "params": suite.params[who], **lat.to_dict()})
+        for who, m, solver, steps in plan:
+            if base == "aoti" and who == "student":  # the package fastflow-run runs too
+                fn = partial(load_pt2(suite.packages[fused], dev), z)
+            else:
+                fn = _sampler(m, base, solver, steps, z)
+            if solver == "rk45":
+                res = generate(m, z, "rk45", None, rtol=1e-5, atol=1e-5)
+                nfe, calls = float(res.sample_nfe.float().mean()), res.nfe
+            else:
+                nfe = float(steps if solver == "euler" else 2 * steps - 1)
+                calls = int(nfe)
+            lat = measure_latency(fn, dev, warmup=1 if solver == "rk45" else suite.warmup,
+                                  iters=max(3, suite.iters // 4) if solver == "rk45" else suite.iters)
+            rows.append({"model": who, "backend": backend, "solver": solver, "steps": steps, "nfe": nfe,
+                         "flops": calls * suite.flops[who], "params": suite.params[who], **lat.to_dict()})
     return rows
 
 

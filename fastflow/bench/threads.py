@@ -22,6 +22,7 @@ BUSY_LOOP = "while True: pass"
 def _demo_step() -> Any:
     """One training step of the demo's teacher, as a closure (fixed seed and batch)."""
     from fastflow.data import BatchStream, build_dataset
+    from fastflow.fused import split_spec
     from fastflow.models import build_model
     from fastflow.objectives import build_objective
     from fastflow.train import load_config
@@ -29,7 +30,7 @@ def _demo_step() -> Any:
     cfg = load_config("digits")
     torch.manual_seed(0)
     data = build_dataset(cfg.data)
-    model = build_model(cfg.model).train()
+    model = build_model(split_spec(cfg.model)[0]).train()
     objective = build_objective(cfg.objective, num_classes=0, device=torch.device("cpu"))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
     batch = BatchStream(data, cfg.train.batch_size, cfg.seed).batch(0)

@@ -8,14 +8,18 @@ from pathlib import Path
 
 import torch
 
-from fastflow.cli.common import add_threads, choice_list, default_device, device_arg, int_list, positive_int
-from fastflow.errors import ConfigError
+from fastflow.cli.common import (add_threads, choice_list, default_device, device_arg, int_list, nonneg_int,
+                                 positive_int)
+from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.models.checkpoint import resolve_checkpoint
 from fastflow.models.presets import sample_shape
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from fastflow.bench.latency import BACKENDS
+    from fastflow.bench.train_step import PATHS
+    from fastflow.bench.train_step import PRESETS as TRAIN_PRESETS
+    from fastflow.models.presets import PRESETS
 
     bench = sub.add_parser("bench", help="benchmarks: latency, fused kernels, code generation, CPU threads")
     verbs = bench.add_subparsers(dest="bench", required=True)
@@ -26,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     lat.add_argument("--teacher-preset", default="digits", help="preset of a random-weight teacher")
     lat.add_argument("--batch", type=positive_int, default=1, help="samples per call")
     lat.add_argument("--backends", type=choice_list(*BACKENDS), default="eager",
-                     help=f"comma list of {', '.join(BACKENDS)}")
+                     help=f"comma list of {', '.join(BACKENDS)}; fused*: the same with the Triton-fused "
+                     "GroupNorm/attention swapped in (CUDA with Triton; skipped with a note elsewhere)")
     lat.add_argument("--euler", type=int_list, default="1,2,4,8,16,32,64", help="teacher Euler step counts")
     lat.add_argument("--runner", default=None, help="fastflow-run binary for the native backend "
                      "(default: build/kernels/fastflow-run from `make native`, else PATH)")
@@ -66,19 +71,69 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       "(fastflow/fused/spill_free.json)")
     code.set_defaults(fn=run_codegen)
 
+    trn = verbs.add_parser("train", help="time and peak memory of one training step: eager, fused, compiled, "
+                           "fused+compiled (the fused paths need CUDA with Triton)")
+    trn.add_argument("--presets", type=choice_list(*PRESETS), default=",".join(TRAIN_PRESETS),
+                     help="comma list of model presets")
+    trn.add_argument("--paths", type=choice_list(*PATHS), default=",".join(PATHS), help=f"comma list of {', '.join(PATHS)}")
+    trn.add_argument("--batch", type=positive_int, default=32, help="training batch size")
+    trn.add_argument("--steps", type=positive_int, default=10, help="timed steps per row (after --warmup)")
+    trn.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps first (compilation happens here)")
+    trn.add_argument("--device", type=device_arg, default=default_device(), help="cpu, cuda or cuda:N")
+    trn.add_argument("--out", default="train_step.json", help="output JSON")
+    trn.set_defaults(fn=run_train)
+
     thr = verbs.add_parser("threads", help="a demo training step at each CPU thread count, idle and next to a "
                            "busy core (the measurement behind the --threads default)")
     thr.add_argument("--sweep", type=int_list, default=None, help="thread counts (default: 1 … available cores)")
     thr.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
     thr.add_argument("--out", default="threads.json", help="output JSON")
     thr.set_defaults(fn=run_threads)
-    for verb in (lat, kern, code, thr):
+    for verb in (lat, kern, code, trn, thr):
         add_threads(verb)
 
 
-def run_latency(args: argparse.Namespace) -> int:
+def _runnable(backends: list[str], device: torch.device) -> list[str]:
+    """The backends that can run on ``device``: the fused ones need a kernel device (say so once)."""
+    from fastflow.bench.latency import split_backend
+    from fastflow.fused.apply import kernel_runtime
+
+    compiled, interpreted, why = kernel_runtime(device)
+    fused = [b for b in backends if split_backend(b)[0]]
+    if fused and not (compiled or interpreted):
+        print(f"note: skipping {', '.join(fused)}: {why}")
+        backends = [b for b in backends if b not in fused]
+    if not backends:
+        raise MissingBackendError("no backend left to time on this machine")
+    return backends
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from fastflow.bench.train_step import runnable_paths, train_step_suite
+    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.table import format_table
+
+    check_writable(args.out)
+    paths, why = runnable_paths(args.paths, args.device)
+    if why:
+        print(f"note: the fused paths need a kernel device ({why}); timing {', '.join(paths) or 'nothing'}")
+    if not paths:
+        raise MissingBackendError("no path left to time on this machine")
+    rows = train_step_suite(args.presets, args.batch, args.device, paths, steps=args.steps, warmup=args.warmup)
+    print(format_table(rows, ["preset", "path", "batch", "step_p50_ms", "step_p90_ms", "peak_mem_mb", "first_loss"]))
+    atomic_write_json(args.out, {"device": _device_name(args.device), "torch": torch.__version__, "rows": rows,
+                                 "fused_skipped": why})
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _device_name(device: torch.device) -> str:
     import platform
 
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+
+
+def run_latency(args: argparse.Namespace) -> int:
     from fastflow.bench.latency import latency_suite, save_plot, speedup_check
     from fastflow.models import build_model, load_model
     from fastflow.utils.io import atomic_write_json, check_writable
@@ -101,7 +156,7 @@ def run_latency(args: argparse.Namespace) -> int:
     if sample_shape(teacher) != shape:
         raise ConfigError(f"student and teacher sample shapes differ: {shape} vs {sample_shape(teacher)}")
     z = torch.randn(args.batch, *shape, device=device)
-    backends = args.backends
+    backends = _runnable(args.backends, device)
     rows = latency_suite(student, teacher, z, backends, euler_ns=args.euler,
                          iters=args.iters, rk45=not args.no_rk45, runner=args.runner)
     for r in rows:
@@ -117,8 +172,7 @@ def run_latency(args: argparse.Namespace) -> int:
         print()
         print(f"one-step speedup over teacher Euler-N vs N x (per-call cost ratio), backend {check_backend}:")
         print(format_table(check, ["N", "measured_speedup", "predicted_speedup", "rel_error", "flops_ratio"]))
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-    atomic_write_json(args.out, {"device": dev_name, "batch": args.batch, "torch": torch.__version__,
+    atomic_write_json(args.out, {"device": _device_name(device), "batch": args.batch, "torch": torch.__version__,
                                  "student": args.student or args.student_preset,
                                  "teacher": args.teacher or args.teacher_preset,
                                  "rows": rows, "speedup_check": check})

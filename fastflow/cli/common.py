@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from fastflow.errors import FastflowError
+from fastflow.fused.apply import MODES as FUSED_MODES
 from fastflow.utils.distributed import shutdown_distributed
 from fastflow.utils.threads import THREADS_ENV, configure_threads
 
@@ -117,21 +118,35 @@ def add_sampling_args(p: argparse.ArgumentParser, solver: str, steps: int) -> No
     p.add_argument("--steps", type=positive_int, default=steps, help="steps for euler/heun/rk2")
 
 
-def add_model_args(p: argparse.ArgumentParser, device: str | None = None) -> None:
-    """``--weights`` and ``--device``: which weights of a checkpoint, and where to run them."""
+FUSED_HELP = ("Triton-fused GroupNorm/attention: auto (on with CUDA + Triton, else off), on (an error without "
+              "a kernel device; CPU only under TRITON_INTERPRET=1), off")
+
+
+def add_fused_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
+    """``--fused {auto,on,off}``: what :func:`fastflow.fused.apply` does to the model."""
+    p.add_argument("--fused", default="auto", choices=list(FUSED_MODES), help=FUSED_HELP + extra)
+
+
+def add_model_args(p: argparse.ArgumentParser, device: str | None = None, fused_extra: str = "") -> None:
+    """``--weights``, ``--device`` and ``--fused``: which weights of a checkpoint, where and how to run them."""
     p.add_argument("--weights", default="ema", choices=["ema", "model"],
                    help="the checkpoint's EMA weights (falls back to model when it has none) or its raw weights")
     p.add_argument("--device", type=device_arg, default=device or default_device(),
                    help="cpu, cuda or cuda:N (default: %(default)s)")
+    add_fused_arg(p, fused_extra)
 
 
-def load_checkpoint(args: argparse.Namespace) -> tuple[Any, torch.nn.Module]:
+def load_checkpoint(args: argparse.Namespace, fused: bool = True) -> tuple[Any, torch.nn.Module]:
     """The :class:`~fastflow.models.checkpoint.CheckpointRecord` of ``args.ckpt`` and its model
-    (``--weights``) on ``--device``."""
+    (``--weights``) on ``--device``, with ``--fused`` applied (``fused=False``: as built)."""
+    from fastflow.fused import apply
     from fastflow.models.checkpoint import load_model, read_record
 
     record = read_record(args.ckpt)
-    return record, load_model(record.path, weights=args.weights, device=args.device)
+    model = load_model(record.path, weights=args.weights, device=args.device)
+    if fused:
+        apply(model, args.fused, args.device)
+    return record, model
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

@@ -66,7 +66,7 @@ def _eval_sr(args: argparse.Namespace, record: Any, model: torch.nn.Module, out:
         taus = [float(t) for t in args.taus.split(",")]
     except ValueError:
         raise ConfigError(f"--taus takes a comma list of numbers, got {args.taus!r}") from None
-    rows, samples = sweep_checkpoint(record, model, args.n, taus, args.device)
+    rows, samples = sweep_checkpoint(record, model, args.n, taus, args.device, args.fused)
     print(format_table(rows, ["method", "tau", "NFE", "psnr", "ssim", "hf_ratio"]))
     atomic_write_json(out, {"checkpoint": str(record.path), "rows": rows})
     save_sweep_plot(rows, str(out.with_suffix(".png")))

@@ -8,6 +8,8 @@ Exit codes: 0 success, 1 validation failed, 2 bad input or a missing backend (on
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import importlib.metadata
 import platform
 import sys
@@ -60,7 +62,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--atol", type=nonneg_float, default=1e-4, help="validation's absolute tolerance")
     p.add_argument("--rtol", type=nonneg_float, default=1e-3, help="validation's relative tolerance")
     p.add_argument("--report", default=None, help="write a JSON report here")
-    add_model_args(p)
+    add_model_args(p, fused_extra=". pt2/ep keep the kernels (on CUDA compiled into the package; under the "
+                   "interpreter the package calls fastflow's registered ops); onnx/engine/trt-pt2 keep the PyTorch "
+                   "reference decomposition. The report and the package metadata record which (fastflow.fused)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the validation and timing inputs")
     add_threads(p)
 
@@ -99,29 +103,47 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int, int]:
     return lo, opt, hi
 
 
-def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[Path, torch.nn.Module, Any, Inputs]:
-    """The checkpoint, its generator module, the spec, and example inputs by batch size."""
+def _fused_path(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """The model to export and what it carries (``fastflow.fused``): ``triton`` (kernels compiled
+    into the package, CUDA), ``op`` (calls the registered fastflow ops: the interpreter, or an ``ep``)
+    or ``off`` (the reference decomposition: ``--fused off``, or a format that cannot keep kernels)."""
+    from fastflow.fused import apply, decide
+
+    fused = copy.deepcopy(model) if decide(args.fused, args.device)[0] else model
+    if not apply(fused, args.fused, args.device).active:
+        return model, "off"
+    if not FORMATS[args.format].kernels:
+        print(f"note: --format {args.format} keeps the PyTorch reference decomposition of the fused ops")
+        return model, "off"
+    return fused, "triton" if args.device.type == "cuda" and args.format == "pt2" else "op"
+
+
+def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[Path, Any, Any, Any, Inputs]:
+    """The checkpoint, the generator to export, the unfused eager generator (the reference of
+    validation), the spec, and example inputs by batch size."""
     from fastflow.export.generator import Generator, SRGenerator
     from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
     from fastflow.models.checkpoint import weights_file
     from fastflow.models.presets import sample_shape
     from fastflow.utils.io import file_digest
 
-    record, model = load_checkpoint(args)
+    record, model = load_checkpoint(args, fused=False)
     if record.kind == "token":
         raise ConfigError("exporting token-conditioned generators is not supported yet")
     dtype, device, shape = DTYPES[args.dtype], args.device, sample_shape(model)
+    exported, fused = _fused_path(args, model)
     if record.kind == "image":  # an OFTSR student: (lq, noise, tau) → image
         if not record.oftsr_student:
             raise ConfigError(f"{record.path}: image-conditioned models export only as OFTSR students")
-        gen, kind, extra = SRGenerator(model, record.sigma_p), "sr", {"sigma_p": repr(record.sigma_p)}
+        wrap, kind, extra = (lambda m: SRGenerator(m, record.sigma_p)), "sr", {"sigma_p": repr(record.sigma_p)}
     else:
-        gen, kind, extra = Generator(model, args.steps), ("conditional" if record.num_classes else "generator"), {}
+        wrap = lambda m: Generator(m, args.steps)  # noqa: E731
+        kind, extra = ("conditional" if record.num_classes else "generator"), {}
     weights = weights_file(record.path, args.weights)  # its digest was verified by the load above
     spec = GeneratorSpec(kind=kind, sample_shape=tuple(shape), batch=BatchRange(*batch), dtype=args.dtype,
                          steps=1 if kind == "sr" else args.steps, num_classes=record.num_classes,
                          device=device.type, checkpoint_sha256=record.digests.get(weights.name) or file_digest(weights),
-                         extra=extra)
+                         extra={**extra, "fused": fused})
     g = torch.Generator().manual_seed(args.seed)
 
     def inputs_for(b: int) -> tuple[torch.Tensor, ...]:
@@ -133,18 +155,21 @@ def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[P
             return (z,)
         return z, torch.randint(0, record.num_classes, (b,), generator=g).to(device)
 
-    return record.path, gen.to(device=device, dtype=dtype).eval(), spec, inputs_for
+    gens = [wrap(m).to(device=device, dtype=dtype).eval() for m in (exported, model)]
+    return record.path, gens[0], gens[1], spec, inputs_for
 
 
 def run(args: argparse.Namespace) -> int:
     from fastflow.export.formats import BuildOptions, input_names
+    from fastflow.fused.runtime import kernels_in_export
 
     batch = _check_args(args)
     out = Path(args.output)
-    ckpt, gen, spec, inputs_for = _generator(args, batch)
+    ckpt, gen, reference, spec, inputs_for = _generator(args, batch)
     example = inputs_for(spec.batch.opt)
+    keep = kernels_in_export() if spec.extra["fused"] != "off" else contextlib.nullcontext()
     t0 = time.perf_counter()
-    with torch.no_grad():
+    with torch.no_grad(), keep:
         FORMATS[args.format].build(gen, example, spec, out, BuildOptions(args.opset, args.opt_level, args.timing_cache))
     build_s = time.perf_counter() - t0
     print(f"built {out} ({out.stat().st_size / 1e6:.2f} MB) in {build_s:.1f}s")
@@ -155,10 +180,11 @@ def run(args: argparse.Namespace) -> int:
         "settings": {"dtype": args.dtype, "steps": args.steps, "batch": vars(spec.batch),
                      "opset": args.opset if args.format == "onnx" else None,
                      "opt_level": args.opt_level if FORMATS[args.format].gpu_only else None,
-                     "timing_cache": args.timing_cache, "weights": args.weights, "seed": args.seed},
+                     "timing_cache": args.timing_cache, "weights": args.weights, "seed": args.seed,
+                     "fused": spec.extra["fused"]},
         "sample_shape": list(spec.sample_shape), "inputs": input_names(gen, example), "spec": spec.to_dict(),
     }
-    return _validate_and_time(args, gen, spec, inputs_for, example, report)
+    return _validate_and_time(args, reference, spec, inputs_for, example, report)
 
 
 def _validate_and_time(args: argparse.Namespace, gen: torch.nn.Module, spec: Any, inputs_for: Inputs,

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from fastflow.cli.common import (add_threads, device_arg, finite_float, nonneg_int, positive_float,
+from fastflow.cli.common import (add_fused_arg, add_threads, device_arg, finite_float, nonneg_int, positive_float,
                                  positive_int)
 from fastflow.errors import ConfigError
+from fastflow.fused import apply as apply_fused
 from fastflow.models.checkpoint import resolve_checkpoint
 from fastflow.models.presets import sample_shape
 
@@ -37,6 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--weights", default="ema", choices=["ema", "model"],
                    help="the teacher's EMA weights (falls back to model when it has none) or its raw weights")
     p.add_argument("--device", type=device_arg, default=None, help="default: cuda:LOCAL_RANK if available, else cpu")
+    add_fused_arg(p, " (applied to the teacher)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_threads(p)
     p.set_defaults(fn=run)
@@ -76,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
                                               rtol=args.rtol, atol=args.atol, cfg_scale=args.cfg)
         if args.cfg != 1.0 and not teacher.num_classes:
             raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional teacher (this one is unconditional)")
+    apply_fused(teacher.model, args.fused, device)
     t0 = time.perf_counter()
     manifest = generate_pairs(teacher, args.out, args.count, sample_shape(teacher.model),
                               shard_size=args.shard_size, seed=args.seed, batch_size=args.batch_size, device=device,

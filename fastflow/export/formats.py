@@ -96,7 +96,15 @@ def build_ep(gen: nn.Module, example: Example, batch: BatchRange, path: Path) ->
     torch.export.save(_exported(gen, example, batch), str(path))
 
 
+def _register_fused_ops() -> None:
+    """Artefacts that call ``torch.ops.fastflow.*`` need the ops registered before loading."""
+    if importlib.util.find_spec("triton") is not None:
+        import fastflow.fused.attention  # noqa: F401
+        import fastflow.fused.groupnorm  # noqa: F401
+
+
 def load_ep(path: Path, device: torch.device) -> Runner:
+    _register_fused_ops()
     prog = torch.export.load(str(path)).module()
     return lambda *inputs: prog(*(x.to(device) for x in inputs))
 
@@ -108,8 +116,12 @@ def _aoti_configs(spec: GeneratorSpec) -> dict[str, Any]:
 
 
 def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path) -> None:
-    torch._inductor.aoti_compile_and_package(_exported(gen, example, spec.batch), package_path=str(path),
-                                             inductor_configs=_aoti_configs(spec))
+    ep = _exported(gen, example, spec.batch)
+    # fused "op": keep the fastflow ops opaque (the package calls the registered ops; CPU under the
+    # interpreter). On CUDA ("triton") Inductor compiles the ops' Triton kernels into the package.
+    opaque = torch._functorch.config.patch(decompose_custom_triton_ops=spec.extra.get("fused") != "op")
+    with opaque:
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=_aoti_configs(spec))
 
 
 def read_pt2_spec(path: Path) -> GeneratorSpec | None:
@@ -135,6 +147,8 @@ def load_pt2(path: Path, device: torch.device) -> Runner:
     os.environ.setdefault("AOTI_RUNTIME_CHECK_INPUTS", "1")
     if spec is not None and spec.extra.get("backend") == "tensorrt":
         _import_torch_tensorrt()  # registers the TensorRT engine op the package calls
+    if spec is not None and spec.extra.get("fused") == "op":
+        _register_fused_ops()
     try:
         runner = torch._inductor.aoti_load_package(str(path))
     except RuntimeError as e:
@@ -275,6 +289,7 @@ class Format:
     load: Callable[[Path, torch.device], Runner]
     gpu_only: bool
     help: str
+    kernels: bool = False  # keeps the fused ops' Triton kernels (--fused on); else the reference decomposition
 
 
 #: format name → how it is built and run (the one list ``fastflow-export --format`` offers)
@@ -282,8 +297,9 @@ FORMATS: dict[str, Format] = {
     "onnx": Format(lambda g, e, s, p, o: build_onnx(g, e, s.batch, p, o.opset, s.dtype), load_onnx, False,
                    "ONNX with dynamic batch, GroupNorm and softmax in fp32, run by ONNX Runtime"),
     "pt2": Format(lambda g, e, s, p, o: build_pt2(g, e, s, p), load_pt2, False,
-                  "AOTInductor package with input checks and metadata (fastflow-run runs it)"),
-    "ep": Format(lambda g, e, s, p, o: build_ep(g, e, s.batch, p), load_ep, False, "torch.export program"),
+                  "AOTInductor package with input checks and metadata (fastflow-run runs it)", kernels=True),
+    "ep": Format(lambda g, e, s, p, o: build_ep(g, e, s.batch, p), load_ep, False, "torch.export program",
+                 kernels=True),
     "engine": Format(lambda g, e, s, p, o: build_engine(g, e, s, p, o.opt_level, o.timing_cache), load_engine, True,
                      "serialized TensorRT plan (+ PATH.json sidecar)"),
     "trt-pt2": Format(lambda g, e, s, p, o: build_trt_pt2(g, e, s, p, o.opt_level, o.timing_cache), load_pt2, True,

@@ -2,14 +2,16 @@
 
 Per op: a reference (``reference.py``), the Triton kernels with their ``torch.library``
 registration (``groupnorm.py``, ``attention.py``), a function that picks one (``ops.py``) and a
-module (``modules.py``). ``swap(model)`` puts the modules into a model and reports what changed.
+module (``modules.py``). ``swap(model)`` puts the modules into a model and reports what changed;
+``apply(model, mode)`` is the one switch (``auto``/``on``/``off``) every path that runs a model calls.
 Importing this package does not import Triton; the kernels load on first use.
 """
 
+from fastflow.fused.apply import MODES, FusedDecision, apply, check_mode, decide, is_fused, split_spec
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm
 from fastflow.fused.ops import attention, group_norm
 from fastflow.models.reference import attention_ref, group_norm_ref
 from fastflow.fused.swap import SwapReport, swap
 
-__all__ = ["FusedAttention", "FusedAttnProcessor", "FusedGroupNorm", "SwapReport", "attention", "attention_ref",
-           "group_norm", "group_norm_ref", "swap"]
+__all__ = ["MODES", "FusedAttention", "FusedAttnProcessor", "FusedDecision", "FusedGroupNorm", "SwapReport", "apply",
+           "attention", "attention_ref", "check_mode", "decide", "group_norm", "group_norm_ref", "is_fused", "split_spec", "swap"]

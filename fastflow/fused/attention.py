@@ -29,19 +29,10 @@ import triton.language as tl
 from torch import Tensor
 from torch.library import triton_op
 
-from fastflow.fused.runtime import Launch, interpreting, next_pow2, require_kernel_device
-from fastflow.fused.tuning import attention_pruner
+from fastflow.fused.runtime import Launch, next_pow2, require_kernel_device
+from fastflow.fused.tuning import attention_configs, attention_pruner
 
 LOG2E = 1.4426950408889634
-
-
-def _configs(bwd: bool = False) -> list[triton.Config]:
-    if interpreting():
-        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    sizes = [(128, 64, 8, 2), (64, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2),
-             (32, 64, 8, 2), (16, 64, 4, 2)] if bwd \
-        else [(128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in sizes]
 
 
 _KEY = ["LQ_B", "LK_B", "BLOCK_D0", "BLOCK_D1", "DTYPE_KEY", "IEEE"]
@@ -62,19 +53,142 @@ def _dot(a, b, IEEE: tl.constexpr):
 
 
 @triton.jit
+def _head(bh, HEADS, s_b, s_h):
+    """Offset of batch·head ``bh`` in a ``[B, H, L, D]`` tensor with strides ``s_b``, ``s_h``."""
+    return (bh // HEADS).to(tl.int64) * s_b + (bh % HEADS).to(tl.int64) * s_h
+
+
+@triton.jit
 def _tile(ptr, offs_l, offs_d, s_l, s_d, lmask, dmask):
     """Rows ``offs_l`` × head-dim ``offs_d`` of one (batch, head), zero outside the masks."""
     return tl.load(ptr + offs_l[:, None] * s_l + offs_d[None, :] * s_d, mask=lmask[:, None] & dmask[None, :],
                    other=0.0)
 
 
+# A head dim is read as two power-of-two parts, offsets d0 = [0, D0) and d1 = [D0, D0 + D1), masked at D
+# (head_dim_parts). With BLOCK_D1 = 0 there is one part: d1 is d0 and the helpers hand back part-0
+# values as the unused part 1. Each kernel makes d0; the helper that loads its first tiles makes d1. The helpers keep the hand-written kernels' order of loads and dots part
+# by part (the ``fastflow bench codegen`` rows, registers included, depend on it).
 @triton.jit
-def _head(bh, HEADS, s_b, s_h):
-    """Offset of batch·head ``bh`` in a ``[B, H, L, D]`` tensor with strides ``s_b``, ``s_h``."""
-    return (bh // HEADS).to(tl.int64) * s_b + (bh % HEADS).to(tl.int64) * s_h
+def _part1(BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr):
+    return BLOCK_D0 + tl.arange(0, BLOCK_D1)
 
 
-@triton.autotune(configs=_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_fwd})
+@triton.jit
+def _load2(ptr, offs_l, s_l, s_d, lmask, D, d0, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr):
+    """Both head-dim parts of rows ``offs_l``, and the part-1 offsets ``d1``."""
+    t0 = _tile(ptr, offs_l, d0, s_l, s_d, lmask, d0 < D)
+    t1, d1 = t0, d0
+    if BLOCK_D1 > 0:
+        d1 = _part1(BLOCK_D0, BLOCK_D1)
+        t1 = _tile(ptr, offs_l, d1, s_l, s_d, lmask, d1 < D)
+    return t0, t1, d1
+
+
+@triton.jit
+def _load_pair2(pa, sa_l, sa_d, pb, sb_l, sb_d, offs_l, lmask, D, d0, BLOCK_D0: tl.constexpr,
+                BLOCK_D1: tl.constexpr):
+    """Rows ``offs_l`` of two tensors, part by part (A's part 0, B's part 0, A's part 1, B's part 1),
+    and the part-1 offsets ``d1``."""
+    a0 = _tile(pa, offs_l, d0, sa_l, sa_d, lmask, d0 < D)
+    b0 = _tile(pb, offs_l, d0, sb_l, sb_d, lmask, d0 < D)
+    a1, b1, d1 = a0, b0, d0
+    if BLOCK_D1 > 0:
+        d1 = _part1(BLOCK_D0, BLOCK_D1)
+        a1 = _tile(pa, offs_l, d1, sa_l, sa_d, lmask, d1 < D)
+        b1 = _tile(pb, offs_l, d1, sb_l, sb_d, lmask, d1 < D)
+    return a0, a1, b0, b1, d1
+
+
+@triton.jit
+def _dq_prologue(qbase, q_l, q_d, dobase, do_l, do_d, obase, o_l, o_d, offs_m, mmask, D, d0, BLOCK_D0: tl.constexpr,
+                 BLOCK_D1: tl.constexpr):
+    """The dQ kernel's query rows: Q and dO tiles, δ = rowsum(dO ∘ O) in fp32, and ``d1``."""
+    q0 = _tile(qbase, offs_m, d0, q_l, q_d, mmask, d0 < D)
+    do0 = _tile(dobase, offs_m, d0, do_l, do_d, mmask, d0 < D)
+    delta = _rowdot(do0, obase, offs_m, o_l, o_d, mmask, D, d0)
+    q1, do1, d1 = q0, do0, d0
+    if BLOCK_D1 > 0:
+        d1 = _part1(BLOCK_D0, BLOCK_D1)
+        q1 = _tile(qbase, offs_m, d1, q_l, q_d, mmask, d1 < D)
+        do1 = _tile(dobase, offs_m, d1, do_l, do_d, mmask, d1 < D)
+        delta += _rowdot(do1, obase, offs_m, o_l, o_d, mmask, D, d1)
+    return q0, q1, do0, do1, delta, d1
+
+
+@triton.jit
+def _zeros2(ROWS: tl.constexpr, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr):
+    """fp32 accumulators of both parts."""
+    z0 = tl.zeros((ROWS, BLOCK_D0), tl.float32)
+    z1 = z0
+    if BLOCK_D1 > 0:
+        z1 = tl.zeros((ROWS, BLOCK_D1), tl.float32)
+    return z0, z1
+
+
+@triton.jit
+def _scores(a0, a1, ptr, offs_l, s_l, s_d, lmask, D, d0, d1, BLOCK_D1: tl.constexpr, IEEE: tl.constexpr):
+    """``a @ Tᵀ`` for the rows ``offs_l`` of ``T`` at ``ptr``, over the head dim: per part, the tile's
+    load, then its product."""
+    acc = _dot(a0, tl.trans(_tile(ptr, offs_l, d0, s_l, s_d, lmask, d0 < D)), IEEE)
+    if BLOCK_D1 > 0:
+        acc += _dot(a1, tl.trans(_tile(ptr, offs_l, d1, s_l, s_d, lmask, d1 < D)), IEEE)
+    return acc
+
+
+@triton.jit
+def _scores2(a0, a1, b0, b1, pa, sa_l, sa_d, pb, sb_l, sb_d, offs_l, lmask, D, d0, d1, BLOCK_D1: tl.constexpr,
+             IEEE: tl.constexpr, INTERLEAVE: tl.constexpr):
+    """``a @ Aᵀ`` and ``b @ Bᵀ`` for the same rows ``offs_l`` of two tensors ``A`` at ``pa``, ``B`` at
+    ``pb``, part by part: A's tile, its product, B's tile, its product (``INTERLEAVE``, the dQ
+    kernel's order) or both tiles, then both products (the dK/dV kernel's). Returns the two
+    scores and the tiles."""
+    ta0 = _tile(pa, offs_l, d0, sa_l, sa_d, lmask, d0 < D)
+    if INTERLEAVE:
+        sa = _dot(a0, tl.trans(ta0), IEEE)
+    tb0 = _tile(pb, offs_l, d0, sb_l, sb_d, lmask, d0 < D)
+    if not INTERLEAVE:
+        sa = _dot(a0, tl.trans(ta0), IEEE)
+    sb = _dot(b0, tl.trans(tb0), IEEE)
+    ta1, tb1 = ta0, tb0
+    if BLOCK_D1 > 0:
+        ta1 = _tile(pa, offs_l, d1, sa_l, sa_d, lmask, d1 < D)
+        if INTERLEAVE:
+            sa += _dot(a1, tl.trans(ta1), IEEE)
+        tb1 = _tile(pb, offs_l, d1, sb_l, sb_d, lmask, d1 < D)
+        if not INTERLEAVE:
+            sa += _dot(a1, tl.trans(ta1), IEEE)
+        sb += _dot(b1, tl.trans(tb1), IEEE)
+    return sa, sb, ta0, ta1, tb0, tb1
+
+
+@triton.jit
+def _rescale_pv(acc, alpha, p, ptr, offs_l, s_l, s_d, lmask, D, d, IEEE: tl.constexpr):
+    """The forward's ``acc·α + P V`` for the head-dim part ``d`` of ``V``'s rows ``offs_l``."""
+    v = _tile(ptr, offs_l, d, s_l, s_d, lmask, d < D)
+    return acc * alpha[:, None] + _dot(p.to(v.dtype), v, IEEE)
+
+
+@triton.jit
+def _rowdot(x, ptr, offs_l, s_l, s_d, lmask, D, d):
+    """``rowsum(x ∘ T)`` in fp32 over the head-dim part ``d`` of ``T``'s rows ``offs_l``."""
+    return tl.sum(x.to(tl.float32) * _tile(ptr, offs_l, d, s_l, s_d, lmask, d < D).to(tl.float32), 1)
+
+
+@triton.jit
+def _store(ptr, s_d, lmask, D, d, x):
+    """Store the fp32 tile ``x`` (head-dim part ``d``) in ``ptr``'s dtype; ``ptr`` points at the rows."""
+    tl.store(ptr + d[None, :] * s_d, x.to(ptr.dtype.element_ty), mask=lmask[:, None] & (d < D)[None, :])
+
+
+@triton.jit
+def _store_scaled(pk, pv, sk_d, sv_d, lmask, D, d, dk, dv, scale):
+    """The dK/dV kernel's stores of one head-dim part: ``dK·scale`` and ``dV``."""
+    tl.store(pk + d[None, :] * sk_d, (dk * scale).to(pk.dtype.element_ty), mask=lmask[:, None] & (d < D)[None, :])
+    tl.store(pv + d[None, :] * sv_d, dv.to(pv.dtype.element_ty), mask=lmask[:, None] & (d < D)[None, :])
+
+
+@triton.autotune(configs=attention_configs(), key=_KEY, prune_configs_by={"early_config_prune": _prune_fwd})
 @triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, scale_log2, LQ, LK, HEADS, D,
                 q_b, q_h, q_l, q_d, k_b, k_h, k_l, k_d, v_b, v_h, v_l, v_d, o_b, o_h, o_l, o_d,
@@ -84,14 +198,9 @@ def _fwd_kernel(Q, K, V, O, LSE, scale_log2, LQ, LK, HEADS, D,
     bh = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = offs_m < LQ
-    d0 = tl.arange(0, BLOCK_D0)  # head-dim part 0: [0, BLOCK_D0)
-    qbase = Q + _head(bh, HEADS, q_b, q_h)
-    q0 = _tile(qbase, offs_m, d0, q_l, q_d, mmask, d0 < D)
-    acc0 = tl.zeros((BLOCK_M, BLOCK_D0), tl.float32)
-    if BLOCK_D1 > 0:  # part 1: [BLOCK_D0, BLOCK_D0 + BLOCK_D1), masked at D
-        d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
-        q1 = _tile(qbase, offs_m, d1, q_l, q_d, mmask, d1 < D)
-        acc1 = tl.zeros((BLOCK_M, BLOCK_D1), tl.float32)
+    d0 = tl.arange(0, BLOCK_D0)
+    q0, q1, d1 = _load2(Q + _head(bh, HEADS, q_b, q_h), offs_m, q_l, q_d, mmask, D, d0, BLOCK_D0, BLOCK_D1)
+    acc0, acc1 = _zeros2(BLOCK_M, BLOCK_D0, BLOCK_D1)
     kbase = K + _head(bh, HEADS, k_b, k_h)
     vbase = V + _head(bh, HEADS, v_b, v_h)
     m_i = tl.full((BLOCK_M,), float("-inf"), tl.float32)
@@ -99,30 +208,24 @@ def _fwd_kernel(Q, K, V, O, LSE, scale_log2, LQ, LK, HEADS, D,
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nmask = offs_n < LK
-        qk = _dot(q0, tl.trans(_tile(kbase, offs_n, d0, k_l, k_d, nmask, d0 < D)), IEEE)
-        if BLOCK_D1 > 0:
-            qk += _dot(q1, tl.trans(_tile(kbase, offs_n, d1, k_l, k_d, nmask, d1 < D)), IEEE)
+        qk = _scores(q0, q1, kbase, offs_n, k_l, k_d, nmask, D, d0, d1, BLOCK_D1, IEEE)
         s = tl.where(nmask[None, :], qk * scale_log2, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         p = tl.math.exp2(s - m_new[:, None])
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v0 = _tile(vbase, offs_n, d0, v_l, v_d, nmask, d0 < D)
-        acc0 = acc0 * alpha[:, None] + _dot(p.to(v0.dtype), v0, IEEE)
+        acc0 = _rescale_pv(acc0, alpha, p, vbase, offs_n, v_l, v_d, nmask, D, d0, IEEE)
         if BLOCK_D1 > 0:
-            v1 = _tile(vbase, offs_n, d1, v_l, v_d, nmask, d1 < D)
-            acc1 = acc1 * alpha[:, None] + _dot(p.to(v1.dtype), v1, IEEE)
+            acc1 = _rescale_pv(acc1, alpha, p, vbase, offs_n, v_l, v_d, nmask, D, d1, IEEE)
         m_i = m_new
     obase = O + _head(bh, HEADS, o_b, o_h) + offs_m[:, None] * o_l
-    tl.store(obase + d0[None, :] * o_d, (acc0 / l_i[:, None]).to(O.dtype.element_ty),
-             mask=mmask[:, None] & (d0 < D)[None, :])
+    _store(obase, o_d, mmask, D, d0, acc0 / l_i[:, None])
     if BLOCK_D1 > 0:
-        tl.store(obase + d1[None, :] * o_d, (acc1 / l_i[:, None]).to(O.dtype.element_ty),
-                 mask=mmask[:, None] & (d1 < D)[None, :])
+        _store(obase, o_d, mmask, D, d1, acc1 / l_i[:, None])
     tl.store(LSE + bh.to(tl.int64) * LQ + offs_m, m_i + tl.math.log2(l_i), mask=mmask)
 
 
-@triton.autotune(configs=_configs(bwd=True), key=_KEY, prune_configs_by={"early_config_prune": _prune_dkdv})
+@triton.autotune(configs=attention_configs(bwd=True), key=_KEY, prune_configs_by={"early_config_prune": _prune_dkdv})
 @triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, scale, scale_log2, LQ, LK, HEADS, D,
                      q_b, q_h, q_l, q_d, k_b, k_h, k_l, k_d, v_b, v_h, v_l, v_d, do_b, do_h, do_l, do_d,
@@ -134,33 +237,18 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, scale, scale_log2, LQ, LK,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     nmask = offs_n < LK
     d0 = tl.arange(0, BLOCK_D0)
-    kbase = K + _head(bh, HEADS, k_b, k_h)
-    vbase = V + _head(bh, HEADS, v_b, v_h)
-    k0 = _tile(kbase, offs_n, d0, k_l, k_d, nmask, d0 < D)
-    v0 = _tile(vbase, offs_n, d0, v_l, v_d, nmask, d0 < D)
-    dk0 = tl.zeros((BLOCK_N, BLOCK_D0), tl.float32)
-    dv0 = tl.zeros((BLOCK_N, BLOCK_D0), tl.float32)
-    if BLOCK_D1 > 0:
-        d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
-        k1 = _tile(kbase, offs_n, d1, k_l, k_d, nmask, d1 < D)
-        v1 = _tile(vbase, offs_n, d1, v_l, v_d, nmask, d1 < D)
-        dk1 = tl.zeros((BLOCK_N, BLOCK_D1), tl.float32)
-        dv1 = tl.zeros((BLOCK_N, BLOCK_D1), tl.float32)
+    k0, k1, v0, v1, d1 = _load_pair2(K + _head(bh, HEADS, k_b, k_h), k_l, k_d, V + _head(bh, HEADS, v_b, v_h), v_l,
+                                     v_d, offs_n, nmask, D, d0, BLOCK_D0, BLOCK_D1)
+    dk0, dk1 = _zeros2(BLOCK_N, BLOCK_D0, BLOCK_D1)
+    dv0, dv1 = _zeros2(BLOCK_N, BLOCK_D0, BLOCK_D1)
     qbase = Q + _head(bh, HEADS, q_b, q_h)
     dobase = DO + _head(bh, HEADS, do_b, do_h)
     row = bh.to(tl.int64) * LQ
     for start in range(0, LQ, BLOCK_M):
         offs_m = start + tl.arange(0, BLOCK_M)
         mmask = offs_m < LQ
-        q0 = _tile(qbase, offs_m, d0, q_l, q_d, mmask, d0 < D)
-        do0 = _tile(dobase, offs_m, d0, do_l, do_d, mmask, d0 < D)
-        kq = _dot(k0, tl.trans(q0), IEEE)
-        vdo = _dot(v0, tl.trans(do0), IEEE)
-        if BLOCK_D1 > 0:
-            q1 = _tile(qbase, offs_m, d1, q_l, q_d, mmask, d1 < D)
-            do1 = _tile(dobase, offs_m, d1, do_l, do_d, mmask, d1 < D)
-            kq += _dot(k1, tl.trans(q1), IEEE)
-            vdo += _dot(v1, tl.trans(do1), IEEE)
+        kq, vdo, q0, q1, do0, do1 = _scores2(k0, k1, v0, v1, qbase, q_l, q_d, dobase, do_l, do_d, offs_m, mmask, D,
+                                             d0, d1, BLOCK_D1, IEEE, False)
         lse = tl.load(LSE + row + offs_m, mask=mmask, other=0.0)
         delta = tl.load(DELTA + row + offs_m, mask=mmask, other=0.0)
         pt = tl.math.exp2(kq * scale_log2 - lse[None, :])  # Pᵀ
@@ -173,15 +261,12 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, scale, scale_log2, LQ, LK,
             dk1 += _dot(dst, q1, IEEE)
     dkbase = DK + _head(bh, HEADS, dk_b, dk_h) + offs_n[:, None] * dk_l
     dvbase = DV + _head(bh, HEADS, dv_b, dv_h) + offs_n[:, None] * dv_l
-    tl.store(dkbase + d0[None, :] * dk_d, (dk0 * scale).to(DK.dtype.element_ty), mask=nmask[:, None] & (d0 < D)[None, :])
-    tl.store(dvbase + d0[None, :] * dv_d, dv0.to(DV.dtype.element_ty), mask=nmask[:, None] & (d0 < D)[None, :])
+    _store_scaled(dkbase, dvbase, dk_d, dv_d, nmask, D, d0, dk0, dv0, scale)
     if BLOCK_D1 > 0:
-        tl.store(dkbase + d1[None, :] * dk_d, (dk1 * scale).to(DK.dtype.element_ty),
-                 mask=nmask[:, None] & (d1 < D)[None, :])
-        tl.store(dvbase + d1[None, :] * dv_d, dv1.to(DV.dtype.element_ty), mask=nmask[:, None] & (d1 < D)[None, :])
+        _store_scaled(dkbase, dvbase, dk_d, dv_d, nmask, D, d1, dk1, dv1, scale)
 
 
-@triton.autotune(configs=_configs(bwd=True), key=_KEY, prune_configs_by={"early_config_prune": _prune_dq})
+@triton.autotune(configs=attention_configs(bwd=True), key=_KEY, prune_configs_by={"early_config_prune": _prune_dq})
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, DO, O, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HEADS, D,
                    q_b, q_h, q_l, q_d, k_b, k_h, k_l, k_d, v_b, v_h, v_l, v_d, do_b, do_h, do_l, do_d,
@@ -193,19 +278,10 @@ def _bwd_dq_kernel(Q, K, V, DO, O, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HE
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     mmask = offs_m < LQ
     d0 = tl.arange(0, BLOCK_D0)
-    qbase = Q + _head(bh, HEADS, q_b, q_h)
-    dobase = DO + _head(bh, HEADS, do_b, do_h)
-    obase = O + _head(bh, HEADS, o_b, o_h)
-    q0 = _tile(qbase, offs_m, d0, q_l, q_d, mmask, d0 < D)
-    do0 = _tile(dobase, offs_m, d0, do_l, do_d, mmask, d0 < D)
-    delta = tl.sum(do0.to(tl.float32) * _tile(obase, offs_m, d0, o_l, o_d, mmask, d0 < D).to(tl.float32), 1)
-    dq0 = tl.zeros((BLOCK_M, BLOCK_D0), tl.float32)
-    if BLOCK_D1 > 0:
-        d1 = BLOCK_D0 + tl.arange(0, BLOCK_D1)
-        q1 = _tile(qbase, offs_m, d1, q_l, q_d, mmask, d1 < D)
-        do1 = _tile(dobase, offs_m, d1, do_l, do_d, mmask, d1 < D)
-        delta += tl.sum(do1.to(tl.float32) * _tile(obase, offs_m, d1, o_l, o_d, mmask, d1 < D).to(tl.float32), 1)
-        dq1 = tl.zeros((BLOCK_M, BLOCK_D1), tl.float32)
+    q0, q1, do0, do1, delta, d1 = _dq_prologue(Q + _head(bh, HEADS, q_b, q_h), q_l, q_d, DO + _head(bh, HEADS, do_b, do_h),
+                                               do_l, do_d, O + _head(bh, HEADS, o_b, o_h), o_l, o_d, offs_m, mmask, D,
+                                               d0, BLOCK_D0, BLOCK_D1)
+    dq0, dq1 = _zeros2(BLOCK_M, BLOCK_D0, BLOCK_D1)
     row = bh.to(tl.int64) * LQ
     tl.store(DELTA + row + offs_m, delta, mask=mmask)
     lse = tl.load(LSE + row + offs_m, mask=mmask, other=0.0)
@@ -214,13 +290,8 @@ def _bwd_dq_kernel(Q, K, V, DO, O, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HE
     for start in range(0, LK, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nmask = offs_n < LK
-        k0 = _tile(kbase, offs_n, d0, k_l, k_d, nmask, d0 < D)
-        qk = _dot(q0, tl.trans(k0), IEEE)
-        dov = _dot(do0, tl.trans(_tile(vbase, offs_n, d0, v_l, v_d, nmask, d0 < D)), IEEE)
-        if BLOCK_D1 > 0:
-            k1 = _tile(kbase, offs_n, d1, k_l, k_d, nmask, d1 < D)
-            qk += _dot(q1, tl.trans(k1), IEEE)
-            dov += _dot(do1, tl.trans(_tile(vbase, offs_n, d1, v_l, v_d, nmask, d1 < D)), IEEE)
+        qk, dov, k0, k1, _, _ = _scores2(q0, q1, do0, do1, kbase, k_l, k_d, vbase, v_l, v_d, offs_n, nmask, D,
+                                         d0, d1, BLOCK_D1, IEEE, True)
         p = tl.math.exp2(qk * scale_log2 - lse[:, None])
         p = tl.where(mmask[:, None] & nmask[None, :], p, 0.0)
         ds = (p * (dov - delta[:, None])).to(k0.dtype)
@@ -228,10 +299,9 @@ def _bwd_dq_kernel(Q, K, V, DO, O, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HE
         if BLOCK_D1 > 0:
             dq1 += _dot(ds, k1, IEEE)
     dqbase = DQ + _head(bh, HEADS, dq_b, dq_h) + offs_m[:, None] * dq_l
-    tl.store(dqbase + d0[None, :] * dq_d, (dq0 * scale).to(DQ.dtype.element_ty), mask=mmask[:, None] & (d0 < D)[None, :])
+    _store(dqbase, dq_d, mmask, D, d0, dq0 * scale)
     if BLOCK_D1 > 0:
-        tl.store(dqbase + d1[None, :] * dq_d, (dq1 * scale).to(DQ.dtype.element_ty),
-                 mask=mmask[:, None] & (d1 < D)[None, :])
+        _store(dqbase, dq_d, mmask, D, d1, dq1 * scale)
 
 
 def head_dim_parts(d: int) -> tuple[int, int]:
@@ -253,11 +323,15 @@ def _meta(q: Tensor, k: Tensor) -> dict[str, object]:
             "BLOCK_D0": d0, "BLOCK_D1": d1, "IEEE": q.dtype == torch.float32 and not _tf32_allowed()}
 
 
+def _strides(*tensors: Tensor) -> tuple[int, ...]:
+    """The ``[B, H, L, D]`` strides of each tensor, in the kernels' argument order."""
+    return tuple(s for t in tensors for s in t.stride())
+
+
 def fwd_launch(q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, scale: float) -> Launch:
     b, h, lq, d = q.shape
     return Launch(_fwd_kernel, lambda m: (triton.cdiv(lq, m["BLOCK_M"]), b * h),
-                  (q, k, v, o, lse, scale * LOG2E, lq, k.shape[2], h, d, *q.stride(), *k.stride(), *v.stride(),
-                   *o.stride()), _meta(q, k))
+                  (q, k, v, o, lse, scale * LOG2E, lq, k.shape[2], h, d, *_strides(q, k, v, o)), _meta(q, k))
 
 
 def bwd_launches(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Tensor, delta: Tensor, dq: Tensor,
@@ -265,11 +339,11 @@ def bwd_launches(do: Tensor, q: Tensor, k: Tensor, v: Tensor, o: Tensor, lse: Te
     """dQ first (it also writes δ), then dK/dV."""
     b, h, lq, d = q.shape
     lk = k.shape[2]
-    common = (scale, scale * LOG2E, lq, lk, h, d, *q.stride(), *k.stride(), *v.stride(), *do.stride())
+    common = (scale, scale * LOG2E, lq, lk, h, d)
     return [Launch(_bwd_dq_kernel, lambda m: (triton.cdiv(lq, m["BLOCK_M"]), b * h),
-                   (q, k, v, do, o, lse, delta, dq, *common, *o.stride(), *dq.stride()), _meta(q, k)),
+                   (q, k, v, do, o, lse, delta, dq, *common, *_strides(q, k, v, do, o, dq)), _meta(q, k)),
             Launch(_bwd_dkdv_kernel, lambda m: (triton.cdiv(lk, m["BLOCK_N"]), b * h),
-                   (q, k, v, do, lse, delta, dk, dv, *common, *dk.stride(), *dv.stride()), _meta(q, k))]
+                   (q, k, v, do, lse, delta, dk, dv, *common, *_strides(q, k, v, do, dk, dv)), _meta(q, k))]
 
 
 @triton_op("fastflow::attention_fwd", mutates_args=())

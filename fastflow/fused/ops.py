@@ -3,7 +3,9 @@
 CPU tensors (without ``TRITON_INTERPRET=1``) and graphs being exported take the reference
 silently — that is their intended path. Inputs the kernels do not take on a kernel device
 (fp64, bf16 under the interpreter, spatial strides that do not flatten, head dims over 256)
-take the reference with a one-time warning, never a wrong result.
+take the reference with a one-time warning, never a wrong result. So does forward-mode AD
+(``torch.func.jvp``, ``torch.autograd.forward_ad``) and any other functorch transform: the
+kernels have a backward but no forward-mode rule, and the reference's JVP is exact.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from torch import Tensor
 
 from fastflow.errors import ShapeError
 from fastflow.fused.runtime import flat_spatial, interpreting, kernel_device, warn_once
-from fastflow.models.reference import attention_ref, group_norm_ref
+from fastflow.models.reference import attention_ref, forward_ad, group_norm_ref
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: the attention kernel splits head dims up to this into one or two power-of-two tiles
@@ -27,6 +29,15 @@ def _dtype_ok(x: Tensor, op: str) -> bool:
         warn_once(f"{op}-dtype-{x.dtype}", f"{op}: dtype {x.dtype} is not supported by the kernel")
         return False
     return True
+
+
+def _transformed(op: str, *ts: Tensor | None) -> bool:
+    """Whether forward-mode AD tracks one of ``ts`` or a functorch transform (jvp, vmap, grad)
+    wraps it; logs once per op that the reference takes it."""
+    hit = forward_ad(*ts)
+    if hit:
+        warn_once(f"{op}-forward-ad", f"{op}: forward-mode AD or a functorch transform (the kernel has no JVP rule)")
+    return hit
 
 
 def group_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: int, eps: float = 1e-5,
@@ -47,7 +58,8 @@ def group_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: in
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (c,):
             raise ShapeError(f"{name} must be [{c}], got {tuple(t.shape)}")
-    use = kernel_device(x) and _dtype_ok(x, "group_norm")
+    use = kernel_device(x) and _dtype_ok(x, "group_norm") and not _transformed("group_norm", x, weight, bias, scale,
+                                                                                 shift)
     if use and not flat_spatial(x):
         warn_once("group_norm-strides", f"group_norm: input strides {x.stride()} do not flatten over H·W")
         use = False
@@ -69,7 +81,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Te
     if not (q.dtype == k.dtype == v.dtype):
         raise ShapeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    use = kernel_device(q) and _dtype_ok(q, "attention")
+    use = kernel_device(q) and _dtype_ok(q, "attention") and not _transformed("attention", q, k, v)
     if use and q.shape[-1] > MAX_HEAD_DIM:
         warn_once(f"attention-head-dim-{q.shape[-1]}", f"attention: head dim {q.shape[-1]} > {MAX_HEAD_DIM}")
         use = False

@@ -34,6 +34,16 @@ TABLE = Path(__file__).with_name("spill_free.json")
 SHARED_LIMIT = {75: 65536, 80: 166912, 86: 101376, 89: 101376, 90: 232448, 100: 232448, 120: 101376}
 
 
+def attention_configs(bwd: bool = False) -> list[triton.Config]:
+    """The attention kernels' autotune configs (one tiny config under the interpreter)."""
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    sizes = [(128, 64, 8, 2), (64, 128, 8, 2), (64, 64, 8, 2), (64, 64, 4, 2), (64, 32, 4, 2), (32, 64, 4, 2),
+             (32, 64, 8, 2), (16, 64, 4, 2)] if bwd \
+        else [(128, 128, 8, 2), (128, 64, 8, 2), (128, 64, 4, 3), (64, 128, 4, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in sizes]
+
+
 def shared_limit(arch: int) -> int:
     return SHARED_LIMIT[max((a for a in SHARED_LIMIT if a <= arch), default=min(SHARED_LIMIT))]
 

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.models.reference import group_norm_ref
+from fastflow.models.reference import attention_math, forward_ad, group_norm_ref
 
 
 def num_groups(channels: int) -> int:
@@ -42,9 +42,12 @@ class GroupNormAct(nn.Module):
 
 class SDPA(nn.Module):
     """The attention core ``softmax(q kᵀ/√d) v`` on ``[B, H, L, D]``; a separate module so that
-    ``fastflow.fused.swap`` can replace it per layer (``FusedAttention``)."""
+    ``fastflow.fused.swap`` can replace it per layer (``FusedAttention``). Under forward-mode AD
+    (``torch.func.jvp``) it is written out: SDPA's fused CPU kernels have no JVP."""
 
     def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        if forward_ad(q, k, v):
+            return attention_math(q, k, v, q.shape[-1] ** -0.5)
         return F.scaled_dot_product_attention(q, k, v)
 
 

@@ -18,8 +18,25 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
 from torch import Tensor
+from torch._C._functorch import is_functorch_wrapped_tensor
+
+
+def forward_ad(*ts: Tensor | None) -> bool:
+    """Whether forward-mode AD (``torch.autograd.forward_ad``) tracks one of ``ts`` or a functorch
+    transform (``torch.func.jvp``, ``vmap``, ``grad``) wraps it. False while ``torch.compile``
+    traces (it sees fake tensors; a compiled JVP is its own transform)."""
+    if torch.compiler.is_compiling():
+        return False
+    return any(t is not None and (is_functorch_wrapped_tensor(t) or fwAD.unpack_dual(t).tangent is not None)
+               for t in ts)
+
+
+def attention_math(q: Tensor, k: Tensor, v: Tensor, scale: float) -> Tensor:
+    """``softmax(q kᵀ · scale) v`` written out (differentiable in both modes, any dtype)."""
+    return torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1) @ v
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -44,7 +61,6 @@ def attention_ref(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -
     """``softmax(q kᵀ · scale) v`` for ``q [B, H, Lq, D]``, ``k, v [B, H, Lk, D]``."""
     ct = _compute_dtype(q)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    if ct == torch.float64:
-        p = torch.softmax(q.to(ct) @ k.to(ct).transpose(-1, -2) * scale, dim=-1)
-        return (p @ v.to(ct)).to(q.dtype)
+    if ct == torch.float64 or forward_ad(q, k, v):  # SDPA's fused CPU kernels have no forward-mode rule
+        return attention_math(q.to(ct), k.to(ct), v.to(ct), scale).to(q.dtype)
     return F.scaled_dot_product_attention(q.to(ct), k.to(ct), v.to(ct), scale=scale).to(q.dtype)

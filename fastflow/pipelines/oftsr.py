@@ -27,6 +27,7 @@ from fastflow.errors import ConfigError
 from fastflow.flow.sr import DEFAULT_SIGMA_P, sr_one_step
 from fastflow.metrics.evaluate import mean_sd
 from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
+from fastflow.fused import apply as apply_fused
 from fastflow.models import load_model
 from fastflow.models.checkpoint import CheckpointRecord
 from fastflow.pipelines.report import print_checks, report_seeds, strip_figure
@@ -146,9 +147,9 @@ def check_student(record: CheckpointRecord) -> int:
 
 
 def sweep_checkpoint(record: CheckpointRecord, model: nn.Module, n: int, taus: Sequence[float],
-                     device: torch.device) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+                     device: torch.device, fused: str = "auto") -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """The τ sweep of an OFTSR student on the first ``n`` images of its training data, with its
-    teacher's result (``fastflow eval``)."""
+    teacher's result, the teacher run with the fused mode ``fused`` (``fastflow eval``)."""
     if record.sr_scale is None:
         raise ConfigError(f"{record.path}: an image-conditioned model without SR training metadata")
     if record.objective != "oftsr":
@@ -156,6 +157,7 @@ def sweep_checkpoint(record: CheckpointRecord, model: nn.Module, n: int, taus: S
     data = build_dataset(record.data_config)
     b = data.get(torch.arange(min(n, len(data))))
     teacher = load_model(record.teacher, device=device)
+    apply_fused(teacher, fused, device)
     return tau_sweep(model, b.x.to(device), b.image.to(device), record.sigma_p, taus, teacher=teacher)
 
 

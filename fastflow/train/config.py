@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from fastflow.errors import ConfigError
+from fastflow.fused.apply import check_mode
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -154,6 +155,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not isinstance(getattr(cfg, name), dict):
             raise ConfigError(f"config key {name!r} must be a mapping")
     _check_ranges(cfg)
+    check_mode(cfg.model.get("fused", "auto"), "model.fused")
     return cfg
 
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 from fastflow.data import BatchStream, Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
+from fastflow.fused import apply as apply_fused, split_spec
 from fastflow.models.checkpoint import checkpoints_root, load_weights, resolve_checkpoint
 from fastflow.models.presets import build_model, model_kind, sample_shape, viewable
 from fastflow.objectives import build_objective
@@ -112,15 +113,19 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
 
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     data = build_dataset(cfg.data)
-    model = build_model(cfg.model)
+    spec, fused = split_spec(cfg.model)
+    model = build_model(spec)
     check_model_data(model, data)
     stream = BatchStream(data, cfg.train.batch_size // info.world, cfg.seed, info.rank, info.world)
     model.to(info.device)
+    apply_fused(model, fused, info.device)  # before the EMA copy, so both run the same kernels
     ema = EMA(model, cfg.train.ema_rate)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     objective = build_objective(cfg.objective, num_classes=model.config.num_classes,
                                 device=info.device)
+    if isinstance(getattr(objective, "teacher", None), nn.Module):
+        apply_fused(objective.teacher, fused, info.device)
 
     start = 0
     ckpt = latest_checkpoint(run)  # a looping symlink or a corrupted `latest` is an error, not "none"

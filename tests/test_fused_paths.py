@@ -1,0 +1,239 @@
+"""The fused kernels in every path that runs a model (``fastflow.fused.apply``, ``model.fused``,
+``--fused``): the switch's decisions, training steps fused vs unfused (fastflow and diffusers
+UNets), a fused training run end to end, fused export, the benches, and forward-mode AD through
+the fused ops. The kernels run under ``TRITON_INTERPRET=1`` here (set by conftest without CUDA)."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from fastflow.data.base import Batch
+from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.fused import apply, attention, attention_ref, decide, group_norm, group_norm_ref, is_fused, split_spec
+from fastflow.models import build_model
+from fastflow.objectives import build_objective
+from tests.helpers import run_cli, tiny_config
+
+pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter checks")
+
+
+def test_auto_is_off_on_cpu_and_says_why(monkeypatch, capsys) -> None:
+    m = build_model({"preset": "tiny"})
+    d = apply(m, "auto", "cpu")
+    assert not d.active and "interpreter" in d.reason and not is_fused(m)
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    assert decide("auto", "cpu") == (False, "the kernels run on CUDA, this model is on cpu")
+    assert decide("off", "cpu") == (False, "asked for off")
+    with pytest.raises(MissingBackendError, match="fused=on: the kernels run on CUDA"):
+        apply(m, "on", "cpu")
+    with pytest.raises(ConfigError, match="model.fused must be one of auto, on, off"):
+        split_spec({"preset": "tiny", "fused": "yes"})
+    assert split_spec({"preset": "tiny", "fused": "on"}) == ({"preset": "tiny"}, "on")
+    assert "fused kernels off (fused=auto" in capsys.readouterr().err
+
+
+def _perturbed(model: nn.Module) -> nn.Module:
+    torch.manual_seed(0)
+    for p in model.parameters():  # output convs start at zero; make every path count
+        nn.init.normal_(p, std=0.2)
+    return model
+
+
+def _train_step(model: nn.Module, batch: Batch) -> tuple[float, dict[str, torch.Tensor]]:
+    objective = build_objective({"name": "rf"}, num_classes=0, device=torch.device("cpu"))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)  # Adam's first step is ≈ lr·sign(g): it magnifies ties
+    torch.manual_seed(7)
+    loss, _ = objective(model, batch, 0)
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    opt.step()
+    return float(loss.detach()), grads
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 2e-2)])
+def test_training_step_of_tiny_unet_fused_equals_unfused(dtype, tol) -> None:
+    plain = _perturbed(build_model({"preset": "tiny"})).to(dtype)
+    fused = copy.deepcopy(plain)
+    assert apply(fused, "on", "cpu").active and is_fused(fused)
+    assert fused.state_dict().keys() == plain.state_dict().keys()  # checkpoints load either way
+    batch = Batch((torch.rand(2, 3, 8, 8) * 2 - 1).to(dtype))
+    (l0, g0), (l1, g1) = _train_step(plain, batch), _train_step(fused, batch)
+    assert abs(l0 - l1) <= tol * max(1.0, abs(l0))
+    for name in g0:
+        torch.testing.assert_close(g1[name].float(), g0[name].float(), atol=tol, rtol=tol * 10, msg=name)
+    for (name, p0), p1 in zip(plain.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(p1.float(), p0.float(), atol=tol, rtol=tol, msg=name)
+
+
+def test_training_step_of_tiny_diffusers_unet_fused_equals_unfused() -> None:
+    diffusers = pytest.importorskip("diffusers", reason="diffusers not installed")
+    torch.manual_seed(0)
+    plain = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=24, attention_head_dim=8, norm_num_groups=8)
+    fused = copy.deepcopy(plain)
+    assert apply(fused, "on", "cpu").active and is_fused(fused)
+    x, emb = torch.randn(1, 4, 4, 4), torch.randn(1, 3, 24)  # small: the interpreter runs every program
+    losses, grads = [], []
+    for m in (plain, fused):
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        loss = m(x, 10, emb).sample.square().mean()
+        loss.backward()
+        grads.append({n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        opt.step()
+        losses.append(float(loss))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-4)
+    assert grads[0].keys() == grads[1].keys()
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=2e-4, rtol=2e-3, msg=name)
+    for (name, p0), p1 in zip(plain.state_dict().items(), fused.state_dict().values()):
+        torch.testing.assert_close(p1, p0, atol=2e-5, rtol=1e-4, msg=name)
+
+
+@pytest.fixture(scope="module")
+def fused_run(tmp_path_factory):
+    """A few fused training steps of the tiny digits UNet through the CLI."""
+    from fastflow.train.config import dump_config
+
+    root = tmp_path_factory.mktemp("fused-run")
+    cfg = tiny_config(root / "run", "train.steps=3", "train.ckpt_every=3", "model.fused=on")
+    (root / "cfg.yaml").write_text(dump_config(cfg))
+    res = run_cli("train", str(root / "cfg.yaml"))
+    assert res.returncode == 0, res.stderr
+    return root / "run", res
+
+
+def test_fused_training_runs_end_to_end_and_samples_unfused(fused_run, tmp_path) -> None:
+    run, res = fused_run
+    assert "fused kernels on (fused=on" in res.stderr and "FusedGroupNorm" in res.stderr
+    assert "fused: on" in (run / "config.yaml").read_text()
+    outs = {}
+    for mode in ("on", "off"):
+        out = tmp_path / f"s-{mode}.npz"
+        r = run_cli("sample", str(run), "--n", "4", "--solver", "euler", "--steps", "2", "--fused", mode,
+                    "--out", str(out))
+        assert r.returncode == 0, r.stderr
+        outs[mode] = torch.from_numpy(__import__("numpy").load(out)["x"])
+    torch.testing.assert_close(outs["on"], outs["off"], atol=1e-4, rtol=1e-4)
+
+
+def test_fused_on_without_a_kernel_device_is_one_line(fused_run, tmp_path) -> None:
+    run, _ = fused_run
+    env_off = {"TRITON_INTERPRET": "0"}
+    r = run_cli("sample", str(run), "--n", "2", "--fused", "on", "--out", str(tmp_path / "x.png"), env=env_off)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "fused=on" in r.stderr, r.stderr
+    assert not (tmp_path / "x.png").exists()
+    r = run_cli("train", "digits", f"out_dir={tmp_path / 'r'}", "model.fused=maybe", env=env_off)
+    assert r.returncode == 2 and "model.fused must be one of auto, on, off" in r.stderr
+
+
+def test_pt2_exported_fused_keeps_the_ops_and_equals_the_eager_generator(fused_run, tmp_path) -> None:
+    from fastflow.export.formats import load_pt2, read_pt2_spec
+
+    run, _ = fused_run
+    out, report = tmp_path / "g.pt2", tmp_path / "g.json"
+    r = run_cli("-m", "fastflow.cli.export", str(run), "--format", "pt2", "-o", str(out), "--batch", "2",
+                "--fused", "on", "--validate", "--report", str(report), "--device", "cpu", timeout=900)
+    assert r.returncode == 0, r.stderr
+    assert "validation passed" in r.stdout
+    spec = read_pt2_spec(out)
+    assert spec.extra["fused"] == "op" and json.loads(report.read_text())["settings"]["fused"] == "op"
+    from fastflow.export.generator import Generator
+    from fastflow.models import load_model
+
+    z = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        want = Generator(load_model(run), 1)(z)
+    torch.testing.assert_close(load_pt2(out, torch.device("cpu"))(z), want, atol=1e-4, rtol=1e-4)
+    r = run_cli("-m", "fastflow.cli.export", str(run), "--format", "onnx", "-o", str(tmp_path / "g.onnx"),
+                "--batch", "2", "--fused", "on", "--device", "cpu")
+    assert r.returncode == 0 and "keeps the PyTorch reference decomposition" in r.stdout, r.stderr
+
+
+def test_runner_refuses_a_package_that_calls_python_registered_ops(tmp_path) -> None:
+    from fastflow.bench.latency import RUNNER_BUILD_PATH, _generator_package
+
+    if not RUNNER_BUILD_PATH.is_file():
+        pytest.skip("fastflow-run is not built (make native)")
+    import subprocess
+
+    student = build_model({"preset": "tiny"}).eval()
+    apply(student, "on", "cpu")
+    package = _generator_package(student, torch.randn(1, 3, 8, 8), tmp_path, fused=True)
+    res = subprocess.run([str(RUNNER_BUILD_PATH), str(package), "--info"], capture_output=True, text=True)
+    assert res.returncode == 2 and "Python-registered fused ops" in res.stderr, res.stderr
+
+
+def test_bench_train_on_cpu_times_the_unfused_paths_and_says_why(tmp_path) -> None:
+    out = tmp_path / "t.json"
+    r = run_cli("bench", "train", "--presets", "tiny", "--paths", "eager,fused", "--batch", "2", "--steps", "2",
+                "--warmup", "0", "--device", "cpu", "--out", str(out), env={"TRITON_INTERPRET": "0"})
+    assert r.returncode == 0, r.stderr
+    assert "the fused paths need a kernel device" in r.stdout
+    data = json.loads(out.read_text())
+    assert [row["path"] for row in data["rows"]] == ["eager"] and data["fused_skipped"]
+    assert data["rows"][0]["step_p50_ms"] > 0 and data["rows"][0]["first_loss"] > 0
+
+
+def test_bench_train_fused_rows_compute_the_same_loss_under_the_interpreter() -> None:
+    from fastflow.bench.train_step import train_step_suite
+
+    rows = train_step_suite(["tiny"], 2, torch.device("cpu"), ["eager", "fused"], steps=1, warmup=0)
+    assert [r["path"] for r in rows] == ["eager", "fused"]
+    assert rows[1]["first_loss"] == pytest.approx(rows[0]["first_loss"], rel=1e-5)
+
+
+def test_latency_suite_times_fused_backends_beside_the_plain_ones() -> None:
+    from fastflow.bench.latency import latency_suite
+
+    s, t = build_model({"preset": "tiny"}), build_model({"preset": "tiny"})
+    rows = latency_suite(s, t, torch.randn(1, 3, 8, 8), ["eager", "fused"], euler_ns=(2,), heun_ns=(), rk45=False,
+                         iters=1, warmup=0)
+    assert {(r["backend"], r["solver"]) for r in rows} == {(b, k) for b in ("eager", "fused")
+                                                           for k in ("call", "euler")}
+    assert not is_fused(s)  # the fused rows time a copy
+    help_text = run_cli("bench", "latency", "--help").stdout
+    assert all(b in help_text for b in ("fused+compiled", "fused+cudagraph", "fused+aoti"))
+
+
+def test_jvp_through_the_fused_ops_equals_the_float64_reference() -> None:
+    torch.manual_seed(3)
+    x, w, b = torch.randn(2, 16, 4, 4), torch.randn(16), torch.randn(16)
+    s, sh = torch.randn(2, 16), torch.randn(2, 16)
+    tx, tw = torch.randn_like(x), torch.randn_like(w)
+    f = lambda x, w: group_norm(x, w, b, 4, scale=s, shift=sh, silu=True)  # noqa: E731
+    ref = lambda x, w: group_norm_ref(x, w, b.double(), 4, scale=s.double(), shift=sh.double(), silu=True)  # noqa: E731
+    out, tan = torch.func.jvp(f, (x, w), (tx, tw))
+    want, want_tan = torch.func.jvp(ref, (x.double(), w.double()), (tx.double(), tw.double()))
+    torch.testing.assert_close(out.double(), want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(tan.double(), want_tan, atol=1e-5, rtol=1e-5)
+    assert want_tan.abs().max() > 1  # not a vacuous comparison
+    q, k, v = (torch.randn(2, 2, 8, 16) for _ in range(3))
+    tq, tk, tv = (torch.randn(2, 2, 8, 16) for _ in range(3))
+    out, tan = torch.func.jvp(attention, (q, k, v), (tq, tk, tv))
+    want, want_tan = torch.func.jvp(attention_ref, tuple(t.double() for t in (q, k, v)),
+                                    tuple(t.double() for t in (tq, tk, tv)))
+    torch.testing.assert_close(tan.double(), want_tan, atol=1e-5, rtol=1e-5)
+    assert want_tan.abs().max() > 0.5
+    import torch.autograd.forward_ad as fwAD
+
+    with fwAD.dual_level():
+        tan = fwAD.unpack_dual(f(fwAD.make_dual(x, tx), w)).tangent
+    torch.testing.assert_close(tan.double(), torch.func.jvp(lambda x: ref(x, w.double()), (x.double(),),
+                                                            (tx.double(),))[1], atol=1e-5, rtol=1e-5)
+
+
+def test_jvp_through_a_fused_unet_equals_the_unfused_one() -> None:
+    plain = _perturbed(build_model({"preset": "tiny"}))
+    fused = copy.deepcopy(plain)
+    apply(fused, "on", "cpu")
+    x, t, tx = torch.randn(2, 3, 8, 8), torch.full((2,), 0.3), torch.randn(2, 3, 8, 8)
+    _, t0 = torch.func.jvp(lambda x: plain(x, t), (x,), (tx,))
+    _, t1 = torch.func.jvp(lambda x: fused(x, t), (x,), (tx,))
+    torch.testing.assert_close(t1, t0, atol=1e-4, rtol=1e-4)
