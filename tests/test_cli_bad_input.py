@@ -170,6 +170,7 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("sample-steps-abc", [*SAMPLE, "--steps", "abc"], "not an integer"),
     ("sample-missing-ckpt", [*SAMPLE[:1], "{s}/nowhere", *SAMPLE[2:]], "neither a checkpoint directory"),
     ("threads-0", [*SAMPLE, "--threads", "0"], "must be >= 1"),
+    ("threads-huge", [*SAMPLE, "--threads", "100000"], "cores this process may use"),  # was a SIGSEGV in libgomp
 ]
 if not torch.cuda.is_available():
     PROBES.append(("sample-device-cuda-without-gpu", [*SAMPLE, "--device", "cuda"], "no CUDA GPU"))
@@ -207,8 +208,9 @@ def test_probe_gives_one_line_and_exit_2(box, argv, match, capsys, threads) -> N
     assert _files(box) == before, sorted(map(str, _files(box) - before))  # nothing written, nothing removed
 
 
-def test_fastflow_threads_env_is_checked(box, capsys, monkeypatch, threads) -> None:
-    monkeypatch.setenv("FASTFLOW_THREADS", "abc")
+@pytest.mark.parametrize("value", ["abc", "100000", "0"])
+def test_fastflow_threads_env_is_checked(box, capsys, monkeypatch, threads, value) -> None:
+    monkeypatch.setenv("FASTFLOW_THREADS", value)
     assert _call([a.format(s=box) for a in SAMPLE]) == 2
     assert capsys.readouterr().err.count("\n") == 1
 
@@ -232,7 +234,7 @@ def test_resume_without_checkpoints_says_so_and_stale_temps_go(box, tmp_path, ca
 
 
 def test_threads_option_and_environment(box, monkeypatch, threads) -> None:
-    from fastflow.utils.threads import configure_threads, default_threads
+    from fastflow.utils.threads import available_cores, configure_threads, default_threads
 
     monkeypatch.delenv("FASTFLOW_THREADS", raising=False)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
@@ -242,7 +244,8 @@ def test_threads_option_and_environment(box, monkeypatch, threads) -> None:
     assert configure_threads() == 2 == torch.get_num_threads()
     monkeypatch.setenv("FASTFLOW_THREADS", "1")
     assert configure_threads() == 1 == torch.get_num_threads()
-    assert configure_threads(2) == 2 == torch.get_num_threads()  # the option wins over the environment
+    n = min(2, available_cores())
+    assert configure_threads(n) == n == torch.get_num_threads()  # the option wins over the environment
 
 
 def test_console_scripts_share_the_boundary(box) -> None:
@@ -250,3 +253,22 @@ def test_console_scripts_share_the_boundary(box) -> None:
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "not a text file" in res.stderr, res.stderr
     res = run_cli("-m", "fastflow.cli.export", str(box / "ck"), "--format", "ep", "-o", "/proc/x/g.pt2")
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "cannot write" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize("delay", [0.3])
+def test_ctrl_c_while_the_cli_loads_is_one_line_and_exit_130(tmp_path, delay) -> None:
+    """SIGINT during start-up (torch and the CLI importing) used to print a long traceback."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from helpers import cli_env
+
+    proc = subprocess.Popen([sys.executable, "-m", "fastflow", "demo", "--out", str(tmp_path / "d")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert "Traceback" not in err and err.strip().count("\n") == 0 and "interrupted" in err, err

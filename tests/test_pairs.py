@@ -127,3 +127,52 @@ def test_sigkill_restart_gives_identical_pairs(tmp_path, slow_teacher, ranks) ->
     assert not list(out.glob(".shard-*"))
     assert _digest(out) == _digest(ref)
     assert len(PairDataset(str(out))) == 192
+
+
+def _lying_header(path, edit) -> None:
+    """Rewrite a shard's JSON header through ``edit(header)`` (the data stays as it was)."""
+    raw = path.read_bytes()
+    (n,) = __import__("struct").unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    edit(header)
+    new = json.dumps(header).encode()
+    path.write_bytes(__import__("struct").pack("<Q", len(new)) + new + raw[8 + n:])
+
+
+_MANIFEST_CASES = {  # manifest edit → the words of the one-line refusal
+    "a list": (lambda m: [m], "not a JSON object"),
+    "no shard_counts": (lambda m: {k: v for k, v in m.items() if k != "shard_counts"}, "shard_counts"),
+    "shards: []": (lambda m: {**m, "shards": [], "shard_counts": []}, "non-empty"),
+    "complete: 'no'": (lambda m: {**m, "complete": "no"}, "not finished"),
+    "../ shard": (lambda m: {**m, "shards": ["../other/shard-00000.safetensors", *m["shards"][1:]]},
+                  "not a shard file of this directory"),
+    "absolute shard": (lambda m: {**m, "shards": ["/etc/passwd", *m["shards"][1:]]}, "not a shard file"),
+    "/dev/zero": (lambda m: {**m, "shards": ["/dev/zero", *m["shards"][1:]]}, "not a shard file"),
+    "num_classes text": (lambda m: {**m, "settings": {**m["settings"], "num_classes": "3"}}, "num_classes"),
+}
+_HEADER_CASES = {  # shard header edit → refusal
+    "length lies": (lambda h: h["z"].update(shape=[999, 2]), "offsets disagree"),
+    "offsets past the data": (lambda h: h["x"].update(data_offsets=[0, 10**9]), "outside the data"),
+    "dtype lies": (lambda h: h["z"].update(dtype="I64"), "offsets disagree|SHA-256"),
+    "unknown dtype": (lambda h: h["z"].update(dtype="BF16"), "cannot map"),
+    "negative shape": (lambda h: h["z"].update(shape=[-4, 2]), "malformed"),
+    "x of another shape": (lambda h: h["x"].update(shape=[2, 4]), "one shape"),
+    "no z": (lambda h: h.pop("z"), "z and x"),
+}
+
+
+@pytest.mark.parametrize("case", list(_MANIFEST_CASES) + list(_HEADER_CASES))
+def test_a_malformed_pairs_directory_is_refused_without_reading_outside_it(tmp_path, case) -> None:
+    root = tmp_path / "pairs"
+    generate_pairs(_toy_teacher(), root, n=8, sample_shape=(2,), shard_size=4, progress=False)
+    (tmp_path / "other").mkdir()  # another run's shard next door: must never be read
+    (tmp_path / "other" / "shard-00000.safetensors").write_bytes((root / "shard-00000.safetensors").read_bytes())
+    if case in _MANIFEST_CASES:
+        edit, words = _MANIFEST_CASES[case]
+        m = json.loads((root / "manifest.json").read_text())
+        (root / "manifest.json").write_text(json.dumps(edit(m)))
+    else:
+        edit, words = _HEADER_CASES[case]
+        _lying_header(root / "shard-00000.safetensors", edit)
+    with pytest.raises(DataError, match=words):
+        PairDataset(str(root))

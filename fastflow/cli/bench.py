@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -21,7 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from fastflow.bench.train_step import PRESETS as TRAIN_PRESETS
     from fastflow.models.presets import PRESETS
 
-    bench = sub.add_parser("bench", help="benchmarks: latency, fused kernels, code generation, CPU threads")
+    bench = sub.add_parser("bench", help="benchmarks: latency, fused kernels, training steps, code generation, winners, CPU threads")
     verbs = bench.add_subparsers(dest="bench", required=True)
     lat = verbs.add_parser("latency", help="one-step student vs teacher at Euler N, Heun, RK45, per backend")
     lat.add_argument("--student", default=None, help="student checkpoint (default: random --student-preset)")
@@ -37,19 +38,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                      "(default: build/kernels/fastflow-run from `make native`, else PATH)")
     lat.add_argument("--no-rk45", action="store_true", help="skip the teacher's adaptive RK45 row")
     lat.add_argument("--iters", type=positive_int, default=20, help="timed calls per row")
-    lat.add_argument("--device", type=device_arg, default=default_device(), help="cpu, cuda or cuda:N")
-    lat.add_argument("--out", default="latency.json", help="output JSON")
     lat.add_argument("--png", default="latency_vs_nfe.png", help="output plot")
-    lat.set_defaults(fn=run_latency)
+    _device_out(lat, "latency.json", run_latency)
 
     kern = verbs.add_parser("kernels", help="fused GroupNorm+SiLU and attention vs eager, compiled and SDPA (GPU)")
     kern.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
     kern.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="input dtype")
     kern.add_argument("--backward", action="store_true", help="time attention forward + backward")
     kern.add_argument("--quick", action="store_true", help="tiny shape set (plumbing check)")
-    kern.add_argument("--device", type=device_arg, default=default_device(), help="cpu, cuda or cuda:N")
-    kern.add_argument("--out", default="kernels.json", help="output JSON")
-    kern.set_defaults(fn=run_kernels)
+    _device_out(kern, "kernels.json", run_kernels)
 
     code = verbs.add_parser("codegen", help="compile every fused kernel × config for sm_80/90/100 (no GPU needed): "
                             "registers, spills, shared memory")
@@ -79,9 +76,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     trn.add_argument("--batch", type=positive_int, default=32, help="training batch size")
     trn.add_argument("--steps", type=positive_int, default=10, help="timed steps per row (after --warmup)")
     trn.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps first (compilation happens here)")
-    trn.add_argument("--device", type=device_arg, default=default_device(), help="cpu, cuda or cuda:N")
-    trn.add_argument("--out", default="train_step.json", help="output JSON")
-    trn.set_defaults(fn=run_train)
+    _device_out(trn, "train_step.json", run_train)
+
+    win = verbs.add_parser("winners", help="the fastest path per case from kernels/train/latency JSONs "
+                           "(what fused=auto is to be set from)")
+    win.add_argument("json", nargs="+", help="JSON files written by fastflow bench kernels, train or latency")
+    win.add_argument("--out", default="winners.json", help="output JSON")
+    win.set_defaults(fn=run_winners)
 
     thr = verbs.add_parser("threads", help="a demo training step at each CPU thread count, idle and next to a "
                            "busy core (the measurement behind the --threads default)")
@@ -89,7 +90,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     thr.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
     thr.add_argument("--out", default="threads.json", help="output JSON")
     thr.set_defaults(fn=run_threads)
-    for verb in (lat, kern, code, trn, thr):
+    for verb in (lat, kern, code, trn, win, thr):
         add_threads(verb)
 
 
@@ -108,6 +109,13 @@ def _runnable(backends: list[str], device: torch.device) -> list[str]:
     return backends
 
 
+def _device_out(p: argparse.ArgumentParser, out: str, fn: Any) -> None:
+    """``--device`` and ``--out`` of a timing verb, and the function it runs."""
+    p.add_argument("--device", type=device_arg, default=default_device(), help="cpu, cuda or cuda:N")
+    p.add_argument("--out", default=out, help="output JSON")
+    p.set_defaults(fn=fn)
+
+
 def run_train(args: argparse.Namespace) -> int:
     from fastflow.bench.train_step import runnable_paths, train_step_suite
     from fastflow.utils.io import atomic_write_json, check_writable
@@ -123,6 +131,21 @@ def run_train(args: argparse.Namespace) -> int:
     print(format_table(rows, ["preset", "path", "batch", "step_p50_ms", "step_p90_ms", "peak_mem_mb", "first_loss"]))
     atomic_write_json(args.out, {"device": _device_name(args.device), "torch": torch.__version__, "rows": rows,
                                  "fused_skipped": why})
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_winners(args: argparse.Namespace) -> int:
+    from fastflow.bench.winners import winners
+    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.table import format_table
+
+    check_writable(args.out)
+    cases = winners(args.json)
+    print(format_table([{**c, "case": " ".join(str(c[k]) for k in c if k not in ("bench", "times_ms", "winner",
+                                                                               "margin_over_next"))}
+                        for c in cases], ["bench", "case", "winner", "margin_over_next"]))
+    atomic_write_json(args.out, {"sources": args.json, "cases": cases})
     print(f"wrote {args.out}")
     return 0
 

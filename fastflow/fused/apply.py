@@ -45,7 +45,10 @@ class FusedDecision:
 
 
 def check_mode(mode: object, key: str = "fused") -> str:
-    """``mode`` if it is one of :data:`MODES`, else :class:`ConfigError` naming ``key``."""
+    """``mode`` as one of :data:`MODES` (YAML 1.1 reads an unquoted ``on``/``off`` as a boolean:
+    taken as ``on``/``off``), else :class:`ConfigError` naming ``key``."""
+    if isinstance(mode, bool):
+        return "on" if mode else "off"
     if mode not in MODES:
         raise ConfigError(f"{key} must be one of {', '.join(MODES)}, got {mode!r}")
     return str(mode)

@@ -70,6 +70,14 @@ def _tile(ptr, offs_l, offs_d, s_l, s_d, lmask, dmask):
 # values as the unused part 1. Each kernel makes d0; the helper that loads its first tiles makes d1. The helpers keep the hand-written kernels' order of loads and dots part
 # by part (the ``fastflow bench codegen`` rows, registers included, depend on it).
 @triton.jit
+def _block(BLOCK: tl.constexpr, L):
+    """This program's rows ``i·BLOCK + [0, BLOCK)`` of a length-``L`` axis (``i``: program axis 0),
+    their mask, and its batch·head (program axis 1)."""
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    return offs, offs < L, tl.program_id(1)
+
+
+@triton.jit
 def _part1(BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr):
     return BLOCK_D0 + tl.arange(0, BLOCK_D1)
 
@@ -194,10 +202,7 @@ def _fwd_kernel(Q, K, V, O, LSE, scale_log2, LQ, LK, HEADS, D,
                 q_b, q_h, q_l, q_d, k_b, k_h, k_l, k_d, v_b, v_h, v_l, v_d, o_b, o_h, o_l, o_d,
                 LQ_B, LK_B, DTYPE_KEY, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, IEEE: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mmask = offs_m < LQ
+    offs_m, mmask, bh = _block(BLOCK_M, LQ)
     d0 = tl.arange(0, BLOCK_D0)
     q0, q1, d1 = _load2(Q + _head(bh, HEADS, q_b, q_h), offs_m, q_l, q_d, mmask, D, d0, BLOCK_D0, BLOCK_D1)
     acc0, acc1 = _zeros2(BLOCK_M, BLOCK_D0, BLOCK_D1)
@@ -232,10 +237,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, scale, scale_log2, LQ, LK,
                      dk_b, dk_h, dk_l, dk_d, dv_b, dv_h, dv_l, dv_d,
                      LQ_B, LK_B, DTYPE_KEY, BLOCK_D0: tl.constexpr, BLOCK_D1: tl.constexpr, IEEE: tl.constexpr,
                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    nmask = offs_n < LK
+    offs_n, nmask, bh = _block(BLOCK_N, LK)
     d0 = tl.arange(0, BLOCK_D0)
     k0, k1, v0, v1, d1 = _load_pair2(K + _head(bh, HEADS, k_b, k_h), k_l, k_d, V + _head(bh, HEADS, v_b, v_h), v_l,
                                      v_d, offs_n, nmask, D, d0, BLOCK_D0, BLOCK_D1)
@@ -273,10 +275,7 @@ def _bwd_dq_kernel(Q, K, V, DO, O, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HE
                    o_b, o_h, o_l, o_d, dq_b, dq_h, dq_l, dq_d, LQ_B, LK_B, DTYPE_KEY, BLOCK_D0: tl.constexpr,
                    BLOCK_D1: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     """dQ of a block of queries; also δ = rowsum(dO ∘ O) in fp32, stored for the dK/dV kernel."""
-    pid_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mmask = offs_m < LQ
+    offs_m, mmask, bh = _block(BLOCK_M, LQ)
     d0 = tl.arange(0, BLOCK_D0)
     q0, q1, do0, do1, delta, d1 = _dq_prologue(Q + _head(bh, HEADS, q_b, q_h), q_l, q_d, DO + _head(bh, HEADS, do_b, do_h),
                                                do_l, do_d, O + _head(bh, HEADS, o_b, o_h), o_l, o_d, offs_m, mmask, D,

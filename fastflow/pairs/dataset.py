@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import struct
 from pathlib import Path
 
@@ -25,6 +26,47 @@ log = logging.getLogger("fastflow.pairs")
 _warned_legacy: set[Path] = set()
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+SHARD_NAME = re.compile(r"shard-\d{5,}\.safetensors")
+
+
+def _tensor_info(path: Path, name: str, info: object, data_len: int) -> tuple[np.dtype, tuple[int, ...], int]:
+    """A header entry's dtype, shape and start offset, checked: known dtype, non-negative integer
+    shape, offsets inside the data and exactly the shape's size."""
+    ok = isinstance(info, dict) and info.get("dtype") in _DTYPES and isinstance(info.get("shape"), list) \
+        and isinstance(info.get("data_offsets"), list) and len(info["data_offsets"]) == 2 \
+        and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in [*info["shape"],
+                                                                                   *info["data_offsets"]])
+    if not ok:
+        what = info.get("dtype") if isinstance(info, dict) else info
+        raise DataError(f"{path}: tensor {name!r} has a malformed header entry or a dtype numpy cannot map ({what!r})")
+    dtype = np.dtype(_DTYPES[info["dtype"]])
+    start, end = info["data_offsets"]
+    if not start <= end <= data_len:
+        raise DataError(f"{path}: truncated shard or offsets outside the data (tensor {name!r})")
+    if end - start != int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize:
+        raise DataError(f"{path}: tensor {name!r}: offsets disagree with its shape and dtype")
+    return dtype, tuple(info["shape"]), start
+
+
+def _check_manifest(root: Path, m: object) -> list[str]:
+    """The shard file names of a complete manifest; anything else is a :class:`DataError`.
+    Shards are plain file names inside ``root`` (``shard-NNNNN.safetensors``): a path that
+    leaves the directory is refused."""
+    if not isinstance(m, dict):
+        raise DataError(f"{root}: {MANIFEST} is not a JSON object")
+    if m.get("complete") is not True:
+        raise DataError(f"{root}: pair generation has not finished; rerun `fastflow pairs` "
+                        "with the same arguments to complete it")
+    shards, counts = m.get("shards"), m.get("shard_counts")
+    if not isinstance(shards, list) or not shards or not isinstance(counts, list) or len(counts) != len(shards):
+        raise DataError(f"{root}: {MANIFEST} needs non-empty 'shards' and 'shard_counts' lists of one length")
+    bad = [s for s in shards if not isinstance(s, str) or not SHARD_NAME.fullmatch(s)]
+    if bad:
+        raise DataError(f"{root}: {MANIFEST} names {bad[0]!r}, not a shard file of this directory "
+                        "(shard-NNNNN.safetensors)")
+    if not isinstance(m.get("settings"), dict):
+        raise DataError(f"{root}: {MANIFEST} has no 'settings' object")
+    return shards
 
 
 def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
@@ -36,18 +78,19 @@ def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
             header = json.loads(f.read(header_len))
     except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: unreadable shard ({e})") from None
+    if not isinstance(header, dict):
+        raise DataError(f"{path}: unreadable shard (the header is not a JSON object)")
     out = {}
-    size = path.stat().st_size
+    data_len = path.stat().st_size - 8 - header_len
     for name, info in header.items():
         if name == "__metadata__":
             continue
-        if info["dtype"] not in _DTYPES:
-            raise DataError(f"{path}: tensor {name} has dtype {info['dtype']}, not memory-mappable")
-        start, end = info["data_offsets"]
-        if 8 + header_len + end > size:
-            raise DataError(f"{path}: truncated shard")
-        out[name] = np.memmap(path, dtype=_DTYPES[info["dtype"]], mode="r",
-                              offset=8 + header_len + start, shape=tuple(info["shape"]))
+        dtype, shape, start = _tensor_info(path, name, info, data_len)
+        out[name] = np.memmap(path, dtype=dtype, mode="r", offset=8 + header_len + start, shape=shape)
+    if "z" not in out or "x" not in out or out["z"].shape != out["x"].shape or \
+            ("label" in out and out["label"].shape != out["z"].shape[:1]):
+        raise DataError(f"{path}: a shard holds z and x of one shape (and label [N]); got "
+                        f"{ {k: v.shape for k, v in out.items()} }")
     want = (header.get("__metadata__") or {}).get("sha256")
     if want is None:
         if path.parent not in _warned_legacy:
@@ -67,15 +110,19 @@ class PairDataset(Dataset):
         if not mpath.is_file():
             raise DataError(f"{root}: no {MANIFEST} (generate pairs with `fastflow pairs`)")
         self.manifest = read_json(mpath, DataError)
-        if not self.manifest.get("complete"):
-            raise DataError(f"{root}: pair generation has not finished; rerun `fastflow pairs` "
-                            "with the same arguments to complete it")
-        self.shards = [memmap_safetensors(r / s) for s in self.manifest["shards"]]
+        names = _check_manifest(r, self.manifest)
+        missing = [s for s in names if not (r / s).is_file() or (r / s).is_symlink()]
+        if missing:
+            raise DataError(f"{root}: shard {missing[0]} is missing or not a regular file")
+        self.shards = [memmap_safetensors(r / s) for s in names]
         counts = [len(s["z"]) for s in self.shards]
         if counts != self.manifest["shard_counts"]:
             raise DataError(f"{root}: shard sizes {counts} disagree with the manifest")
         self.offsets = np.cumsum([0, *counts])
-        self.num_classes = int(self.manifest["settings"].get("num_classes", 0))
+        classes = self.manifest["settings"].get("num_classes", 0)
+        if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
+            raise DataError(f"{root}: {MANIFEST} settings.num_classes must be an integer >= 0, got {classes!r}")
+        self.num_classes = classes
 
     def __len__(self) -> int:
         return int(self.offsets[-1])

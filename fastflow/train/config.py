@@ -155,7 +155,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not isinstance(getattr(cfg, name), dict):
             raise ConfigError(f"config key {name!r} must be a mapping")
     _check_ranges(cfg)
-    check_mode(cfg.model.get("fused", "auto"), "model.fused")
+    if "fused" in cfg.model:  # stored as the word, not YAML's boolean reading of on/off
+        cfg.model["fused"] = check_mode(cfg.model["fused"], "model.fused")
     return cfg
 
 

@@ -32,6 +32,15 @@ def default_threads() -> int:
     return max(1, available_cores() - 1)
 
 
+def check_threads(threads: int, source: str = "--threads") -> int:
+    """``threads`` if between 1 and the cores this process may use, else :class:`ConfigError`
+    (more threads than cores only slow PyTorch down, and a huge count crashes OpenMP)."""
+    cores = available_cores()
+    if not 1 <= threads <= cores:
+        raise ConfigError(f"{source} must be between 1 and {cores} (the cores this process may use), got {threads}")
+    return threads
+
+
 def configure_threads(threads: int | None = None) -> int:
     """Set ``torch``'s intra-op thread count from the argument, the environment or the default."""
     if threads is None:
@@ -41,12 +50,13 @@ def configure_threads(threads: int | None = None) -> int:
                 threads = int(raw)
             except ValueError:
                 raise ConfigError(f"{THREADS_ENV}={raw!r} is not an integer") from None
-            if threads < 1:
-                raise ConfigError(f"{THREADS_ENV} must be >= 1, got {threads}")
+            check_threads(threads, THREADS_ENV)
         elif os.environ.get("OMP_NUM_THREADS", "").strip():  # a launcher's or the user's choice
             return torch.get_num_threads()
         else:
             threads = default_threads()
+    else:
+        check_threads(threads)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     return threads

@@ -14,6 +14,7 @@
 #include <torch/cuda.h>
 #include <torch/utils.h>
 
+#include <sched.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -60,6 +61,18 @@ int64_t parse_int(const std::string& flag, const std::string& value, int64_t lo)
   throw InputError(flag + " takes an integer >= " + std::to_string(lo) + ", got '" + value + "'");
 }
 
+
+// At most the cores this process may run on (its affinity): OpenMP crashes on huge counts.
+int64_t parse_threads(const std::string& v) {
+  const int64_t n = parse_int("--threads", v, 1);
+  cpu_set_t set;
+  const int64_t cores = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 1;
+  if (n > cores)
+    throw InputError("--threads must be between 1 and " + std::to_string(cores) +
+                     " (the cores this process may use), got " + v);
+  return n;
+}
+
 Options parse_args(int argc, char** argv) {
   Options o;
   const std::map<std::string, std::string*> strings = {
@@ -86,7 +99,7 @@ Options parse_args(int argc, char** argv) {
     else if (a == "--batch") o.batch = parse_int(a, v, 1);
     else if (a == "--label") o.label = parse_int(a, v, 0);
     else if (a == "--seed") o.seed = parse_int(a, v, 0);
-    else if (a == "--threads") o.threads = parse_int(a, v, 1);
+    else if (a == "--threads") o.threads = parse_threads(v);
     else if (a == "--iters") o.iters = parse_int(a, v, 0);
     else if (a == "--warmup") o.warmup = parse_int(a, v, 0);
     else if (a == "--tau") {

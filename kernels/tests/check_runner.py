@@ -43,6 +43,7 @@ BAD = {  # case: (package, runner args, a word the message must contain)
     "bad-device": ("uncond.pt2", ["--device", "cuda"], "cpu"),
     "bad-option": ("uncond.pt2", ["--bogus", "1"], "unknown option"),
     "bad-tau": ("sr.pt2", ["--lq", "{fx}/lq.npy", "--tau", "1.5"], "tau"),
+    "bad-threads": ("uncond.pt2", ["--threads", "100000"], "cores this process may use"),
 }
 
 
