@@ -82,3 +82,31 @@ def test_cli_model_data_mismatch_exits_2(tmp_path) -> None:
 def test_override_can_replace_a_whole_section() -> None:
     cfg = load_config(ROOT / "configs" / "digits.yaml", ["objective={name: distill, k: 2}"])
     assert cfg.objective == {"name": "distill", "k": 2}
+
+
+_BOMB = "\n".join(["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefg", "bcdefgh")])
+
+
+@pytest.mark.parametrize("text, words", [
+    ("train:\n  steps: 3\nseed: 1\ntrain:\n  steps: 5\n", r"key .train. is given twice \(line 4\)"),
+    ("objective:\n  name: rf\n  name: reflow\n", "key 'name' is given twice"),
+    (_BOMB + "\nobjective:\n  name: rf\n  time: {kind: uniform, loc: *h}\n", "expands to more than"),
+])
+def test_repeated_keys_and_alias_bombs_are_refused(tmp_path, text, words) -> None:
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=words):
+        load_config(p)
+
+
+def test_an_empty_config_says_it_trains_on_defaults(tmp_path, capsys) -> None:
+    (tmp_path / "e.yaml").write_text("# nothing\n")
+    cfg = load_config(tmp_path / "e.yaml")
+    assert cfg.model == {"preset": "digits"} and "is empty: every setting takes its default" in capsys.readouterr().err
+
+
+def test_model_fused_is_checked_and_stored_as_a_word() -> None:
+    assert load_config(None, ["model.preset=tiny", "model.fused=on"]).model["fused"] == "on"  # YAML reads on as True
+    with pytest.raises(ConfigError, match="model.fused must be one of auto, on, off"):
+        load_config(None, ["model.fused=maybe"])

@@ -1,13 +1,16 @@
 """Training configuration: YAML files plus ``key=value`` overrides, validated strictly.
 
 Values of overrides are parsed as YAML scalars (``yaml.safe_load``), never evaluated.
-Unknown keys and wrong types raise :class:`~fastflow.errors.ConfigError` naming the key.
+Unknown keys and wrong types raise :class:`~fastflow.errors.ConfigError` naming the key. A
+repeated key (YAML silently keeps the last) and a document that expands past
+:data:`MAX_NODES` values through aliases (an "alias bomb") are refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +22,49 @@ from fastflow.errors import ConfigError
 from fastflow.fused.apply import check_mode
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+#: values a config may hold once its aliases are expanded (ours hold ~60)
+MAX_NODES = 10_000
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key repeated within one mapping."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); YAML would "
+                                  "silently keep the last")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def _count_nodes(obj: Any, limit: int = MAX_NODES) -> int:
+    """Values in ``obj`` with shared (aliased) parts counted each time they occur, up to ``limit``."""
+    count, stack = 0, [obj]
+    while stack:
+        count += 1
+        if count > limit:
+            raise ConfigError(f"the config expands to more than {limit} values (YAML aliases?)")
+        x = stack.pop()
+        if isinstance(x, dict):
+            stack += [*x.keys(), *x.values()]
+        elif isinstance(x, list):
+            stack += x
+    return count
+
+
+def read_yaml(text: str, source: str) -> Any:
+    """A YAML document through the strict loader, bounded in size."""
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+        _count_nodes(data)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: invalid YAML ({str(e).splitlines()[0]})") from None
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    return data
 
 
 @dataclass
@@ -117,10 +163,7 @@ def apply_override(d: dict[str, Any], item: str) -> None:
     if "=" not in item:
         raise ConfigError(f"override {item!r} is not of the form key=value")
     key, raw = item.split("=", 1)
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as e:
-        raise ConfigError(f"override {key!r}: cannot parse value {raw!r} ({e})") from None
+    value = read_yaml(raw, f"override {key!r}") if raw.strip() else ""
     parts = key.strip().split(".")
     node = d
     for p in parts[:-1]:
@@ -141,11 +184,14 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
         if not p.is_file():
             raise ConfigError(f"config file {str(path)!r} not found")
         try:
-            d = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+            text = p.read_text(encoding="utf-8")
         except UnicodeDecodeError:
             raise ConfigError(f"{path}: not a text file (invalid UTF-8); want a YAML config") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML ({str(e).splitlines()[0]})") from None
+        d = read_yaml(text, str(path))
+        if d is None:
+            print(f"note: {path} is empty: every setting takes its default (model digits, data digits, rf)",
+                  file=sys.stderr)
+            d = {}
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: top level must be a mapping")
     for item in overrides:

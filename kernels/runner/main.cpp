@@ -131,6 +131,8 @@ std::string batch_shape_str(const Spec& spec) { return "[B, " + shape_str(spec.s
 // A float input file [B, *sample_shape] with finite values.
 at::Tensor read_sample_file(const std::string& path, const Spec& spec, const std::string& what) {
   auto t = read_npy(path);
+  if (!at::isFloatingType(t.scalar_type()))
+    throw InputError(path + ": " + what + " must be float16/32/64 data, got " + std::string(c10::toString(t.scalar_type())));
   std::vector<int64_t> tail(t.sizes().begin() + std::min<int64_t>(1, t.dim()), t.sizes().end());
   if (t.dim() != static_cast<int64_t>(spec.sample_shape.size()) + 1 || tail != spec.sample_shape)
     throw InputError(path + ": " + what + " has shape " + shape_str(t.sizes()) + ", the package takes " +
@@ -288,6 +290,9 @@ int main(int argc, char** argv) {
     return 1;
   } catch (const c10::Error& e) {
     std::cerr << "fastflow-run: error: " << fastflow::first_line(e.what_without_backtrace()) << "\n";
+    return 2;
+  } catch (const std::exception& e) {  // e.g. AOTInductor's guards (std::runtime_error): never an abort
+    std::cerr << "fastflow-run: error: " << fastflow::first_line(e.what()) << "\n";
     return 2;
   }
 }

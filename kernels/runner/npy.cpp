@@ -3,6 +3,8 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <cctype>
+#include <utility>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -14,27 +16,94 @@
 namespace fastflow {
 namespace {
 
-// The value of 'key' in the header dict, e.g. "'<f4'" or "(2, 1, 16, 16)" or "False".
-std::string dict_value(const std::string& header, const std::string& key, const std::string& path) {
-  const auto k = header.find("'" + key + "'");
-  if (k == std::string::npos) throw InputError(path + ": .npy header has no '" + key + "'");
-  auto v = header.find(':', k);
-  if (v == std::string::npos) throw InputError(path + ": malformed .npy header");
-  ++v;
-  while (v < header.size() && header[v] == ' ') ++v;
-  std::size_t end = v;
-  if (header[v] == '(') {
-    end = header.find(')', v);
-    if (end == std::string::npos) throw InputError(path + ": malformed .npy shape");
-    ++end;
-  } else {
-    end = header.find_first_of(",}", v);
-  }
-  return header.substr(v, end - v);
-}
+// The header as the format defines it: a Python dict literal with exactly the keys 'descr' (a
+// string), 'fortran_order' (True/False) and 'shape' (a tuple of non-negative ints), then spaces and a
+// newline. What numpy would refuse (other or repeated keys, a shape that is not a tuple) is refused.
+struct Header {
+  std::string descr;
+  bool fortran = false;
+  std::vector<int64_t> shape;
+};
 
-at::ScalarType dtype_of(std::string descr, const std::string& path) {
-  descr.erase(std::remove(descr.begin(), descr.end(), '\''), descr.end());
+class HeaderParser {
+ public:
+  HeaderParser(const std::string& text, const std::string& path) : s_(text), path_(path) {}
+
+  Header parse() {
+    Header h;
+    bool seen[3] = {false, false, false};
+    expect('{');
+    while (skip() != '}') {
+      const std::string key = string_literal();
+      expect(':');
+      const int k = key == "descr" ? 0 : key == "fortran_order" ? 1 : key == "shape" ? 2 : -1;
+      if (k < 0) fail("unknown key '" + key + "'");
+      if (seen[k]) fail("repeated key '" + key + "'");
+      seen[k] = true;
+      if (k == 0) h.descr = string_literal();
+      else if (k == 1) h.fortran = boolean();
+      else h.shape = tuple();
+      if (skip() != ',') break;
+      ++i_;
+    }
+    expect('}');
+    if (s_.find_first_not_of(" \n", i_) != std::string::npos) fail("text after the header dict");
+    if (!(seen[0] && seen[1] && seen[2])) fail("needs the keys 'descr', 'fortran_order' and 'shape'");
+    return h;
+  }
+
+ private:
+  [[noreturn]] void fail(const std::string& why) const { throw InputError(path_ + ": malformed .npy header (" + why + ")"); }
+  char skip() {
+    while (i_ < s_.size() && s_[i_] == ' ') ++i_;
+    return i_ < s_.size() ? s_[i_] : '\0';
+  }
+  void expect(char c) {
+    if (skip() != c) fail(std::string("expected '") + c + "'");
+    ++i_;
+  }
+  std::string string_literal() {
+    const char q = skip();
+    if (q != '\'' && q != '"') fail("expected a quoted string");
+    const auto end = s_.find(q, i_ + 1);
+    if (end == std::string::npos) fail("unterminated string");
+    std::string out = s_.substr(i_ + 1, end - i_ - 1);
+    i_ = end + 1;
+    return out;
+  }
+  bool boolean() {
+    skip();
+    for (const auto& [word, value] : {std::pair<std::string, bool>{"True", true}, {"False", false}})
+      if (s_.compare(i_, word.size(), word) == 0) {
+        i_ += word.size();
+        return value;
+      }
+    fail("fortran_order must be True or False");
+  }
+  std::vector<int64_t> tuple() {
+    expect('(');
+    std::vector<int64_t> dims;
+    bool comma = true;
+    while (skip() != ')') {
+      if (!comma) fail("shape must be a tuple of integers");
+      const auto start = i_;
+      while (i_ < s_.size() && std::isdigit(static_cast<unsigned char>(s_[i_]))) ++i_;
+      if (i_ == start || i_ - start > 15) fail("shape must be a tuple of non-negative integers");
+      dims.push_back(std::stoll(s_.substr(start, i_ - start)));
+      comma = skip() == ',';
+      if (comma) ++i_;
+    }
+    if (dims.size() == 1 && !comma) fail("a one-dimensional shape is written (n,)");
+    ++i_;
+    return dims;
+  }
+
+  const std::string& s_;
+  const std::string& path_;
+  std::size_t i_ = 0;
+};
+
+at::ScalarType dtype_of(const std::string& descr, const std::string& path) {
   if (descr == "<f4") return at::kFloat;
   if (descr == "<f8") return at::kDouble;
   if (descr == "<f2") return at::kHalf;
@@ -66,25 +135,26 @@ at::Tensor read_npy(const std::string& path) {
   if (header_len > (1u << 20)) throw InputError(path + ": implausible .npy header length");
   std::string header(header_len, '\0');
   if (!f.read(header.data(), header_len)) throw InputError(path + ": truncated .npy header");
-  if (dict_value(header, "fortran_order", path).rfind("False", 0) != 0)
-    throw InputError(path + ": Fortran-order .npy arrays are not supported (save a C-contiguous array)");
-  const auto dtype = dtype_of(dict_value(header, "descr", path), path);
-  std::vector<int64_t> shape;
-  std::string dims = dict_value(header, "shape", path);
-  std::stringstream ss(dims.substr(1, dims.size() - 2));
-  for (std::string item; std::getline(ss, item, ',');) {
-    if (item.find_first_not_of(' ') == std::string::npos) continue;
-    try {
-      shape.push_back(std::stoll(item));
-    } catch (const std::exception&) {
-      throw InputError(path + ": malformed .npy shape " + dims);
-    }
-    if (shape.back() < 0) throw InputError(path + ": negative .npy dimension");
+  const Header h = HeaderParser(header, path).parse();
+  if (h.fortran) throw InputError(path + ": Fortran-order .npy arrays are not supported (save a C-contiguous array)");
+  const auto dtype = dtype_of(h.descr, path);
+  // The data must be exactly what the header describes, checked before allocating (a lying shape
+  // must not ask for terabytes): bytes left in the file = elements × element size.
+  const auto data_start = f.tellg();
+  f.seekg(0, std::ios::end);
+  const auto left = static_cast<uint64_t>(f.tellg() - data_start);
+  f.seekg(data_start);
+  uint64_t want = at::elementSize(dtype);
+  for (const auto d : h.shape) {
+    if (d != 0 && want > left / static_cast<uint64_t>(d) + 1) want = left + 1;  // already too large
+    else want *= static_cast<uint64_t>(d);
   }
-  auto tensor = at::empty(shape, at::TensorOptions().dtype(dtype));
-  const auto nbytes = static_cast<std::streamsize>(tensor.nbytes());
-  if (nbytes && !f.read(static_cast<char*>(tensor.data_ptr()), nbytes))
-    throw InputError(path + ": truncated .npy data (expected " + std::to_string(nbytes) + " bytes)");
+  if (want != left)
+    throw InputError(path + ": .npy data is " + std::to_string(left) + " bytes, its header describes " +
+                     (want > left ? "more" : std::to_string(want)));
+  auto tensor = at::empty(h.shape, at::TensorOptions().dtype(dtype));
+  if (left && !f.read(static_cast<char*>(tensor.data_ptr()), static_cast<std::streamsize>(left)))
+    throw InputError(path + ": unreadable .npy data");
   return tensor;
 }
 

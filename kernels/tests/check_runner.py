@@ -44,6 +44,13 @@ BAD = {  # case: (package, runner args, a word the message must contain)
     "bad-option": ("uncond.pt2", ["--bogus", "1"], "unknown option"),
     "bad-tau": ("sr.pt2", ["--lq", "{fx}/lq.npy", "--tau", "1.5"], "tau"),
     "bad-threads": ("uncond.pt2", ["--threads", "100000"], "cores this process may use"),
+    "bad-npy-broken": ("uncond.pt2", ["--input", "{fx}/hdr-broken.npy"], "malformed .npy header"),
+    "bad-npy-extra-key": ("uncond.pt2", ["--input", "{fx}/hdr-extra-key.npy"], "unknown key"),
+    "bad-npy-repeated-key": ("uncond.pt2", ["--input", "{fx}/hdr-repeated-key.npy"], "repeated key"),
+    "bad-npy-shape-int": ("uncond.pt2", ["--input", "{fx}/hdr-shape-int.npy"], "malformed .npy header"),
+    "bad-npy-shape-lies": ("uncond.pt2", ["--input", "{fx}/hdr-shape-lies.npy"], "header describes"),
+    "bad-npy-trailing": ("uncond.pt2", ["--input", "{fx}/trailing.npy"], "header describes"),
+    "bad-npy-int64": ("uncond.pt2", ["--input", "{fx}/int64.npy"], "float16/32/64"),
 }
 
 

@@ -20,6 +20,21 @@ KINDS = {"uncond": ({}, {}), "cond": ({"num_classes": 3}, {}),
          "sr": ({"cond_channels": 1}, {"objective_config": {"name": "oftsr", "sigma_p": 0.2}})}
 
 
+HOSTILE_NPY = {  # header dicts numpy refuses (or reads otherwise than a naive parser)
+    "hdr-broken": "{'descr': '<f4', 'fortran_order': False, 'shape': }",
+    "hdr-extra-key": "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 1, 8, 8), 'xshape': (2, 1, 8, 8), }",
+    "hdr-repeated-key": "{'descr': '<f4', 'shape': (1, 1, 8, 8), 'fortran_order': False, 'shape': (2, 1, 8, 8), }",
+    "hdr-shape-int": "{'descr': '<f4', 'fortran_order': False, 'shape': 512, }",
+    "hdr-shape-lies": "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 1, 8, 8), }",
+}
+
+
+def _npy(header: str, data: bytes) -> bytes:
+    """A version-1 .npy file from a header dict text and raw data (no checks: fixtures that lie)."""
+    text = header + " " * ((64 - (10 + len(header) + 1) % 64) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode() + data
+
+
 def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     procs = []
@@ -43,6 +58,11 @@ def main(out: Path) -> None:
     np.save(out / "noise.npy", torch.randn(2, 1, 8, 8, generator=g).numpy())
     np.save(out / "wrong-hw.npy", torch.randn(2, 1, 6, 6, generator=g).numpy())
     np.save(out / "nan.npy", np.full((2, 1, 8, 8), np.nan, dtype=np.float32))
+    np.save(out / "int64.npy", np.zeros((2, 1, 8, 8), dtype=np.int64))
+    good = (out / "noise.npy").read_bytes()
+    for name, header in HOSTILE_NPY.items():  # the same 512 bytes of data behind a header that lies
+        (out / f"{name}.npy").write_bytes(_npy(header, good[-2 * 64 * 4:]))
+    (out / "trailing.npy").write_bytes(good + b"\0" * 8)
     data = (out / "uncond.pt2").read_bytes()
     (out / "truncated.pt2").write_bytes(data[: len(data) // 2])
     (out / "not-a-package.pt2").write_text("hello\n")
