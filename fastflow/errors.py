@@ -21,6 +21,10 @@ class ShapeError(FastflowError, ValueError):
     """A tensor has the wrong shape for the operation it was given to."""
 
 
+class DTypeError(FastflowError, TypeError):
+    """A tensor has a dtype the operation does not take (e.g. integers where it computes in floats)."""
+
+
 class SolverError(FastflowError):
     """An ODE solve produced non-finite values or could not reach the end time."""
 

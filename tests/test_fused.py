@@ -338,3 +338,38 @@ def test_bench_kernels_plumbing(tmp_path) -> None:
     if DEV == "cpu":
         r = run_cli("bench", "kernels", "--out", str(out), "--device", "cpu")
         assert r.returncode == 2 and "needs a CUDA GPU" in r.stderr
+
+
+def _empty_refs():
+    return [
+        ("gn batch 0", lambda: group_norm(torch.randn(0, 8, 4, 4), None, None, 2),
+         lambda: nn.GroupNorm(2, 8, affine=False)(torch.randn(0, 8, 4, 4))),
+        ("gn spatial 0", lambda: group_norm(torch.randn(2, 8, 0, 4), None, None, 2),
+         lambda: torch.empty(2, 8, 0, 4)),
+        ("attn no keys", lambda: attention(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 0, 8), torch.randn(1, 2, 0, 8)),
+         lambda: attention_ref(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 0, 8), torch.randn(1, 2, 0, 8))),
+        ("attn no queries", lambda: attention(torch.randn(1, 2, 0, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)),
+         lambda: torch.empty(1, 2, 0, 8)),
+    ]
+
+
+@pytest.mark.parametrize("case", range(4), ids=[c[0] for c in _empty_refs()])
+def test_empty_inputs_follow_the_reference(case) -> None:
+    _, got, want = _empty_refs()[case]
+    g, w = got(), want()
+    assert g.shape == w.shape and torch.equal(torch.nan_to_num(g, 7.0), torch.nan_to_num(w, 7.0))
+
+
+@pytest.mark.parametrize("call, error", [
+    (lambda: FusedGroupNorm(0, 8), "do not split"),
+    (lambda: FusedGroupNorm(3, 8), "do not split"),
+    (lambda: group_norm(torch.randn(2, 8, 4, 4), None, None, 0), "groups >= 1"),
+    (lambda: group_norm(torch.ones(2, 8, 4, 4, dtype=torch.int64), None, None, 2), "floating-point"),
+    (lambda: attention(*(torch.randn(1, 2, 4, 0) for _ in range(3))), "head dim >= 1"),
+    (lambda: attention(*(torch.ones(1, 2, 4, 8, dtype=torch.int32) for _ in range(3))), "floating-point"),
+], ids=["groups-0", "groups-3-of-8", "fn-groups-0", "gn-int", "head-dim-0", "attn-int"])
+def test_degenerate_arguments_raise_typed_errors(call, error) -> None:
+    from fastflow.errors import DTypeError, ShapeError
+
+    with pytest.raises((ShapeError, DTypeError), match=error):
+        call()

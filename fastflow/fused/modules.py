@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from fastflow.errors import ShapeError
 from fastflow.fused.ops import attention, group_norm
 from fastflow.fused.runtime import warn_once
 
@@ -19,6 +20,8 @@ class FusedGroupNorm(nn.Module):
     def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
                  silu: bool = False, device: Any = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
+        if num_groups < 1 or num_channels % num_groups:
+            raise ShapeError(f"FusedGroupNorm: {num_channels} channels do not split into {num_groups} groups")
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, eps
         self.affine, self.silu = affine, silu
         if affine:

@@ -3,7 +3,8 @@
 CPU tensors (without ``TRITON_INTERPRET=1``) and graphs being exported take the reference
 silently — that is their intended path. Inputs the kernels do not take on a kernel device
 (fp64, bf16 under the interpreter, spatial strides that do not flatten, head dims over 256)
-take the reference with a one-time warning, never a wrong result. So does forward-mode AD
+take the reference with a one-time warning, never a wrong result; empty inputs (a batch, a
+sequence or a spatial size of 0) take it silently, as ``nn.GroupNorm`` and SDPA define them. So does forward-mode AD
 (``torch.func.jvp``, ``torch.autograd.forward_ad``) and any other functorch transform: the
 kernels have a backward but no forward-mode rule, and the reference's JVP is exact.
 """
@@ -15,13 +16,18 @@ import math
 import torch
 from torch import Tensor
 
-from fastflow.errors import ShapeError
+from fastflow.errors import DTypeError, ShapeError
 from fastflow.fused.runtime import flat_spatial, interpreting, kernel_device, warn_once
 from fastflow.models.reference import attention_ref, forward_ad, group_norm_ref
 
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: the attention kernel splits head dims up to this into one or two power-of-two tiles
 MAX_HEAD_DIM = 256
+
+
+def _floating(op: str, x: Tensor) -> None:
+    if not x.is_floating_point():
+        raise DTypeError(f"{op} takes floating-point tensors, got {x.dtype}")
 
 
 def _dtype_ok(x: Tensor, op: str) -> bool:
@@ -49,7 +55,10 @@ def group_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: in
     """
     if x.dim() < 2:
         raise ShapeError(f"group_norm needs x [N, C, *], got {tuple(x.shape)}")
+    _floating("group_norm", x)
     n, c = x.shape[:2]
+    if groups < 1:
+        raise ShapeError(f"group_norm needs groups >= 1, got {groups}")
     if c % groups:
         raise ShapeError(f"{c} channels do not split into {groups} groups")
     for name, t in (("scale", scale), ("shift", shift)):
@@ -58,7 +67,7 @@ def group_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: in
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (c,):
             raise ShapeError(f"{name} must be [{c}], got {tuple(t.shape)}")
-    use = kernel_device(x) and _dtype_ok(x, "group_norm") and not _transformed("group_norm", x, weight, bias, scale,
+    use = x.numel() > 0 and kernel_device(x) and _dtype_ok(x, "group_norm") and not _transformed("group_norm", x, weight, bias, scale,
                                                                                  shift)
     if use and not flat_spatial(x):
         warn_once("group_norm-strides", f"group_norm: input strides {x.stride()} do not flatten over H·W")
@@ -80,8 +89,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Te
         raise ShapeError(f"attention shapes do not match: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
     if not (q.dtype == k.dtype == v.dtype):
         raise ShapeError(f"q, k, v dtypes differ: {q.dtype}, {k.dtype}, {v.dtype}")
+    _floating("attention", q)
+    if q.shape[-1] < 1:
+        raise ShapeError(f"attention needs a head dim >= 1, got q {tuple(q.shape)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    use = kernel_device(q) and _dtype_ok(q, "attention") and not _transformed("attention", q, k, v)
+    use = q.numel() > 0 and k.shape[2] > 0 and kernel_device(q) and _dtype_ok(q, "attention") and not _transformed("attention", q, k, v)
     if use and q.shape[-1] > MAX_HEAD_DIM:
         warn_once(f"attention-head-dim-{q.shape[-1]}", f"attention: head dim {q.shape[-1]} > {MAX_HEAD_DIM}")
         use = False
