@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "error.h"
+#include "io.h"
 #include "npy.h"
 #include "png.h"
 #include "spec.h"
@@ -220,6 +221,12 @@ int run(int argc, char** argv) {
   if (device == "cuda" && !torch::cuda::is_available()) throw InputError("--device cuda: no CUDA device available");
   if (!o.png.empty() && spec.sample_shape.size() == 3 && spec.sample_shape[0] != 1 && spec.sample_shape[0] != 3)
     throw InputError("--png needs 1 or 3 channels; this package makes " + std::to_string(spec.sample_shape[0]));
+  const std::vector<std::string> ins = {o.package, o.input, o.lq};  // every output checked before any work
+  check_output("--out", o.out, ins);
+  for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--png", o.png}, {"--timing-json", o.timing_json}})
+    if (!path.empty()) check_output(flag, path, ins);
+  if (o.png == o.out || o.timing_json == o.out || (!o.png.empty() && o.png == o.timing_json))
+    throw InputError("--out, --png and --timing-json must name different files");
   at::set_num_threads(static_cast<int>(o.threads));
 
   auto inputs = build_inputs(o, spec);
@@ -262,11 +269,11 @@ int run(int argc, char** argv) {
               << ", " << o.threads << " thread" << (o.threads > 1 ? "s" : "") << "): p50 " << p50 << " ms, p90 "
               << p90 << " ms, p99 " << p99 << " ms, mean " << mean << " ms\n";
     if (!o.timing_json.empty()) {
-      std::ofstream f(o.timing_json, std::ios::trunc);
+      std::ostringstream f;
       f << std::setprecision(9) << "{\"p50_ms\": " << p50 << ", \"p90_ms\": " << p90 << ", \"p99_ms\": " << p99
         << ", \"mean_ms\": " << mean << ", \"calls\": " << o.iters << ", \"batch\": " << batch
         << ", \"threads\": " << o.threads << ", \"device\": \"" << device << "\"}\n";
-      if (!f) throw InputError(o.timing_json + ": cannot write");
+      write_atomic(o.timing_json, f.str());
     }
   }
   return 0;

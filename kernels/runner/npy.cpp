@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "error.h"
+#include "io.h"
 
 namespace fastflow {
 namespace {
@@ -172,15 +173,14 @@ void write_npy(const std::string& path, const at::Tensor& tensor) {
   std::string header = "{'descr': '" + descr + "', 'fortran_order': False, 'shape': " + shape + ", }";
   const std::size_t unpadded = 10 + header.size() + 1;
   header += std::string((64 - unpadded % 64) % 64, ' ') + "\n";
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  if (!f) throw InputError(path + ": cannot write");
   const uint16_t len = static_cast<uint16_t>(header.size());
-  const char lenb[2] = {static_cast<char>(len & 0xff), static_cast<char>(len >> 8)};
-  f.write("\x93NUMPY\x01\x00", 8);
-  f.write(lenb, 2);
-  f << header;
-  f.write(static_cast<const char*>(t.data_ptr()), static_cast<std::streamsize>(t.nbytes()));
-  if (!f) throw InputError(path + ": write failed");
+  std::string bytes = "\x93NUMPY\x01";
+  bytes += '\0';
+  bytes += static_cast<char>(len & 0xff);
+  bytes += static_cast<char>(len >> 8);
+  bytes += header;
+  bytes.append(static_cast<const char*>(t.data_ptr()), t.nbytes());
+  write_atomic(path, bytes);
 }
 
 }  // namespace fastflow

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "error.h"
+#include "io.h"
 
 namespace fastflow {
 namespace {
@@ -34,17 +35,15 @@ void put32(std::vector<uint8_t>& out, uint32_t v) {
   for (int s = 24; s >= 0; s -= 8) out.push_back(static_cast<uint8_t>(v >> s));
 }
 
-void write32(std::ofstream& f, uint32_t v) {
-  const char b[4] = {static_cast<char>(v >> 24), static_cast<char>(v >> 16), static_cast<char>(v >> 8),
-                     static_cast<char>(v)};
-  f.write(b, 4);
+void write32(std::string& f, uint32_t v) {
+  for (int s = 24; s >= 0; s -= 8) f += static_cast<char>(v >> s);
 }
 
 // length, type, data, CRC-32 of type + data.
-void chunk(std::ofstream& f, const char* type, const std::vector<uint8_t>& data) {
+void chunk(std::string& f, const char* type, const std::vector<uint8_t>& data) {
   write32(f, static_cast<uint32_t>(data.size()));
-  f.write(type, 4);
-  f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+  f.append(type, 4);
+  f.append(reinterpret_cast<const char*>(data.data()), data.size());
   write32(f, crc32(data.data(), data.size(), crc32(reinterpret_cast<const uint8_t*>(type), 4)));
 }
 
@@ -104,13 +103,11 @@ void write_png_grid(const std::string& path, const at::Tensor& images) {
   put32(ihdr, static_cast<uint32_t>(gw));
   put32(ihdr, static_cast<uint32_t>(gh));
   ihdr.insert(ihdr.end(), {8, static_cast<uint8_t>(c == 1 ? 0 : 2), 0, 0, 0});
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  if (!f) throw InputError(path + ": cannot write");
-  f.write("\x89PNG\r\n\x1a\n", 8);
+  std::string f("\x89PNG\r\n\x1a\n", 8);
   chunk(f, "IHDR", ihdr);
   chunk(f, "IDAT", zlib_stored(raw));
   chunk(f, "IEND", {});
-  if (!f) throw InputError(path + ": write failed");
+  write_atomic(path, f);
 }
 
 }  // namespace fastflow

@@ -51,7 +51,47 @@ BAD = {  # case: (package, runner args, a word the message must contain)
     "bad-npy-shape-lies": ("uncond.pt2", ["--input", "{fx}/hdr-shape-lies.npy"], "header describes"),
     "bad-npy-trailing": ("uncond.pt2", ["--input", "{fx}/trailing.npy"], "header describes"),
     "bad-npy-int64": ("uncond.pt2", ["--input", "{fx}/int64.npy"], "float16/32/64"),
+    "bad-out-is-package": ("uncond.pt2", ["--out", "{fx}/uncond.pt2"], "would overwrite an input"),
+    "bad-out-no-dir": ("uncond.pt2", ["--out", "{tmp}/nowhere/o.npy"], "no directory"),
+    "bad-outputs-collide": ("uncond.pt2", ["--png", "{tmp}/out.npy"], "different files"),
 }
+SKIP = 77  # ctest's SKIP_RETURN_CODE
+
+
+def full_disk(runner: str, fx: Path, tmp: Path) -> None:
+    """Outputs into a full disk (a 64 KiB tmpfs, as root): exit 2 with one line, the earlier good
+    .npy/.png/timing files untouched, no partial or temporary file left."""
+    import os
+
+    disk = tmp / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        print("skipped: mounting a small tmpfs needs root")
+        sys.exit(SKIP)
+    try:
+        old = {name: f"old {name}".encode() for name in ("o.npy", "g.png", "t.json")}
+        for name, data in old.items():
+            (disk / name).write_bytes(data)
+        try:  # fill what is left
+            with open(disk / "filler", "wb") as f:
+                while True:
+                    f.write(b"\0" * 4096)
+                    f.flush()
+        except OSError:
+            pass
+        for flag, name in (("--out", "o.npy"), ("--png", "g.png"), ("--timing-json", "t.json")):
+            extra = [] if flag == "--out" else ["--out", str(tmp / "elsewhere.npy")]
+            if flag == "--timing-json":
+                extra += ["--iters", "1", "--warmup", "0"]
+            res = subprocess.run([runner, str(fx / "uncond.pt2"), *extra, flag, str(disk / name)],
+                                 capture_output=True, text=True, timeout=120)
+            lines = res.stderr.splitlines()
+            assert res.returncode == 2 and len(lines) == 1 and "No space left" in lines[0], (flag, res.stderr)
+        assert {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"} == old, list(disk.iterdir())
+        print("full disk: exit 2, earlier outputs intact, nothing partial left")
+    finally:
+        subprocess.run(["umount", str(disk)])
 
 
 def fill(args: list[str], fx: Path, tmp: Path) -> list[str]:
@@ -123,7 +163,10 @@ def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:
 def main() -> None:
     runner, fx, case = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     with tempfile.TemporaryDirectory() as tmp:
-        (good if case in GOOD else bad)(runner, fx, case, Path(tmp))
+        if case == "full-disk":
+            full_disk(runner, fx, Path(tmp))
+        else:
+            (good if case in GOOD else bad)(runner, fx, case, Path(tmp))
 
 
 if __name__ == "__main__":

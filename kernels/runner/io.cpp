@@ -1,0 +1,65 @@
+#include "io.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "error.h"
+
+namespace fastflow {
+namespace {
+
+std::string parent_of(const std::string& path) {
+  const auto slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  return slash == 0 ? "/" : path.substr(0, slash);
+}
+
+bool same_file(const std::string& a, const std::string& b) {
+  struct stat sa {}, sb {};
+  return stat(a.c_str(), &sa) == 0 && stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+}  // namespace
+
+void check_output(const std::string& flag, const std::string& path, const std::vector<std::string>& inputs) {
+  if (path.empty()) throw InputError(flag + " needs a file name");
+  struct stat st {};
+  if (stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode)) throw InputError(flag + " " + path + " is a directory");
+  for (const auto& in : inputs)
+    if (!in.empty() && same_file(path, in)) throw InputError(flag + " " + path + " would overwrite an input (" + in + ")");
+  const auto dir = parent_of(path);
+  struct stat sd {};
+  if (stat(dir.c_str(), &sd) != 0 || !S_ISDIR(sd.st_mode)) throw InputError(flag + " " + path + ": no directory " + dir);
+  if (access(dir.c_str(), W_OK) != 0) throw InputError(flag + " " + path + ": cannot write in " + dir);
+}
+
+void write_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = parent_of(path) + "/." + path.substr(path.find_last_of('/') + 1) + ".tmp." +
+                          std::to_string(getpid());
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw InputError(path + ": cannot write (" + std::strerror(errno) + ")");
+  std::size_t done = 0;
+  int err = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : EIO;
+      break;
+    }
+    done += static_cast<std::size_t>(n);
+  }
+  if (!err && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && !err) err = errno;
+  if (!err && std::rename(tmp.c_str(), path.c_str()) != 0) err = errno;
+  if (err) {
+    ::unlink(tmp.c_str());
+    throw InputError(path + ": cannot write (" + std::strerror(err) + ")");
+  }
+}
+
+}  // namespace fastflow
