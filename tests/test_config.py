@@ -110,3 +110,13 @@ def test_model_fused_is_checked_and_stored_as_a_word() -> None:
     assert load_config(None, ["model.preset=tiny", "model.fused=on"]).model["fused"] == "on"  # YAML reads on as True
     with pytest.raises(ConfigError, match="model.fused must be one of auto, on, off"):
         load_config(None, ["model.fused=maybe"])
+
+
+@pytest.mark.parametrize("override, words", [
+    ("out_dir=", "out_dir must name a directory"),
+    ("seed=99999999999999999999", "seed must be in"),
+    ("seed=-1", "seed must be in"),
+])
+def test_run_level_values_are_checked(override, words) -> None:
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, [override])

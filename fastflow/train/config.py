@@ -209,6 +209,8 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
 def _check_ranges(cfg: TrainConfig) -> None:
     t, o = cfg.train, cfg.optim
     checks = [
+        (bool(cfg.out_dir.strip()), "out_dir must name a directory (an empty one would train into the current one)"),
+        (0 <= cfg.seed < 2**63, f"seed must be in [0, 2**63), got {cfg.seed}"),
         (t.steps >= 1, "train.steps must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (0.0 <= t.ema_rate < 1.0, "train.ema_rate must be in [0, 1)"),
