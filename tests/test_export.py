@@ -228,3 +228,49 @@ def test_oftsr_student_exports_with_tau_as_an_input(tmp_path) -> None:
     save_model(tmp_path / "teacher", m, m, meta={"objective_config": {"name": "sr"}})
     res = _export(tmp_path / "teacher", "--format", "onnx", "-o", str(tmp_path / "t.onnx"))
     assert res.returncode == 2 and "OFTSR" in res.stderr
+
+
+def _fill(disk) -> None:
+    try:
+        with open(disk / "filler", "wb") as f:
+            while True:
+                f.write(b"\0" * 4096)
+                f.flush()
+    except OSError:
+        pass
+
+
+def test_export_over_an_existing_package_on_a_full_disk_keeps_it(tmp_path, ckpt, monkeypatch, capsys) -> None:
+    """A full disk: one line, exit 2, the earlier package byte-identical, nothing partial beside it.
+    The .pt2 compile is replaced by a 1 MB package (what is tested is fastflow's staging and copy:
+    PyTorch's own zip writer aborts the process on ENOSPC, so it never writes to the target disk)."""
+    import os
+    import subprocess
+
+    from fastflow.cli import export as export_cli
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        old = {"g.pt2": b"old package", "g.onnx": b"old model"}
+        for name, data in old.items():
+            (disk / name).write_bytes(data)
+        _fill(disk)
+        def fake_package(ep, package_path, inductor_configs) -> None:  # noqa: ANN001
+            with open(package_path, "wb") as f:
+                f.write(bytes(1 << 20))
+
+        monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fake_package)
+        assert export_cli.main([str(ckpt), "--format", "pt2", "-o", str(disk / "g.pt2"), "--batch", "1",
+                                "--device", "cpu"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"fastflow-export: error: {disk / 'g.pt2'}: No space left on device", err
+        r = run_cli("-m", "fastflow.cli.export", str(ckpt), "--format", "onnx", "-o", str(disk / "g.onnx"),
+                    "--batch", "1", "--device", "cpu")
+        assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("No space left on device"), r.stderr
+        assert {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"} == old
+    finally:
+        subprocess.run(["umount", str(disk)])

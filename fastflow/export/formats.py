@@ -9,6 +9,8 @@ import dataclasses
 import importlib.util
 import json
 import os
+import shutil
+import tempfile
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -120,8 +122,12 @@ def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path)
     # fused "op": keep the fastflow ops opaque (the package calls the registered ops; CPU under the
     # interpreter). On CUDA ("triton") Inductor compiles the ops' Triton kernels into the package.
     opaque = torch._functorch.config.patch(decompose_custom_triton_ops=spec.extra.get("fused") != "op")
-    with opaque:
-        torch._inductor.aoti_compile_and_package(ep, package_path=str(path), inductor_configs=_aoti_configs(spec))
+    # Packaged in the temp dir, then copied: PyTorch's zip writer aborts the process (an exception in
+    # its destructor) when the disk fills; a Python copy fails with a plain ENOSPC instead.
+    with opaque, tempfile.TemporaryDirectory(prefix="fastflow-pt2-") as tmp:
+        package = Path(tmp) / path.name
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=_aoti_configs(spec))
+        shutil.copyfile(package, path)
 
 
 def read_pt2_spec(path: Path) -> GeneratorSpec | None:

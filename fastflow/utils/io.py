@@ -6,7 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,26 @@ def atomic_write(path: str | Path, write: Any) -> str:
         Path(tmp).unlink(missing_ok=True)
         raise
     return digest
+
+
+@contextmanager
+def staged_artifact(path: str | Path) -> Iterator[Path]:
+    """Build an artefact (and whatever files its builder writes beside it: an ONNX ``.data``, an
+    engine's ``.json`` sidecar) in a temporary directory ``.NAME.XXXX.tmp`` next to ``path``; yields
+    the path to build at. On success every file is fsynced and renamed into place, ``path`` last;
+    on any failure (a full disk, Ctrl-C) the directory goes and an earlier artefact stays intact."""
+    path = Path(path)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield stage / path.name
+        files = sorted(stage.iterdir(), key=lambda f: f.name == path.name)  # the artefact last
+        for f in files:
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        for f in files:
+            os.replace(f, path.parent / f.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def remove_stale_temps(directory: str | Path) -> list[Path]:
