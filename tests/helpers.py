@@ -58,3 +58,14 @@ def fit(objective, model: torch.nn.Module, stream: BatchStream, steps: int, lr: 
         opt.step()
         losses.append(float(loss.detach()))
     return losses
+
+
+def tiny_diffusers_unet(cross_dim: int = 24) -> torch.nn.Module:
+    """A two-level diffusers ``UNet2DConditionModel`` with self and cross attention (seeded)."""
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8)

@@ -230,16 +230,6 @@ def test_oftsr_student_exports_with_tau_as_an_input(tmp_path) -> None:
     assert res.returncode == 2 and "OFTSR" in res.stderr
 
 
-def _fill(disk) -> None:
-    try:
-        with open(disk / "filler", "wb") as f:
-            while True:
-                f.write(b"\0" * 4096)
-                f.flush()
-    except OSError:
-        pass
-
-
 def test_export_over_an_existing_package_on_a_full_disk_keeps_it(tmp_path, ckpt, monkeypatch, capsys) -> None:
     """A full disk: one line, exit 2, the earlier package byte-identical, nothing partial beside it.
     The .pt2 compile is replaced by a 1 MB package (what is tested is fastflow's staging and copy:
@@ -258,7 +248,7 @@ def test_export_over_an_existing_package_on_a_full_disk_keeps_it(tmp_path, ckpt,
         old = {"g.pt2": b"old package", "g.onnx": b"old model"}
         for name, data in old.items():
             (disk / name).write_bytes(data)
-        _fill(disk)
+        subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=4k"], capture_output=True)  # fill it
         def fake_package(ep, package_path, inductor_configs) -> None:  # noqa: ANN001
             with open(package_path, "wb") as f:
                 f.write(bytes(1 << 20))

@@ -224,12 +224,10 @@ def test_swapped_unet_matches_original_outputs_and_gradients(preset) -> None:
 
 
 def test_swap_diffusers_unet_through_processors() -> None:
-    diffusers = pytest.importorskip("diffusers", reason="diffusers not installed")
-    torch.manual_seed(0)
-    unet = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=24, attention_head_dim=8, norm_num_groups=8).to(DEV).eval()
+    pytest.importorskip("diffusers", reason="diffusers not installed")
+    from helpers import tiny_diffusers_unet
+
+    unet = tiny_diffusers_unet().to(DEV).eval()
     fused = copy.deepcopy(unet)
     report = swap(fused)
     procs = [now for _, _, now in report.swapped if now == "FusedAttnProcessor"]

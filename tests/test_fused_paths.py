@@ -19,7 +19,7 @@ from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.fused import apply, attention, attention_ref, decide, group_norm, group_norm_ref, is_fused, split_spec
 from fastflow.models import build_model
 from fastflow.objectives import build_objective
-from tests.helpers import run_cli, tiny_config
+from tests.helpers import run_cli, tiny_config, tiny_diffusers_unet
 
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter checks")
 
@@ -73,12 +73,8 @@ def test_training_step_of_tiny_unet_fused_equals_unfused(dtype, tol) -> None:
 
 
 def test_training_step_of_tiny_diffusers_unet_fused_equals_unfused() -> None:
-    diffusers = pytest.importorskip("diffusers", reason="diffusers not installed")
-    torch.manual_seed(0)
-    plain = diffusers.UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=24, attention_head_dim=8, norm_num_groups=8)
+    pytest.importorskip("diffusers", reason="diffusers not installed")
+    plain = tiny_diffusers_unet()
     fused = copy.deepcopy(plain)
     assert apply(fused, "on", "cpu").active and is_fused(fused)
     x, emb = torch.randn(1, 4, 4, 4), torch.randn(1, 3, 24)  # small: the interpreter runs every program
