@@ -25,9 +25,9 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpret
 
 
 def test_auto_is_off_on_cpu_and_says_why(monkeypatch, capsys) -> None:
-    import fastflow.fused.apply as apply_module
+    import sys
 
-    monkeypatch.setattr(apply_module, "_said", set())  # the line is printed once per process
+    monkeypatch.setattr(sys.modules["fastflow.fused.apply"], "_said", set())  # the line is printed once per process
     m = build_model({"preset": "tiny"})
     d = apply(m, "auto", "cpu")
     assert not d.active and "interpreter" in d.reason and not is_fused(m)
