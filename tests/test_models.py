@@ -108,6 +108,10 @@ def test_checkpoint_mismatch_and_corruption(tmp_path) -> None:
     with pytest.raises(CheckpointError, match="do not match"):
         load_model(tmp_path)
 
+    save_model(tmp_path, build_model({"preset": "tiny"}).half())  # names and shapes fit, dtypes do not
+    with pytest.raises(CheckpointError, match="is float16, the architecture holds float32"):
+        load_model(tmp_path)
+
     save_model(tmp_path, build_model({"preset": "tiny"}))
     data = (tmp_path / "model.safetensors").read_bytes()
     (tmp_path / "model.safetensors").write_bytes(data[: len(data) // 2])

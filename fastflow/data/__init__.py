@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import importlib
-import inspect
 from typing import Any
 
 from fastflow.data.base import ArrayDataset, Batch, BatchStream, Dataset
 from fastflow.errors import ConfigError
+from fastflow.utils.schema import check_kwargs
 
 #: name → "module:Class", imported on use (``pairs`` lives above this package).
 DATASETS: dict[str, str] = {
@@ -23,27 +23,24 @@ DATASETS: dict[str, str] = {
 
 
 def dataset_class(name: str) -> type[Dataset]:
-    if name not in DATASETS:
+    if not isinstance(name, str) or name not in DATASETS:
         raise ConfigError(f"unknown dataset {name!r}; choose from {sorted(DATASETS)}")
     module, cls = DATASETS[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
 
-def build_dataset(spec: dict[str, Any]) -> Dataset:
-    """``{"name": "digits", ...kwargs}`` → dataset; unknown names or arguments raise ConfigError."""
+def dataset_options(spec: dict[str, Any]) -> tuple[type[Dataset], dict[str, Any]]:
+    """The dataset class of ``spec["name"]`` and the other keys checked against its constructor's
+    signature and annotations (unknown, missing and mistyped options raise ConfigError)."""
     spec = dict(spec)
     cls = dataset_class(spec.pop("name", None))
-    params = inspect.signature(cls.__init__).parameters
-    unknown = [k for k in spec if k not in params or k == "self"]
-    name = cls.__name__
-    if unknown:
-        raise ConfigError(f"dataset {name} has no option(s) {unknown}; it takes "
-                          f"{[p for p in params if p != 'self']}")
-    missing = [p.name for p in params.values() if p.default is p.empty and p.name != "self"
-               and p.kind is p.POSITIONAL_OR_KEYWORD and p.name not in spec]
-    if missing:
-        raise ConfigError(f"dataset {name} needs data.{missing[0]}")
-    return cls(**spec)
+    return cls, check_kwargs(cls.__init__, spec, "data.", f"dataset {cls.__name__}")
 
 
-__all__ = ["DATASETS", "ArrayDataset", "Batch", "BatchStream", "Dataset", "build_dataset"]
+def build_dataset(spec: dict[str, Any]) -> Dataset:
+    """``{"name": "digits", ...kwargs}`` → dataset; unknown names or arguments raise ConfigError."""
+    cls, kwargs = dataset_options(spec)
+    return cls(**kwargs)
+
+
+__all__ = ["DATASETS", "dataset_options", "ArrayDataset", "Batch", "BatchStream", "Dataset", "build_dataset"]

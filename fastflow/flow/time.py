@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import ConfigError
+from fastflow.utils.schema import build
 
 DEFAULT_EPS = 1e-3
 
@@ -43,6 +44,8 @@ class TimeSampler:
             raise ConfigError(f"k_step sampler needs k >= 1, got {self.k}")
         if self.kind == "fixed" and not 0.0 <= self.t <= 1.0:
             raise ConfigError(f"fixed time must be in [0, 1], got {self.t}")
+        if self.scale <= 0 or self.a <= 0:
+            raise ConfigError(f"time sampler scale and a must be > 0, got scale={self.scale}, a={self.a}")
 
     def __call__(self, batch: int, device: torch.device | str = "cpu",
                  generator: torch.Generator | None = None) -> Tensor:
@@ -90,8 +93,5 @@ def build_time_sampler(spec: str | dict[str, Any] | TimeSampler) -> TimeSampler:
     if isinstance(spec, str):
         return TimeSampler(kind=spec)
     if isinstance(spec, dict):
-        unknown = set(spec) - set(TimeSampler.__dataclass_fields__)
-        if unknown:
-            raise ConfigError(f"unknown time sampler keys {sorted(unknown)}")
-        return TimeSampler(**spec)
+        return build(TimeSampler, spec, "objective.time.")
     raise ConfigError(f"time sampler must be a name or a mapping, got {type(spec).__name__}")

@@ -98,12 +98,13 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load a state dict from safetensors into ``model``, checking names and shapes exactly."""
+    """Load a state dict from safetensors into ``model``, checking names, shapes and dtypes exactly."""
     state = load_state(path)
     own = model.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     bad = [k for k in own if k in state and own[k].shape != state[k].shape]
-    if missing or extra or bad:
+    dtype = [k for k in own if k in state and own[k].dtype != state[k].dtype]
+    if missing or extra or bad or dtype:
         parts = []
         if missing:
             parts.append(f"missing {missing[:3]}{'…' if len(missing) > 3 else ''}")
@@ -112,6 +113,10 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
         if bad:
             k = bad[0]
             parts.append(f"shape of {k} is {tuple(state[k].shape)}, config wants {tuple(own[k].shape)}")
+        if dtype:
+            k = dtype[0]
+            parts.append(f"{k} is {str(state[k].dtype).removeprefix('torch.')}, the architecture holds "
+                         f"{str(own[k].dtype).removeprefix('torch.')}")
         raise CheckpointError(f"{path}: weights do not match config.json ({'; '.join(parts)})")
     model.load_state_dict(state)
 

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, ShapeError
 from fastflow.models.layers import timestep_embedding
+from fastflow.utils.schema import build
 
 
 @dataclass
@@ -24,14 +25,13 @@ class MLPConfig:
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.hidden < 1 or self.depth < 1 or self.t_dim < 2:
-            raise ConfigError(f"invalid MLP config: {self}")
+            raise ConfigError(f"invalid MLP config: dim, hidden, depth must be >= 1 and t_dim >= 2: {self}")
+        if self.t_scale <= 0 or self.num_classes < 0:
+            raise ConfigError(f"invalid MLP config: t_scale must be > 0 and num_classes >= 0: {self}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MLPConfig:
-        unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ConfigError(f"unknown MLP config keys {sorted(unknown)}")
-        return cls(**d)
+        return build(cls, d, "model.")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -58,14 +58,16 @@ def resolve_spec(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return arch, spec
 
 
-def build_model(spec: dict[str, Any]) -> nn.Module:
-    """Instantiate a model from a preset/arch spec (see :func:`resolve_spec`)."""
+def model_config(spec: dict[str, Any]) -> tuple[type[nn.Module], Any]:
+    """The module class and its checked config (types and ranges) for a preset/arch spec."""
     arch, cfg = resolve_spec(spec)
     module_cls, config_cls = ARCHS[arch]
-    try:
-        config = config_cls.from_dict(cfg)
-    except TypeError as e:
-        raise ConfigError(f"invalid {arch} config: {e}") from None
+    return module_cls, config_cls.from_dict(cfg)
+
+
+def build_model(spec: dict[str, Any]) -> nn.Module:
+    """Instantiate a model from a preset/arch spec (see :func:`resolve_spec`)."""
+    module_cls, config = model_config(spec)
     return module_cls(config)
 
 

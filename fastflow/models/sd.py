@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, ShapeError
 from fastflow.flow.guidance import Cond
+from fastflow.utils.schema import build
 
 PREDICTIONS = ("epsilon", "v_prediction", "sample", "velocity")
 _PARTS = ("unet", "scheduler")
@@ -118,7 +119,7 @@ class SDConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> SDConfig:
-        return cls(**d)
+        return build(cls, d, "model.")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

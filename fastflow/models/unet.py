@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from fastflow.errors import ConfigError, ShapeError
 from fastflow.flow.guidance import Cond
 from fastflow.models.layers import AttnBlock, GroupNormAct, ResBlock, timestep_embedding
+from fastflow.utils.schema import build
 
 
 @dataclass
@@ -46,19 +47,26 @@ class UNetConfig:
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
         self.attn_resolutions = tuple(int(r) for r in self.attn_resolutions)
-        if self.in_channels < 1 or self.channels < 4 or not self.ch_mult or self.num_res_blocks < 1:
-            raise ConfigError(f"invalid UNet config: {self}")
+        counts = (self.num_classes, self.context_dim, self.cond_channels, self.out_channels, self.attn_head_dim)
+        checks = [
+            (self.in_channels >= 1 and self.channels >= 4 and self.num_res_blocks >= 1, "in_channels >= 1, "
+             "channels >= 4 and num_res_blocks >= 1"),
+            (bool(self.ch_mult) and min(self.ch_mult) >= 1, "ch_mult: a non-empty list of positive integers"),
+            (self.resolution >= 1 and all(r >= 1 for r in self.attn_resolutions), "resolutions must be >= 1"),
+            (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
+            (self.t_scale > 0, f"t_scale must be > 0, got {self.t_scale}"),
+            (min(counts) >= 0, "num_classes, context_dim, cond_channels, out_channels, attn_head_dim must be >= 0"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ConfigError(f"invalid UNet config: {msg}")
         if self.resolution % 2 ** (len(self.ch_mult) - 1):
             raise ConfigError(f"resolution {self.resolution} is not divisible by "
                               f"2^{len(self.ch_mult) - 1} (levels in ch_mult)")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> UNetConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown UNet config keys {sorted(unknown)}")
-        return cls(**d)
+        return build(cls, d, "model.")
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

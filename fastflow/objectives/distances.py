@@ -33,12 +33,20 @@ def pseudo_huber(a: Tensor, b: Tensor, c: float = 0.03) -> Tensor:
 DISTANCES: dict[str, Distance] = {"l2": l2, "l1": l1, "pseudo_huber": pseudo_huber}
 
 
+LPIPS_NAMES = ("lpips", "lpips_vgg", "lpips_alex")
+
+
+def check_distance(name: str) -> None:
+    """Raise ConfigError unless ``name`` is a distance :func:`build_distance` knows."""
+    if name not in DISTANCES and name not in LPIPS_NAMES:
+        raise ConfigError(f"unknown distance {name!r}; choose from {sorted(DISTANCES) + ['lpips', 'lpips_alex']}")
+
+
 def build_distance(name: str) -> Distance:
     """``l2``, ``l1``, ``pseudo_huber`` or ``lpips`` (``lpips_alex`` for the AlexNet backbone)."""
-    if name in ("lpips", "lpips_vgg", "lpips_alex"):
+    check_distance(name)
+    if name in LPIPS_NAMES:
         from fastflow.objectives.lpips_distance import LPIPSDistance
 
         return LPIPSDistance(net="alex" if name == "lpips_alex" else "vgg")
-    if name not in DISTANCES:
-        raise ConfigError(f"unknown distance {name!r}; choose from {sorted(DISTANCES) + ['lpips']}")
     return DISTANCES[name]

@@ -9,7 +9,6 @@ repeated key (YAML silently keeps the last) and a document that expands past
 from __future__ import annotations
 
 import dataclasses
-import math
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -19,7 +18,11 @@ from typing import Any
 import yaml
 
 from fastflow.errors import ConfigError
-from fastflow.fused.apply import check_mode
+from fastflow.data import dataset_options
+from fastflow.fused.apply import split_spec
+from fastflow.models.presets import model_config
+from fastflow.objectives import objective_options
+from fastflow.utils.schema import build
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: values a config may hold once its aliases are expanded (ours hold ~60)
@@ -110,54 +113,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    origin = typing.get_origin(tp)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        number = None
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):  # YAML 1.1 reads "2e-4" as a string
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            if not math.isfinite(number):
-                raise ConfigError(f"config key {key!r}: must be a finite number, got {value!r}")
-            return number
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif origin is tuple:
-        args = typing.get_args(tp)
-        if isinstance(value, (list, tuple)) and len(value) == len(args):
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    elif origin is dict:
-        if isinstance(value, dict):
-            return dict(value)
-    elif dataclasses.is_dataclass(tp):
-        if isinstance(value, dict):
-            return _build(tp, value, key + ".")
-    name = getattr(tp, "__name__", str(tp))
-    raise ConfigError(f"config key {key!r}: expected {name}, got {value!r}")
-
-
-def _build(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    unknown = [k for k in d if k not in fields]
-    if unknown:
-        raise ConfigError(f"unknown config key {prefix + unknown[0]!r}; "
-                          f"valid keys: {', '.join(sorted(prefix + f for f in fields))}")
-    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in d.items()})
-
-
 def apply_override(d: dict[str, Any], item: str) -> None:
     """Apply one ``a.b.c=value`` override to the nested dict ``d`` in place."""
     if "=" not in item:
@@ -196,14 +151,25 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise ConfigError(f"{path}: top level must be a mapping")
     for item in overrides:
         apply_override(d, item)
-    cfg = _build(TrainConfig, d)
+    cfg = build(TrainConfig, d)
     for name in ("model", "data", "objective"):
         if not isinstance(getattr(cfg, name), dict):
             raise ConfigError(f"config key {name!r} must be a mapping")
     _check_ranges(cfg)
-    if "fused" in cfg.model:  # stored as the word, not YAML's boolean reading of on/off
-        cfg.model["fused"] = check_mode(cfg.model["fused"], "model.fused")
+    check_sections(cfg)
     return cfg
+
+
+def check_sections(cfg: TrainConfig) -> None:
+    """Type- and range-check the ``model``, ``data`` and ``objective`` sections against their
+    schemas (the model config, the dataset's constructor, the objective's options) before
+    anything is built or written; ``model.fused`` is stored as the word (YAML reads on/off as booleans)."""
+    spec, fused = split_spec(cfg.model)
+    model_config(spec)
+    if "fused" in cfg.model:
+        cfg.model["fused"] = fused
+    dataset_options(cfg.data)
+    objective_options(cfg.objective)
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
