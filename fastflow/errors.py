@@ -41,3 +41,7 @@ class MissingBackendError(FastflowError):
 class ArtifactError(FastflowError):
     """An exported artefact (``.pt2``, engine, sidecar JSON) is missing, unreadable, or its
     metadata is malformed or does not fit the runtime (wrong device, newer format)."""
+
+
+class LockedError(FastflowError):
+    """An output directory is being written by another live process (its lock is held)."""

@@ -152,6 +152,7 @@ def test_sigkill_then_resume(tmp_path) -> None:
     res = subprocess.run(args + ["--resume"], cwd=ROOT, env=cli_env(), capture_output=True, text=True,
                          timeout=300)
     assert res.returncode == 0, res.stderr
+    assert "taking over the lock of an earlier run" in res.stderr  # the killed run's lock was stale
     log = read_log(run)
     assert [r["step"] for r in log] == list(range(1, steps + 1))  # no gap, no duplicate
     assert not list((run / "checkpoints").glob(".*.tmp"))

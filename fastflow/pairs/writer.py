@@ -30,6 +30,7 @@ from fastflow import __version__
 from fastflow.errors import DataError
 from fastflow.utils.distributed import DistInfo, barrier
 from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json
+from fastflow.utils.lock import directory_lock
 
 MANIFEST = "manifest.json"
 
@@ -82,13 +83,23 @@ def generate_pairs(teacher: Teacher, out: str | Path, n: int, sample_shape: Sequ
                    shard_size: int = 1000, seed: int = 0, batch_size: int = 256,
                    device: str | torch.device = "cpu", dtype: str = "float32",
                    info: DistInfo | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write ``n`` teacher pairs under ``out``; returns the manifest (complete on rank 0)."""
+    """Write ``n`` teacher pairs under ``out``; returns the manifest (complete on rank 0). The
+    directory is locked while pairs are written (by rank 0 for a torchrun job): a second writer
+    there is refused with :class:`~fastflow.errors.LockedError`."""
     info = info or DistInfo()
     if n < 1 or shard_size < 1 or batch_size < 1:
         raise DataError("n, shard_size and batch_size must be >= 1")
     if dtype not in ("float32", "float16"):
         raise DataError(f"dtype must be float32 or float16, got {dtype!r}")
     root = Path(out)
+    with directory_lock(root, "pair generation", enabled=info.main):
+        return _generate(teacher, root, n, sample_shape, shard_size, seed, batch_size, device, dtype, info,
+                         progress)
+
+
+def _generate(teacher: Teacher, root: Path, n: int, sample_shape: Sequence[int], shard_size: int, seed: int,
+              batch_size: int, device: str | torch.device, dtype: str, info: DistInfo,
+              progress: bool) -> dict[str, Any]:
     n_shards = math.ceil(n / shard_size)
     settings = {"teacher": teacher.identity(), "n": n, "shard_size": shard_size, "seed": seed,
                 "shape": list(sample_shape), "num_classes": teacher.num_classes, "dtype": dtype}

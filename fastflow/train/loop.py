@@ -19,7 +19,7 @@ from fastflow.data import BatchStream, Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.flow.sample import generate
 from fastflow.fused import apply as apply_fused, split_spec
-from fastflow.models.checkpoint import checkpoints_root, load_weights, resolve_checkpoint
+from fastflow.models.checkpoint import checkpoints_root, load_weights, read_config, resolve_checkpoint
 from fastflow.models.presets import build_model, model_kind, sample_shape, viewable
 from fastflow.objectives import build_objective
 from fastflow.train.config import TrainConfig, dump_config
@@ -28,6 +28,7 @@ from fastflow.train.ema import EMA
 from fastflow.train.logger import Logger, truncate_log
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastflow.utils.io import atomic_write_text, remove_stale_temps, writable_dir
+from fastflow.utils.lock import directory_lock
 from fastflow.utils.images import save_samples
 
 
@@ -104,13 +105,72 @@ def _check_finite(values: Tensor, start: int, end: int) -> None:
                             "lower optim.lr or check the data")
 
 
+def check_teacher(model: nn.Module, teacher: nn.Module) -> None:
+    """An objective's teacher (FGD's guide, OFTSR's teacher) must generate what the student does."""
+    want, got = sample_shape(model), sample_shape(teacher)
+    if got != want:
+        raise ConfigError(f"objective.teacher generates samples of shape {got}, the student {want}")
+    def kind(m: nn.Module) -> str:
+        k = model_kind(m.config)
+        return {"class": f"class-conditional ({m.config.num_classes} classes)", "unconditional": k}.get(
+            k, f"{k}-conditioned")
+
+    if kind(teacher) != kind(model):
+        raise ConfigError(f"objective.teacher is {kind(teacher)}, the student {kind(model)}")
+
+
+def _mean_logs(sums: dict[str, Tensor], start: int, end: int, info: DistInfo) -> dict[str, float]:
+    """Per-step means of the summed logs over ``[start, end)``, averaged over ranks; raises on
+    non-finite values (the one host sync per log interval)."""
+    keys = sorted(sums)
+    vec = torch.stack([sums[k] for k in keys]) / (end - start)
+    _check_finite(vec, start, end)
+    if info.world > 1:
+        dist.all_reduce(vec)
+        vec /= info.world
+    return {k: float(v) for k, v in zip(keys, vec.tolist())}
+
+
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run (or resume) training as configured; returns the run directory."""
+    """Run (or resume) training as configured; returns the run directory. The run directory is
+    locked for the whole run: a second training (or pair generation) there is refused."""
     info = init_distributed()
     run = Path(cfg.out_dir)
     if cfg.train.batch_size % info.world:
         raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {info.world} ranks")
+    if info.main:
+        writable_dir(run)
+    with directory_lock(run, "training", enabled=info.main):
+        return _train(cfg, resume, info, run)
 
+
+def _resume(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Module, ema: EMA,
+            opt: torch.optim.Optimizer) -> int:
+    """Load ``ckpt`` into the run; returns its step. Refuses a changed seed or batch size (the data
+    stream would silently differ); a changed world size continues, not bit-exactly, with a note."""
+    meta = read_config(ckpt).get("meta")
+    meta = meta if isinstance(meta, dict) else {}
+    for key, now in (("seed", cfg.seed), ("batch_size", cfg.train.batch_size)):
+        if meta.get(key, now) != now:
+            name = "seed" if key == "seed" else "train.batch_size"
+            raise ConfigError(f"{ckpt} was trained with {name}={meta[key]}; resuming with {now} would not "
+                              f"continue that run: keep {meta[key]}, or start a new out_dir with "
+                              f"train.init_from={ckpt}")
+    state = load_checkpoint(ckpt, model, ema.model)
+    opt.load_state_dict(state.optimizer)
+    if len(state.rng) == info.world:
+        torch.set_rng_state(state.rng[info.rank])
+        if state.cuda_rng and info.device.type == "cuda":
+            torch.cuda.set_rng_state(state.cuda_rng[info.rank], info.device)
+    else:
+        torch.manual_seed(cfg.seed + 1 + info.rank + state.step)
+        if info.main:
+            print(f"note: checkpoint was written by {len(state.rng)} ranks, resuming on "
+                  f"{info.world}: training continues, but not bit-exactly")
+    return state.step
+
+
+def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank
     data = build_dataset(cfg.data)
     spec, fused = split_spec(cfg.model)
@@ -125,6 +185,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     objective = build_objective(cfg.objective, num_classes=model.config.num_classes,
                                 device=info.device)
     if isinstance(getattr(objective, "teacher", None), nn.Module):
+        check_teacher(model, objective.teacher)
         apply_fused(objective.teacher, fused, info.device)
 
     start = 0
@@ -133,24 +194,12 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         raise ConfigError(f"{run} already holds checkpoints: pass --resume to continue, "
                           "or choose another out_dir")
     if info.main:  # every output path is checked before the first step
-        writable_dir(run)
         for d in (run, checkpoints_root(run), run / "samples"):
             remove_stale_temps(d)  # what a kill during a write left behind
     if resume and ckpt is None and info.main:
         print(f"note: --resume: no checkpoint in {run}; starting from step 0")
     if resume and ckpt is not None:
-        state = load_checkpoint(ckpt, model, ema.model)
-        opt.load_state_dict(state.optimizer)
-        start = state.step
-        if len(state.rng) == info.world:
-            torch.set_rng_state(state.rng[info.rank])
-            if state.cuda_rng and info.device.type == "cuda":
-                torch.cuda.set_rng_state(state.cuda_rng[info.rank], info.device)
-        else:
-            torch.manual_seed(cfg.seed + 1 + info.rank + start)
-            if info.main:
-                print(f"note: checkpoint was written by {len(state.rng)} ranks, resuming on "
-                      f"{info.world}: training continues, but not bit-exactly")
+        start = _resume(cfg, info, ckpt, model, ema, opt)
     else:
         if cfg.train.init_from:
             init = resolve_checkpoint(cfg.train.init_from)
@@ -162,7 +211,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         if info.main:
             print(f"{run}: already trained to step {start} (train.steps={cfg.train.steps})")
         return run
+    return _loop(cfg, info, run, start, data, stream, model, ema, opt, objective)
 
+
+def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset, stream: BatchStream,
+          model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, objective: Any) -> Path:
     logger = grids = None
     if info.main:
         atomic_write_text(run / "config.yaml", dump_config(cfg))
@@ -178,7 +231,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     amp = autocast_for(cfg.train.amp, info.device)
     clip = cfg.optim.grad_clip or math.inf
     meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf"),
-            "data_config": cfg.data, "objective_config": cfg.objective}
+            "data_config": cfg.data, "objective_config": cfg.objective, "seed": cfg.seed,
+            "batch_size": cfg.train.batch_size}
 
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not (info.main and cfg.train.progress),
                dynamic_ncols=True, desc="train", mininterval=0.2 if sys.stderr.isatty() else 15.0)
@@ -203,15 +257,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         bar.update(1)
 
         if n % cfg.train.log_every == 0 or n == cfg.train.steps:
-            keys = sorted(sums)
-            vec = torch.stack([sums[k] for k in keys]) / (n - n_last)
-            _check_finite(vec, n_last, n)
-            if info.world > 1:
-                dist.all_reduce(vec)
-                vec /= info.world
+            rec = _mean_logs(sums, n_last, n, info)
             if info.main:
                 now = time.perf_counter()
-                rec = {k: float(v) for k, v in zip(keys, vec.tolist())}
                 rec.update(lr=lr, ema_decay=decay,
                            samples_per_s=(n - n_last) * cfg.train.batch_size / (now - t_last))
                 logger.log(n, rec)
