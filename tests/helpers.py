@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
+import pytest
 import torch
 
 from fastflow.data import BatchStream
@@ -45,6 +48,24 @@ def run_cli(*args: str, timeout: float = 300, env: dict[str, str] | None = None)
     cmd = [*args] if args and args[0] == "-m" else ["-m", "fastflow", *args]
     return subprocess.run([sys.executable, *cmd], capture_output=True, text=True, env={**cli_env(), **(env or {})},
                           timeout=timeout, cwd=ROOT)
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str = "256k") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``path`` for the ``with`` body (skips the test unless root)."""
+    path.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
+def fill_disk(disk: Path) -> None:
+    """Fill the file system of ``disk`` (a file ``filler`` takes every free block)."""
+    subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=4k"], capture_output=True)
 
 
 def fit(objective, model: torch.nn.Module, stream: BatchStream, steps: int, lr: float = 3e-3) -> list[float]:

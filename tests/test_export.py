@@ -11,7 +11,7 @@ from fastflow.export.validate import compare
 from fastflow.flow import generate
 from fastflow.models import build_model, save_model
 
-from helpers import run_cli
+from helpers import fill_disk, run_cli, small_tmpfs
 
 
 def _random_model(**overrides) -> torch.nn.Module:
@@ -234,21 +234,14 @@ def test_export_over_an_existing_package_on_a_full_disk_keeps_it(tmp_path, ckpt,
     """A full disk: one line, exit 2, the earlier package byte-identical, nothing partial beside it.
     The .pt2 compile is replaced by a 1 MB package (what is tested is fastflow's staging and copy:
     PyTorch's own zip writer aborts the process on ENOSPC, so it never writes to the target disk)."""
-    import os
-    import subprocess
-
     from fastflow.cli import export as export_cli
 
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
-                                           capture_output=True).returncode:
-        pytest.skip("mounting a small tmpfs needs root")
-    try:
+    with small_tmpfs(tmp_path / "disk") as disk:
         old = {"g.pt2": b"old package", "g.onnx": b"old model"}
         for name, data in old.items():
             (disk / name).write_bytes(data)
-        subprocess.run(["dd", "if=/dev/zero", f"of={disk / 'filler'}", "bs=4k"], capture_output=True)  # fill it
+        fill_disk(disk)
+
         def fake_package(ep, package_path, inductor_configs) -> None:  # noqa: ANN001
             with open(package_path, "wb") as f:
                 f.write(bytes(1 << 20))
@@ -262,5 +255,3 @@ def test_export_over_an_existing_package_on_a_full_disk_keeps_it(tmp_path, ckpt,
                     "--batch", "1", "--device", "cpu")
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("No space left on device"), r.stderr
         assert {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"} == old
-    finally:
-        subprocess.run(["umount", str(disk)])

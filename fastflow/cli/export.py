@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import errno
 import importlib.metadata
 import platform
 import sys
@@ -160,26 +159,10 @@ def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[P
     return record.path, gens[0], gens[1], spec, inputs_for
 
 
-@contextlib.contextmanager
-def _disk_errors(out: Path) -> Any:
-    """The C++ writers (AOTInductor's package zip, ONNX's serializer) report a full disk as a
-    RuntimeError: make it the OSError the CLI turns into one line."""
-    try:
-        yield
-    except OSError as e:
-        if e.errno != errno.ENOSPC:
-            raise
-        raise OSError(errno.ENOSPC, "No space left on device", str(out)) from None
-    except RuntimeError as e:
-        if "No space left" not in str(e) and "ENOSPC" not in str(e):
-            raise
-        raise OSError(errno.ENOSPC, "No space left on device", str(out)) from None
-
-
 def run(args: argparse.Namespace) -> int:
     from fastflow.export.formats import BuildOptions, input_names
     from fastflow.fused.runtime import kernels_in_export
-    from fastflow.utils.io import staged_artifact
+    from fastflow.utils.io import disk_errors, staged_artifact
 
     batch = _check_args(args)
     out = Path(args.output)
@@ -187,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
     example = inputs_for(spec.batch.opt)
     keep = kernels_in_export() if spec.extra["fused"] != "off" else contextlib.nullcontext()
     t0 = time.perf_counter()
-    with staged_artifact(out) as staged, torch.no_grad(), keep, _disk_errors(out):
+    with staged_artifact(out) as staged, torch.no_grad(), keep, disk_errors(out):
         FORMATS[args.format].build(gen, example, spec, staged, BuildOptions(args.opset, args.opt_level,
                                                                             args.timing_cache))
     build_s = time.perf_counter() - t0

@@ -35,9 +35,13 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state
     name = f"step-{state.step:08d}"
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    sha = atomic_torch_save(tmp / "state.pt", {"step": state.step, "optimizer": state.optimizer,
-                                               "rng": state.rng, "cuda_rng": state.cuda_rng})
-    save_model(tmp, model, ema, meta={**(meta or {}), "step": state.step}, digests={"state.pt": sha})
+    try:
+        sha = atomic_torch_save(tmp / "state.pt", {"step": state.step, "optimizer": state.optimizer,
+                                                   "rng": state.rng, "cuda_rng": state.cuda_rng})
+        save_model(tmp, model, ema, meta={**(meta or {}), "step": state.step}, digests={"state.pt": sha})
+    except BaseException:  # a full disk, Ctrl-C: nothing partial stays; the earlier checkpoints do
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)

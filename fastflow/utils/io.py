@@ -3,6 +3,7 @@ checks that an output can be written before long work starts, and file digests."
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -19,15 +20,37 @@ from safetensors.torch import save_file
 from fastflow.errors import ConfigError
 
 
+#: how native writers (safetensors' Rust, ONNX's and AOTInductor's C++) word a full disk or quota
+_DISK_FULL_WORDS = ("No space left on device", "os error 28", "ENOSPC", "Disk quota exceeded", "os error 122")
+
+
+@contextmanager
+def disk_errors(path: str | Path) -> Iterator[None]:
+    """Native writers report a full disk (or quota) as their own exception types: turn those into
+    the ``OSError(ENOSPC)`` naming ``path`` that the CLI reports in one line."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
+    except Exception as e:
+        if not any(w in str(e) for w in _DISK_FULL_WORDS):
+            raise
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+
+
 def atomic_write(path: str | Path, write: Any) -> str:
     """Write through ``write(tmp)``, fsync, rename; returns the SHA-256 of the bytes written (taken
-    from the temporary file, so the digest and the renamed file are the same bytes)."""
+    from the temporary file, so the digest and the renamed file are the same bytes). A full disk is
+    an ``OSError(ENOSPC)`` naming ``path``, and ``path`` keeps its earlier content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        with disk_errors(path):
+            write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         digest = file_digest(tmp)
@@ -130,8 +153,14 @@ def atomic_save_tensors(path: str | Path, tensors: dict[str, torch.Tensor],
 
 def atomic_torch_save(path: str | Path, obj: Any) -> str:
     """``torch.save`` of plain containers of tensors/numbers (reloadable with weights_only);
-    returns the file's SHA-256."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    returns the file's SHA-256. Written through a Python file object: given a file name, PyTorch's
+    zip writer reports a full disk as an opaque ``RuntimeError`` (or aborts in its destructor)."""
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+
+    return atomic_write(path, write)
 
 
 def read_json(path: str | Path, error: type[Exception] = ConfigError) -> Any:
