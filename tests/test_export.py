@@ -2,6 +2,7 @@
 validation exit codes, the report, and the TensorRT hint without a GPU."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -97,7 +98,7 @@ def test_onnx_fp16_keeps_softmax_in_fp32(tmp_path, ckpt) -> None:
         assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
 
 
-def test_exported_program_and_pt2(tmp_path, ckpt) -> None:
+def test_exported_program_and_pt2(tmp_path, ckpt, monkeypatch) -> None:
     from fastflow.errors import ArtifactError, ShapeError
     from fastflow.export.formats import load_pt2, read_pt2_spec
     from fastflow.models import load_model
@@ -115,12 +116,17 @@ def test_exported_program_and_pt2(tmp_path, ckpt) -> None:
     assert (spec.kind, spec.inputs, spec.sample_shape, spec.dtype, spec.device) == (
         "generator", ("z",), (1, 16, 16), "fp32", "cpu")
     assert (spec.batch.min, spec.batch.max) == (1, 4) and spec.checkpoint_sha256 == file_digest(ckpt / "ema.safetensors")
+    monkeypatch.setenv("AOTI_RUNTIME_CHECK_INPUTS", "0")  # the loader switches AOTI's checks on regardless
     run = load_pt2(out, torch.device("cpu"))
+    assert os.environ["AOTI_RUNTIME_CHECK_INPUTS"] == "1"
     with torch.no_grad():
         gen = Generator(load_model(ckpt), 1)
         for b in (1, 3, 4):  # batch 1 of a dynamic package works (lower bound not specialised to 2)
             z = torch.randn(b, 1, 16, 16)
             assert torch.allclose(run(z), gen(z), atol=1e-4)
+        for z in (torch.randn(2, 1, 16, 16).transpose(2, 3), torch.randn(1, 1, 16, 16).expand(3, -1, -1, -1),
+                  torch.randn(2, 1, 16, 16).to(memory_format=torch.channels_last), torch.randn(2, 1, 16, 32)[..., ::2]):
+            assert torch.allclose(run(z), gen(z.contiguous()), atol=1e-4)  # strided views are read as values
     # Wrong inputs are a typed error before they reach the compiled code (which would read out of bounds).
     for bad in (torch.randn(5, 1, 16, 16), torch.randn(2, 1, 8, 8), torch.randn(2, 16, 16),
                 torch.randn(2, 1, 16, 16, dtype=torch.float64)):

@@ -142,15 +142,17 @@ def read_pt2_spec(path: Path) -> GeneratorSpec | None:
 
 
 def load_pt2(path: Path, device: torch.device) -> Runner:
-    """An AOTInductor package as a checked runner. AOTI's own input checks are switched on too
-    (``AOTI_RUNTIME_CHECK_INPUTS``): without them a wrong shape reads out of bounds."""
+    """An AOTInductor package as a checked runner. Inputs are checked against the package's spec
+    and made contiguous (the compiled code assumes the strides it was traced with: a channels-last,
+    transposed or expanded tensor would be read wrongly). AOTI's own input checks are switched on
+    too, whatever ``AOTI_RUNTIME_CHECK_INPUTS`` said: without them a wrong shape reads out of bounds."""
     spec = read_pt2_spec(path)
     if spec is None:
         warnings.warn(f"{path} carries no fastflow metadata (another tool or an older fastflow): inputs are not "
                       "checked against its shapes; re-export it", stacklevel=2)
     if spec is not None and spec.device != device.type:
         raise ArtifactError(f"{path} was compiled for {spec.device}, not {device.type}")
-    os.environ.setdefault("AOTI_RUNTIME_CHECK_INPUTS", "1")
+    os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
     if spec is not None and spec.extra.get("backend") == "tensorrt":
         _import_torch_tensorrt()  # registers the TensorRT engine op the package calls
     if spec is not None and spec.extra.get("fused") == "op":
@@ -161,12 +163,19 @@ def load_pt2(path: Path, device: torch.device) -> Runner:
         raise ArtifactError(f"{path}: cannot load the package ({str(e).splitlines()[0]})") from None
 
     def run(*inputs: Tensor) -> Tensor:
-        inputs = tuple(x.to(device) for x in inputs)
+        inputs = tuple(_dense(x.to(device)) for x in inputs)
         if spec is not None:
             spec.check(*inputs)
         out = runner(*inputs)
         return out[0] if isinstance(out, (list, tuple)) else out
     return run
+
+
+def _dense(x: Tensor) -> Tensor:
+    """``x`` with exactly row-major strides (AOTInductor compares every stride, even of size-1 dims,
+    which ``is_contiguous()`` ignores: a channels-last ``[B, 1, H, W]`` counts as contiguous)."""
+    want = torch.empty(x.shape, device="meta").stride()
+    return x if x.stride() == want else x.clone(memory_format=torch.contiguous_format)
 
 
 def _import_torch_tensorrt():  # noqa: ANN202 - the module

@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "error.h"
@@ -60,6 +61,40 @@ void write_atomic(const std::string& path, const std::string& bytes) {
     ::unlink(tmp.c_str());
     throw InputError(path + ": cannot write (" + std::strerror(err) + ")");
   }
+}
+
+StderrCapture::StderrCapture() {
+  std::fflush(stderr);
+  std::FILE* f = std::tmpfile();
+  if (f == nullptr) return;  // no capture: stderr stays as it is
+  file_ = dup(fileno(f));
+  std::fclose(f);
+  saved_ = dup(2);
+  if (file_ < 0 || saved_ < 0 || dup2(file_, 2) < 0) {
+    if (saved_ >= 0) close(saved_);
+    if (file_ >= 0) close(file_);
+    saved_ = file_ = -1;
+  }
+}
+
+std::string StderrCapture::release() {
+  if (saved_ < 0) return "";
+  std::fflush(stderr);
+  dup2(saved_, 2);
+  close(saved_);
+  saved_ = -1;
+  std::string text;
+  char buf[4096];
+  ssize_t n = 0;
+  for (off_t at = 0; (n = pread(file_, buf, sizeof buf, at)) > 0; at += n) text.append(buf, static_cast<std::size_t>(n));
+  close(file_);
+  file_ = -1;
+  return text;
+}
+
+StderrCapture::~StderrCapture() {
+  const std::string text = release();
+  if (!text.empty()) (void)!write(2, text.data(), text.size());
 }
 
 }  // namespace fastflow

@@ -15,4 +15,19 @@ void check_output(const std::string& flag, const std::string& path, const std::v
 // (one line, exit 2) when the disk refuses.
 void write_atomic(const std::string& path, const std::string& bytes);
 
+// Holds what is written to stderr (fd 2) while alive; release() returns it and restores fd 2, and
+// the destructor writes it back unchanged if release() was not called (nothing is lost).
+class StderrCapture {
+ public:
+  StderrCapture();
+  ~StderrCapture();
+  StderrCapture(const StderrCapture&) = delete;
+  StderrCapture& operator=(const StderrCapture&) = delete;
+  std::string release();
+
+ private:
+  int saved_ = -1;
+  int file_ = -1;
+};
+
 }  // namespace fastflow

@@ -201,6 +201,23 @@ double percentile(std::vector<double> v, double q) {
   return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
 }
 
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+// The first call doubles as the check that the package's fastflow.* metadata (what our checks
+// trust) agrees with its compiled code: AOTInductor's own guards refuse what the code cannot take
+// (they also print the reason to stderr: held back, as our one line carries it).
+std::vector<at::Tensor> first_call(torch::inductor::AOTIModelPackageLoader& loader, std::vector<at::Tensor>& inputs,
+                                   const std::string& package) {
+  StderrCapture guard_output;
+  try {
+    return loader.run(inputs);
+  } catch (const std::exception& e) {
+    guard_output.release();
+    throw InputError(package + ": its compiled code refused inputs its fastflow.* metadata allows (" +
+                     first_line(e.what()) + "): the metadata was edited or belongs to another package; re-export it");
+  }
+}
+
 int run(int argc, char** argv) {
   const Options o = parse_args(argc, argv);
   if (!is_file(o.package)) throw InputError(o.package + ": file not found");
@@ -244,7 +261,7 @@ int run(int argc, char** argv) {
     throw InputError(o.package + ": cannot load the model (" + e.what_without_backtrace() + ")");
   }
   auto call = [&] { return loader->run(inputs); };
-  const auto out = call().at(0).to(at::kCPU, at::kFloat);
+  const auto out = first_call(*loader, inputs, o.package).at(0).to(at::kCPU, at::kFloat);
   if (!at::isfinite(out).all().item<bool>()) throw OutputError("the model produced NaN or Inf values");
   write_npy(o.out, out);
   if (!o.png.empty()) write_png_grid(o.png, out);
@@ -279,14 +296,12 @@ int run(int argc, char** argv) {
   return 0;
 }
 
-std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
-
 }  // namespace
 }  // namespace fastflow
 
 int main(int argc, char** argv) {
-  // AOTInductor's own input checks, as a second line behind ours (a user may still set it to 0).
-  ::setenv("AOTI_RUNTIME_CHECK_INPUTS", "1", 0);
+  // AOTInductor's own input checks, as a second line behind ours, whatever the environment said.
+  ::setenv("AOTI_RUNTIME_CHECK_INPUTS", "1", 1);
   try {
     return fastflow::run(argc, argv);
   } catch (const fastflow::InputError& e) {

@@ -1,4 +1,4 @@
-"""One ctest case of ``fastflow-run``: ``check_runner.py RUNNER FIXTURES CASE``.
+"""One ctest case of ``fastflow-run``: ``check_runner.py RUNNER FIXTURES CASE`` (``--list``: the cases).
 
 Good cases compare the runner's ``.npy`` with Python's AOTInductor loader on the same package and
 inputs (bit for bit, both on one thread) and with the eager PyTorch generator (1e-5). Bad cases
@@ -54,6 +54,8 @@ BAD = {  # case: (package, runner args, a word the message must contain)
     "bad-out-is-package": ("uncond.pt2", ["--out", "{fx}/uncond.pt2"], "would overwrite an input"),
     "bad-out-no-dir": ("uncond.pt2", ["--out", "{tmp}/nowhere/o.npy"], "no directory"),
     "bad-outputs-collide": ("uncond.pt2", ["--png", "{tmp}/out.npy"], "different files"),
+    "bad-meta-batch": ("lying-batch.pt2", ["--batch", "8"], "its compiled code refused"),
+    "bad-meta-shape": ("lying-shape.pt2", [], "its compiled code refused"),
 }
 SKIP = 77  # ctest's SKIP_RETURN_CODE
 
@@ -161,6 +163,9 @@ def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:
 
 
 def main() -> None:
+    if sys.argv[1:] == ["--list"]:  # the ctest cases (CMake reads them at configure time)
+        print(";".join([*GOOD, *BAD, "full-disk"]))
+        return
     runner, fx, case = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     with tempfile.TemporaryDirectory() as tmp:
         if case == "full-disk":

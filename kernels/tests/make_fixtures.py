@@ -4,8 +4,10 @@ broken packages for the bad-input cases. Usage: ``make_fixtures.py OUTDIR``."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -66,6 +68,18 @@ def main(out: Path) -> None:
     data = (out / "uncond.pt2").read_bytes()
     (out / "truncated.pt2").write_bytes(data[: len(data) // 2])
     (out / "not-a-package.pt2").write_text("hello\n")
+    _edit_metadata(out / "uncond.pt2", out / "lying-batch.pt2", {"fastflow.batch_max": "64"})
+    _edit_metadata(out / "uncond.pt2", out / "lying-shape.pt2", {"fastflow.sample_shape": "1,16,16"})
+
+
+def _edit_metadata(src: Path, dst: Path, edits: dict[str, str]) -> None:
+    """A copy of package ``src`` whose stored metadata says otherwise than its compiled code."""
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
+        for item in zin.infolist():
+            data = zin.read(item)
+            if item.filename.endswith("_metadata.json"):
+                data = json.dumps({**json.loads(data), **edits}).encode()
+            zout.writestr(item, data)
 
 
 if __name__ == "__main__":
