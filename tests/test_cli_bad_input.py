@@ -171,6 +171,19 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("sample-missing-ckpt", [*SAMPLE[:1], "{s}/nowhere", *SAMPLE[2:]], "neither a checkpoint directory"),
     ("threads-0", [*SAMPLE, "--threads", "0"], "must be >= 1"),
     ("threads-huge", [*SAMPLE, "--threads", "100000"], "cores this process may use"),  # was a SIGSEGV in libgomp
+    # 7. issue 21: every section has a schema; a teacher must fit the student; resume must continue the run
+    ("train-channels-float", [*TRAIN, "out_dir={s}/new/run", "model.channels=8.5"], "'model.channels': expected int"),
+    ("train-dropout-2", [*TRAIN, "out_dir={s}/new/run", "model.dropout=2"], "dropout must be in [0, 1)"),
+    ("train-cond-drop-abc", [*TRAIN, "out_dir={s}/new/run", "objective.cond_drop=abc"], "expected float"),
+    ("train-cond-drop-1.5", [*TRAIN, "out_dir={s}/new/run", "objective.cond_drop=1.5"], "cond_drop must be in"),
+    ("train-distance-list", [*TRAIN, "out_dir={s}/new/run", "objective.distance=[l2]"], "expected str"),
+    ("train-data-size-abc", [*TRAIN, "out_dir={s}/new/run", "data.size=abc"], "'data.size': expected int"),
+    ("train-time-scale-abc", [*TRAIN, "out_dir={s}/new/run", "objective.time={{kind: logit_normal, scale: abc}}"],
+     "'objective.time.scale': expected float"),
+    ("train-teacher-of-another-kind", [*TRAIN, "out_dir={s}/new/run", "objective={{name: fgd, teacher: '{s}/sr'}}"],
+     "objective.teacher is image-conditioned, the student unconditional"),
+    ("train-resume-other-batch", [*TRAIN, "out_dir={s}/run", "train.steps=4", "train.batch_size=8", "--resume"],
+     "train.batch_size=16; resuming with 8"),
 ]
 if not torch.cuda.is_available():
     PROBES.append(("sample-device-cuda-without-gpu", [*SAMPLE, "--device", "cuda"], "no CUDA GPU"))
