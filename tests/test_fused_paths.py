@@ -16,7 +16,8 @@ from torch import nn
 
 from fastflow.data.base import Batch
 from fastflow.errors import ConfigError, MissingBackendError
-from fastflow.fused import apply, attention, attention_ref, decide, group_norm, group_norm_ref, is_fused, split_spec
+from fastflow.fused import (apply, attention, attention_ref, decide, group_norm, group_norm_ref, is_fused, split_spec,
+                            switch)
 from fastflow.models import build_model
 from fastflow.objectives import build_objective
 from tests.helpers import run_cli, tiny_config, tiny_diffusers_unet
@@ -25,9 +26,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpret
 
 
 def test_auto_is_off_on_cpu_and_says_why(monkeypatch, capsys) -> None:
-    import sys
-
-    monkeypatch.setattr(sys.modules["fastflow.fused.apply"], "_said", set())  # the line is printed once per process
+    monkeypatch.setattr(switch, "_said", set())  # the line is printed once per process
     m = build_model({"preset": "tiny"})
     d = apply(m, "auto", "cpu")
     assert not d.active and "interpreter" in d.reason and not is_fused(m)
@@ -168,7 +167,7 @@ def test_bench_train_on_cpu_times_the_unfused_paths_and_says_why(tmp_path) -> No
     r = run_cli("bench", "train", "--presets", "tiny", "--paths", "eager,fused", "--batch", "2", "--steps", "2",
                 "--warmup", "0", "--device", "cpu", "--out", str(out), env={"TRITON_INTERPRET": "0"})
     assert r.returncode == 0, r.stderr
-    assert "the fused paths need a kernel device" in r.stdout
+    assert "note: skipping fused: the kernels run on CUDA" in r.stdout
     data = json.loads(out.read_text())
     assert [row["path"] for row in data["rows"]] == ["eager"] and data["fused_skipped"]
     assert data["rows"][0]["step_p50_ms"] > 0 and data["rows"][0]["first_loss"] > 0

@@ -22,7 +22,6 @@ from torch import nn
 from fastflow.data.base import Batch
 from fastflow.errors import ConfigError
 from fastflow.fused import apply as apply_fused
-from fastflow.fused.apply import kernel_runtime
 from fastflow.models.presets import build_model, sample_shape
 from fastflow.objectives import build_objective
 from fastflow.utils.timing import measure_latency
@@ -56,15 +55,10 @@ def _path_model(base: nn.Module, path: str) -> nn.Module:
     return torch.compile(model) if path.endswith("compiled") else model
 
 
-def runnable_paths(paths: Sequence[str], device: torch.device) -> tuple[list[str], str | None]:
-    """The paths that run on ``device`` and, when the fused ones do not, why."""
+def check_paths(paths: Sequence[str]) -> None:
     unknown = [p for p in paths if p not in PATHS]
     if unknown:
         raise ConfigError(f"unknown path {unknown[0]!r}; choose from {', '.join(PATHS)}")
-    compiled, interpreted, why = kernel_runtime(device)
-    if compiled or interpreted:
-        return list(paths), None
-    return [p for p in paths if not p.startswith("fused")], why
 
 
 def train_step_suite(presets: Sequence[str], batch: int, device: torch.device, paths: Sequence[str] = PATHS,

@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import (add_threads, choice_list, default_device, device_arg, int_list, nonneg_int,
+from fastflow.cli.common import (add_threads, choice_list, default_device, device_arg, device_name, int_list, nonneg_int,
                                  positive_int)
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.models.checkpoint import resolve_checkpoint
@@ -94,19 +94,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         add_threads(verb)
 
 
-def _runnable(backends: list[str], device: torch.device) -> list[str]:
-    """The backends that can run on ``device``: the fused ones need a kernel device (say so once)."""
-    from fastflow.bench.latency import split_backend
-    from fastflow.fused.apply import kernel_runtime
+def _runnable(names: list[str], device: torch.device, needs_kernels: Any, what: str) -> list[str]:
+    """The ``names`` that can run on ``device``: the fused ones need a kernel device (say so once)."""
+    from fastflow.fused.switch import runnable
 
-    compiled, interpreted, why = kernel_runtime(device)
-    fused = [b for b in backends if split_backend(b)[0]]
-    if fused and not (compiled or interpreted):
-        print(f"note: skipping {', '.join(fused)}: {why}")
-        backends = [b for b in backends if b not in fused]
-    if not backends:
-        raise MissingBackendError("no backend left to time on this machine")
-    return backends
+    kept, why = runnable(names, device, needs_kernels)
+    if why:
+        print(f"note: skipping {', '.join(n for n in names if n not in kept)}: {why}")
+    if not kept:
+        raise MissingBackendError(f"no {what} left to time on this machine")
+    return kept
 
 
 def _device_out(p: argparse.ArgumentParser, out: str, fn: Any) -> None:
@@ -117,20 +114,17 @@ def _device_out(p: argparse.ArgumentParser, out: str, fn: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from fastflow.bench.train_step import runnable_paths, train_step_suite
+    from fastflow.bench.train_step import check_paths, train_step_suite
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 
     check_writable(args.out)
-    paths, why = runnable_paths(args.paths, args.device)
-    if why:
-        print(f"note: the fused paths need a kernel device ({why}); timing {', '.join(paths) or 'nothing'}")
-    if not paths:
-        raise MissingBackendError("no path left to time on this machine")
+    check_paths(args.paths)
+    paths = _runnable(args.paths, args.device, lambda p: p.startswith("fused"), "path")
     rows = train_step_suite(args.presets, args.batch, args.device, paths, steps=args.steps, warmup=args.warmup)
     print(format_table(rows, ["preset", "path", "batch", "step_p50_ms", "step_p90_ms", "peak_mem_mb", "first_loss"]))
-    atomic_write_json(args.out, {"device": _device_name(args.device), "torch": torch.__version__, "rows": rows,
-                                 "fused_skipped": why})
+    atomic_write_json(args.out, {"device": device_name(args.device), "torch": torch.__version__, "rows": rows,
+                                 "fused_skipped": sorted(set(args.paths) - set(paths))})
     print(f"wrote {args.out}")
     return 0
 
@@ -150,14 +144,8 @@ def run_winners(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device_name(device: torch.device) -> str:
-    import platform
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-
-
 def run_latency(args: argparse.Namespace) -> int:
-    from fastflow.bench.latency import latency_suite, save_plot, speedup_check
+    from fastflow.bench.latency import latency_suite, save_plot, speedup_check, split_backend
     from fastflow.models import build_model, load_model
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
@@ -179,7 +167,7 @@ def run_latency(args: argparse.Namespace) -> int:
     if sample_shape(teacher) != shape:
         raise ConfigError(f"student and teacher sample shapes differ: {shape} vs {sample_shape(teacher)}")
     z = torch.randn(args.batch, *shape, device=device)
-    backends = _runnable(args.backends, device)
+    backends = _runnable(args.backends, device, lambda b: bool(split_backend(b)[0]), "backend")
     rows = latency_suite(student, teacher, z, backends, euler_ns=args.euler,
                          iters=args.iters, rk45=not args.no_rk45, runner=args.runner)
     for r in rows:
@@ -195,7 +183,7 @@ def run_latency(args: argparse.Namespace) -> int:
         print()
         print(f"one-step speedup over teacher Euler-N vs N x (per-call cost ratio), backend {check_backend}:")
         print(format_table(check, ["N", "measured_speedup", "predicted_speedup", "rel_error", "flops_ratio"]))
-    atomic_write_json(args.out, {"device": _device_name(device), "batch": args.batch, "torch": torch.__version__,
+    atomic_write_json(args.out, {"device": device_name(device), "batch": args.batch, "torch": torch.__version__,
                                  "student": args.student or args.student_preset,
                                  "teacher": args.teacher or args.teacher_preset,
                                  "rows": rows, "speedup_check": check})

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from fastflow.errors import FastflowError
-from fastflow.fused.apply import MODES as FUSED_MODES
+from fastflow.fused.switch import MODES as FUSED_MODES
 from fastflow.utils.distributed import shutdown_distributed
 from fastflow.utils.threads import THREADS_ENV, configure_threads
 
@@ -147,6 +147,15 @@ def load_checkpoint(args: argparse.Namespace, fused: bool = True) -> tuple[Any, 
     if fused:
         apply(model, args.fused, args.device)
     return record, model
+
+
+def device_name(device: torch.device) -> str:
+    """What results files record as the device: the GPU's name, or the CPU with the thread count."""
+    import platform
+
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import (Parser, add_model_args, add_threads, load_checkpoint, nonneg_float, nonneg_int,
+from fastflow.cli.common import (Parser, add_model_args, add_threads, device_name, load_checkpoint, nonneg_float, nonneg_int,
                                  positive_int, run_cli)
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export.formats import FORMATS
@@ -36,12 +36,6 @@ def _versions() -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -178,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {
         "checkpoint": str(ckpt), "format": args.format, "artifact": str(out),
         "artifact_bytes": out.stat().st_size, "build_seconds": build_s, "versions": _versions(),
-        "device": _device_name(args.device),
+        "device": device_name(args.device),
         "settings": {"dtype": args.dtype, "steps": args.steps, "batch": vars(spec.batch),
                      "opset": args.opset if args.format == "onnx" else None,
                      "opt_level": args.opt_level if FORMATS[args.format].gpu_only else None,

@@ -7,7 +7,7 @@ module (``modules.py``). ``swap(model)`` puts the modules into a model and repor
 Importing this package does not import Triton; the kernels load on first use.
 """
 
-from fastflow.fused.apply import MODES, FusedDecision, apply, check_mode, decide, is_fused, split_spec
+from fastflow.fused.switch import MODES, FusedDecision, apply, check_mode, decide, is_fused, split_spec
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm
 from fastflow.fused.ops import attention, group_norm
 from fastflow.models.reference import attention_ref, group_norm_ref

@@ -19,7 +19,7 @@ import yaml
 
 from fastflow.errors import ConfigError
 from fastflow.data import dataset_options
-from fastflow.fused.apply import split_spec
+from fastflow.fused.switch import split_spec
 from fastflow.models.presets import model_config
 from fastflow.objectives import objective_options
 from fastflow.utils.schema import build

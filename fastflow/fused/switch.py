@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +66,18 @@ def kernel_runtime(device: torch.device | str) -> tuple[bool, bool, str]:
     if device.type == "cpu" and interpreting():
         return False, True, "TRITON_INTERPRET=1 runs the kernels on the CPU through the interpreter"
     return False, False, f"the kernels run on CUDA, this model is on {device.type}"
+
+
+def runnable(names: Sequence[str], device: torch.device | str,
+             needs_kernels: Callable[[str], bool]) -> tuple[list[str], str | None]:
+    """The ``names`` (benchmark backends, training paths) that run on ``device``: those for which
+    ``needs_kernels(name)`` holds are dropped where the kernels cannot run; returns the kept names
+    and, when some were dropped, why."""
+    compiled, interpreted, why = kernel_runtime(device)
+    if compiled or interpreted:
+        return list(names), None
+    kept = [n for n in names if not needs_kernels(n)]
+    return kept, why if len(kept) < len(names) else None
 
 
 def _model_device(model: nn.Module) -> torch.device:
