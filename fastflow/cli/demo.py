@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from fastflow.cli.common import add_threads, positive_float, positive_int
+from fastflow.cli.common import add_threads, choice_list, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="run each pipeline (SlimFlow, --conditional, --sr) with seeds 0 … N−1 (each in "
                         "its OUT/…/seed-S) and report mean ± sd")
+    p.add_argument("--methods", type=choice_list("slimflow", "meanflow"), default=["slimflow"],
+                   help="one-step routes on digits: slimflow (teacher, pairs, reflow, FGD) and/or meanflow "
+                        "(teacher-free, trained for the SlimFlow route's measured time; needs that run in --out)")
     p.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
     add_threads(p)
     p.set_defaults(fn=run)
@@ -30,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from fastflow import demo
     from fastflow.utils.io import writable_dir
 
-    demo.run(writable_dir(args.out), list(range(args.seeds)), args.scale, slimflow_run=not args.skip_main,
-             instaflow_run=args.conditional, oftsr_run=args.sr)
+    demo.run(writable_dir(args.out), list(range(args.seeds)), args.scale,
+             slimflow_run="slimflow" in args.methods and not args.skip_main, instaflow_run=args.conditional,
+             oftsr_run=args.sr, meanflow_run="meanflow" in args.methods)
     return 0

@@ -4,7 +4,10 @@ r"""The exported object: a generator ``(z[, cond]) → image``, not just the vel
 :math:`x \leftarrow x + h\,v(x, t)` arithmetic inside, so one forward pass is the whole
 sampler (``k = 1``: :math:`x_1 = z + (1-\epsilon)v(z, \epsilon)`). It matches
 :func:`fastflow.flow.solvers.euler` exactly and traces cleanly under ``torch.export``.
-``SRGenerator`` is OFTSR's one-step super-resolution with the knob ``τ`` as an input.
+A two-time (MeanFlow) model steps its average velocity instead, on the grid ``t_i = i/k``:
+:math:`x \leftarrow x + h\,u(x, t_i, t_{i+1})` (``k = 1``: :math:`x_1 = z + u(z, 0, 1)`), as
+:func:`fastflow.flow.solvers.mean_flow`. ``SRGenerator`` is OFTSR's one-step super-resolution with
+the knob ``τ`` as an input.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fastflow.flow.sample import is_two_time
 from fastflow.flow.solvers import time_grid
 from fastflow.flow.time import DEFAULT_EPS
 from fastflow.flow.sr import sr_one_step
@@ -20,10 +24,10 @@ from fastflow.flow.sr import sr_one_step
 class Generator(nn.Module):
     input_names = ("z", "cond")
 
-    def __init__(self, model: nn.Module, steps: int = 1, t0: float = DEFAULT_EPS) -> None:
+    def __init__(self, model: nn.Module, steps: int = 1, t0: float | None = None) -> None:
         super().__init__()
-        self.model, self.steps = model, steps
-        self.grid = time_grid(steps, t0, 1.0)
+        self.model, self.steps, self.two_time = model, steps, is_two_time(model)
+        self.grid = time_grid(steps, (0.0 if self.two_time else DEFAULT_EPS) if t0 is None else t0, 1.0)
 
     @property
     def config(self):  # noqa: ANN201 - the wrapped model's config
@@ -33,7 +37,11 @@ class Generator(nn.Module):
         x = z
         for i in range(self.steps):
             t = torch.full((z.shape[0],), self.grid[i], dtype=torch.float32, device=z.device)
-            x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond)
+            if self.two_time:
+                t_end = torch.full_like(t, self.grid[i + 1])
+                x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond, t_end=t_end)
+            else:
+                x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond)
         return x
 
 

@@ -16,6 +16,10 @@ heun       rk2(r=1) on the first N−1 intervals, Euler on the last       2N −
 rk45       adaptive Dormand–Prince 5(4), per-sample step sizes,          adaptive
            scipy's ``RK45`` step control (``rtol``, ``atol``)
 ========== ============================================================ =========
+
+:func:`mean_flow` steps a two-time model's *average* velocity ``u(x, t, t_end)`` (MeanFlow):
+:math:`x_{i+1} = x_i + (t_{i+1} - t_i)\,u(x_i, t_i, t_{i+1})`, exact for a perfect ``u`` whatever
+the number of steps (one step: :math:`x_1 = x_0 + u(x_0, 0, 1)`).
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from fastflow.flow.path import expand_t, time_tensor
 from fastflow.flow.time import DEFAULT_EPS
 
 Velocity = Callable[[Tensor, Tensor], Tensor]
+AverageVelocity = Callable[[Tensor, Tensor, Tensor], Tensor]  # u(x, t, t_end)
 
 
 @dataclass
@@ -85,6 +90,20 @@ def euler(velocity: Velocity, x0: Tensor, steps: int, t0: float = DEFAULT_EPS, t
         t = time_tensor(grid[i], b, x)
         x = x + (grid[i + 1] - grid[i]) * velocity(x, t)
         _record(intermediates, traj, times, x, time_tensor(grid[i + 1], b, x))
+    return SolveResult(_check(x, "the solution"), steps, traj or None, times or None)
+
+
+def mean_flow(average: AverageVelocity, x0: Tensor, steps: int, t0: float = 0.0, t1: float = 1.0,
+              intermediates: bool = False) -> SolveResult:
+    """``steps`` jumps of the average velocity on the uniform grid ``t0 … t1`` (module docstring)."""
+    grid = time_grid(steps, t0, t1)
+    b = x0.shape[0]
+    x, traj, times = x0, [], []
+    _record(intermediates, traj, times, x, time_tensor(grid[0], b, x))
+    for i in range(steps):
+        t, t_end = time_tensor(grid[i], b, x), time_tensor(grid[i + 1], b, x)
+        x = x + (grid[i + 1] - grid[i]) * average(x, t, t_end)
+        _record(intermediates, traj, times, x, t_end)
     return SolveResult(_check(x, "the solution"), steps, traj or None, times or None)
 
 

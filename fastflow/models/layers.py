@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from fastflow.errors import ShapeError
 from fastflow.models.reference import attention_math, forward_ad, group_norm_ref
 
 
@@ -76,6 +77,21 @@ class Attention(nn.Module):
         o = self.core(q, k, v)
         b, _, n, _ = o.shape
         return self.out(o.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
+
+
+def interval_length(t: Tensor, t_end: Tensor | None, times: int) -> Tensor | None:
+    """``t_end − t`` (``[B]``) for a two-time model (``times = 2``; ``t_end=None`` means ``t``: the
+    instantaneous velocity), ``None`` for a one-time model, which refuses a ``t_end``."""
+    if times == 1:
+        if t_end is not None:
+            raise ShapeError("this model takes one time; t_end needs a two-time model (model.times: 2)")
+        return None
+    if t_end is None:
+        return torch.zeros_like(t)
+    t_end = t_end.expand(t.shape[0]) if t_end.dim() == 0 else t_end
+    if t_end.shape != t.shape:
+        raise ShapeError(f"t_end must be {list(t.shape)} (or a scalar), got {tuple(t_end.shape)}")
+    return t_end - t
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:

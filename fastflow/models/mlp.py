@@ -1,4 +1,6 @@
-"""A small MLP velocity field ``v_θ(x, t)`` for low-dimensional data (the 2-D toy)."""
+"""A small MLP velocity field ``v_θ(x, t)`` for low-dimensional data (the 2-D toy); with
+``times = 2`` the average velocity ``u_θ(x, t, t_end)`` (MeanFlow), the interval length embedded
+like the time and added."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, ShapeError
-from fastflow.models.layers import timestep_embedding
+from fastflow.models.layers import interval_length, timestep_embedding
 from fastflow.utils.schema import build
 
 
@@ -22,12 +24,13 @@ class MLPConfig:
     t_dim: int = 64
     t_scale: float = 999.0
     num_classes: int = 0
+    times: int = 1  # 2: u(x, t, t_end), the average velocity over [t, t_end] (MeanFlow)
 
     def __post_init__(self) -> None:
         if self.dim < 1 or self.hidden < 1 or self.depth < 1 or self.t_dim < 2:
             raise ConfigError(f"invalid MLP config: dim, hidden, depth must be >= 1 and t_dim >= 2: {self}")
-        if self.t_scale <= 0 or self.num_classes < 0:
-            raise ConfigError(f"invalid MLP config: t_scale must be > 0 and num_classes >= 0: {self}")
+        if self.t_scale <= 0 or self.num_classes < 0 or self.times not in (1, 2):
+            raise ConfigError(f"invalid MLP config: t_scale must be > 0, num_classes >= 0, times 1 or 2: {self}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MLPConfig:
@@ -42,6 +45,7 @@ class MLP(nn.Module):
         super().__init__()
         self.config = c = config
         self.t_mlp = nn.Sequential(nn.Linear(c.t_dim, c.hidden), nn.SiLU())
+        self.interval_mlp = nn.Sequential(nn.Linear(c.t_dim, c.hidden), nn.SiLU()) if c.times == 2 else None
         self.label_emb = nn.Embedding(c.num_classes + 1, c.hidden) if c.num_classes else None
         layers: list[nn.Module] = [nn.Linear(c.dim + c.hidden, c.hidden), nn.SiLU()]
         for _ in range(c.depth - 1):
@@ -52,12 +56,16 @@ class MLP(nn.Module):
     def null_cond(self, cond: Tensor | None) -> Tensor | None:
         return None if cond is None else cond.new_full(cond.shape, self.config.num_classes)
 
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        if x.dim() != 2 or x.shape[1] != self.config.dim:
-            raise ShapeError(f"x must be [B, {self.config.dim}], got {tuple(x.shape)}")
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None, t_end: Tensor | None = None) -> Tensor:
+        c = self.config
+        if x.dim() != 2 or x.shape[1] != c.dim:
+            raise ShapeError(f"x must be [B, {c.dim}], got {tuple(x.shape)}")
         if t.dim() == 0:
             t = t.expand(x.shape[0])
-        h = self.t_mlp(timestep_embedding(t * self.config.t_scale, self.config.t_dim).to(x.dtype))
+        h = self.t_mlp(timestep_embedding(t * c.t_scale, c.t_dim).to(x.dtype))
+        span = interval_length(t, t_end, c.times)
+        if span is not None:
+            h = h + self.interval_mlp(timestep_embedding(span * c.t_scale, c.t_dim).to(x.dtype))
         if self.label_emb is not None:
             if cond is None:
                 cond = x.new_full((x.shape[0],), self.config.num_classes, dtype=torch.long)

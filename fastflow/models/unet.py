@@ -1,7 +1,10 @@
 """The UNet family (DDPM++ / NCSN++ with BigGAN resampling blocks) and its config.
 
 ``UNet(config)(x, t, cond=None) → v``: ``x`` is ``[B, C, H, W]``, ``t`` a ``[B]`` float
-tensor in [0, 1] (scaled by ``config.t_scale`` inside), ``cond`` optional:
+tensor in [0, 1] (scaled by ``config.t_scale`` inside), ``cond`` optional (below). A two-time
+model (``times = 2``, MeanFlow) also takes ``t_end`` and returns the average velocity over
+``[t, t_end]``; the interval length ``t_end − t`` has its own embedding, added to the time's.
+``cond``:
 
 * a ``[B]`` long tensor of class labels (``num_classes > 0``; ``num_classes`` is the null label),
 * a ``[B, S, context_dim]`` token tensor (``context_dim > 0``; cross-attention),
@@ -20,7 +23,7 @@ from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, ShapeError
 from fastflow.flow.guidance import Cond
-from fastflow.models.layers import AttnBlock, GroupNormAct, ResBlock, timestep_embedding
+from fastflow.models.layers import AttnBlock, GroupNormAct, ResBlock, interval_length, timestep_embedding
 from fastflow.utils.schema import build
 
 
@@ -43,6 +46,7 @@ class UNetConfig:
     context_dim: int = 0
     cond_channels: int = 0
     out_channels: int = 0  # 0: same as in_channels
+    times: int = 1  # 2: u(x, t, t_end), the average velocity over [t, t_end] (MeanFlow)
 
     def __post_init__(self) -> None:
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -55,6 +59,7 @@ class UNetConfig:
             (self.resolution >= 1 and all(r >= 1 for r in self.attn_resolutions), "resolutions must be >= 1"),
             (0.0 <= self.dropout < 1.0, f"dropout must be in [0, 1), got {self.dropout}"),
             (self.t_scale > 0, f"t_scale must be > 0, got {self.t_scale}"),
+            (self.times in (1, 2), f"times must be 1 or 2, got {self.times}"),
             (min(counts) >= 0, "num_classes, context_dim, cond_channels, out_channels, attn_head_dim must be >= 0"),
         ]
         for ok, msg in checks:
@@ -87,6 +92,8 @@ class UNet(nn.Module):
         attn = dict(context_dim=cfg.context_dim, head_dim=head, skip_rescale=cfg.skip_rescale)
 
         self.time_mlp = nn.Sequential(nn.Linear(nf, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+        self.interval_mlp = (nn.Sequential(nn.Linear(nf, temb_dim), nn.SiLU(), nn.Linear(temb_dim, temb_dim))
+                             if cfg.times == 2 else None)
         self.label_emb = nn.Embedding(cfg.num_classes + 1, temb_dim) if cfg.num_classes else None
         self.null_context = nn.Parameter(torch.zeros(cfg.context_dim)) if cfg.context_dim else None
         self.conv_in = nn.Conv2d(cfg.in_channels + cfg.cond_channels, nf, 3, padding=1)
@@ -176,7 +183,7 @@ class UNet(nn.Module):
         return out if isinstance(cond, dict) else next(iter(out.values()))
 
     # -- forward --------------------------------------------------------------------------
-    def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
+    def forward(self, x: Tensor, t: Tensor, cond: Cond = None, t_end: Tensor | None = None) -> Tensor:
         cfg = self.config
         if x.dim() != 4 or x.shape[1] != cfg.in_channels:
             raise ShapeError(f"x must be [B, {cfg.in_channels}, H, W], got {tuple(x.shape)}")
@@ -189,8 +196,11 @@ class UNet(nn.Module):
         if t.shape != (b,):
             raise ShapeError(f"t must be [{b}] (or a scalar), got {tuple(t.shape)}")
         label, tokens, image = self._split_cond(cond, b)
+        span = interval_length(t, t_end, cfg.times)
 
         temb = self.time_mlp(timestep_embedding(t * cfg.t_scale, cfg.channels).to(x.dtype))
+        if span is not None:
+            temb = temb + self.interval_mlp(timestep_embedding(span * cfg.t_scale, cfg.channels).to(x.dtype))
         if self.label_emb is not None:
             if label is None:
                 label = torch.full((b,), cfg.num_classes, dtype=torch.long, device=x.device)

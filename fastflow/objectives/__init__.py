@@ -10,6 +10,8 @@
                ``cfg_scale: α`` for conditional teachers)
 ``sr``         OFTSR teacher flow from the degraded image         ``sr``
 ``oftsr``      OFTSR one-step distillation (``teacher: CKPT``)    ``sr``
+``meanflow``   MeanFlow, teacher-free one step (``model.times:    images (``digits`` …)
+               2``; ``ratio``, ``weight_p``, ``cfg_scale`` …)
 =============  =================================================  ==========================
 """
 
@@ -27,6 +29,7 @@ from fastflow.objectives.base import Objective
 from fastflow.objectives.distances import build_distance, check_distance
 from fastflow.objectives.distill import Distill
 from fastflow.objectives.fgd import FlowGuidedDistill
+from fastflow.objectives.meanflow import DEFAULT_TIME, MeanFlow
 from fastflow.objectives.oftsr import OFTSRDistill, SRFlow
 from fastflow.objectives.reflow import Reflow
 from fastflow.objectives.rf import RectifiedFlow
@@ -43,6 +46,8 @@ _OPTIONS: dict[str, dict[str, Any]] = {
     "sr": {"time": _TIME, "distance": str, "sigma_p": float},
     "oftsr": {"distance": str, "teacher": str, "teacher_weights": str, "sigma_p": float, "delta": float,
               "t_min": float, "t_max": float, "weights": tuple[float, float, float]},
+    "meanflow": {"time": _TIME, "ratio": float, "weight_p": float, "weight_c": float, "cond_drop": float,
+                 "cfg_scale": float},
 }
 #: option → (valid?, what valid means)
 _RANGES: dict[str, tuple[Any, str]] = {
@@ -57,6 +62,9 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "t_max": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "teacher_weights": (lambda v: v in ("ema", "model"), "ema or model"),
     "weights": (lambda v: min(v) >= 0.0, "[distill, boundary, align], each >= 0"),
+    "ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "weight_p": (lambda v: v >= 0.0, ">= 0"),
+    "weight_c": (lambda v: v > 0.0, "> 0"),
 }
 
 
@@ -99,6 +107,10 @@ def build_objective(spec: dict[str, Any], num_classes: int = 0,
         if name == "rf":
             return RectifiedFlow(**common)
         return Reflow(**common, beta=o.get("anneal", parse_schedule("fixed_0")))
+    if name == "meanflow":
+        return MeanFlow(time=o.get("time", DEFAULT_TIME), ratio=o.get("ratio", 0.25), weight_p=o.get("weight_p", 1.0),
+                        weight_c=o.get("weight_c", 1e-3), num_classes=num_classes, cond_drop=o.get("cond_drop", 0.0),
+                        cfg_scale=o.get("cfg_scale", 1.0))
     if name == "sr":
         return SRFlow(time=o.get("time", build_time_sampler("uniform")), distance=distance,
                       sigma_p=o.get("sigma_p", DEFAULT_SIGMA_P))
@@ -118,5 +130,5 @@ def build_objective(spec: dict[str, Any], num_classes: int = 0,
                              cfg_scale=o.get("cfg_scale", 1.0))
 
 
-__all__ = ["Distill", "FlowGuidedDistill", "OFTSRDistill", "Objective", "RectifiedFlow", "Reflow", "SRFlow",
+__all__ = ["Distill", "FlowGuidedDistill", "MeanFlow", "OFTSRDistill", "Objective", "RectifiedFlow", "Reflow", "SRFlow",
            "build_objective", "objective_options"]

@@ -35,12 +35,14 @@ from fastflow.pairs import FlowTeacher, generate_pairs
 from fastflow.pipelines import digits
 from fastflow.pipelines.report import (ResultRow, find, latency_quality_plot, print_checks, print_table,
                                        report_seeds, sample_rows_figure)
-from fastflow.pipelines.stages import DIGITS_SHAPE, budget, log, over_seeds, train_stage
+from fastflow.pipelines.stages import DIGITS_SHAPE, budget, log, over_seeds, timed, train_stage
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
 from fastflow.utils.timing import measure_latency
 
 TEACHER, PLAIN, ANNEAL = "1-RF teacher", "2-RF student (reflow)", "2-RF student (annealing)"
+#: the stages (``timing.json`` names) on the route to the deployed FGD student, without the ablations
+ROUTE = ("teacher-1rf", "pairs", "student-annealing", "student-fgd")
 DISTILL, FGD = "distilled (plain)", "distilled (FGD)"
 #: The paper's orderings on one-step digits FD: (claim, the better (method, solver), the worse one).
 ORDERINGS = [
@@ -70,8 +72,9 @@ def train_teacher(out: Path, scale: float, seed: int, steps: int | None = None) 
 def make_pairs(out: Path, teacher: Path, scale: float, seed: int) -> dict[str, Any]:
     log("[2/6] teacher pairs (RK45, rtol = atol = 1e-3)")
     flow = FlowTeacher.from_checkpoint(teacher, solver="rk45", rtol=1e-3, atol=1e-3)
-    manifest = generate_pairs(flow, out / "pairs", budget(2000, scale), DIGITS_SHAPE, shard_size=500,
-                              batch_size=500, seed=seed)
+    with timed(out, "pairs"):
+        manifest = generate_pairs(flow, out / "pairs", budget(2000, scale), DIGITS_SHAPE, shard_size=500,
+                                  batch_size=500, seed=seed)
     log(f"  {manifest['count']} pairs, mean NFE {manifest['mean_nfe']:.1f}")
     return manifest
 

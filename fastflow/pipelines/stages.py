@@ -3,14 +3,19 @@ a progress line, and a whole pipeline repeated over seeds."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from fastflow.errors import ConfigError
 
 from fastflow.metrics.evaluate import aggregate_rows
 from fastflow.train import load_config, train
 from fastflow.train.config import PACKAGED_CONFIGS
 from fastflow.train.state import latest_checkpoint
+from fastflow.utils.io import atomic_write_json, read_json
 
 #: the embedded digits' sample shape
 DIGITS_SHAPE = (1, 16, 16)
@@ -27,11 +32,35 @@ def budget(n: int, scale: float) -> int:
 
 def train_stage(out: Path, name: str, overrides: list[str], config: str | None = "digits.yaml", seed: int = 0) -> Path:
     """Train ``out/name`` from a packaged config plus ``key=value`` overrides, resuming a run that
-    has checkpoints (a finished one returns at once); returns its latest checkpoint."""
+    has checkpoints (a finished one returns at once); returns its latest checkpoint. The time it
+    took is added to ``out/timing.json`` (see :func:`timed`)."""
     cfg = load_config(PACKAGED_CONFIGS / config if config else None,
                       [f"out_dir={out / name}", "train.tensorboard=false", f"seed={seed}", *overrides])
     log(f"  {name}: {cfg.objective.get('name')} · {cfg.model} · {cfg.train.steps} steps")
-    return latest_checkpoint(train(cfg, resume=latest_checkpoint(out / name) is not None))
+    with timed(out, name):
+        return latest_checkpoint(train(cfg, resume=latest_checkpoint(out / name) is not None))
+
+
+@contextmanager
+def timed(out: Path, name: str) -> Iterator[None]:
+    """Add the wall-clock seconds of the ``with`` body to ``out/timing.json[name]`` when it succeeds:
+    the compute a stage really took, summed over resumed runs (a finished stage adds ~0)."""
+    t0 = time.perf_counter()
+    yield
+    path = out / "timing.json"
+    spent = read_json(path) if path.is_file() else {}
+    spent[name] = spent.get(name, 0.0) + time.perf_counter() - t0
+    atomic_write_json(path, spent)
+
+
+def stage_seconds(out: Path, names: Sequence[str]) -> float:
+    """The seconds ``out/timing.json`` records for the stages ``names`` (ConfigError if one is missing)."""
+    path = out / "timing.json"
+    spent = read_json(path) if path.is_file() else {}
+    missing = [n for n in names if n not in spent]
+    if missing:
+        raise ConfigError(f"{out}: no recorded time for {missing} (run those stages there first)")
+    return float(sum(spent[n] for n in names))
 
 
 def over_seeds(run: Callable[..., dict[str, Any]], out: Path, seeds: Sequence[int], scale: float,

@@ -184,6 +184,12 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     objective = build_objective(cfg.objective, num_classes=model.config.num_classes,
                                 device=info.device)
+    times = getattr(objective, "model_times", 1)
+    if times != 1 and getattr(model.config, "times", 1) != times:
+        raise ConfigError(f"objective {cfg.objective.get('name')} needs a model with model.times: {times}")
+    if times == 2 and model.config.t_scale > 10 and info.main:
+        print(f"note: model.t_scale={model.config.t_scale:g}: MeanFlow's JVP target differentiates the time features; "
+              "on digits it diverged at 999 and trained at 1 (model.t_scale=1)", file=sys.stderr)
     if isinstance(getattr(objective, "teacher", None), nn.Module):
         check_teacher(model, objective.teacher)
         apply_fused(objective.teacher, fused, info.device)

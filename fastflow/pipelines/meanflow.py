@@ -1,0 +1,113 @@
+"""MeanFlow on the embedded digits at the SlimFlow route's compute (``fastflow demo --methods
+slimflow,meanflow``), as named stages:
+
+1. :func:`route_budget` — the seconds the SlimFlow route to its deployed one-step student took in
+   the same run (1-RF teacher + pairs + Annealing-Reflow student + FGD, from ``timing.json``; the
+   ablation runs beside them are not counted).
+2. :func:`train_meanflow` — the same student architecture (``digits-small``, two times) trained from
+   scratch with the MeanFlow objective: a probe of :data:`PROBE_STEPS` steps measures the step time,
+   then training resumes (bit-exactly) to the step count that fills the budget.
+3. :func:`score` — MeanFlow at one and two steps beside the SlimFlow route's FGD student (one step)
+   and Annealing-Reflow student (two steps), on the SlimFlow run's scoring noise.
+
+The model embeds times unscaled (``t_scale: 1``): with DDPM++'s 999 the JVP term of the target
+(∂u/∂t through high-frequency time features) grew without bound on digits (measured: the MeanFlow
+error rose from 5 to 45 over 300 steps at 999, fell from 1.1 to 0.26 at 1).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from fastflow.models import load_model
+from fastflow.pipelines import digits, slimflow
+from fastflow.pipelines.report import ResultRow, print_table, report_seeds, sample_rows_figure
+from fastflow.pipelines.stages import budget, log, over_seeds, stage_seconds, timed, train_stage
+from fastflow.utils.images import save_grid
+from fastflow.utils.io import atomic_write_json, read_json
+
+MEANFLOW = "MeanFlow (from scratch)"
+#: steps that measure MeanFlow's step time before the budget is filled
+PROBE_STEPS = 100
+#: the one-step and two-step comparisons: (claim, better (method, solver), worse)
+ORDERINGS = [
+    ("MeanFlow one-step beats the SlimFlow route's one-step (FGD)", (MEANFLOW, "euler 1"), (slimflow.FGD, "euler 1")),
+    ("MeanFlow two-step beats the 2-RF student's two-step", (MEANFLOW, "euler 2"), (slimflow.ANNEAL, "euler 2")),
+    ("MeanFlow two-step beats its one-step", (MEANFLOW, "euler 2"), (MEANFLOW, "euler 1")),
+]
+OVERRIDES = ["model.preset=digits-small", "model.times=2", "model.t_scale=1", "objective={name: meanflow}",
+             "optim.warmup=100", "train.sample_every=0"]
+
+
+def route_budget(slim_dir: Path) -> float:
+    """Seconds of the SlimFlow route in ``slim_dir`` (its ``timing.json``)."""
+    return stage_seconds(slim_dir, slimflow.ROUTE)
+
+
+def train_meanflow(out: Path, seconds: float, seed: int, scale: float = 1.0) -> tuple[Path, dict[str, Any]]:
+    """MeanFlow for ``seconds`` of training: its checkpoint and the plan (steps, measured rates)."""
+    plan_path = out / "budget.json"
+    plan = read_json(plan_path) if plan_path.is_file() else {}
+    if "steps" not in plan:
+        probe = budget(PROBE_STEPS, scale)
+        log(f"[meanflow 1/2] probe: {probe} steps to measure the step time (budget {seconds:.0f}s)")
+        t0 = time.perf_counter()
+        train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={probe}", f"train.ckpt_every={probe}"], seed=seed)
+        per_step = (time.perf_counter() - t0) / probe
+        plan = {"budget_s": seconds, "probe_steps": probe, "probe_s_per_step": per_step,
+                "steps": max(probe, int(seconds / per_step))}
+        atomic_write_json(plan_path, plan)
+    log(f"[meanflow 2/2] MeanFlow to {plan['steps']} steps ({plan['probe_s_per_step']:.3f}s/step measured)")
+    ckpt = train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={plan['steps']}", "train.ckpt_every=500"], seed=seed)
+    return ckpt, plan
+
+
+def score(slim_dir: Path, meanflow: Path, seed: int) -> tuple[list[ResultRow], dict[str, Any]]:
+    """MeanFlow at 1 and 2 steps and the SlimFlow route's students, from the same noise."""
+    z = digits.eval_noise(seed)
+    rows, samples = [], {}
+    for method, ckpt, plan in ((MEANFLOW, meanflow, [("euler", 1), ("euler", 2)]),
+                               (slimflow.FGD, slim_dir / "student-fgd", [("euler", 1)]),
+                               (slimflow.ANNEAL, slim_dir / "student-annealing", [("euler", 2)])):
+        model = load_model(ckpt)
+        for solver, steps in plan:
+            row, x = digits.score(method, model, z, solver, steps)
+            rows.append(row)
+            samples[f"{method}, {row.solver}: FD {row.metrics['fd']:.1f}"] = x
+    return rows, samples
+
+
+def run(slim_dir: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
+    """MeanFlow at the budget of the SlimFlow run in ``slim_dir`` (written under ``slim_dir/meanflow``)."""
+    out = slim_dir / "meanflow"
+    seconds = route_budget(slim_dir)
+    ckpt, plan = train_meanflow(out, seconds, seed, scale)
+    with timed(out, "scoring"):
+        rows, samples = score(slim_dir, ckpt, seed)
+    plan["train_s"] = stage_seconds(out, ["meanflow"])
+    sample_rows_figure(samples, out / "samples.png")
+    save_grid(samples[next(k for k in samples if k.startswith(f"{MEANFLOW}, euler 1"))][:64],
+              out / "grid_meanflow.png", upscale=4)
+    fd = {(r.method, r.solver): r.metrics["fd"] for r in rows}
+    checks = {claim: fd[better] < fd[worse] for claim, better, worse in ORDERINGS}
+    result = {"seed": seed, "scale": scale, "budget": plan, "rows": [r.record() for r in rows], "checks": checks}
+    atomic_write_json(out / "results.json", result)
+    print()
+    print(f"MeanFlow vs the SlimFlow route at equal training time ({plan['budget_s']:.0f}s budget, "
+          f"{plan['train_s']:.0f}s spent, {plan['steps']} steps)")
+    print_table(result["rows"], slimflow.FIELDS)
+    for claim, ok in checks.items():
+        print(f"  [{'x' if ok else ' '}] {claim}")
+    print(f"wrote {out}/samples.png, grid_meanflow.png, results.json")
+    return result
+
+
+def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[str, Any]:
+    """:func:`run` beside each seed's SlimFlow run (``out/seed-S``): rows as mean ± sd, orderings paired."""
+    result = over_seeds(run, out, seeds, scale, ("method", "solver"))
+    report_seeds(out / "meanflow", result, f"MeanFlow vs the SlimFlow route at equal time ({digits.N_EVAL} samples "
+                 "per row and seed)", slimflow.FIELDS, ORDERINGS)
+    return result
