@@ -29,6 +29,7 @@ GOOD = {  # case: (package, runner args); the Python inputs are rebuilt from the
     "cond-default-labels": ("cond", ["--seed", "6", "--batch", "4"]),
     "sr-tau": ("sr", ["--seed", "7", "--lq", "{fx}/lq.npy", "--tau", "0.3"]),
     "timing": ("uncond", ["--batch", "2", "--iters", "5", "--warmup", "1", "--timing-json", "{tmp}/t.json"]),
+    "meanflow-one-step": ("meanflow", ["--seed", "8", "--batch", "3"]),  # x1 = z + u(z, 0, 1) in the package
 }
 BAD = {  # case: (package, runner args, a word the message must contain)
     "bad-batch": ("uncond.pt2", ["--batch", "5"], "range"),

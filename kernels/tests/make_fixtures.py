@@ -1,5 +1,5 @@
-"""ctest fixture: three tiny generator packages exported by ``fastflow-export --format pt2``
-(unconditional, class-conditional, OFTSR super-resolution; batch 1..4), plus input files and
+"""ctest fixture: four tiny generator packages exported by ``fastflow-export --format pt2``
+(unconditional, class-conditional, OFTSR super-resolution, MeanFlow two-time; batch 1..4), plus input files and
 broken packages for the bad-input cases. Usage: ``make_fixtures.py OUTDIR``."""
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from fastflow.models import build_model, save_model
 TINY = dict(arch="unet", in_channels=1, resolution=8, channels=8, num_res_blocks=1, ch_mult=(1,),
             attn_resolutions=(8,), dropout=0.0)
 KINDS = {"uncond": ({}, {}), "cond": ({"num_classes": 3}, {}),
-         "sr": ({"cond_channels": 1}, {"objective_config": {"name": "oftsr", "sigma_p": 0.2}})}
+         "sr": ({"cond_channels": 1}, {"objective_config": {"name": "oftsr", "sigma_p": 0.2}}),
+         "meanflow": ({"times": 2, "t_scale": 1.0}, {"objective_config": {"name": "meanflow"}})}
 
 
 HOSTILE_NPY = {  # header dicts numpy refuses (or reads otherwise than a naive parser)
