@@ -178,7 +178,8 @@ model_box = {}
 import fastflow.train.loop as loop
 orig = loop.build_model
 loop.build_model = lambda spec: model_box.setdefault("m", orig(spec))
-train(tiny_config(sys.argv[2], f"train.steps={steps}", "train.ckpt_every=2"), resume=resume)
+extra = [o for o in sys.argv[5].split("|") if o]
+train(tiny_config(sys.argv[2], f"train.steps={steps}", "train.ckpt_every=2", *extra), resume=resume)
 vec = torch.cat([p.detach().flatten() for p in model_box["m"].parameters()])
 out = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
 dist.all_gather(out, vec)
@@ -190,13 +191,15 @@ assert not [t for t in threads if "gloo" in t], threads
 """
 
 
-def test_ddp_two_cpu_ranks(tmp_path) -> None:
+@pytest.mark.parametrize("extra", [(), ("objective={name: meanflow}", "model.times=2", "model.t_scale=1")],
+                         ids=["rf", "meanflow-jvp"])
+def test_ddp_two_cpu_ranks(tmp_path, extra) -> None:
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)
     run = tmp_path / "run"
     for steps, resume in ((4, "0"), (6, "1")):
         res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                              "--standalone", str(script), str(ROOT), str(run), str(steps), resume],
+                              "--standalone", str(script), str(ROOT), str(run), str(steps), resume, "|".join(extra)],
                              capture_output=True, text=True, env=cli_env(), timeout=300, cwd=tmp_path)
         assert res.returncode == 0, res.stderr[-3000:]
         assert res.stdout.count("ok") == 2

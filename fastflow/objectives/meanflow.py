@@ -14,7 +14,7 @@ so one jump is exact: :math:`x_t = x_s + (t - s)\,u(x_s, s, t)`, and one step fr
 .. math:: u(x_s, s, t) = v(x_s, s) + (t - s)\,\frac{d}{ds}u(x_s, s, t),\qquad
           \frac{d}{ds}u = \partial_x u\;v + \partial_s u ,
 
-a total derivative that is one Jacobian-vector product of :math:`u_\theta` with tangents
+a total derivative that is one Jacobian-vector product (forward-mode AD) of :math:`u_\theta` with tangents
 :math:`(v, 1, 0)` on :math:`(x, s, t)`. With the conditional velocity :math:`v = x_1 - z` of the
 straight path, the regression target (under stop-gradient) is
 
@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from fastflow.data.base import Batch
@@ -62,9 +63,17 @@ def interval_times(time: TimeSampler, ratio: float, b: int, device: torch.device
 def meanflow_target(u_of: Callable[[Tensor, Tensor], Tensor], x_s: Tensor, s: Tensor, t: Tensor,
                     v: Tensor) -> tuple[Tensor, Tensor]:
     r"""``(u, u_tgt)``: the prediction :math:`u(x_s, s, t)` (differentiable) and the identity's target
-    :math:`v + (t-s)\,(\partial_x u\,v + \partial_s u)` (detached), one JVP for both; ``u_of(x, s)``
-    is the model with ``t`` (and the condition) fixed."""
-    u, du_ds = torch.func.jvp(u_of, (x_s, s), (v, torch.ones_like(s)))
+    :math:`v + (t-s)\,(\partial_x u\,v + \partial_s u)` (detached), one forward pass with dual
+    tensors for both; ``u_of(x, s)`` is the model with ``t`` (and the condition) fixed.
+
+    Forward-mode AD through ``torch.autograd.forward_ad`` rather than ``torch.func.jvp``: the same
+    JVP, but it also runs through a ``DistributedDataParallel`` model (functorch's wrapped tensors
+    have no storage for DDP's buckets)."""
+    with fwAD.dual_level():
+        out = u_of(fwAD.make_dual(x_s, v), fwAD.make_dual(s, torch.ones_like(s)))
+        u, du_ds = fwAD.unpack_dual(out)
+    if du_ds is None:  # the model does not depend on its inputs (a constant): the derivative is 0
+        du_ds = torch.zeros_like(u)
     return u, (v + expand_t(t - s, v) * du_ds).detach()
 
 
