@@ -76,16 +76,20 @@ def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -
     assert "InstaFlow on class-conditioned digits" in printed and " ± " in printed and "/2] " in printed
 
 
-def test_demo_slimflow_end_to_end(tmp_path, monkeypatch, capsys) -> None:
-    """``fastflow demo`` (SlimFlow) at a tiny budget: every stage runs, the table carries every
-    model × solver and the ONNX row, the run's checks and straightness are reported, the figures
-    and the exported generator are written."""
+def test_demo_slimflow_and_meanflow_end_to_end(tmp_path, monkeypatch, capsys) -> None:
+    """``fastflow demo --methods slimflow,meanflow`` at a tiny budget: every stage runs, the table
+    carries every model × solver and the ONNX row, the run's checks and straightness are reported,
+    the figures and the exported generator are written; MeanFlow trains for the route's recorded
+    time and is scored beside the route's students."""
     from fastflow.cli.main import main
-    from fastflow.pipelines import digits, slimflow
+    from fastflow.pipelines import digits, meanflow, slimflow
 
     monkeypatch.setattr(digits, "N_EVAL", 40)
+    route = meanflow.route_budget
+    monkeypatch.setattr(meanflow, "route_budget", lambda d: 0.01 * route(d))  # the suite's time: 1 % of it
     out = tmp_path / "demo"
-    assert main(["demo", "--scale", "0.002", "--out", str(out), "--threads", "1"]) == 0
+    assert main(["demo", "--methods", "slimflow,meanflow", "--scale", "0.002", "--out", str(out),
+                 "--threads", "1"]) == 0
     res = json.loads((out / "results.json").read_text())
     rows = [(r["method"], r["solver"]) for r in res["rows"]]
     assert rows == [(m, f"{s} {n}" if n else s) for m, plan in slimflow.PLAN.items() for s, n in plan] + [
@@ -94,7 +98,18 @@ def test_demo_slimflow_end_to_end(tmp_path, monkeypatch, capsys) -> None:
     assert set(res["straightness"]) == {slimflow.TEACHER, slimflow.PLAIN, slimflow.ANNEAL}
     for name in ("samples.png", "grid_fgd.png", "grid_teacher_rk45.png", "latency_vs_nfe.png", "student_fgd.onnx"):
         assert (out / name).is_file()
-    assert "SlimFlow on digits, 40 samples per row" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "SlimFlow on digits, 40 samples per row" in printed and "MeanFlow vs the SlimFlow route" in printed
+    timing = json.loads((out / "timing.json").read_text())
+    assert set(slimflow.ROUTE) <= set(timing) and all(v > 0 for v in timing.values())
+    mf = json.loads((out / "meanflow" / "results.json").read_text())
+    assert mf["budget"]["budget_s"] == pytest.approx(0.01 * sum(timing[s] for s in slimflow.ROUTE))
+    assert mf["budget"]["steps"] >= mf["budget"]["probe_steps"] and mf["budget"]["train_s"] > 0
+    assert [(r["method"], r["solver"]) for r in mf["rows"]] == [
+        (meanflow.MEANFLOW, "euler 1"), (meanflow.MEANFLOW, "euler 2"), (slimflow.FGD, "euler 1"),
+        (slimflow.ANNEAL, "euler 2")]
+    assert set(mf["checks"]) == {claim for claim, _, _ in meanflow.ORDERINGS}
+    assert (out / "meanflow" / "grid_meanflow.png").is_file() and (out / "meanflow" / "samples.png").is_file()
 
 
 def test_demo_sr_refuses_a_bad_lpips_backbone_before_training(tmp_path, monkeypatch, capsys) -> None:
