@@ -160,3 +160,16 @@ def test_meanflow_needs_a_two_time_model(tmp_path) -> None:
         train(tiny_config(tmp_path / "r", "objective={name: meanflow}", "train.steps=1"))
     run = train(tiny_config(tmp_path / "mf", "objective={name: meanflow}", "model.times=2", "train.steps=3"))
     assert load_model(run).config.times == 2
+
+
+def test_a_meanflow_checkpoint_exports_to_onnx_and_validates(tmp_path) -> None:
+    from helpers import run_cli
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny", "in_channels": 1, "resolution": 8, "times": 2, "t_scale": 1.0})
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)  # a non-trivial u
+    save_model(tmp_path / "mf", model, model, meta={"objective_config": {"name": "meanflow"}})
+    r = run_cli("-m", "fastflow.cli.export", str(tmp_path / "mf"), "--format", "onnx", "-o", str(tmp_path / "g.onnx"),
+                "--batch", "2", "--validate", "--device", "cpu")
+    assert r.returncode == 0 and "validation passed" in r.stdout, r.stderr[-2000:]
