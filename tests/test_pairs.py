@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,6 +103,27 @@ def _pairs_cmd(ckpt, out, ranks: int) -> list[str]:
             "-m", "fastflow", *args]
 
 
+def _kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process below it (children first found through /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo += children.get(p, [])
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_sigkill_restart_gives_identical_pairs(tmp_path, slow_teacher, ranks) -> None:
     env = {**cli_env(), "OMP_NUM_THREADS": "1", "FASTFLOW_THREADS": "1"}  # same kernels whatever the rank count
@@ -116,7 +138,7 @@ def test_sigkill_restart_gives_identical_pairs(tmp_path, slow_teacher, ranks) ->
     while time.time() < deadline and len(list(out.glob("shard-*.safetensors"))) < 4:
         assert proc.poll() is None, "finished before the kill"
         time.sleep(0.02)
-    os.killpg(proc.pid, signal.SIGKILL)
+    _kill_tree(proc.pid)  # torchrun's workers run in process groups of their own
     proc.wait()
     done = len(list(out.glob("shard-*.safetensors")))
     assert 4 <= done < 24, done
