@@ -14,12 +14,13 @@ from fastflow.pipelines import instaflow, meanflow, oftsr, slimflow
 
 
 def run(out: Path, seeds: Sequence[int], scale: float = 1.0, slimflow_run: bool = True, instaflow_run: bool = False,
-        oftsr_run: bool = False, meanflow_run: bool = False) -> None:
+        oftsr_run: bool = False, meanflow_run: bool = False, jobs: int = 1) -> None:
     """The chosen pipelines, once (one seed: 0) or over ``seeds``. MeanFlow runs beside each seed's
-    SlimFlow run (after it: its budget is that run's recorded time)."""
+    SlimFlow run (after it: its budget is that run's recorded CPU time). ``jobs > 1`` runs the seeds
+    of each pipeline in that many worker processes."""
     for wanted, where, pipeline in ((slimflow_run, out, slimflow), (meanflow_run, out, meanflow),
                                     (instaflow_run, out / "conditional", instaflow), (oftsr_run, out / "sr", oftsr)):
         if wanted and len(seeds) > 1:
-            pipeline.run_seeds(where, seeds, scale=scale)
+            pipeline.run_seeds(where, seeds, scale=scale, jobs=jobs)
         elif wanted:
             pipeline.run(where, scale=scale)

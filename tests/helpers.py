@@ -90,3 +90,11 @@ def tiny_diffusers_unet(cross_dim: int = 24) -> torch.nn.Module:
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=cross_dim, attention_head_dim=8, norm_num_groups=8)
+
+
+def seeded_run(out: Path, scale: float, seed: int = 0) -> dict:
+    """A pipeline ``run`` for ``over_seeds`` tests: rows from its seed, the process that ran it."""
+    out.mkdir(parents=True, exist_ok=True)
+    x = torch.Generator().manual_seed(seed)
+    return {"rows": [{"method": "m", "value": torch.rand((), generator=x).item() * scale}],
+            "checks": {"positive": True}, "pid": os.getpid()}

@@ -33,6 +33,40 @@ def test_aggregate_rows_means_and_sample_sds() -> None:
         aggregate_rows([runs[0], runs[1] * 2], ("method",))
 
 
+def test_over_seeds_in_worker_processes_equals_serial(tmp_path) -> None:
+    """``--jobs``: the seeds run in spawned worker processes and aggregate exactly as run one by one."""
+    import os
+
+    from helpers import seeded_run
+
+    from fastflow.pipelines.stages import over_seeds
+
+    serial = over_seeds(seeded_run, tmp_path, [0, 1, 2], 2.0, ("method",))
+    parallel = over_seeds(seeded_run, tmp_path, [0, 1, 2], 2.0, ("method",), jobs=2)
+    assert {r["pid"] for r in serial["per_seed"].values()} == {os.getpid()}
+    assert os.getpid() not in {r["pid"] for r in parallel["per_seed"].values()}
+    assert parallel["rows"] == serial["rows"] and parallel["checks"] == serial["checks"] == {"positive": 3}
+    assert [r["rows"] for r in parallel["per_seed"].values()] == [r["rows"] for r in serial["per_seed"].values()]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed-0", "seed-1", "seed-2"]
+
+
+def test_meanflow_budget_fills_the_route_time() -> None:
+    """The step count from the probe: start-up = the probe's time outside its logged steps, paid
+    once more by the resumed run; the steady step time is the last interval's."""
+    from fastflow.errors import ConfigError
+    from fastflow.pipelines.meanflow import fill_budget
+
+    records = [{"step": 50, "cpu_s_per_step": 0.2}, {"step": 100, "cpu_s_per_step": 0.1}]
+    plan = fill_budget(100.0, 100, 25.0, records)  # 15 s in steps, 10 s start-up
+    assert plan["startup_s"] == pytest.approx(10.0) and plan["probe_s_per_step"] == 0.1
+    assert plan["steps"] == 100 + int((100 - 25 - 10) / 0.1)
+    spent = plan["probe_s"] + plan["startup_s"] + (plan["steps"] - 100) * plan["probe_s_per_step"]
+    assert spent == pytest.approx(100.0, abs=0.1)
+    assert fill_budget(20.0, 100, 25.0, records)["steps"] == 100  # the probe already spent it
+    with pytest.raises(ConfigError, match="logged no steps"):
+        fill_budget(100.0, 100, 25.0, [])
+
+
 def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -> None:
     """``fastflow demo --skip-main --conditional --sr --seeds 2`` at a tiny budget: each seed trains
     and scores its own models, and the aggregate rows are the per-seed mean ± sd."""

@@ -85,7 +85,7 @@ def test_loss_decreases_and_artifacts(tmp_path) -> None:
     first = sum(r["loss"] for r in log[:10]) / 10
     last = sum(r["loss"] for r in log[-10:]) / 10
     assert last < 0.7 * first, (first, last)
-    assert {"loss", "lr", "grad_norm", "ema_decay", "samples_per_s"} <= set(log[0])
+    assert {"loss", "lr", "grad_norm", "ema_decay", "samples_per_s", "cpu_s_per_step"} <= set(log[0])
     assert (run / "samples" / "step-00000030.png").is_file() and (run / "config.yaml").is_file()
     assert [p.name for p in list_checkpoints(run)] == ["step-00000030", "step-00000060"]
     assert load_model(latest_checkpoint(run)).config.channels == 8

@@ -21,6 +21,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=positive_int, default=1,
                    help="run each pipeline (SlimFlow, --conditional, --sr) with seeds 0 … N−1 (each in "
                         "its OUT/…/seed-S) and report mean ± sd")
+    p.add_argument("--jobs", type=positive_int, default=1,
+                   help="with --seeds: run that many seeds at once, each in its own process with --threads threads "
+                        "(training budgets are CPU seconds, so MeanFlow's equal compute holds; latencies are "
+                        "measured under the other jobs' load: rerun without --jobs to re-score, finished stages "
+                        "are skipped)")
     p.add_argument("--methods", type=choice_list("slimflow", "meanflow"), default=["slimflow"],
                    help="one-step routes on digits: slimflow (teacher, pairs, reflow, FGD) and/or meanflow "
                         "(teacher-free, trained for the SlimFlow route's measured time; needs that run in --out)")
@@ -35,5 +40,5 @@ def run(args: argparse.Namespace) -> int:
 
     demo.run(writable_dir(args.out), list(range(args.seeds)), args.scale,
              slimflow_run="slimflow" in args.methods and not args.skip_main, instaflow_run=args.conditional,
-             oftsr_run=args.sr, meanflow_run="meanflow" in args.methods)
+             oftsr_run=args.sr, meanflow_run="meanflow" in args.methods, jobs=args.jobs)
     return 0

@@ -1,7 +1,7 @@
 """MeanFlow on the embedded digits at the SlimFlow route's compute (``fastflow demo --methods
 slimflow,meanflow``), as named stages:
 
-1. :func:`route_budget` — the seconds the SlimFlow route to its deployed one-step student took in
+1. :func:`route_budget` — the CPU seconds the SlimFlow route to its deployed one-step student took in
    the same run (1-RF teacher + pairs + Annealing-Reflow student + FGD, from ``timing.json``; the
    ablation runs beside them are not counted).
 2. :func:`train_meanflow` — the same student architecture (``digits-small``, two times) trained from
@@ -17,15 +17,16 @@ error rose from 5 to 45 over 300 steps at 999, fell from 1.1 to 0.26 at 1).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from fastflow.errors import ConfigError
 from fastflow.models import load_model
 from fastflow.pipelines import digits, slimflow
 from fastflow.pipelines.report import ResultRow, print_table, report_seeds, sample_rows_figure
 from fastflow.pipelines.stages import budget, log, over_seeds, stage_seconds, timed, train_stage
+from fastflow.train.logger import read_log
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json, read_json
 
@@ -48,21 +49,38 @@ def route_budget(slim_dir: Path) -> float:
 
 
 def train_meanflow(out: Path, seconds: float, seed: int, scale: float = 1.0) -> tuple[Path, dict[str, Any]]:
-    """MeanFlow for ``seconds`` of training: its checkpoint and the plan (steps, measured rates)."""
+    """MeanFlow for ``seconds`` of training CPU time: its checkpoint and the plan (steps, measured rates)."""
     plan_path = out / "budget.json"
     plan = read_json(plan_path) if plan_path.is_file() else {}
     if "steps" not in plan:
         probe = budget(PROBE_STEPS, scale)
-        log(f"[meanflow 1/2] probe: {probe} steps to measure the step time (budget {seconds:.0f}s)")
-        t0 = time.perf_counter()
+        log(f"[meanflow 1/2] probe: {probe} steps to measure the step time (budget {seconds:.0f} CPU s)")
         train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={probe}", f"train.ckpt_every={probe}"], seed=seed)
-        per_step = (time.perf_counter() - t0) / probe
-        plan = {"budget_s": seconds, "probe_steps": probe, "probe_s_per_step": per_step,
-                "steps": max(probe, int(seconds / per_step))}
+        plan = fill_budget(seconds, probe, stage_seconds(out, ["meanflow"]), read_log(out / "meanflow" / "log.jsonl"))
         atomic_write_json(plan_path, plan)
-    log(f"[meanflow 2/2] MeanFlow to {plan['steps']} steps ({plan['probe_s_per_step']:.3f}s/step measured)")
+    log(f"[meanflow 2/2] MeanFlow to {plan['steps']} steps ({plan['probe_s_per_step']:.3f} CPU s/step, "
+        f"{plan['startup_s']:.1f} s start-up measured)")
     ckpt = train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={plan['steps']}", "train.ckpt_every=500"], seed=seed)
     return ckpt, plan
+
+
+def fill_budget(seconds: float, probe: int, probe_s: float, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The step count whose CPU time fills ``seconds``, from a probe of ``probe`` steps that took
+    ``probe_s`` CPU seconds in all and logged ``records`` (``cpu_s_per_step`` per interval).
+
+    With a steady step time ``p`` (the last interval's) and a start-up ``S`` (the probe's time outside
+    its steps, paid again by the resumed run), the total ``probe_s + S + (N − probe)·p`` equals the
+    budget for ``N = probe + (seconds − probe_s − S) / p`` (at least ``probe``)."""
+    if not records:
+        raise ConfigError("the MeanFlow probe logged no steps (train.log_every larger than the probe?)")
+    in_steps, last = 0.0, 0
+    for rec in records:
+        in_steps += rec["cpu_s_per_step"] * (rec["step"] - last)
+        last = rec["step"]
+    per_step, startup = records[-1]["cpu_s_per_step"], max(0.0, probe_s - in_steps)
+    steps = probe + max(0, int((seconds - probe_s - startup) / per_step))
+    return {"budget_s": seconds, "probe_steps": probe, "probe_s": probe_s, "probe_s_per_step": per_step,
+            "startup_s": startup, "steps": steps}
 
 
 def score(slim_dir: Path, meanflow: Path, seed: int) -> tuple[list[ResultRow], dict[str, Any]]:
@@ -105,9 +123,9 @@ def run(slim_dir: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     return result
 
 
-def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0) -> dict[str, Any]:
+def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1) -> dict[str, Any]:
     """:func:`run` beside each seed's SlimFlow run (``out/seed-S``): rows as mean ± sd, orderings paired."""
-    result = over_seeds(run, out, seeds, scale, ("method", "solver"))
+    result = over_seeds(run, out, seeds, scale, ("method", "solver"), jobs)
     report_seeds(out / "meanflow", result, f"MeanFlow vs the SlimFlow route at equal time ({digits.N_EVAL} samples "
                  "per row and seed)", slimflow.FIELDS, ORDERINGS)
     return result

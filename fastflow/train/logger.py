@@ -9,21 +9,25 @@ from typing import Any
 from fastflow.utils.io import atomic_write_text
 
 
-def truncate_log(path: Path, step: int) -> None:
-    """Drop records past ``step`` (written after the checkpoint we resume from)."""
+def read_log(path: Path) -> list[dict[str, Any]]:
+    """The records of a ``log.jsonl`` (none when it is missing; a line cut by a kill is skipped)."""
     if not path.is_file():
-        return
-    keep = []
+        return []
+    records = []
     for line in path.read_text(errors="replace").splitlines():
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError:  # a line cut by a kill
+        except json.JSONDecodeError:
             continue
-        if not isinstance(rec, dict):
-            continue
-        if rec.get("step", 0) <= step:
-            keep.append(line)
-    atomic_write_text(path, "".join(k + "\n" for k in keep))
+        if isinstance(rec, dict):
+            records.append(rec)
+    return records
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Drop records past ``step`` (written after the checkpoint we resume from)."""
+    if path.is_file():
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in read_log(path) if r.get("step", 0) <= step))
 
 
 class Logger:

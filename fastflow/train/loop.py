@@ -243,7 +243,7 @@ def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset
     bar = tqdm(total=cfg.train.steps, initial=start, disable=not (info.main and cfg.train.progress),
                dynamic_ncols=True, desc="train", mininterval=0.2 if sys.stderr.isatty() else 15.0)
     sums: dict[str, Tensor] = {}
-    t_last, n_last = time.perf_counter(), start
+    t_last, cpu_last, n_last = time.perf_counter(), time.process_time(), start
     model.train()
     for step in range(start, cfg.train.steps):
         lr = lr_at(cfg, step)
@@ -265,12 +265,13 @@ def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset
         if n % cfg.train.log_every == 0 or n == cfg.train.steps:
             rec = _mean_logs(sums, n_last, n, info)
             if info.main:
-                now = time.perf_counter()
+                now, cpu = time.perf_counter(), time.process_time()
                 rec.update(lr=lr, ema_decay=decay,
-                           samples_per_s=(n - n_last) * cfg.train.batch_size / (now - t_last))
+                           samples_per_s=(n - n_last) * cfg.train.batch_size / (now - t_last),
+                           cpu_s_per_step=(cpu - cpu_last) / (n - n_last))
                 logger.log(n, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                t_last = now
+                t_last, cpu_last = now, cpu
             sums, n_last = {}, n
 
         if n % cfg.train.ckpt_every == 0 or n == cfg.train.steps:
