@@ -22,10 +22,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="run each pipeline (SlimFlow, --conditional, --sr) with seeds 0 … N−1 (each in "
                         "its OUT/…/seed-S) and report mean ± sd")
     p.add_argument("--jobs", type=positive_int, default=1,
-                   help="with --seeds: run that many seeds at once, each in its own process with --threads threads "
-                        "(training budgets are CPU seconds, so MeanFlow's equal compute holds; latencies are "
-                        "measured under the other jobs' load: rerun without --jobs to re-score, finished stages "
-                        "are skipped)")
+                   help="with --seeds: run that many seeds at once, each in its own process with --threads threads, "
+                        "for machines with cores to spare (on 2 cores it gained nothing and slowed every step ~2x). "
+                        "MeanFlow's budget is CPU seconds measured in its seed's process; latencies are measured "
+                        "under the other jobs' load: rerun without --jobs to re-score (finished stages are skipped)")
     p.add_argument("--methods", type=choice_list("slimflow", "meanflow"), default=["slimflow"],
                    help="one-step routes on digits: slimflow (teacher, pairs, reflow, FGD) and/or meanflow "
                         "(teacher-free, trained for the SlimFlow route's measured time; needs that run in --out)")

@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from fastflow.errors import ArtifactError, MissingBackendError
+from fastflow.export.quantize import fp32_onnx_then_int8, quantize_module
 from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
 
 Runner = Callable[..., Tensor]  # run(*inputs) → image
@@ -32,15 +33,16 @@ def input_names(gen: nn.Module, example: Example) -> list[str]:
     return list(gen.input_names[: len(example)])
 
 
-def _dynamic_shapes(gen: nn.Module, example: Example, batch: BatchRange) -> dict[str, Any] | None:
+def _dynamic_shapes(example: Example, batch: BatchRange) -> tuple[dict[int, Any], ...] | None:
+    """Dimension 0 of every input is the batch (positional: also fits a quantized graph module)."""
     if not batch.dynamic:
         return None
     dim = torch.export.Dim("batch", min=batch.min, max=batch.max)
-    return {name: {0: dim} for name in input_names(gen, example)}
+    return tuple({0: dim} for _ in example)
 
 
 def _exported(gen: nn.Module, example: Example, batch: BatchRange) -> torch.export.ExportedProgram:
-    return torch.export.export(gen, example, dynamic_shapes=_dynamic_shapes(gen, example, batch))
+    return torch.export.export(gen, example, dynamic_shapes=_dynamic_shapes(example, batch))
 
 
 def _softmax_in_fp32(path: Path) -> None:
@@ -67,14 +69,20 @@ def _softmax_in_fp32(path: Path) -> None:
 
 
 def build_onnx(gen: nn.Module, example: Example, batch: BatchRange, path: Path, opset: int,
-               dtype: str) -> None:
+               dtype: str, calibration: Sequence[Example] = ()) -> None:
+    """ONNX through the dynamo exporter; ``calibration`` given: int8 QDQ (:mod:`~fastflow.export.quantize`)."""
     for mod in ("onnx", "onnxscript"):
         if importlib.util.find_spec(mod) is None:
             raise MissingBackendError(f"--format onnx needs {mod}: pip install onnx onnxscript onnxruntime")
-    torch.onnx.export(gen, example, str(path), dynamo=True, opset_version=opset,
-                      dynamic_shapes=_dynamic_shapes(gen, example, batch),
-                      input_names=input_names(gen, example),
-                      output_names=["image"], verbose=False)
+
+    def export(to: Path) -> None:
+        torch.onnx.export(gen, example, str(to), dynamo=True, opset_version=opset,
+                          dynamic_shapes=_dynamic_shapes(example, batch), input_names=input_names(gen, example),
+                          output_names=["image"], verbose=False)
+    if calibration:
+        fp32_onnx_then_int8(export, path, calibration, input_names(gen, example))
+        return
+    export(path)
     if dtype == "fp16":
         _softmax_in_fp32(path)
 
@@ -86,11 +94,31 @@ def load_onnx(path: Path, device: torch.device) -> Runner:
         raise MissingBackendError("validating ONNX needs onnxruntime: pip install onnxruntime") from None
     providers = (["CUDAExecutionProvider", "CPUExecutionProvider"] if device.type == "cuda"
                  else ["CPUExecutionProvider"])
-    sess = ort.InferenceSession(str(path), providers=providers)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()  # PyTorch's thread count: like for like
+    sess = ort.InferenceSession(str(path), options, providers=providers)
     names = [i.name for i in sess.get_inputs()]
 
     def run(*inputs: Tensor) -> Tensor:
         return torch.from_numpy(sess.run(None, {n: x.cpu().numpy() for n, x in zip(names, inputs)})[0])
+    return run
+
+
+def load_openvino(path: Path, device: torch.device) -> Runner:
+    """An ONNX generator compiled by OpenVINO for the CPU (fp32 inference precision, PyTorch's
+    thread count; an int8 QDQ graph runs in int8)."""
+    if device.type != "cpu":
+        raise MissingBackendError("the openvino backend runs on the CPU here (--device cpu)")
+    try:
+        import openvino as ov
+    except ImportError:
+        raise MissingBackendError("the openvino backend needs OpenVINO: pip install 'fastflow[openvino]'") from None
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    names = [i.get_any_name() for i in compiled.inputs]
+
+    def run(*inputs: Tensor) -> Tensor:
+        return torch.from_numpy(compiled({n: x.cpu().numpy() for n, x in zip(names, inputs)})[0].copy())
     return run
 
 
@@ -117,7 +145,12 @@ def _aoti_configs(spec: GeneratorSpec) -> dict[str, Any]:
     return {"aot_inductor.metadata": spec.to_metadata(), "aot_inductor.check_lowerbound": False}
 
 
-def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path) -> None:
+def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path,
+              calibration: Sequence[Example] = ()) -> None:
+    """An AOTInductor package; ``calibration`` given: int8 through torchao PT2E, compiled with freezing
+    (:mod:`~fastflow.export.quantize`)."""
+    if calibration:
+        gen = quantize_module(gen, example, calibration)
     ep = _exported(gen, example, spec.batch)
     # fused "op": keep the fastflow ops opaque (the package calls the registered ops; CPU under the
     # interpreter). On CUDA ("triton") Inductor compiles the ops' Triton kernels into the package.
@@ -126,7 +159,8 @@ def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path)
     # its destructor) when the disk fills; a Python copy fails with a plain ENOSPC instead.
     with opaque, tempfile.TemporaryDirectory(prefix="fastflow-pt2-") as tmp:
         package = Path(tmp) / path.name
-        torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=_aoti_configs(spec))
+        configs = {**_aoti_configs(spec), "freezing": bool(calibration)}
+        torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
         shutil.copyfile(package, path)
 
 
@@ -284,16 +318,18 @@ def build_trt_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: P
     trt_gm = tt.dynamo.compile(_exported(gen.cuda(), example, spec.batch), arg_inputs=_trt_inputs(example, spec),
                                **_trt_settings(spec, opt_level, timing_cache))
     tt.save(trt_gm, str(path), output_format="aot_inductor", retrace=True, arg_inputs=list(example),
-            dynamic_shapes=_dynamic_shapes(gen, example, spec.batch), inductor_configs=_aoti_configs(spec))
+            dynamic_shapes=_dynamic_shapes(example, spec.batch), inductor_configs=_aoti_configs(spec))
 
 
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
-    """Settings some formats take: the ONNX opset, TensorRT's optimisation level and timing cache."""
+    """Settings some formats take: the ONNX opset, TensorRT's optimisation level and timing cache,
+    and int8 calibration inputs (empty: no quantization; ``onnx`` and ``pt2`` only)."""
 
     opset: int = 19
     opt_level: int = 3
     timing_cache: str | None = None
+    calibration: tuple[Example, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -309,9 +345,9 @@ class Format:
 
 #: format name → how it is built and run (the one list ``fastflow-export --format`` offers)
 FORMATS: dict[str, Format] = {
-    "onnx": Format(lambda g, e, s, p, o: build_onnx(g, e, s.batch, p, o.opset, s.dtype), load_onnx, False,
+    "onnx": Format(lambda g, e, s, p, o: build_onnx(g, e, s.batch, p, o.opset, s.dtype, o.calibration), load_onnx, False,
                    "ONNX with dynamic batch, GroupNorm and softmax in fp32, run by ONNX Runtime"),
-    "pt2": Format(lambda g, e, s, p, o: build_pt2(g, e, s, p), load_pt2, False,
+    "pt2": Format(lambda g, e, s, p, o: build_pt2(g, e, s, p, o.calibration), load_pt2, False,
                   "AOTInductor package with input checks and metadata (fastflow-run runs it)", kernels=True),
     "ep": Format(lambda g, e, s, p, o: build_ep(g, e, s.batch, p), load_ep, False, "torch.export program",
                  kernels=True),

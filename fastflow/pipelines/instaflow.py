@@ -120,9 +120,10 @@ def run(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     return result
 
 
-def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1) -> dict[str, Any]:
+def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,
+              runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """:func:`run` once per seed (``out/seed-S``): rows as mean ± sd, the orderings as paired gains."""
-    result = over_seeds(run, out, seeds, scale, ("method", "solver", "CFG α", "params (M)"), jobs)
+    result = over_seeds(run, out, seeds, scale, ("method", "solver", "CFG α", "params (M)"), jobs, runs)
     report_seeds(out, result, f"InstaFlow on class-conditioned digits ({digits.N_EVAL} samples per row and seed)",
                  ["method", "solver", "cfg", "nfe", "label_accuracy", "fd", "coverage"], ORDERINGS)
     return result

@@ -123,9 +123,10 @@ def run(slim_dir: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
     return result
 
 
-def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1) -> dict[str, Any]:
+def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,
+              runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """:func:`run` beside each seed's SlimFlow run (``out/seed-S``): rows as mean ± sd, orderings paired."""
-    result = over_seeds(run, out, seeds, scale, ("method", "solver"), jobs)
+    result = over_seeds(run, out, seeds, scale, ("method", "solver"), jobs, runs)
     report_seeds(out / "meanflow", result, f"MeanFlow vs the SlimFlow route at equal time ({digits.N_EVAL} samples "
                  "per row and seed)", slimflow.FIELDS, ORDERINGS)
     return result

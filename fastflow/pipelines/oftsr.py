@@ -124,10 +124,11 @@ def teacher_gap(rows: Sequence[dict[str, Any]]) -> float:
     return max((r for r in rows if r["tau"] is not None), key=lambda r: r["tau"])["psnr"] - _row(rows, "teacher")["psnr"]
 
 
-def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1) -> dict[str, Any]:
+def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,
+              runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """:func:`run` once per seed (``out/seed-S``): the τ sweep as mean ± sd (also plotted with
     error bars) and the paired PSNR gap of the τ ≈ 1 student to the teacher."""
-    result = over_seeds(run, out, seeds, scale, ("method", "tau", "NFE"), jobs)
+    result = over_seeds(run, out, seeds, scale, ("method", "tau", "NFE"), jobs, runs)
     gap = mean_sd([teacher_gap(r["rows"]) for r in result["per_seed"].values()])
     result["student τ≈1 − teacher PSNR (dB)"] = gap
     save_sweep_plot(result["rows"], str(out / "tau_sweep.png"))

@@ -207,10 +207,11 @@ def _print(result: dict[str, Any], n: int, out: Path) -> None:
           f"student_fgd.onnx, results.json in {result['seconds']['total']:.0f}s")
 
 
-def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1) -> dict[str, Any]:
+def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,
+              runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """:func:`run` once per seed (``out/seed-S``): rows as mean ± sd, the paper's orderings as
     paired gains, straightness as mean ± sd."""
-    result = over_seeds(run, out, seeds, scale, ("method", "solver", "params (M)"), jobs)
+    result = over_seeds(run, out, seeds, scale, ("method", "solver", "params (M)"), jobs, runs)
     runs = list(result["per_seed"].values())
     result["straightness"] = {m: mean_sd([r["straightness"][m] for r in runs]) for m in runs[0]["straightness"]}
     report_seeds(out, result, f"SlimFlow on digits ({digits.N_EVAL} samples per row and seed)", FIELDS, ORDERINGS)

@@ -70,20 +70,25 @@ def stage_seconds(out: Path, names: Sequence[str]) -> float:
 
 
 def over_seeds(run: Callable[..., dict[str, Any]], out: Path, seeds: Sequence[int], scale: float,
-               keys: Sequence[str], jobs: int = 1) -> dict[str, Any]:
-    """``run(out/seed-S, scale, seed=S)`` for each seed — in ``jobs`` worker processes (spawned, each
-    with this process's thread count) when ``jobs > 1`` — its rows as mean ± sd (``aggregate_rows``:
-    ``keys`` name a row), each check as the number of seeds in which it holds, and every run."""
-    if jobs > 1 and len(seeds) > 1:
-        with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=multiprocessing.get_context("spawn"),
-                                 initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
-            runs = list(pool.map(partial(_run_seed, run, out, scale), seeds))
-    else:
-        runs = [_run_seed(run, out, scale, s) for s in seeds]
+               keys: Sequence[str], jobs: int = 1, runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """``run(out/seed-S, scale, seed=S)`` for each seed (:func:`run_each`; ``runs``: their results,
+    already run), its rows as mean ± sd (``aggregate_rows``: ``keys`` name a row), each check as the
+    number of seeds in which it holds, and every run."""
+    runs = list(runs) if runs is not None else run_each(run, out, seeds, scale, jobs)
     return {"seeds": list(seeds), "scale": scale, "rows": aggregate_rows([r["rows"] for r in runs], keys),
             "checks": {name: sum(bool(r["checks"][name]) for r in runs) for name in runs[0]["checks"]},
             "per_seed": {str(s): r for s, r in zip(seeds, runs)}}
 
 
-def _run_seed(run: Callable[..., dict[str, Any]], out: Path, scale: float, seed: int) -> dict[str, Any]:
+def run_each(run: Callable[..., Any], out: Path, seeds: Sequence[int], scale: float, jobs: int = 1) -> list[Any]:
+    """``run(out/seed-S, scale, seed=S)`` for each seed, in ``jobs`` worker processes (spawned, each
+    with this process's thread count) when ``jobs > 1``."""
+    if jobs > 1 and len(seeds) > 1:
+        with ProcessPoolExecutor(min(jobs, len(seeds)), mp_context=multiprocessing.get_context("spawn"),
+                                 initializer=torch.set_num_threads, initargs=(torch.get_num_threads(),)) as pool:
+            return list(pool.map(partial(_run_seed, run, out, scale), seeds))
+    return [_run_seed(run, out, scale, s) for s in seeds]
+
+
+def _run_seed(run: Callable[..., Any], out: Path, scale: float, seed: int) -> Any:
     return run(out / f"seed-{seed}", scale, seed=seed)
