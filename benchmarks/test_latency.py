@@ -172,3 +172,41 @@ def test_native_backend_without_runner_is_one_line_exit_2(tmp_path) -> None:
                           "--runner", str(tmp_path / "nope"), "--out", str(tmp_path / "l.json"),
                           "--png", str(tmp_path / "l.png")], capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and "make native" in res.stderr, res.stderr
+
+
+def test_roofline_fields_follow_their_formula() -> None:
+    """GFLOP/s × time = FLOPs, the fraction is against the peak of the row's precision."""
+    from fastflow.bench.roofline import add_roofline, matmul_rate
+
+    rows = [{"flops": 4e9, "p50_ms": 20.0}, {"flops": 4e9, "p50_ms": 10.0, "precision": "int8"}, {"p50_ms": 1.0}]
+    add_roofline(rows, {"fp32_gflops": 400.0, "int8_gops": 1000.0, "threads": 3})
+    assert rows[0]["gflop_per_s"] == pytest.approx(200.0) and rows[0]["fraction_of_peak"] == pytest.approx(0.5)
+    assert rows[1]["gflop_per_s"] == pytest.approx(400.0) and rows[1]["fraction_of_peak"] == pytest.approx(0.4)
+    assert rows[1]["peak_gflops"] == 1000.0 and rows[0]["threads"] == 3 and "gflop_per_s" not in rows[2]
+    assert matmul_rate(torch.device("cpu"), "fp32", n=128, iters=2) > 0
+    assert matmul_rate(torch.device("cpu"), "int8", n=128, iters=2) > 0
+
+
+def test_generator_backends_time_openvino_and_int8_against_eager() -> None:
+    """The OpenVINO and int8 rows: the student's generator, checked against eager PyTorch, with
+    consistent roofline fields measured against the same run's matrix-multiply rates."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("openvino")
+    torch.manual_seed(0)
+    m = build_model({"preset": "tiny"}).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    z = torch.randn(2, 3, 8, 8)
+    rows = latency_suite(m, m, z, ["eager", "openvino", "onnxruntime-int8", "openvino-int8"], euler_ns=[1],
+                         heun_ns=[], rk45=False, iters=3, warmup=1)
+    gen = {r["backend"]: r for r in rows if r["model"] == "student" and r["solver"] == "euler"}
+    assert gen["openvino"]["precision"] == "fp32" and gen["openvino"]["max_abs_vs_eager"] < 1e-4
+    with torch.no_grad():
+        scale = float(Generator(m, 1)(z).abs().max())
+    for b in ("onnxruntime-int8", "openvino-int8"):
+        assert gen[b]["precision"] == "int8" and 0 < gen[b]["max_abs_vs_eager"] < 0.2 * scale
+        assert gen[b]["peak_gflops"] == gen["openvino-int8"]["peak_gflops"] != gen["openvino"]["peak_gflops"]
+    for r in rows:
+        assert r["gflop_per_s"] * r["p50_ms"] * 1e6 == pytest.approx(r["flops"])
+        assert r["fraction_of_peak"] == pytest.approx(r["gflop_per_s"] / r["peak_gflops"])
+        assert r["threads"] == torch.get_num_threads()

@@ -111,10 +111,10 @@ def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -
 
 
 def test_demo_slimflow_and_meanflow_end_to_end(tmp_path, monkeypatch, capsys) -> None:
-    """``fastflow demo --methods slimflow,meanflow`` at a tiny budget: every stage runs, the table
-    carries every model × solver and the ONNX row, the run's checks and straightness are reported,
-    the figures and the exported generator are written; MeanFlow trains for the route's recorded
-    time and is scored beside the route's students."""
+    """``fastflow demo --methods slimflow,meanflow --seeds 2`` at a tiny budget: every stage runs, the
+    table carries every model × solver and the ONNX row, the run's checks and straightness are
+    reported, the figures and the exported generator are written; each seed's MeanFlow trains for
+    that seed's recorded route time, right after it, and both routes aggregate over the seeds."""
     from fastflow.cli.main import main
     from fastflow.pipelines import digits, meanflow, slimflow
 
@@ -122,28 +122,35 @@ def test_demo_slimflow_and_meanflow_end_to_end(tmp_path, monkeypatch, capsys) ->
     route = meanflow.route_budget
     monkeypatch.setattr(meanflow, "route_budget", lambda d: 0.01 * route(d))  # the suite's time: 1 % of it
     out = tmp_path / "demo"
-    assert main(["demo", "--methods", "slimflow,meanflow", "--scale", "0.002", "--out", str(out),
+    assert main(["demo", "--methods", "slimflow,meanflow", "--seeds", "2", "--scale", "0.002", "--out", str(out),
                  "--threads", "1"]) == 0
-    res = json.loads((out / "results.json").read_text())
+    res = json.loads((out / "seed-1" / "results.json").read_text())
     rows = [(r["method"], r["solver"]) for r in res["rows"]]
     assert rows == [(m, f"{s} {n}" if n else s) for m, plan in slimflow.PLAN.items() for s, n in plan] + [
         ("distilled (FGD), ONNX Runtime", "euler 1")]
     assert set(res["checks"]) >= {claim for claim, _, _ in slimflow.ORDERINGS} | {"ONNX export validates against PyTorch"}
     assert set(res["straightness"]) == {slimflow.TEACHER, slimflow.PLAIN, slimflow.ANNEAL}
     for name in ("samples.png", "grid_fgd.png", "grid_teacher_rk45.png", "latency_vs_nfe.png", "student_fgd.onnx"):
-        assert (out / name).is_file()
+        assert (out / "seed-1" / name).is_file()
     printed = capsys.readouterr().out
     assert "SlimFlow on digits, 40 samples per row" in printed and "MeanFlow vs the SlimFlow route" in printed
-    timing = json.loads((out / "timing.json").read_text())
-    assert set(slimflow.ROUTE) <= set(timing) and all(v > 0 for v in timing.values())
-    mf = json.loads((out / "meanflow" / "results.json").read_text())
-    assert mf["budget"]["budget_s"] == pytest.approx(0.01 * sum(timing[s] for s in slimflow.ROUTE))
-    assert mf["budget"]["steps"] >= mf["budget"]["probe_steps"] and mf["budget"]["train_s"] > 0
-    assert [(r["method"], r["solver"]) for r in mf["rows"]] == [
-        (meanflow.MEANFLOW, "euler 1"), (meanflow.MEANFLOW, "euler 2"), (slimflow.FGD, "euler 1"),
-        (slimflow.ANNEAL, "euler 2")]
-    assert set(mf["checks"]) == {claim for claim, _, _ in meanflow.ORDERINGS}
-    assert (out / "meanflow" / "grid_meanflow.png").is_file() and (out / "meanflow" / "samples.png").is_file()
+    # SlimFlow then MeanFlow per seed: seed 0's MeanFlow finished before seed 1's teacher started.
+    assert (out / "seed-0" / "meanflow" / "results.json").stat().st_mtime < \
+        (out / "seed-1" / "teacher-1rf" / "config.yaml").stat().st_mtime
+    for seed in (0, 1):
+        timing = json.loads((out / f"seed-{seed}" / "timing.json").read_text())
+        assert set(slimflow.ROUTE) <= set(timing) and all(v > 0 for v in timing.values())
+        mf = json.loads((out / f"seed-{seed}" / "meanflow" / "results.json").read_text())
+        assert mf["budget"]["budget_s"] == pytest.approx(0.01 * sum(timing[s] for s in slimflow.ROUTE))
+        assert mf["budget"]["steps"] >= mf["budget"]["probe_steps"] and mf["budget"]["train_s"] > 0
+        assert [(r["method"], r["solver"]) for r in mf["rows"]] == [
+            (meanflow.MEANFLOW, "euler 1"), (meanflow.MEANFLOW, "euler 2"), (slimflow.FGD, "euler 1"),
+            (slimflow.ANNEAL, "euler 2")]
+        assert set(mf["checks"]) == {claim for claim, _, _ in meanflow.ORDERINGS}
+        assert (out / f"seed-{seed}" / "meanflow" / "grid_meanflow.png").is_file()
+    for path in (out / "results-seeds.json", out / "meanflow" / "results-seeds.json"):
+        agg = json.loads(path.read_text())
+        assert agg["seeds"] == [0, 1] and set(agg["per_seed"]) == {"0", "1"} and all(" ± " not in k for k in agg)
 
 
 def test_demo_sr_refuses_a_bad_lpips_backbone_before_training(tmp_path, monkeypatch, capsys) -> None:

@@ -6,8 +6,9 @@ fixed batch), or a whole fixed-step generator is captured as one CUDA graph (``c
 The student's one-step *generator* is also exported as one AOTInductor package: ``aoti`` times it
 from Python and ``native`` times the C++ runner ``fastflow-run`` on the same package and inputs
 (student row only; its output is checked against Python's).
-Rows report NFE, FLOPs per generation (``torch.utils.flop_counter``), latency percentiles and
-parameters; :func:`speedup_check` sets the measured one-step speedup over Euler-N beside two
+The CPU backends of :mod:`fastflow.bench.artefacts` time the student's generator as ONNX in
+OpenVINO and as int8 artefacts. Rows report NFE, FLOPs per generation (``torch.utils.flop_counter``),
+latency percentiles, parameters and the roofline fields of :mod:`fastflow.bench.roofline`; :func:`speedup_check` sets the measured one-step speedup over Euler-N beside two
 predictions, ``N × (teacher call / student call)`` in time and the same ratio in FLOPs. It records
 numbers for a report; nothing asserts on the timings (tests check the FLOPs and call counts).
 """
@@ -30,10 +31,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastflow.utils.timing import measure_latency
+from fastflow.bench.artefacts import GENERATOR_BACKENDS, Artefacts, generator_row
+from fastflow.bench.roofline import add_roofline, peaks
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export.compile import CUDAGraphGenerator
-from fastflow.export.formats import build_pt2, load_pt2
+from fastflow.export.formats import build_pt2, load_onnx, load_pt2
 from fastflow.export.generator import Generator
 from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.flow.sample import generate
@@ -41,13 +43,14 @@ from fastflow.fused import apply as apply_fused, is_fused
 from fastflow.fused.runtime import kernels_in_export
 from fastflow.metrics.cost import count_flops, count_params
 from fastflow.utils.images import save_figure
+from fastflow.utils.timing import measure_latency
 
 EULER_NS = (1, 2, 4, 8, 16, 32, 64)
 
 
 #: the same paths with the Triton-fused GroupNorm/attention swapped in (CUDA; CPU only under the interpreter)
 FUSED_BACKENDS = ("fused", "fused+compiled", "fused+cudagraph", "fused+aoti")
-BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti", "native", *FUSED_BACKENDS)
+BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti", "native", *FUSED_BACKENDS, *GENERATOR_BACKENDS)
 
 
 def split_backend(backend: str) -> tuple[bool, str]:
@@ -174,17 +177,25 @@ class _Suite:
     workdir: Path
     iters: int
     warmup: int
+    artefacts: Artefacts  # the student's generator as ONNX / int8 artefacts (CPU backends)
 
 
 def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: Sequence[str] = ("eager",),
                   euler_ns: Sequence[int] = EULER_NS, heun_ns: Sequence[int] = (4,), rk45: bool = True,
                   iters: int = 20, warmup: int = 3, runner: str | None = None) -> list[dict[str, Any]]:
     """Latency rows for every (model, backend, solver) of the suite at the batch of ``z``; the
-    ``fused*`` backends time copies of the models with the fused kernels swapped in."""
+    ``fused*`` backends time copies of the models with the fused kernels swapped in, the
+    :data:`~fastflow.bench.artefacts.GENERATOR_BACKENDS` the student's generator artefacts. Every
+    row carries its roofline fields against the matrix-multiply rate measured first
+    (:mod:`fastflow.bench.roofline`)."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ConfigError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-    runner_path = find_runner(runner) if "native" in backends else None
+    on_cpu = [b for b in backends if b in GENERATOR_BACKENDS or b == "onnxruntime"]
+    if on_cpu and z.device.type != "cpu":
+        raise ConfigError(f"backend {on_cpu[0]} runs on the CPU (--device cpu)")
+    peak = peaks(z.device, int8=any(b.endswith("int8") for b in backends))
+    runner_path = find_runner(runner) if {"native", "native-int8"} & set(backends) else None
     student, teacher = student.eval(), teacher.eval()
     models = {False: (student, teacher)}
     if any(split_backend(b)[0] for b in backends):
@@ -194,13 +205,19 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
                 for fused in models if {"aoti", "native"} & {split_backend(b)[1] for b in backends
                                                              if split_backend(b)[0] == fused}}
     suite = _Suite(z, models, packages, {"student": count_params(student), "teacher": count_params(teacher)},
-                   {"student": count_flops(student, z), "teacher": count_flops(teacher, z)}, workdir, iters, warmup)
+                   {"student": count_flops(student, z), "teacher": count_flops(teacher, z)}, workdir, iters, warmup,
+                   Artefacts(student, z, workdir))
     rows: list[dict[str, Any]] = []
     for backend in backends:
         if backend == "native":
             rows.append(_native_row(suite, runner_path))
+        elif backend in GENERATOR_BACKENDS:
+            native = lambda pkg: native_latency(runner_path, pkg, z, iters, warmup, workdir)  # noqa: E731
+            rows.append(generator_row(suite.artefacts, backend, suite.flops["student"], suite.params["student"],
+                                      iters, warmup, native))
         else:
             rows += _backend_rows(suite, backend, euler_ns, heun_ns, rk45)
+    add_roofline(rows, peak)
     return rows
 
 
@@ -235,6 +252,8 @@ def _backend_rows(suite: _Suite, backend: str, euler_ns: Sequence[int], heun_ns:
         for who, m, solver, steps in plan:
             if base == "aoti" and who == "student":  # the package fastflow-run runs too
                 fn = partial(load_pt2(suite.packages[fused], dev), z)
+            elif base == "onnxruntime" and who == "student":  # the generator ONNX (the sampler inside)
+                fn = suite.artefacts.runner("onnx", load_onnx)
             else:
                 fn = _sampler(m, base, solver, steps, z)
             if solver == "rk45":

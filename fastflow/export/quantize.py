@@ -17,6 +17,7 @@ Both are CPU targets (x86 oneDNN / ONNX Runtime's CPU kernels) and take fp32 gen
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,6 +88,7 @@ def quantize_module(gen: nn.Module, example: Example, calibration: Sequence[Exam
     """The generator as a torchao PT2E int8 module for x86 (quantize/dequantize around oneDNN's int8
     convolutions and linears), calibrated on ``calibration``; export it again and compile it with
     ``freezing`` on to get the int8 kernels."""
+    logging.getLogger("torchao").setLevel(logging.ERROR)  # its CUDA-only extensions fail to load on CPUs, loudly
     try:
         from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
         from torchao.quantization.pt2e.quantizer import x86_inductor_quantizer as x86

@@ -1,0 +1,76 @@
+"""The student's one-step generator as deployed artefacts, each timed on the same noise and checked
+against eager PyTorch (``max_abs_vs_eager``): the ONNX generator in ONNX Runtime (the
+``onnxruntime`` student row) and in OpenVINO (``openvino``), and the int8 artefacts of
+``fastflow-export --quantize int8`` — ONNX Runtime's QDQ graph in ONNX Runtime and OpenVINO
+(``onnxruntime-int8``, ``openvino-int8``) and torchao's PT2E package from Python and from
+``fastflow-run`` (``aoti-int8``, ``native-int8``). Calibration uses the generator's own inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastflow.export.formats import build_onnx, build_pt2, load_onnx, load_openvino, load_pt2
+from fastflow.export.generator import Generator
+from fastflow.export.quantize import DEFAULT_CALIBRATION, calibration_inputs
+from fastflow.export.spec import BatchRange, GeneratorSpec
+from fastflow.utils.timing import measure_latency
+
+#: backends that time the student's generator artefact only (one row each)
+GENERATOR_BACKENDS = ("openvino", "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8")
+
+
+@dataclass
+class Artefacts:
+    """The student's generator artefacts at the batch of ``z``, built on first use in ``workdir``."""
+
+    student: nn.Module
+    z: Tensor
+    workdir: Path
+    built: dict[str, Path] = field(default_factory=dict)
+
+    def path(self, kind: str) -> Path:
+        """``onnx``, ``onnx-int8`` or ``pt2-int8``."""
+        if kind not in self.built:
+            gen, b = Generator(self.student, 1).eval(), self.z.shape[0]
+            spec = GeneratorSpec("generator", tuple(self.z.shape[1:]), BatchRange(b, b, b), device="cpu",
+                                 extra={"fused": "off"})
+            g = torch.Generator().manual_seed(1)
+            calib = calibration_inputs(lambda n: (torch.randn(n, *self.z.shape[1:], generator=g),),
+                                       DEFAULT_CALIBRATION, b) if kind.endswith("int8") else ()
+            path = self.workdir / f"student-generator-{kind}.{'pt2' if kind.startswith('pt2') else 'onnx'}"
+            with torch.no_grad():
+                if kind.startswith("onnx"):
+                    build_onnx(gen, (self.z,), spec.batch, path, 19, "fp32", calib)
+                else:
+                    build_pt2(gen, (self.z,), spec, path, calib)
+            self.built[kind] = path
+        return self.built[kind]
+
+    def runner(self, kind: str, load: Callable[[Path, torch.device], Callable[..., Tensor]]) -> Callable[[], Tensor]:
+        run = load(self.path(kind), torch.device("cpu"))
+        return lambda: run(self.z)
+
+
+def generator_row(art: Artefacts, backend: str, flops: int, params: int, iters: int, warmup: int,
+                  native: Callable[[Path], tuple[dict[str, float], Tensor]] | None = None) -> dict[str, Any]:
+    """One timed row of the student's generator on ``backend`` (``native``: times ``fastflow-run``
+    on a package, returning its latency and image)."""
+    with torch.no_grad():
+        ref = Generator(art.student, 1).eval()(art.z).float()
+    if backend == "native-int8":
+        lat, image = native(art.path("pt2-int8"))
+    else:
+        kind, load = {"onnxruntime": ("onnx", load_onnx), "openvino": ("onnx", load_openvino),
+                      "onnxruntime-int8": ("onnx-int8", load_onnx), "openvino-int8": ("onnx-int8", load_openvino),
+                      "aoti-int8": ("pt2-int8", load_pt2)}[backend]
+        fn = art.runner(kind, load)
+        lat, image = measure_latency(fn, "cpu", warmup=warmup, iters=iters).to_dict(), fn()
+    return {"model": "student", "backend": backend, "solver": "euler", "steps": 1, "nfe": 1.0, "flops": flops,
+            "params": params, "precision": "int8" if backend.endswith("int8") else "fp32",
+            "max_abs_vs_eager": float((image.float().cpu() - ref.cpu()).abs().max()), **lat}
