@@ -1,6 +1,7 @@
 """The student's one-step generator as deployed artefacts, each timed on the same noise and checked
 against eager PyTorch (``max_abs_vs_eager``): the ONNX generator in ONNX Runtime (the
-``onnxruntime`` student row) and in OpenVINO (``openvino``), and the int8 artefacts of
+``onnxruntime`` student row) and in OpenVINO (``openvino``), the fp32 package (``aoti``,
+``native``; ``benchmarks/cpu_roofline.py``), and the int8 artefacts of
 ``fastflow-export --quantize int8`` — ONNX Runtime's QDQ graph in ONNX Runtime and OpenVINO
 (``onnxruntime-int8``, ``openvino-int8``) and torchao's PT2E package from Python and from
 ``fastflow-run`` (``aoti-int8``, ``native-int8``). Calibration uses the generator's own inputs."""
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +37,7 @@ class Artefacts:
     built: dict[str, Path] = field(default_factory=dict)
 
     def path(self, kind: str) -> Path:
-        """``onnx``, ``onnx-int8`` or ``pt2-int8``."""
+        """``onnx``, ``onnx-int8``, ``pt2`` or ``pt2-int8``."""
         if kind not in self.built:
             gen, b = Generator(self.student, 1).eval(), self.z.shape[0]
             spec = GeneratorSpec("generator", tuple(self.z.shape[1:]), BatchRange(b, b, b), device="cpu",
@@ -57,20 +59,32 @@ class Artefacts:
         return lambda: run(self.z)
 
 
+#: backend → (artefact kind, loader) of the artefacts timed from Python
+LOADERS = {"onnxruntime": ("onnx", load_onnx), "openvino": ("onnx", load_openvino),
+           "onnxruntime-int8": ("onnx-int8", load_onnx), "openvino-int8": ("onnx-int8", load_openvino),
+           "aoti": ("pt2", load_pt2), "aoti-int8": ("pt2-int8", load_pt2)}
+#: backend → the package ``fastflow-run`` times
+NATIVE = {"native": "pt2", "native-int8": "pt2-int8"}
+
+
 def generator_row(art: Artefacts, backend: str, flops: int, params: int, iters: int, warmup: int,
                   native: Callable[[Path], tuple[dict[str, float], Tensor]] | None = None) -> dict[str, Any]:
-    """One timed row of the student's generator on ``backend`` (``native``: times ``fastflow-run``
-    on a package, returning its latency and image)."""
+    """One timed row of the student's one-step generator on ``backend`` — ``eager``, ``compiled``,
+    a key of :data:`LOADERS`, or of :data:`NATIVE` (``native`` times ``fastflow-run`` on a package,
+    returning its latency and image) — with its largest deviation from eager."""
+    gen = Generator(art.student, 1).eval()
     with torch.no_grad():
-        ref = Generator(art.student, 1).eval()(art.z).float()
-    if backend == "native-int8":
-        lat, image = native(art.path("pt2-int8"))
-    else:
-        kind, load = {"onnxruntime": ("onnx", load_onnx), "openvino": ("onnx", load_openvino),
-                      "onnxruntime-int8": ("onnx-int8", load_onnx), "openvino-int8": ("onnx-int8", load_openvino),
-                      "aoti-int8": ("pt2-int8", load_pt2)}[backend]
-        fn = art.runner(kind, load)
-        lat, image = measure_latency(fn, "cpu", warmup=warmup, iters=iters).to_dict(), fn()
+        ref = gen(art.z).float()
+        if backend in NATIVE:
+            lat, image = native(art.path(NATIVE[backend]))
+        else:
+            if backend == "eager":
+                fn = lambda: gen(art.z)  # noqa: E731
+            elif backend == "compiled":
+                fn = partial(torch.compile(gen, fullgraph=True, dynamic=False), art.z)
+            else:
+                fn = art.runner(*LOADERS[backend])
+            lat, image = measure_latency(fn, "cpu", warmup=warmup, iters=iters).to_dict(), fn()
     return {"model": "student", "backend": backend, "solver": "euler", "steps": 1, "nfe": 1.0, "flops": flops,
             "params": params, "precision": "int8" if backend.endswith("int8") else "fp32",
             "max_abs_vs_eager": float((image.float().cpu() - ref.cpu()).abs().max()), **lat}

@@ -1,0 +1,137 @@
+"""One-step generators on the CPU against the hardware limit: every backend, fp32 and int8, with its
+roofline fields and int8's quality cost (issue 24's measurement).
+
+For each model × batch × thread count, :func:`fastflow.bench.latency.latency_suite` times the
+student's one-step generator on ``BACKENDS`` after measuring the fp32 and int8 matrix-multiply rates
+in the same process (``fastflow.bench.roofline``). Models: the demo's FGD student (trained, from
+``--fgd``; its int8 artefacts' digits FD against fp32 on 1000 samples is the quality cost) and a
+``slim-15.7m`` student with random weights (time only). Run on an idle machine::
+
+    python benchmarks/cpu_roofline.py --fgd DEMO/seed-0/student-fgd --out benchmarks/results/cpu-roofline.json
+    python benchmarks/cpu_roofline.py --table benchmarks/results/cpu-roofline.json   # the README table
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native",
+            "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8"]
+COLUMNS = ["model", "batch", "threads", "backend", "p50_ms", "gflop_per_s", "fraction_of_peak", "max_abs_vs_eager"]
+
+
+def student_rows(name: str, student: torch.nn.Module, batch: int, threads: int, backends: list[str],
+                 iters: int) -> list[dict[str, Any]]:
+    """The one-step generator's row on every backend, with the roofline fields against the fp32 and
+    int8 matrix-multiply rates measured first at the same thread count."""
+    import tempfile
+
+    from fastflow.bench.artefacts import Artefacts, generator_row
+    from fastflow.bench.latency import find_runner, native_latency
+    from fastflow.bench.roofline import add_roofline, peaks
+    from fastflow.metrics.cost import count_flops, count_params
+    from fastflow.models.presets import sample_shape
+
+    torch.set_num_threads(threads)
+    z = torch.randn(batch, *sample_shape(student), generator=torch.Generator().manual_seed(0))
+    work = Path(tempfile.mkdtemp(prefix="fastflow-roofline-"))
+    art = ARTEFACTS.setdefault((name, batch), Artefacts(student, z, work))
+    runner = find_runner() if any(b.startswith("native") for b in backends) else None
+    native = lambda pkg: native_latency(runner, pkg, art.z, iters, 5, work)  # noqa: E731
+    flops, params = count_flops(student, z), count_params(student)
+    peak = peaks(torch.device("cpu"), int8=True)
+    rows = [generator_row(art, b, flops, params, iters, 5, native) for b in backends]
+    add_roofline(rows, peak)
+    return [{**r, "model": name, "batch": batch, "fp32_peak_gflops": peak["fp32_gflops"],
+             "int8_peak_gops": peak["int8_gops"]} for r in rows]
+
+
+#: (model, batch) → its artefacts, built once for every thread count
+ARTEFACTS: dict[tuple[str, int], Any] = {}
+
+
+def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
+    """Digits FD / coverage of each int8 artefact against fp32 on the same 1000 noises (batch 8)."""
+    import tempfile
+
+    from fastflow.bench.artefacts import Artefacts
+    from fastflow.export.formats import load_onnx, load_pt2
+    from fastflow.export.generator import Generator
+    from fastflow.export.spec import BatchRange, GeneratorSpec
+    from fastflow.export.validate import int8_quality
+
+    z = torch.randn(8, 1, 16, 16)
+    art = Artefacts(student, z, Path(tempfile.mkdtemp(prefix="fastflow-roofline-")))
+    spec = GeneratorSpec("generator", (1, 16, 16), BatchRange(8, 8, 8))
+    g = torch.Generator().manual_seed(2024)
+    out = {}
+    for name, kind, load in (("onnxruntime-int8", "onnx-int8", load_onnx), ("aoti-int8", "pt2-int8", load_pt2)):
+        run = load(art.path(kind), torch.device("cpu"))
+        g.manual_seed(2024)
+        out[name] = int8_quality(Generator(student, 1).eval(), run, spec,
+                                 lambda b: (torch.randn(b, 1, 16, 16, generator=g),))
+    return out
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from fastflow.cli.common import device_name
+    from fastflow.models import build_model, load_model
+
+    torch.manual_seed(0)
+    models = {"slim-15.7m (random)": build_model({"preset": "slim-15.7m"}).eval()}
+    if args.fgd:
+        models = {"digits FGD student": load_model(Path(args.fgd)).eval(), **models}
+    rows = []
+    for threads in args.threads:
+        for name, model in models.items():
+            for batch in args.batch:
+                t0 = time.perf_counter()
+                rows += student_rows(name, model, batch, threads, args.backends, args.iters)
+                print(f"{name}, batch {batch}, {threads} thread(s): {time.perf_counter() - t0:.0f}s", flush=True)
+    torch.set_num_threads(args.threads[0])
+    quality = int8_cost(models["digits FGD student"]) if args.fgd else {}
+    return {"device": device_name(torch.device("cpu")), "processor": platform.processor() or platform.machine(),
+            "torch": torch.__version__, "command": " ".join(sys.argv), "rows": rows, "int8_quality": quality}
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The README's markdown table: one row per model, batch, threads and backend."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for r in doc["rows"]:
+        cells = [f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--fgd", default=None, help="the demo's FGD student (checkpoint or run directory)")
+    p.add_argument("--batch", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
+    p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
+    p.add_argument("--backends", type=lambda s: s.split(","), default=BACKENDS)
+    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--out", default="cpu-roofline.json")
+    p.add_argument("--table", default=None, help="print the README table of this JSON and exit")
+    args = p.parse_args(argv)
+    if args.table:
+        print(table(json.loads(Path(args.table).read_text())))
+        return 0
+    from fastflow.utils.io import atomic_write_json
+
+    doc = measure(args)
+    atomic_write_json(args.out, doc)
+    print(table(doc))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
