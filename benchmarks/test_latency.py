@@ -127,16 +127,21 @@ def test_compiled_one_step(benchmark, models) -> None:
         benchmark.pedantic(lambda: (g(z), _sync()), rounds=50, warmup_rounds=5)
 
 
+def _tiny_random() -> tuple[torch.nn.Module, torch.Tensor]:
+    """A ``tiny`` model with random weights everywhere (non-trivial outputs) and a batch of noise."""
+    torch.manual_seed(0)
+    m = build_model({"preset": "tiny"}).eval()
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return m, torch.randn(2, 3, 8, 8)
+
+
 @pytest.mark.parametrize("backend", ["onnxruntime", "aoti"])
 def test_exported_backends_give_the_same_samples(backend) -> None:
     pytest.importorskip("onnxruntime")
     from fastflow.bench.latency import _backend_model
 
-    torch.manual_seed(0)
-    m = build_model({"preset": "tiny"}).eval()
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    z = torch.randn(2, 3, 8, 8)
+    m, z = _tiny_random()
     import tempfile
     from pathlib import Path
 
@@ -192,11 +197,7 @@ def test_generator_backends_time_openvino_and_int8_against_eager() -> None:
     consistent roofline fields measured against the same run's matrix-multiply rates."""
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")
-    torch.manual_seed(0)
-    m = build_model({"preset": "tiny"}).eval()
-    for p in m.parameters():
-        torch.nn.init.normal_(p, std=0.1)
-    z = torch.randn(2, 3, 8, 8)
+    m, z = _tiny_random()
     rows = latency_suite(m, m, z, ["eager", "openvino", "onnxruntime-int8", "openvino-int8"], euler_ns=[1],
                          heun_ns=[], rk45=False, iters=3, warmup=1)
     gen = {r["backend"]: r for r in rows if r["model"] == "student" and r["solver"] == "euler"}
