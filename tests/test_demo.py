@@ -67,6 +67,23 @@ def test_meanflow_budget_fills_the_route_time() -> None:
         fill_budget(100.0, 100, 25.0, [])
 
 
+def test_meanflow_budget_is_topped_up_from_the_time_spent() -> None:
+    """A probe timed on a busy machine under-spends: the next segment's own step time and the CPU
+    seconds actually spent extend the run until less than FILL_TOLERANCE of the budget is left."""
+    from fastflow.pipelines.meanflow import MAX_TOP_UPS, fill_budget, top_up
+
+    plan = fill_budget(100.0, 100, 25.0, [{"step": 50, "cpu_s_per_step": 0.2}, {"step": 100, "cpu_s_per_step": 0.1}])
+    assert plan["segments"] == [750]
+    records = [{"step": s, "cpu_s_per_step": 0.05} for s in range(150, 751, 50)]  # the segment ran twice as fast
+    spent = 25.0 + 10.0 + 650 * 0.05  # probe, start-up, the segment
+    plan = top_up(plan, spent, records)
+    assert plan["steps"] == 750 + int((100.0 - spent - 10.0) / 0.05) and plan["segments"] == [750, plan["steps"]]
+    filled = top_up(plan, 99.0, records)  # 1 % left: filled
+    assert filled["filled"] and filled["spent_s"] == 99.0 and filled["steps"] == plan["steps"]
+    many = {**plan, "segments": list(range(MAX_TOP_UPS + 2))}
+    assert top_up(many, 50.0, records)["filled"]  # at most MAX_TOP_UPS extensions
+
+
 def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -> None:
     """``fastflow demo --skip-main --conditional --sr --seeds 2`` at a tiny budget: each seed trains
     and scores its own models, and the aggregate rows are the per-seed mean ± sd."""

@@ -33,6 +33,10 @@ from fastflow.utils.io import atomic_write_json, read_json
 MEANFLOW = "MeanFlow (from scratch)"
 #: steps that measure MeanFlow's step time before the budget is filled
 PROBE_STEPS = 100
+#: the budget counts as filled when less than this fraction of it is left
+FILL_TOLERANCE = 0.02
+#: at most this many extensions of the probe's plan
+MAX_TOP_UPS = 3
 #: the one-step and two-step comparisons: (claim, better (method, solver), worse)
 ORDERINGS = [
     ("MeanFlow one-step beats the SlimFlow route's one-step (FGD)", (MEANFLOW, "euler 1"), (slimflow.FGD, "euler 1")),
@@ -49,19 +53,31 @@ def route_budget(slim_dir: Path) -> float:
 
 
 def train_meanflow(out: Path, seconds: float, seed: int, scale: float = 1.0) -> tuple[Path, dict[str, Any]]:
-    """MeanFlow for ``seconds`` of training CPU time: its checkpoint and the plan (steps, measured rates)."""
+    """MeanFlow for ``seconds`` of training CPU time: its checkpoint and the plan (steps, measured rates).
+
+    The probe's plan (:func:`fill_budget`) is topped up at most :data:`MAX_TOP_UPS` times from the CPU
+    time actually spent and the step time of the last segment until the budget is filled within
+    :data:`FILL_TOLERANCE` (a probe timed while the machine was busier than later under-spends; the
+    learning rate is constant after warm-up, so a longer run is the same run continued)."""
     plan_path = out / "budget.json"
     plan = read_json(plan_path) if plan_path.is_file() else {}
-    if "steps" not in plan:
+    if "steps" in plan:
+        plan.setdefault("segments", [plan["steps"]])  # a plan written before top-ups
+    else:
         probe = budget(PROBE_STEPS, scale)
         log(f"[meanflow 1/2] probe: {probe} steps to measure the step time (budget {seconds:.0f} CPU s)")
         train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={probe}", f"train.ckpt_every={probe}"], seed=seed)
         plan = fill_budget(seconds, probe, stage_seconds(out, ["meanflow"]), read_log(out / "meanflow" / "log.jsonl"))
         atomic_write_json(plan_path, plan)
-    log(f"[meanflow 2/2] MeanFlow to {plan['steps']} steps ({plan['probe_s_per_step']:.3f} CPU s/step, "
-        f"{plan['startup_s']:.1f} s start-up measured)")
-    ckpt = train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={plan['steps']}", "train.ckpt_every=500"], seed=seed)
-    return ckpt, plan
+    while True:
+        log(f"[meanflow 2/2] MeanFlow to {plan['steps']} steps ({plan['probe_s_per_step']:.3f} CPU s/step, "
+            f"{plan['startup_s']:.1f} s start-up measured)")
+        ckpt = train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={plan['steps']}", "train.ckpt_every=500"],
+                           seed=seed)
+        if plan.get("filled"):
+            return ckpt, plan
+        plan = top_up(plan, stage_seconds(out, ["meanflow"]), read_log(out / "meanflow" / "log.jsonl"))
+        atomic_write_json(plan_path, plan)
 
 
 def fill_budget(seconds: float, probe: int, probe_s: float, records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -80,7 +96,25 @@ def fill_budget(seconds: float, probe: int, probe_s: float, records: list[dict[s
     per_step, startup = records[-1]["cpu_s_per_step"], max(0.0, probe_s - in_steps)
     steps = probe + max(0, int((seconds - probe_s - startup) / per_step))
     return {"budget_s": seconds, "probe_steps": probe, "probe_s": probe_s, "probe_s_per_step": per_step,
-            "startup_s": startup, "steps": steps}
+            "startup_s": startup, "steps": steps, "segments": [steps]}
+
+
+def top_up(plan: dict[str, Any], spent: float, records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The plan after a segment that ended at ``plan["steps"]`` with ``spent`` CPU seconds in all:
+    more steps at the segment's own mean step time when over :data:`FILL_TOLERANCE` of the budget is
+    left and top-ups remain, else ``filled`` (with the seconds spent)."""
+    left, start = plan["budget_s"] - spent, plan["segments"][-2] if len(plan["segments"]) > 1 else plan["probe_steps"]
+    seg = [r for r in records if start < r["step"] <= plan["steps"]]
+    cpu, steps = 0.0, 0
+    for prev, rec in zip([start] + [r["step"] for r in seg], seg):
+        cpu, steps = cpu + rec["cpu_s_per_step"] * (rec["step"] - prev), steps + rec["step"] - prev
+    extra = int((left - plan["startup_s"]) / (cpu / steps)) if steps else 0
+    if left <= FILL_TOLERANCE * plan["budget_s"] or len(plan["segments"]) > MAX_TOP_UPS or extra < 1:
+        return {**plan, "filled": True, "spent_s": spent}
+    return {**plan, "steps": plan["steps"] + extra, "segments": [*plan["segments"], plan["steps"] + extra]}
+
+
+
 
 
 def score(slim_dir: Path, meanflow: Path, seed: int) -> tuple[list[ResultRow], dict[str, Any]]:
