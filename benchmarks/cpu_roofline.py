@@ -67,6 +67,7 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
     from fastflow.export.generator import Generator
     from fastflow.export.spec import BatchRange, GeneratorSpec
     from fastflow.export.validate import int8_quality
+    from fastflow.metrics import digits_scores
 
     z = torch.randn(8, 1, 16, 16)
     art = Artefacts(student, z, Path(tempfile.mkdtemp(prefix="fastflow-roofline-")))
@@ -77,7 +78,7 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
         run = load(art.path(kind), torch.device("cpu"))
         g.manual_seed(2024)
         out[name] = int8_quality(Generator(student, 1).eval(), run, spec,
-                                 lambda b: (torch.randn(b, 1, 16, 16, generator=g),))
+                                 lambda b: (torch.randn(b, 1, 16, 16, generator=g),), scores=digits_scores)
     return out
 
 

@@ -282,8 +282,10 @@ def test_ctrl_c_while_the_cli_loads_is_one_line_and_exit_130(tmp_path, delay) ->
 
     from helpers import cli_env
 
+    # SIGINT as a terminal delivers it, whatever this suite inherited (a shell's background job ignores it)
     proc = subprocess.Popen([sys.executable, "-m", "fastflow", "demo", "--out", str(tmp_path / "d")],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     maps, deadline = Path(f"/proc/{proc.pid}/maps"), time.monotonic() + 60
     while "libtorch" not in maps.read_text() and time.monotonic() < deadline:
         time.sleep(0.01)

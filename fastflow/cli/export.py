@@ -224,8 +224,10 @@ def _validate_and_time(args: argparse.Namespace, gen: torch.nn.Module, spec: Any
         status = 0 if val["passed"] else 1
     if args.quantize:
         from fastflow.export.validate import int8_quality
+        from fastflow.metrics import digits_scores
 
-        report["int8"] = q = int8_quality(gen, runner, spec, inputs_for)
+        digits = spec.kind in ("generator", "conditional") and tuple(spec.sample_shape) == (1, 16, 16)
+        report["int8"] = q = int8_quality(gen, runner, spec, inputs_for, scores=digits_scores if digits else None)
         print(f"int8 vs fp32 on {q['samples']} samples: max |Δ| {q['max_abs_err']:.3g}, PSNR {q['psnr_db']:.1f} dB"
               + (f", digits FD {q['fd_fp32']:.2f} → {q['fd_int8']:.2f} ({100 * q['fd_rel_change']:+.1f} %)"
                  if "fd_int8" in q else ""))
