@@ -119,3 +119,23 @@ def test_int8_pt2_runs_in_python_and_the_runner_close_to_fp32(tmp_path) -> None:
 def test_quantize_refuses_in_one_line(tmp_path, ckpt, args, match) -> None:
     res = _export(ckpt, *args, "-o", str(tmp_path / "x.onnx"))
     assert res.returncode == 2 and res.stderr.count("\n") == 1 and match in res.stderr, res.stderr
+
+
+def test_int8_quality_formula_and_nan_refusal() -> None:
+    """PSNR of int8 against fp32 on [−1, 1] images (peak-to-peak 2), the metric's relative change, and a
+    NaN output refused as an artefact error."""
+    import math
+
+    from fastflow.errors import ArtifactError
+    from fastflow.export.spec import BatchRange, GeneratorSpec
+    from fastflow.export.validate import int8_quality
+
+    spec = GeneratorSpec("generator", (1, 2, 2), BatchRange(2, 2, 2))
+    inputs = lambda b: (torch.zeros(b, 1, 2, 2),)  # noqa: E731
+    q = int8_quality(lambda z: z, lambda z: z + 0.1, spec, inputs, samples=4,
+                     scores=lambda x: {"fd": 1.0 + float(x.mean()), "coverage": 1.0})
+    assert q["samples"] == 4 and q["max_abs_err"] == pytest.approx(0.1) and q["mean_abs_err"] == pytest.approx(0.1)
+    assert q["psnr_db"] == pytest.approx(10 * math.log10(4 / 0.01))
+    assert q["fd_fp32"] == 1.0 and q["fd_rel_change"] == pytest.approx(0.1)
+    with pytest.raises(ArtifactError, match="NaN"):
+        int8_quality(lambda z: z, lambda z: z * float("nan"), spec, inputs, samples=2)
