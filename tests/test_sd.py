@@ -18,7 +18,9 @@ from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E
 
 from fastflow.errors import ConfigError, ShapeError  # noqa: E402
 from fastflow.flow.guidance import cfg_velocity  # noqa: E402
-from fastflow.models.sd import SDConfig, SDVelocity, VPSchedule, load_prompt_table, write_prompt_table  # noqa: E402
+from fastflow.models.prompts import load_prompt_table, write_prompt_table  # noqa: E402
+from fastflow.models.schedules import VPSchedule  # noqa: E402
+from fastflow.models.sd import SDConfig, SDVelocity  # noqa: E402
 from tests.helpers import run_cli  # noqa: E402
 
 D = 32  # text embedding width of the tiny models
@@ -101,7 +103,7 @@ def test_vp_teacher_gives_the_exact_rectified_flow_velocity_of_gaussian_data(pre
     mu, s = torch.randn(1, 4, 4, 4), 0.5
     sched = VPSchedule(ac)
     model = SDVelocity(SDConfig(path="-", prediction=prediction), unet=_GaussianOracle(ac, mu, s, prediction),
-                       schedule=sched, table=torch.zeros(2, 3, D))
+                       schedule=sched, table=torch.zeros(2, 3, D), backbone="UNet2DConditionModel")
     for k in (10, 300, 700, 990):
         t = torch.full((6,), sched.t_of_timestep(k))
         y = torch.randn(6, 4, 4, 4)
@@ -176,7 +178,7 @@ def test_load_from_a_local_directory_and_prompt_table(sd_dir, tmp_path) -> None:
     with torch.no_grad():
         img = model.decode(torch.randn(2, 4, 8, 8))
     assert img.shape == (2, 3, 8, 8) and img.abs().max() <= 1
-    with pytest.raises(ConfigError, match="not found at .*missing unet/, scheduler/"):
+    with pytest.raises(ConfigError, match="not found at .*missing unet/ or transformer/"):
         SDVelocity(SDConfig(path=str(tmp_path / "nowhere")))
     (tmp_path / "bad.safetensors").write_bytes(b"garbage")
     with pytest.raises(ConfigError, match="not a readable prompt table"):
@@ -220,4 +222,4 @@ def test_cli_sd_pairs_to_2rf_student_to_samples(sd_dir, tmp_path) -> None:
     assert np.load(tmp_path / "e.npz")["x"].shape == (2, 4, 8, 8)  # .npz keeps the latents
     r = run_cli("pairs", "--sd", str(tmp_path / "missing"), "--prompts", str(table), "--count", "2",
                 "--out", str(tmp_path / "p2"))
-    assert r.returncode == 2 and "Stable Diffusion weights not found" in r.stderr
+    assert r.returncode == 2 and "diffusers weights not found" in r.stderr

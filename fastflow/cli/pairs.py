@@ -20,10 +20,13 @@ from fastflow.models.presets import sample_shape
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pairs", help="generate teacher pairs (z, T(z)) as resumable shards")
     p.add_argument("ckpt", nargs="?", default=None, help="teacher checkpoint directory (or run directory)")
-    p.add_argument("--sd", default=None, help="instead: a local Stable-Diffusion-style diffusers directory")
-    p.add_argument("--prompts", default=None, help="with --sd: prompt table from `fastflow prompts`")
-    p.add_argument("--prediction", default=None, choices=["epsilon", "v_prediction", "sample"],
-                   help="with --sd: override the scheduler's prediction type")
+    p.add_argument("--diffusers", "--sd", dest="sd", default=None,
+                   help="instead: a local diffusers directory (Stable-Diffusion-style UNet, DDPM/DDIM UNet2DModel "
+                        "or flow-matching transformer; models.sd)")
+    p.add_argument("--prompts", default=None, help="with --diffusers: prompt table from `fastflow prompts` "
+                   "(text-conditioned models)")
+    p.add_argument("--prediction", default=None, choices=["epsilon", "v_prediction", "sample", "flow"],
+                   help="with --diffusers: override the scheduler's prediction type")
     p.add_argument("--out", required=True, help="output directory for shards + manifest.json")
     p.add_argument("--count", type=positive_int, required=True, help="number of pairs")
     p.add_argument("--shard-size", type=positive_int, default=1000, help="pairs per shard file")
@@ -45,15 +48,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _sd_teacher(args: argparse.Namespace, device: torch.device):  # noqa: ANN202
+    from fastflow.models.diffusers_dir import backbone_of, locate
     from fastflow.models.sd import SDConfig, SDVelocity
     from fastflow.pairs import FlowTeacher
     from fastflow.utils.io import file_digest
 
-    if not args.prompts:
-        raise ConfigError("--sd needs --prompts TABLE (made by `fastflow prompts`)")
+    _, name, _ = locate(args.sd)  # before the weights load
+    if backbone_of(name).conditioning == "text" and not args.prompts:
+        raise ConfigError(f"--diffusers: a text-conditioned {name} needs --prompts TABLE (made by `fastflow prompts`)")
+    if backbone_of(name).conditioning == "class" and args.cfg != 1.0:
+        raise ConfigError(f"--cfg {args.cfg}: a {name}'s classes have no null class to guide against")
     model = SDVelocity(SDConfig(path=args.sd, prompts=args.prompts, prediction=args.prediction)).to(device).eval()
-    source = {"sd": str(Path(args.sd).expanduser().resolve()), "prediction": model.config.prediction,
-              "prompts_sha256": file_digest(args.prompts)}
+    source = {"sd": str(Path(args.sd).expanduser().resolve()), "denoiser": name, "prediction": model.config.prediction,
+              "prompts_sha256": file_digest(args.prompts) if args.prompts else None}
     return FlowTeacher(model=model, source=source, solver=args.solver,
                        steps=args.steps if args.solver != "rk45" else None, rtol=args.rtol, atol=args.atol,
                        cfg_scale=args.cfg)
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     info = init_distributed()
     device = args.device or info.device
     if (args.ckpt is None) == (args.sd is None):
-        raise ConfigError("give a teacher checkpoint or --sd DIR (exactly one)")
+        raise ConfigError("give a teacher checkpoint or --diffusers DIR (exactly one)")
     writable_dir(args.out)
     if args.sd is not None:
         teacher = _sd_teacher(args, device)
@@ -76,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
                                               weights=args.weights, solver=args.solver,
                                               steps=args.steps if args.solver != "rk45" else None,
                                               rtol=args.rtol, atol=args.atol, cfg_scale=args.cfg)
-        if args.cfg != 1.0 and not teacher.num_classes:
-            raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional teacher (this one is unconditional)")
+    if args.cfg != 1.0 and not teacher.num_classes:
+        raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional teacher (this one is unconditional)")
     apply_fused(teacher.model, args.fused, device)
     t0 = time.perf_counter()
     manifest = generate_pairs(teacher, args.out, args.count, sample_shape(teacher.model),

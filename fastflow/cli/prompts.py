@@ -21,7 +21,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastflow.models.sd import write_prompt_table
+    from fastflow.models.prompts import write_prompt_table
     from fastflow.utils.io import check_writable
 
     check_writable(args.out)

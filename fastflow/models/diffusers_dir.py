@@ -1,0 +1,101 @@
+"""A local diffusers directory: where its denoiser, scheduler and VAE are, which denoiser families
+fastflow drives and how each is called. Nothing is downloaded (``local_files_only``).
+
+Layouts: a pipeline folder (``unet/`` or ``transformer/``, ``scheduler/``, optional ``vae/``,
+``text_encoder/``, ``tokenizer/``), or a single-model folder (``config.json`` and
+``scheduler_config.json`` at its root, as DDPM's CIFAR-10 releases are).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+
+from fastflow.errors import ConfigError
+
+DENOISER_FOLDERS = ("unet", "transformer")
+
+
+def diffusers_module() -> Any:
+    try:
+        import diffusers
+    except ImportError:
+        raise ConfigError("diffusers models need diffusers: pip install 'fastflow[diffusers]'") from None
+    return diffusers
+
+
+def check_sd_dir(path: str | Path, parts: tuple[str, ...]) -> Path:
+    """A local diffusers directory with the given sub-folders, or one clear error."""
+    p = Path(path).expanduser()
+    missing = [s for s in parts if not (p / s).is_dir()]
+    if missing:
+        raise ConfigError(f"diffusers weights not found at {p} (missing {', '.join(m + '/' for m in missing)}): "
+                          "point to a local diffusers directory such as stable-diffusion-v1-5; "
+                          "nothing is downloaded")
+    return p
+
+
+def _sana(m: nn.Module, x: Tensor, k: Tensor, c: Tensor | None) -> Tensor:
+    return m(x, encoder_hidden_states=c, timestep=k * float(m.config.get("timestep_scale", 1.0))).sample
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """A denoiser family: how it is conditioned (``text`` embeddings [B, L, D], ``class`` labels or
+    ``none``) and how ``(module, x, timestep, condition) → output`` is called."""
+
+    conditioning: str
+    call: Callable[[nn.Module, Tensor, Tensor, Tensor | None], Tensor]
+    latent: bool  # samples are VAE latents (decoded for viewing)
+
+
+BACKBONES: dict[str, Backbone] = {
+    "UNet2DConditionModel": Backbone("text", lambda m, x, k, c: m(x, k, c).sample, latent=True),
+    "UNet2DModel": Backbone("class", lambda m, x, k, c: m(x, k, class_labels=c).sample, latent=False),
+    "SanaTransformer2DModel": Backbone("text", _sana, latent=True),
+}
+
+
+def backbone_of(name: str) -> Backbone:
+    if name not in BACKBONES:
+        raise ConfigError(f"denoiser {name!r} is not supported; fastflow drives {', '.join(BACKBONES)} "
+                          "(Flux and SD3 transformers also need packed latents or pooled text projections)")
+    return BACKBONES[name]
+
+
+def _class_name(config_file: Path) -> str:
+    try:
+        return str(json.loads(config_file.read_text())["_class_name"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{config_file}: not a diffusers model config ({e.__class__.__name__}: {e})") from None
+
+
+def locate(path: str | Path) -> tuple[Path, str, Path]:
+    """``(denoiser folder, its diffusers class name, scheduler config file)`` of a local directory."""
+    root = Path(path).expanduser()
+    folders = [root / s for s in DENOISER_FOLDERS if (root / s / "config.json").is_file()]
+    scheduler = root / "scheduler" / "scheduler_config.json"
+    if not folders and (root / "config.json").is_file():  # a single-model folder
+        folders, scheduler = [root], root / "scheduler_config.json"
+    if not folders or not scheduler.is_file():
+        what = "unet/ or transformer/" if not folders else "scheduler/"
+        raise ConfigError(f"diffusers weights not found at {root} (missing {what}): point to a local diffusers "
+                          "directory such as stable-diffusion-v1-5 or ddpm-cifar10-32; nothing is downloaded")
+    return folders[0], _class_name(folders[0] / "config.json"), scheduler
+
+
+def load_denoiser(folder: Path, name: str) -> nn.Module:
+    backbone_of(name)
+    return getattr(diffusers_module(), name).from_pretrained(folder, local_files_only=True)
+
+
+def load_vae(path: str | Path) -> nn.Module:
+    """The directory's VAE (``AutoencoderKL``, ``AutoencoderDC``, … as its config names it)."""
+    folder = check_sd_dir(path, ("vae",)) / "vae"
+    return getattr(diffusers_module(), _class_name(folder / "config.json")).from_pretrained(
+        folder, local_files_only=True).eval()
