@@ -5,7 +5,6 @@ Tiny UNet / VAE / CLIP text encoder / tokenizer are built from configs; nothing 
 from __future__ import annotations
 
 import json
-import string
 
 import pytest
 import torch
@@ -13,15 +12,14 @@ import torch
 pytest.importorskip("diffusers", reason="the SD adapter needs the 'diffusers' extra: pip install 'fastflow[diffusers]'")
 pytest.importorskip("transformers", reason="the SD adapter needs transformers (the 'diffusers' extra)")
 
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel  # noqa: E402
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer  # noqa: E402
+from diffusers import DDIMScheduler  # noqa: E402
 
 from fastflow.errors import ConfigError, ShapeError  # noqa: E402
 from fastflow.flow.guidance import cfg_velocity  # noqa: E402
 from fastflow.models.prompts import load_prompt_table, write_prompt_table  # noqa: E402
 from fastflow.models.schedules import VPSchedule  # noqa: E402
 from fastflow.models.sd import SDConfig, SDVelocity  # noqa: E402
-from tests.helpers import run_cli  # noqa: E402
+from tests.helpers import run_cli, tiny_diffusers_unet, tiny_sd_folder  # noqa: E402
 
 D = 32  # text embedding width of the tiny models
 
@@ -31,36 +29,13 @@ def _scheduler(prediction: str = "epsilon") -> DDIMScheduler:
                          set_alpha_to_one=True, steps_offset=1, prediction_type=prediction)
 
 
-def _unet() -> UNet2DConditionModel:
-    torch.manual_seed(0)
-    return UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-                                block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-                                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=D,
-                                attention_head_dim=8, norm_num_groups=8).eval()
+def _unet() -> torch.nn.Module:
+    return tiny_diffusers_unet(D).eval()
 
 
 @pytest.fixture(scope="module")
 def sd_dir(tmp_path_factory):
-    """A complete tiny SD-style diffusers directory saved with save_pretrained."""
-    root = tmp_path_factory.mktemp("tiny-sd")
-    _unet().save_pretrained(root / "unet")
-    _scheduler().save_pretrained(root / "scheduler")
-    torch.manual_seed(1)
-    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                  up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,), latent_channels=4,
-                  norm_num_groups=8, sample_size=8).save_pretrained(root / "vae")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase:
-        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16).save_pretrained(
-        root / "tokenizer")
-    torch.manual_seed(2)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=D, intermediate_size=37, num_hidden_layers=2,
-                                 num_attention_heads=4, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
-                                 pad_token_id=1)).save_pretrained(root / "text_encoder")
-    return root
+    return tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd"))
 
 
 def test_vp_schedule_time_map_is_consistent() -> None:

@@ -47,17 +47,23 @@ def _sana(m: nn.Module, x: Tensor, k: Tensor, c: Tensor | None) -> Tensor:
 @dataclass(frozen=True)
 class Backbone:
     """A denoiser family: how it is conditioned (``text`` embeddings [B, L, D], ``class`` labels or
-    ``none``) and how ``(module, x, timestep, condition) → output`` is called."""
+    ``none``), how ``(module, x, timestep, condition) → output`` is called, its folder in a pipeline,
+    its last (linear) layer and the diffusers pipeline that runs it."""
 
     conditioning: str
     call: Callable[[nn.Module, Tensor, Tensor, Tensor | None], Tensor]
     latent: bool  # samples are VAE latents (decoded for viewing)
+    folder: str
+    output_layer: str
+    pipeline: str
 
 
 BACKBONES: dict[str, Backbone] = {
-    "UNet2DConditionModel": Backbone("text", lambda m, x, k, c: m(x, k, c).sample, latent=True),
-    "UNet2DModel": Backbone("class", lambda m, x, k, c: m(x, k, class_labels=c).sample, latent=False),
-    "SanaTransformer2DModel": Backbone("text", _sana, latent=True),
+    "UNet2DConditionModel": Backbone("text", lambda m, x, k, c: m(x, k, c).sample, True, "unet", "conv_out",
+                                     "StableDiffusionPipeline"),
+    "UNet2DModel": Backbone("class", lambda m, x, k, c: m(x, k, class_labels=c).sample, False, "unet", "conv_out",
+                            "DDPMPipeline"),
+    "SanaTransformer2DModel": Backbone("text", _sana, True, "transformer", "proj_out", "SanaPipeline"),
 }
 
 
@@ -68,7 +74,7 @@ def backbone_of(name: str) -> Backbone:
     return BACKBONES[name]
 
 
-def _class_name(config_file: Path) -> str:
+def class_name(config_file: Path) -> str:
     try:
         return str(json.loads(config_file.read_text())["_class_name"])
     except (OSError, ValueError, KeyError) as e:
@@ -86,7 +92,7 @@ def locate(path: str | Path) -> tuple[Path, str, Path]:
         what = "unet/ or transformer/" if not folders else "scheduler/"
         raise ConfigError(f"diffusers weights not found at {root} (missing {what}): point to a local diffusers "
                           "directory such as stable-diffusion-v1-5 or ddpm-cifar10-32; nothing is downloaded")
-    return folders[0], _class_name(folders[0] / "config.json"), scheduler
+    return folders[0], class_name(folders[0] / "config.json"), scheduler
 
 
 def load_denoiser(folder: Path, name: str) -> nn.Module:
@@ -97,5 +103,5 @@ def load_denoiser(folder: Path, name: str) -> nn.Module:
 def load_vae(path: str | Path) -> nn.Module:
     """The directory's VAE (``AutoencoderKL``, ``AutoencoderDC``, … as its config names it)."""
     folder = check_sd_dir(path, ("vae",)) / "vae"
-    return getattr(diffusers_module(), _class_name(folder / "config.json")).from_pretrained(
+    return getattr(diffusers_module(), class_name(folder / "config.json")).from_pretrained(
         folder, local_files_only=True).eval()
