@@ -128,3 +128,19 @@ def tiny_sd_folder(root: Path, text_dim: int = 32) -> Path:
                                  num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
                                  bos_token_id=0, eos_token_id=1, pad_token_id=1)).save_pretrained(root / "text_encoder")
     return root
+
+
+def tiny_sd_student(tmp: Path, prediction: str = "velocity") -> tuple[str, torch.nn.Module]:
+    """A checkpoint directory of an SD-style student (tiny random folder, a 2-prompt table) and the model."""
+    from fastflow.models.checkpoint import save_model
+    from fastflow.models.prompts import write_prompt_table
+    from fastflow.models.sd import SDConfig, SDVelocity
+
+    root = tmp / "sd"
+    if not root.is_dir():
+        tiny_sd_folder(root)
+        write_prompt_table(root, ["a cat", "a red dog"], tmp / "prompts.safetensors")
+    model = SDVelocity(SDConfig(path=str(root), prediction=prediction, prompts=str(tmp / "prompts.safetensors")))
+    ckpt = tmp / f"ckpt-{prediction}"
+    ckpt.mkdir()
+    return str(save_model(ckpt, model)), model

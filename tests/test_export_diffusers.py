@@ -16,9 +16,8 @@ from diffusers import DDPMScheduler, DiffusionPipeline, UNet2DModel  # noqa: E40
 
 from fastflow.cli.main import main  # noqa: E402
 from fastflow.models.checkpoint import save_model  # noqa: E402
-from fastflow.models.prompts import write_prompt_table  # noqa: E402
 from fastflow.models.sd import SDConfig, SDVelocity  # noqa: E402
-from tests.helpers import tiny_sd_folder  # noqa: E402
+from tests.helpers import tiny_sd_student  # noqa: E402
 
 
 def _save(model: torch.nn.Module, directory) -> str:
@@ -29,11 +28,7 @@ def _save(model: torch.nn.Module, directory) -> str:
 @pytest.fixture(scope="module")
 def sd_student(tmp_path_factory):
     """A velocity-parametrised SD student checkpoint on a tiny SD folder with a 2-prompt table."""
-    tmp = tmp_path_factory.mktemp("sd-student")
-    root = tiny_sd_folder(tmp / "sd")
-    table = write_prompt_table(root, ["a cat", "a red dog"], tmp / "prompts.safetensors")
-    model = SDVelocity(SDConfig(path=str(root), prediction="velocity", prompts=str(table)))
-    return _save(model, tmp / "ckpt"), model
+    return tiny_sd_student(tmp_path_factory.mktemp("sd-student"))
 
 
 def test_one_step_in_diffusers_equals_fastflow_sample(sd_student, tmp_path) -> None:

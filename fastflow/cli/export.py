@@ -20,10 +20,10 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import (Parser, add_model_args, add_threads, device_name, load_checkpoint, nonneg_float, nonneg_int,
-                                 positive_int, run_cli)
+from fastflow.cli.common import (Parser, add_model_args, add_threads, device_name, finite_float, load_checkpoint,
+                                 nonneg_float, nonneg_int, positive_int, run_cli)
 from fastflow.errors import ConfigError, MissingBackendError
-from fastflow.export.formats import FORMATS
+from fastflow.export.formats import FORMATS, BuildOptions
 
 Inputs = Callable[[int], tuple[torch.Tensor, ...]]  # batch size → fixed-seed example inputs
 
@@ -42,7 +42,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
     p.add_argument("--format", required=True, choices=list(FORMATS),
                    help="; ".join(f"{name}: {f.help}{' (GPU)' if f.gpu_only else ''}" for name, f in FORMATS.items()))
-    p.add_argument("-o", "--output", required=True, help="artefact path")
+    p.add_argument("-o", "--output", required=True, help="artefact path (with --pipeline: a new directory)")
+    p.add_argument("--pipeline", action="store_true",
+                   help="a text-conditioned student as one artefact per component (text_encoder, generator with CFG "
+                        "inside, vae_decoder) + pipeline.json in the directory -o (fastflow.export.pipeline)")
+    p.add_argument("--cfg", type=finite_float, default=1.0,
+                   help="with --pipeline: CFG scale inside the generator (≠ 1: the batch is doubled internally)")
+    p.add_argument("--context-length", type=positive_int, default=77,
+                   help="with --pipeline, for a fastflow token-conditioned UNet: tokens per prompt")
     p.add_argument("--batch", type=positive_int, default=None, help="static batch size")
     p.add_argument("--min-batch", type=positive_int, default=1, help="smallest batch of a dynamic batch range")
     p.add_argument("--opt-batch", type=positive_int, default=None, help="batch to optimise for (default: max)")
@@ -106,7 +113,16 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int, int]:
             raise ConfigError("--quantize int8 keeps the reference ops: drop --fused on")
     elif args.calibrate is not None:
         raise ConfigError("--calibrate sets the int8 calibration: add --quantize int8")
-    check_writable(args.output)  # before minutes of compilation
+    if args.pipeline and args.quantize:
+        raise ConfigError("--quantize int8 exports single-file generators; drop it with --pipeline")
+    if not args.pipeline and args.cfg != 1.0:
+        raise ConfigError("--cfg sets the guidance inside a --pipeline generator: add --pipeline")
+    if args.pipeline:
+        from fastflow.utils.io import check_new_dir
+
+        check_new_dir(args.output)
+    else:
+        check_writable(args.output)  # before minutes of compilation
     if args.report:
         check_writable(args.report)
     return lo, opt, hi
@@ -138,7 +154,7 @@ def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[P
 
     record, model = load_checkpoint(args, fused=False)
     if record.kind == "token":
-        raise ConfigError("exporting token-conditioned generators is not supported yet")
+        raise ConfigError("a token-conditioned generator exports as a pipeline: add --pipeline")
     dtype, device, shape = DTYPES[args.dtype], args.device, sample_shape(model)
     exported, fused = _fused_path(args, model)
     if record.kind == "image":  # an OFTSR student: (lq, noise, tau) → image
@@ -169,11 +185,13 @@ def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[P
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastflow.export.formats import BuildOptions, input_names
+    from fastflow.export.formats import input_names
     from fastflow.fused.runtime import kernels_in_export
     from fastflow.utils.io import disk_errors, staged_artifact
 
     batch = _check_args(args)
+    if args.pipeline:
+        return _run_pipeline(args, batch)
     out = Path(args.output)
     ckpt, gen, reference, spec, inputs_for = _generator(args, batch)
     example = inputs_for(spec.batch.opt)
@@ -203,6 +221,62 @@ def run(args: argparse.Namespace) -> int:
         "sample_shape": list(spec.sample_shape), "inputs": input_names(gen, example), "spec": spec.to_dict(),
     }
     return _validate_and_time(args, reference, spec, inputs_for, example, report)
+
+
+def _run_pipeline(args: argparse.Namespace, batch: tuple[int, int, int]) -> int:
+    """``--pipeline``: one artefact per component of a text student, validated and timed each."""
+    from fastflow.export.pipeline import components, export_pipeline, load_pipeline, validate_pipeline
+    from fastflow.fused.runtime import kernels_in_export
+    from fastflow.export.spec import BatchRange, GeneratorSpec
+    from fastflow.models.checkpoint import weights_file
+    from fastflow.models.presets import sample_shape
+    from fastflow.utils.io import atomic_write_json, file_digest
+    from fastflow.utils.timing import measure_latency
+
+    record, model = load_checkpoint(args, fused=False)
+    if record.kind != "token" and getattr(model, "table", None) is None:
+        raise ConfigError(f"--pipeline exports text-conditioned students (a diffusers text model with a prompt table, "
+                          f"or a token-conditioned UNet); this one is {record.kind}: export it without --pipeline")
+    exported, fused = _fused_path(args, model)
+    weights = weights_file(record.path, args.weights)
+    digest = record.digests.get(weights.name) or file_digest(weights)
+    spec = GeneratorSpec(kind="generator", sample_shape=tuple(sample_shape(model)), batch=BatchRange(*batch),
+                         dtype=args.dtype, steps=args.steps, device=args.device.type, checkpoint_sha256=digest,
+                         extra={"fused": fused, "cfg_scale": repr(args.cfg)})
+    comps = components(exported, spec, args.cfg, args.context_length, args.seed)
+    source = Path(model.config.path).expanduser() if record.arch == "sd" else None
+    keep = kernels_in_export() if fused != "off" else contextlib.nullcontext()
+    t0 = time.perf_counter()
+    with keep:
+        manifest = export_pipeline(comps, args.output, args.format, BuildOptions(args.opset, args.opt_level,
+                                                                                 args.timing_cache), source,
+                                   {"checkpoint": str(record.path), "checkpoint_sha256": digest, "steps": args.steps,
+                                    "cfg_scale": args.cfg, "dtype": args.dtype, "device": device_name(args.device),
+                                    "fused": fused, "versions": _versions()})
+    out = Path(args.output)
+    sizes = {f.name: f.stat().st_size for f in sorted(out.iterdir()) if f.is_file()}
+    report: dict[str, Any] = {**manifest, "build_seconds": time.perf_counter() - t0, "file_bytes": sizes}
+    print(f"built {out}: {', '.join(manifest['chain'])} ({sum(sizes.values()) / 1e6:.2f} MB) "
+          f"in {report['build_seconds']:.1f}s")
+    status = 0
+    if args.validate:
+        report["validation"] = val = validate_pipeline(comps, out, args.device, args.atol, args.rtol)
+        for name in [*manifest["chain"], "chain"]:
+            v = val[name]
+            verdict = "passed" if v["passed"] else "FAILED"
+            print(f"validation {name}: {verdict}, max abs {v.get('max_abs_err', float('nan')):.3g}")
+        status = 0 if val["passed"] else 1
+    runners = load_pipeline(out, args.device)
+    report["latency_ms"] = {}
+    for c in comps:
+        example = c.inputs_for(c.spec.batch.opt)
+        lat = measure_latency(lambda r=runners[c.name], e=example: r(*e), args.device, warmup=3, iters=20)
+        report["latency_ms"][c.name] = {"batch": c.spec.batch.opt, **lat.to_dict()}
+        print(f"latency {c.name} at batch {c.spec.batch.opt}: p50 {lat.p50_ms:.2f} ms")
+    if args.report:
+        atomic_write_json(args.report, report)
+        print(f"wrote {args.report}")
+    return status
 
 
 def _validate_and_time(args: argparse.Namespace, gen: torch.nn.Module, spec: Any, inputs_for: Inputs,

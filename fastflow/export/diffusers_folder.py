@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -94,27 +92,20 @@ def model_index(pipeline: str, stage: Path, source: Path) -> dict[str, Any]:
 def write_diffusers_folder(model: nn.Module, out: str | Path) -> Path:
     """Write ``out`` (must not exist, or be empty) from an ``SDVelocity`` student; atomic: the folder
     is built beside ``out`` and renamed into place when complete."""
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"{out} exists and is not an empty directory: choose a new output folder")
+    from fastflow.utils.io import staged_dir
+
     source = Path(model.config.path).expanduser()
     net, backbone = flow_denoiser(model), model.backbone
-    out.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    with staged_dir(out) as stage:
         net.save_pretrained(stage / backbone.folder)
         sched = getattr(diffusers_module(), SCHEDULER)(**scheduler_config(model.num_train_timesteps))
         sched.save_pretrained(stage / "scheduler")
         skip = {*DENOISER_FOLDERS, "scheduler"}
-        for sub in sorted(p for p in source.iterdir() if p.is_dir() and p.name not in skip and not p.name.startswith(".")):
-            shutil.copytree(sub, stage / sub.name)
+        for sub in sorted(source.iterdir()):
+            if sub.is_dir() and sub.name not in skip and not sub.name.startswith("."):
+                shutil.copytree(sub, stage / sub.name)
         (stage / "model_index.json").write_text(json.dumps(model_index(backbone.pipeline, stage, source), indent=2))
-        if out.exists():
-            out.rmdir()
-        os.replace(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return out
+    return Path(out)
 
 
 @torch.no_grad()
@@ -128,7 +119,8 @@ def round_trip(folder: str | Path, model: nn.Module, n: int = 2, seed: int = 0, 
     pipeline = model.backbone.pipeline
     if pipeline not in ("StableDiffusionPipeline", "DDPMPipeline"):
         raise ConfigError(f"the round-trip check runs StableDiffusionPipeline and DDPMPipeline, not {pipeline}")
-    pipe = diffusers_module().DiffusionPipeline.from_pretrained(folder, local_files_only=True, torch_dtype=torch.float32)
+    pipe = diffusers_module().DiffusionPipeline.from_pretrained(folder, local_files_only=True,
+                                                                torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
     r = model.config.resolution
     z = torch.randn(n, model.config.in_channels, r, r, generator=torch.Generator().manual_seed(seed))

@@ -69,7 +69,7 @@ def _softmax_in_fp32(path: Path) -> None:
 
 
 def build_onnx(gen: nn.Module, example: Example, batch: BatchRange, path: Path, opset: int,
-               dtype: str, calibration: Sequence[Example] = ()) -> None:
+               dtype: str, calibration: Sequence[Example] = (), output_name: str = "image") -> None:
     """ONNX through the dynamo exporter; ``calibration`` given: int8 QDQ (:mod:`~fastflow.export.quantize`)."""
     for mod in ("onnx", "onnxscript"):
         if importlib.util.find_spec(mod) is None:
@@ -78,7 +78,7 @@ def build_onnx(gen: nn.Module, example: Example, batch: BatchRange, path: Path, 
     def export(to: Path) -> None:
         torch.onnx.export(gen, example, str(to), dynamo=True, opset_version=opset,
                           dynamic_shapes=_dynamic_shapes(example, batch), input_names=input_names(gen, example),
-                          output_names=["image"], verbose=False)
+                          output_names=[output_name], verbose=False)
     if calibration:
         fp32_onnx_then_int8(export, path, calibration, input_names(gen, example))
         return
@@ -323,13 +323,14 @@ def build_trt_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: P
 
 @dataclasses.dataclass(frozen=True)
 class BuildOptions:
-    """Settings some formats take: the ONNX opset, TensorRT's optimisation level and timing cache,
-    and int8 calibration inputs (empty: no quantization; ``onnx`` and ``pt2`` only)."""
+    """Settings some formats take: the ONNX opset and output name, TensorRT's optimisation level and
+    timing cache, and int8 calibration inputs (empty: no quantization; ``onnx`` and ``pt2`` only)."""
 
     opset: int = 19
     opt_level: int = 3
     timing_cache: str | None = None
     calibration: tuple[Example, ...] = ()
+    output_name: str = "image"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -345,7 +346,8 @@ class Format:
 
 #: format name → how it is built and run (the one list ``fastflow-export --format`` offers)
 FORMATS: dict[str, Format] = {
-    "onnx": Format(lambda g, e, s, p, o: build_onnx(g, e, s.batch, p, o.opset, s.dtype, o.calibration), load_onnx, False,
+    "onnx": Format(lambda g, e, s, p, o: build_onnx(g, e, s.batch, p, o.opset, s.dtype, o.calibration, o.output_name),
+                   load_onnx, False,
                    "ONNX with dynamic batch, GroupNorm and softmax in fp32, run by ONNX Runtime"),
     "pt2": Format(lambda g, e, s, p, o: build_pt2(g, e, s, p, o.calibration), load_pt2, False,
                   "AOTInductor package with input checks and metadata (fastflow-run runs it)", kernels=True),

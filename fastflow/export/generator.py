@@ -7,7 +7,8 @@ sampler (``k = 1``: :math:`x_1 = z + (1-\epsilon)v(z, \epsilon)`). It matches
 A two-time (MeanFlow) model steps its average velocity instead, on the grid ``t_i = i/k``:
 :math:`x \leftarrow x + h\,u(x, t_i, t_{i+1})` (``k = 1``: :math:`x_1 = z + u(z, 0, 1)`), as
 :func:`fastflow.flow.solvers.mean_flow`. ``SRGenerator`` is OFTSR's one-step super-resolution with
-the knob ``τ`` as an input.
+the knob ``τ`` as an input. ``TextGenerator`` is a text-to-image pipeline's generator
+``(z, emb) → latent`` with classifier-free guidance inside.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from fastflow.errors import ConfigError
+from fastflow.flow.guidance import cfg_velocity
 from fastflow.flow.sample import is_two_time
 from fastflow.flow.solvers import time_grid
 from fastflow.flow.time import DEFAULT_EPS
@@ -42,6 +45,32 @@ class Generator(nn.Module):
                 x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond, t_end=t_end)
             else:
                 x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond)
+        return x
+
+
+class TextGenerator(nn.Module):
+    r"""``(z, emb) → latent``: ``steps`` Euler steps (as :class:`Generator`) of the guided velocity
+    :math:`\alpha\,v(x, t \mid e) + (1-\alpha)\,v(x, t \mid \varnothing)`; with α ≠ 1 both branches run
+    as one call on a doubled batch, the null prompt's embedding baked into the graph."""
+
+    input_names = ("z", "emb")
+
+    def __init__(self, model: nn.Module, steps: int = 1, cfg_scale: float = 1.0) -> None:
+        super().__init__()
+        if is_two_time(model):
+            raise ConfigError("a MeanFlow model exports as a plain generator, not a text pipeline")
+        self.model, self.steps, self.cfg_scale = model, steps, cfg_scale
+        self.grid = time_grid(steps, DEFAULT_EPS, 1.0)
+
+    @property
+    def config(self):  # noqa: ANN201 - the wrapped model's config
+        return self.model.config
+
+    def forward(self, z: Tensor, emb: Tensor) -> Tensor:
+        v, x = cfg_velocity(self.model, emb, self.cfg_scale), z
+        for i in range(self.steps):
+            t = torch.full((z.shape[0],), self.grid[i], dtype=torch.float32, device=z.device)
+            x = x + (self.grid[i + 1] - self.grid[i]) * v(x, t)
         return x
 
 

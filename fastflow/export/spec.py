@@ -9,6 +9,12 @@ Inputs by generator kind (``B`` = batch, ``S`` = sample shape, e.g. ``(1, 16, 16
 - ``generator``: ``z [B, *S]`` in the artefact's dtype;
 - ``conditional``: ``z [B, *S]`` and ``cond [B]`` int64 class labels in ``[0, num_classes)``;
 - ``sr`` (OFTSR student): ``lq [B, *S]``, ``noise [B, *S]``, ``tau [B]`` float32 in ``[0, 1]``.
+
+Components of a text-to-image pipeline (``fastflow-export --pipeline``; ``C`` = ``cond_shape``):
+
+- ``text_encoder``: ``tokens [B, L]`` int64 ids in ``[0, num_classes)`` (the vocabulary) → ``[B, L, D]``;
+- ``text_generator``: ``z [B, *S]`` and ``emb [B, L, D]`` text embeddings → latent ``[B, *S]``;
+- ``vae_decoder``: ``latent [B, *S]`` → image ``[B, 3, H, W]`` in ``[−1, 1]``.
 """
 
 from __future__ import annotations
@@ -22,7 +28,8 @@ from torch import Tensor
 from fastflow.errors import ArtifactError, ShapeError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-INPUTS = {"generator": ("z",), "conditional": ("z", "cond"), "sr": ("lq", "noise", "tau")}
+INPUTS = {"generator": ("z",), "conditional": ("z", "cond"), "sr": ("lq", "noise", "tau"),
+          "text_encoder": ("tokens",), "text_generator": ("z", "emb"), "vae_decoder": ("latent",)}
 PREFIX = "fastflow."
 VERSION = 1
 
@@ -44,23 +51,27 @@ class BatchRange:
 
 @dataclass(frozen=True)
 class GeneratorSpec:
-    kind: str  # generator | conditional | sr
+    kind: str  # one of INPUTS
     sample_shape: tuple[int, ...]
     batch: BatchRange
     dtype: str = "fp32"
     steps: int = 1
-    num_classes: int = 0
+    num_classes: int = 0  # label classes; a text encoder's vocabulary size
     device: str = "cpu"
     checkpoint_sha256: str = ""
     extra: dict[str, str] = field(default_factory=dict)
+    cond_shape: tuple[int, ...] = ()  # per-sample shape of tokens (L,) or text embeddings (L, D)
 
     def __post_init__(self) -> None:
         if self.kind not in INPUTS:
             raise ArtifactError(f"unknown generator kind {self.kind!r} (expected {', '.join(INPUTS)})")
         if self.dtype not in DTYPES:
             raise ArtifactError(f"unknown dtype {self.dtype!r} (expected {', '.join(DTYPES)})")
-        if self.kind == "conditional" and self.num_classes < 1:
-            raise ArtifactError("a conditional generator needs num_classes >= 1")
+        if self.kind in ("conditional", "text_encoder") and self.num_classes < 1:
+            raise ArtifactError(f"a {self.kind} needs num_classes >= 1 (classes or vocabulary)")
+        want = {"text_encoder": 1, "text_generator": 2}.get(self.kind, 0)
+        if len(self.cond_shape) != want:
+            raise ArtifactError(f"a {self.kind} has a {want}-D cond_shape, got {self.cond_shape}")
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -73,6 +84,8 @@ class GeneratorSpec:
                 "batch_opt": str(self.batch.opt), "batch_max": str(self.batch.max), "dtype": self.dtype,
                 "steps": str(self.steps), "num_classes": str(self.num_classes), "device": self.device,
                 "checkpoint_sha256": self.checkpoint_sha256, **self.extra}
+        if self.cond_shape:
+            meta["cond_shape"] = ",".join(map(str, self.cond_shape))
         return {PREFIX + k: v for k, v in meta.items()}
 
     @classmethod
@@ -87,12 +100,14 @@ class GeneratorSpec:
                                     f"{meta[PREFIX + 'version']} > {VERSION})")
             own.pop("inputs", None)  # derived from kind
             known = {"kind", "sample_shape", "batch_min", "batch_opt", "batch_max", "dtype", "steps",
-                     "num_classes", "device", "checkpoint_sha256"}
+                     "num_classes", "device", "checkpoint_sha256", "cond_shape"}
+            cond = own.get("cond_shape", "")
             return cls(kind=own["kind"], sample_shape=tuple(int(s) for s in own["sample_shape"].split(",")),
                        batch=BatchRange(int(own["batch_min"]), int(own["batch_opt"]), int(own["batch_max"])),
                        dtype=own["dtype"], steps=int(own["steps"]), num_classes=int(own["num_classes"]),
                        device=own["device"], checkpoint_sha256=own["checkpoint_sha256"],
-                       extra={k: v for k, v in own.items() if k not in known})
+                       extra={k: v for k, v in own.items() if k not in known},
+                       cond_shape=tuple(int(c) for c in cond.split(",")) if cond else ())
         except (KeyError, ValueError) as e:
             raise ArtifactError(f"{source}: malformed fastflow metadata ({type(e).__name__}: {e})") from None
 
@@ -114,13 +129,15 @@ class GeneratorSpec:
         for name, x in zip(self.inputs, inputs):
             if name in ("cond", "tau"):
                 want, dtype = (b,), torch.int64 if name == "cond" else torch.float32
+            elif name in ("tokens", "emb"):
+                want, dtype = (b, *self.cond_shape), torch.int64 if name == "tokens" else DTYPES[self.dtype]
             else:
                 want, dtype = (b, *self.sample_shape), DTYPES[self.dtype]
             if tuple(x.shape) != want:
                 raise ShapeError(f"{name} has shape {tuple(x.shape)}, the artefact takes {want}")
             if x.dtype != dtype:
                 raise ShapeError(f"{name} has dtype {x.dtype}, the artefact takes {dtype}")
-            if name == "cond" and x.device.type == "cpu" and x.numel() and (
+            if name in ("cond", "tokens") and x.device.type == "cpu" and x.numel() and (
                     int(x.min()) < 0 or int(x.max()) >= self.num_classes):
-                raise ShapeError(f"labels must lie in [0, {self.num_classes}), got "
-                                 f"{int(x.min())}..{int(x.max())}")
+                raise ShapeError(f"{'labels' if name == 'cond' else 'token ids'} must lie in [0, {self.num_classes}), "
+                                 f"got {int(x.min())}..{int(x.max())}")

@@ -51,7 +51,9 @@ class GuidedVelocity:
         if self._both is None:
             vc, vu = self.model(x, t, self.cond), self.model(x, t, None)
         else:
-            vc, vu = self.model(torch.cat([x, x]), torch.cat([t, t]), self._both).chunk(2)
+            both = self.model(torch.cat([x, x]), torch.cat([t, t]), self._both)
+            n = x.shape[0]  # a symbolic size under export (len() would specialise it)
+            vc, vu = both[:n], both[n:]  # slices, not chunk(2): ONNX export of a dynamic batch
         return self.scale * vc + (1 - self.scale) * vu
 
     def select(self, idx: Tensor) -> GuidedVelocity:

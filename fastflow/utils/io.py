@@ -81,6 +81,30 @@ def staged_artifact(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+def check_new_dir(path: str | Path) -> Path:
+    """``path`` as a directory to create: absent or empty, its parent writable (created)."""
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise ConfigError(f"{path} exists and is not an empty directory: choose a new output folder")
+    check_writable(path.parent / ".probe")
+    return path
+
+
+@contextmanager
+def staged_dir(path: str | Path) -> Iterator[Path]:
+    """Build a directory artefact in ``.NAME.XXXX.tmp`` beside ``path`` and rename it into place when
+    complete: ``path`` is either absent (or left empty) or whole. Refuses a non-empty ``path``."""
+    path = check_new_dir(path)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield stage
+        if path.exists():
+            path.rmdir()
+        os.replace(stage, path)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+
+
 def remove_stale_temps(directory: str | Path) -> list[Path]:
     """Delete what writes killed mid-way left in ``directory`` (``.NAME.XXXX.tmp`` files and
     ``.step-N.tmp`` checkpoint directories). Only for directories this process owns (a run's)."""

@@ -1,0 +1,192 @@
+"""A text-to-image student as one artefact per component, as TensorRT's demoDiffusion deploys Stable
+Diffusion: ``text_encoder`` (token ids → embeddings; the tokenizer's files copied beside it),
+``generator`` (``z, emb → latent``: the Euler arithmetic and CFG inside, the batch doubled internally)
+and ``vae_decoder`` (latent → image in [−1, 1]), plus ``pipeline.json`` naming each component's
+file, inputs, outputs, shapes, dtypes, batch profile, the checkpoint's digest and the chain.
+
+Chain: ``tokens → text_encoder → emb``; ``(z, emb) → generator → latent``; ``latent → vae_decoder →
+image``. A fastflow token-conditioned UNet (pixel space, no text encoder of its own) exports its
+generator alone. ONNX components keep their weights in one external-data file each.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from fastflow.errors import ConfigError
+from fastflow.export.formats import FORMATS, BuildOptions
+from fastflow.export.generator import TextGenerator
+from fastflow.export.spec import DTYPES, GeneratorSpec
+
+FORMAT, VERSION = "fastflow-pipeline", 1
+CHAIN = ("text_encoder", "generator", "vae_decoder")
+EXTENSIONS = {"onnx": ".onnx", "pt2": ".pt2", "ep": ".ep", "engine": ".plan", "trt-pt2": ".pt2"}
+OUTPUTS = {"text_encoder": "emb", "generator": "latent", "vae_decoder": "image"}
+Inputs = Callable[[int], tuple[Tensor, ...]]
+
+
+class TextEncoder(nn.Module):
+    """``tokens [B, L] → emb [B, L, D]``: the text encoder's last hidden state (what the prompt table holds)."""
+
+    input_names = ("tokens",)
+
+    def __init__(self, encoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+
+    def forward(self, tokens: Tensor) -> Tensor:
+        return self.encoder(input_ids=tokens)[0]
+
+
+class VAEDecoder(nn.Module):
+    """``latent → image`` in [−1, 1] through the VAE (its scaling and shift factors inside)."""
+
+    input_names = ("latent",)
+
+    def __init__(self, vae: nn.Module) -> None:
+        super().__init__()
+        self.vae = vae
+        self.scale, self.shift = float(vae.config.scaling_factor), float(vae.config.get("shift_factor") or 0.0)
+
+    def forward(self, latent: Tensor) -> Tensor:
+        return self.vae.decode(latent / self.scale + self.shift, return_dict=False)[0].clamp(-1, 1)
+
+
+@dataclass
+class Component:
+    name: str
+    module: nn.Module
+    spec: GeneratorSpec
+    inputs_for: Inputs  # batch size → fixed-seed example inputs
+
+
+def _text_encoder(path: Path) -> nn.Module:
+    try:
+        from transformers import AutoModel
+    except ImportError:
+        raise ConfigError("the text encoder needs transformers: pip install 'fastflow[diffusers]'") from None
+    if not (path / "text_encoder").is_dir() or not (path / "tokenizer").is_dir():
+        raise ConfigError(f"{path}: a text pipeline needs the source folder's text_encoder/ and tokenizer/")
+    return AutoModel.from_pretrained(path / "text_encoder", local_files_only=True).eval()
+
+
+def components(model: nn.Module, spec: GeneratorSpec, cfg_scale: float, context_length: int,
+               seed: int = 0) -> list[Component]:
+    """The pipeline's components for a text student (``SDVelocity`` with a prompt table, or a
+    fastflow UNet with ``context_dim``); ``spec`` carries the batch range, dtype, steps, device, digest."""
+    from fastflow.models.diffusers_dir import load_vae
+
+    dtype, device, g = DTYPES[spec.dtype], torch.device(spec.device), torch.Generator().manual_seed(seed)
+    sd = getattr(model, "table", None) is not None
+    if sd:
+        length, dim = model.table.shape[1:]
+        path = Path(model.config.path).expanduser()
+    else:
+        length, dim = context_length, model.config.context_dim
+    latent = tuple(int(s) for s in spec.sample_shape)
+
+    def rand(*shape: int) -> Tensor:
+        return torch.randn(*shape, generator=g).to(device=device, dtype=dtype)
+
+    out = [Component("generator", TextGenerator(model, spec.steps, cfg_scale),
+                     replace(spec, kind="text_generator", cond_shape=(length, dim)),
+                     lambda b: (rand(b, *latent), rand(b, length, dim)))]
+    if sd:
+        encoder = _text_encoder(path)
+        vocab = int(encoder.config.vocab_size)
+        out.insert(0, Component("text_encoder", TextEncoder(encoder), replace(
+            spec, kind="text_encoder", sample_shape=(length, dim), num_classes=vocab, cond_shape=(length,)),
+            lambda b: (torch.randint(0, vocab, (b, length), generator=g).to(device),)))
+        out.append(Component("vae_decoder", VAEDecoder(load_vae(path)), replace(spec, kind="vae_decoder"),
+                             lambda b: (rand(b, *latent),)))
+    for c in out:
+        c.module.to(device=device, dtype=dtype).eval()
+    return out
+
+
+def _io(c: Component, example: tuple[Tensor, ...]) -> dict[str, Any]:
+    with torch.no_grad():
+        y = c.module(*example)
+    shape = lambda x: ["B", *x.shape[1:]]  # noqa: E731
+    return {"inputs": [{"name": n, "shape": shape(x), "dtype": str(x.dtype).removeprefix("torch.")}
+                       for n, x in zip(c.module.input_names, example)],
+            "outputs": [{"name": OUTPUTS[c.name], "shape": shape(y), "dtype": str(y.dtype).removeprefix("torch.")}]}
+
+
+def export_pipeline(comps: list[Component], out: str | Path, fmt: str, options: BuildOptions,
+                    source: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
+    """Build every component into the new directory ``out`` (atomic: built beside it, renamed when
+    complete), copy the tokenizer, write ``pipeline.json``; return that manifest."""
+    from fastflow.utils.io import atomic_write_json, disk_errors, staged_dir
+
+    manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "artefact_format": fmt, **settings,
+                                "chain": [c.name for c in comps], "components": {}}
+    with staged_dir(out) as stage, disk_errors(out), torch.no_grad():
+        for c in comps:
+            example = c.inputs_for(c.spec.batch.opt)
+            file = c.name + EXTENSIONS[fmt]
+            FORMATS[fmt].build(c.module, example, c.spec, stage / file, replace(options, output_name=OUTPUTS[c.name]))
+            manifest["components"][c.name] = {"file": file, "kind": c.spec.kind, **_io(c, example),
+                                              "batch": vars(c.spec.batch), "spec": c.spec.to_dict()}
+        if source is not None and "text_encoder" in manifest["components"]:
+            shutil.copytree(source / "tokenizer", stage / "tokenizer")
+            manifest["tokenizer"] = "tokenizer"
+        atomic_write_json(stage / "pipeline.json", manifest)
+    return manifest
+
+
+def read_pipeline(directory: str | Path) -> dict[str, Any]:
+    from fastflow.errors import ArtifactError
+
+    path = Path(directory) / "pipeline.json"
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: not a readable pipeline manifest ({e.__class__.__name__})") from None
+    if manifest.get("format") != FORMAT or int(manifest.get("version", 0)) > VERSION:
+        raise ArtifactError(f"{path}: not a fastflow pipeline of version <= {VERSION}")
+    return manifest
+
+
+def load_pipeline(directory: str | Path, device: torch.device) -> dict[str, Callable[..., Tensor]]:
+    """Each component of an exported pipeline as a checked runner, by name."""
+    manifest = read_pipeline(directory)
+    fmt = FORMATS[manifest["artefact_format"]]
+    return {name: fmt.load(Path(directory) / c["file"], device) for name, c in manifest["components"].items()}
+
+
+def chain(run: dict[str, Callable[..., Tensor]], z: Tensor, text: Tensor) -> Tensor:
+    """The pipeline's output: ``text`` is token ids when a text encoder is present, else embeddings."""
+    emb = run["text_encoder"](text) if "text_encoder" in run else text
+    latent = run["generator"](z, emb)
+    return run["vae_decoder"](latent) if "vae_decoder" in run else latent
+
+
+def validate_pipeline(comps: list[Component], directory: str | Path, device: torch.device, atol: float,
+                      rtol: float) -> dict[str, Any]:
+    """Each component against eager PyTorch at the batch range's ends and optimum, then the chained
+    pipeline on the same tokens and noise."""
+    from fastflow.export.validate import compare
+
+    run = load_pipeline(directory, device)
+    eager = {c.name: c.module for c in comps}
+    report: dict[str, Any] = {}
+    for c in comps:
+        sizes = sorted({c.spec.batch.min, c.spec.batch.opt, c.spec.batch.max})
+        report[c.name] = compare(c.module, run[c.name], [c.inputs_for(b) for b in sizes], atol, rtol)
+    gen = next(c for c in comps if c.name == "generator")
+    first = comps[0]
+    b = gen.spec.batch.opt
+    z, text = gen.inputs_for(b)[0], first.inputs_for(b)[-1]
+    report["chain"] = compare(lambda z_, t_: chain(eager, z_, t_), lambda z_, t_: chain(run, z_, t_), [(z, text)],
+                              atol, rtol)
+    report["passed"] = all(r["passed"] for r in report.values() if isinstance(r, dict))
+    return report
