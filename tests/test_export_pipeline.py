@@ -5,7 +5,9 @@ PyTorch and chained; bad input is one line."""
 from __future__ import annotations
 
 import json
+import subprocess
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +16,9 @@ pytest.importorskip("onnxruntime", reason="ONNX validation needs onnxruntime")
 
 from fastflow.cli.main import main  # noqa: E402
 from fastflow.export.pipeline import chain, components, load_pipeline, read_pipeline  # noqa: E402
+from fastflow.export.spec import BatchRange, GeneratorSpec  # noqa: E402
+from fastflow.flow.sample import generate  # noqa: E402
+from fastflow.models.prompts import tokenize_prompts  # noqa: E402
 from tests.helpers import tiny_sd_student  # noqa: E402
 
 
@@ -22,12 +27,20 @@ def student(tmp_path_factory):
     return tiny_sd_student(tmp_path_factory.mktemp("pipeline-student"))
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
-def test_text_student_exports_per_component_and_validates(student, tmp_path, fmt) -> None:
-    ckpt, model = student
-    out, report = tmp_path / "pipe", tmp_path / "report.json"
+def _export(ckpt: str, fmt: str, out, report) -> None:
     assert main(["export", ckpt, "--format", fmt, "--pipeline", "-o", str(out), "--validate", "--cfg", "2",
                  "--min-batch", "1", "--max-batch", "2", "--report", str(report), "--device", "cpu"]) == 0
+
+
+@pytest.fixture(scope="module")
+def pt2_pipeline(student, tmp_path_factory):
+    """The student's pt2 pipeline (three AOTInductor compiles: built once for the module)."""
+    tmp = tmp_path_factory.mktemp("pt2-pipeline")
+    _export(student[0], "pt2", tmp / "pipe", tmp / "report.json")
+    return tmp / "pipe", tmp / "report.json"
+
+
+def _check(out, report, model) -> None:
     manifest = read_pipeline(out)
     assert manifest["chain"] == ["text_encoder", "generator", "vae_decoder"] and manifest["cfg_scale"] == 2.0
     gen = manifest["components"]["generator"]
@@ -39,17 +52,70 @@ def test_text_student_exports_per_component_and_validates(student, tmp_path, fmt
     assert val["passed"] and all(val[k]["passed"] for k in ("text_encoder", "generator", "vae_decoder", "chain"))
     # the chained artefacts equal the student's own CFG sample, decoded, for a prompt of the table
     run = load_pipeline(out, torch.device("cpu"))
-    from transformers import CLIPTokenizer
-
-    ids = CLIPTokenizer.from_pretrained(out / "tokenizer")(["a red dog"], padding="max_length", max_length=16,
-                                                           return_tensors="pt").input_ids
+    ids = tokenize_prompts(out, ["a red dog"])
     z = torch.randn(1, 4, 8, 8)
-    from fastflow.flow.sample import generate
-
     with torch.no_grad():
         expect = model.decode(generate(model, z, "one_step", cond=torch.tensor([1]), cfg_scale=2.0).x)
         got = chain(run, z, ids)
     assert torch.allclose(got, expect, atol=1e-4), (got - expect).abs().max()
+
+
+def test_onnx_pipeline_per_component(student, tmp_path) -> None:
+    _export(student[0], "onnx", tmp_path / "pipe", tmp_path / "report.json")
+    _check(tmp_path / "pipe", tmp_path / "report.json", student[1])
+
+
+def test_pt2_pipeline_per_component(student, pt2_pipeline) -> None:
+    _check(*pt2_pipeline, student[1])
+
+
+def _runner(*args: str) -> subprocess.CompletedProcess[str]:
+    from fastflow.bench.latency import RUNNER_BUILD_PATH
+
+    if not RUNNER_BUILD_PATH.is_file():
+        pytest.skip("fastflow-run is not built (make native)")
+    return subprocess.run([str(RUNNER_BUILD_PATH), *args], capture_output=True, text=True, timeout=300)
+
+
+def test_runner_chains_the_pt2_pipeline_like_python(pt2_pipeline, tmp_path) -> None:
+    """fastflow-run DIR --tokens (from `fastflow prompts --ids`) or --emb equals Python's chain exactly
+    (both on one thread); bad pipeline inputs are one line, exit 2."""
+    out, _ = pt2_pipeline
+    (tmp_path / "p.txt").write_text("a red dog\na cat\n")
+    assert main(["prompts", str(out), str(tmp_path / "p.txt"), "--ids", str(tmp_path / "ids.npy")]) == 0
+    ids = torch.from_numpy(np.load(tmp_path / "ids.npy"))
+    r = _runner(str(out), "--tokens", str(tmp_path / "ids.npy"), "--seed", "3", "--out", str(tmp_path / "o.npy"),
+                "--png", str(tmp_path / "g.png"))
+    assert r.returncode == 0, r.stderr
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = load_pipeline(out, torch.device("cpu"))
+        torch.manual_seed(3)
+        z = torch.randn(2, 4, 8, 8)
+        expect = chain(run, z, ids)
+        emb = run["text_encoder"](ids[:1])[0]
+        np.save(tmp_path / "emb.npy", emb.numpy())  # [L, D]: repeated over --batch
+        r = _runner(str(out), "--emb", str(tmp_path / "emb.npy"), "--batch", "2", "--seed", "3",
+                    "--out", str(tmp_path / "e.npy"))
+        assert r.returncode == 0, r.stderr
+        expect_emb = run["vae_decoder"](run["generator"](z, emb.expand(2, -1, -1).contiguous()))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "o.npy")), expect)
+    assert torch.equal(torch.from_numpy(np.load(tmp_path / "e.npy")), expect_emb)
+    assert (tmp_path / "g.png").is_file()
+    np.save(tmp_path / "bad-ids.npy", np.full((1, 16), 10_000, dtype=np.int64))
+    np.save(tmp_path / "bad-emb.npy", np.zeros((1, 16, 5), dtype=np.float32))
+    for args, word in [(["--tokens", "bad-ids.npy"], "vocabulary"), (["--emb", "bad-emb.npy"], "embeddings have shape"),
+                       (["--tokens", "ids.npy", "--emb", "emb.npy"], "exactly one"),
+                       (["--tokens", "ids.npy", "--batch", "3"], "disagrees"), ([], "exactly one")]:
+        args = [str(tmp_path / a) if a.endswith(".npy") else a for a in args]
+        r = _runner(str(out), *args, "--out", str(tmp_path / "x.npy"))
+        assert r.returncode == 2 and len(r.stderr.splitlines()) == 1 and word in r.stderr, (args, r.stderr)
+    r = _runner(str(tmp_path), "--emb", str(tmp_path / "emb.npy"), "--out", str(tmp_path / "x.npy"))
+    assert r.returncode == 2 and "not a pipeline directory" in r.stderr
+    assert not (tmp_path / "x.npy").exists()
 
 
 def test_pipeline_bad_input_is_one_line(student, tmp_path, capsys) -> None:
@@ -60,7 +126,10 @@ def test_pipeline_bad_input_is_one_line(student, tmp_path, capsys) -> None:
     assert "not an empty directory" in capsys.readouterr().err
     assert main(["export", ckpt, "--format", "onnx", "--cfg", "2", "-o", str(tmp_path / "g.onnx")]) == 2
     assert "add --pipeline" in capsys.readouterr().err
-    comps = components(model, __import__("fastflow.export.spec", fromlist=["x"]).GeneratorSpec(
-        kind="generator", sample_shape=(4, 8, 8), batch=__import__("fastflow.export.spec", fromlist=["x"]).BatchRange(
-            1, 1, 1)), 1.0, 77)
-    assert [c.name for c in comps] == ["text_encoder", "generator", "vae_decoder"]
+    spec = GeneratorSpec(kind="generator", sample_shape=(4, 8, 8), batch=BatchRange(1, 1, 1))
+    assert [c.name for c in components(model, spec, 1.0, 77)] == ["text_encoder", "generator", "vae_decoder"]
+    uncond = tmp_path / "uncond"
+    assert main(["train", "toy2d", f"out_dir={uncond}", "train.steps=1", "train.progress=false",
+                 "train.tensorboard=false", "train.sample_every=0"]) == 0
+    assert main(["export", str(uncond), "--format", "onnx", "--pipeline", "-o", str(tmp_path / "u")]) == 2
+    assert "text-conditioned students" in capsys.readouterr().err

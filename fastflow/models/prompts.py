@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -31,23 +32,33 @@ def load_prompt_table(path: str | Path) -> tuple[Tensor, list[str]]:
     return torch.cat([t["embeddings"], t["null"]]).float(), json.loads(prompts) if prompts else []
 
 
+def _transformers() -> Any:
+    try:
+        import transformers
+    except ImportError:
+        raise ConfigError("prompt encoding needs transformers: pip install 'fastflow[diffusers]'") from None
+    return transformers
+
+
+def tokenize_prompts(path: str | Path, prompts: list[str]) -> Tensor:
+    """Token ids ``[P, L]`` (int64) of ``prompts`` by the tokenizer in ``path/tokenizer`` (a diffusers
+    folder, or a pipeline exported by ``fastflow-export --pipeline``), padded to its maximum length."""
+    p = check_sd_dir(path, ("tokenizer",))
+    tok = _transformers().AutoTokenizer.from_pretrained(p / "tokenizer", local_files_only=True)
+    return tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+               return_tensors="pt").input_ids.long()
+
+
 @torch.no_grad()
 def encode_prompts(path: str | Path, prompts: list[str], device: torch.device | str = "cpu",
                    batch_size: int = 64) -> Tensor:
-    """CLIP text embeddings ``[P, L, D]`` with the directory's tokenizer and text encoder."""
+    """Text embeddings ``[P, L, D]`` (the encoder's last hidden state) with the directory's tokenizer
+    and text encoder."""
     p = check_sd_dir(path, ("tokenizer", "text_encoder"))
-    try:
-        from transformers import CLIPTextModel, CLIPTokenizer
-    except ImportError:
-        raise ConfigError("prompt encoding needs transformers: pip install 'fastflow[diffusers]'") from None
-    tok = CLIPTokenizer.from_pretrained(p, subfolder="tokenizer", local_files_only=True)
-    enc = CLIPTextModel.from_pretrained(p, subfolder="text_encoder", local_files_only=True).to(device).eval()
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        ids = tok(prompts[i:i + batch_size], padding="max_length", max_length=tok.model_max_length,
-                  truncation=True, return_tensors="pt").input_ids.to(device)
-        out.append(enc(ids)[0].float().cpu())
-    return torch.cat(out)
+    enc = _transformers().AutoModel.from_pretrained(p / "text_encoder", local_files_only=True).to(device).eval()
+    ids = tokenize_prompts(p, prompts)
+    return torch.cat([enc(input_ids=ids[i:i + batch_size].to(device))[0].float().cpu()
+                      for i in range(0, len(prompts), batch_size)])
 
 
 def write_prompt_table(path: str | Path, prompts: list[str], out: str | Path,

@@ -44,6 +44,11 @@ std::string Spec::describe() const {
   o << "\nbatch: " << batch_min << ".." << batch_max << " (opt " << batch_opt << ")\ndtype: " << dtype
     << "\nsteps: " << steps << "\nnum classes: " << num_classes << "\ndevice: " << device
     << "\ncheckpoint sha256: " << checkpoint_sha256 << "\n";
+  if (!cond_shape.empty()) {
+    o << "cond shape:";
+    for (const auto d : cond_shape) o << " " << d;
+    o << "\n";
+  }
   return o.str();
 }
 
@@ -71,15 +76,22 @@ Spec parse_spec(const std::unordered_map<std::string, std::string>& metadata, co
   s.num_classes = to_int(get("num_classes"), "num_classes", source);
   s.device = get("device");
   s.checkpoint_sha256 = get("checkpoint_sha256");
-  const bool inputs_ok = (s.kind == "generator" && s.inputs == std::vector<std::string>{"z"}) ||
-                         (s.kind == "conditional" && s.inputs == std::vector<std::string>{"z", "cond"}) ||
-                         (s.kind == "sr" && s.inputs == std::vector<std::string>{"lq", "noise", "tau"});
+  if (const auto c = metadata.find("fastflow.cond_shape"); c != metadata.end())
+    for (const auto& d : split(c->second, ',')) s.cond_shape.push_back(to_int(d, "cond_shape", source));
+  using Names = std::vector<std::string>;
+  const bool inputs_ok = (s.kind == "generator" && s.inputs == Names{"z"}) ||
+                         (s.kind == "conditional" && s.inputs == Names{"z", "cond"}) ||
+                         (s.kind == "sr" && s.inputs == Names{"lq", "noise", "tau"}) ||
+                         (s.kind == "text_encoder" && s.inputs == Names{"tokens"} && s.cond_shape.size() == 1) ||
+                         (s.kind == "text_generator" && s.inputs == Names{"z", "emb"} && s.cond_shape.size() == 2) ||
+                         (s.kind == "vae_decoder" && s.inputs == Names{"latent"});
   if (!inputs_ok) throw InputError(source + ": unknown generator kind '" + s.kind + "' / inputs '" + get("inputs") + "'");
   if (s.dtype != "fp32" && s.dtype != "fp16" && s.dtype != "bf16")
     throw InputError(source + ": unknown dtype '" + s.dtype + "'");
   if (!(1 <= s.batch_min && s.batch_min <= s.batch_opt && s.batch_opt <= s.batch_max))
     throw InputError(source + ": malformed batch range in metadata");
-  if (s.kind == "conditional" && s.num_classes < 1) throw InputError(source + ": conditional package without num_classes");
+  if ((s.kind == "conditional" || s.kind == "text_encoder") && s.num_classes < 1)
+    throw InputError(source + ": " + s.kind + " package without num_classes");
   // fastflow.fused (absent in older packages): off / triton run here; "op" calls ops only Python registers.
   const auto fused = metadata.find("fastflow.fused");
   if (fused != metadata.end() && fused->second == "op")

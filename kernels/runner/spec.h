@@ -12,13 +12,14 @@
 namespace fastflow {
 
 struct Spec {
-  std::string kind;                   // generator | conditional | sr
-  std::vector<std::string> inputs;    // z | z,cond | lq,noise,tau
+  std::string kind;                   // generator | conditional | sr | text_encoder | text_generator | vae_decoder
+  std::vector<std::string> inputs;    // z | z,cond | lq,noise,tau | tokens | z,emb | latent
   std::vector<int64_t> sample_shape;  // e.g. {1, 16, 16}
   int64_t batch_min = 1, batch_opt = 1, batch_max = 1;
   std::string dtype;                  // fp32 | fp16 | bf16
   int64_t steps = 1;
-  int64_t num_classes = 0;
+  int64_t num_classes = 0;            // classes; a text encoder's vocabulary
+  std::vector<int64_t> cond_shape;    // tokens (L) or text embeddings (L, D) per sample
   std::string device;                 // cpu | cuda
   std::string checkpoint_sha256;
 
