@@ -102,32 +102,32 @@ def seeded_run(out: Path, scale: float, seed: int = 0) -> dict:
 
 def tiny_sd_folder(root: Path, text_dim: int = 32) -> Path:
     """A complete tiny SD-1.x-style diffusers folder (UNet, DDIM scheduler, VAE, CLIP tokenizer and
-    text encoder) saved with ``save_pretrained``; random weights, nothing downloaded."""
+    text encoder) from tiny configs through :func:`~fastflow.models.diffusers_dir.random_sd_folder`."""
+    from fastflow.models.diffusers_dir import random_sd_folder
+
+    return random_sd_folder(root, tiny_sd_configs(root.parent / f".{root.name}-configs", text_dim))
+
+
+def tiny_sd_configs(configs: Path, text_dim: int = 32) -> Path:
+    """Tiny stand-ins of ``fastflow/configs/sd15`` (unet/vae/text_encoder/scheduler JSON) in ``configs``."""
     import json
-    import string
 
-    import diffusers
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    tiny_diffusers_unet(text_dim).save_pretrained(root / "unet")
-    diffusers.DDIMScheduler(beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012, clip_sample=False,
-                            set_alpha_to_one=True, steps_offset=1).save_pretrained(root / "scheduler")
-    torch.manual_seed(1)
-    diffusers.AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",),
-                            up_block_types=("UpDecoderBlock2D",), block_out_channels=(32,), latent_channels=4,
-                            norm_num_groups=8, sample_size=8).save_pretrained(root / "vae")
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for c in string.ascii_lowercase:
-        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"), model_max_length=16).save_pretrained(
-        root / "tokenizer")
-    torch.manual_seed(2)
-    CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=text_dim, intermediate_size=37,
-                                 num_hidden_layers=2, num_attention_heads=4, max_position_embeddings=16,
-                                 bos_token_id=0, eos_token_id=1, pad_token_id=1)).save_pretrained(root / "text_encoder")
-    return root
+    configs.mkdir(parents=True, exist_ok=True)
+    unet = tiny_diffusers_unet(text_dim).config
+    tiny = {
+        "unet": {**dict(unet), "_class_name": "UNet2DConditionModel"},
+        "vae": {"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
+                "down_block_types": ["DownEncoderBlock2D"], "up_block_types": ["UpDecoderBlock2D"],
+                "block_out_channels": [32], "norm_num_groups": 8, "sample_size": 8},
+        "scheduler": {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+                      "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 1},
+        "text_encoder": {"vocab_size": 54, "hidden_size": text_dim, "intermediate_size": 37, "num_hidden_layers": 2,
+                         "num_attention_heads": 4, "max_position_embeddings": 16, "bos_token_id": 0,
+                         "eos_token_id": 1, "pad_token_id": 1},
+    }
+    for name, cfg in tiny.items():
+        (configs / f"{name}.json").write_text(json.dumps(cfg))
+    return configs
 
 
 def tiny_sd_student(tmp: Path, prediction: str = "velocity") -> tuple[str, torch.nn.Module]:

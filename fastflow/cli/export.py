@@ -50,6 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --pipeline: CFG scale inside the generator (≠ 1: the batch is doubled internally)")
     p.add_argument("--context-length", type=positive_int, default=77,
                    help="with --pipeline, for a fastflow token-conditioned UNet: tokens per prompt")
+    p.add_argument("--components", default=None,
+                   help="with --pipeline: build only these (comma-separated: text_encoder, generator, vae_decoder)")
+    p.add_argument("--iters", type=nonneg_int, default=20,
+                   help="timed calls of the artefact (each component with --pipeline) after up to 3 warm-up calls; "
+                        "0: no timing")
     p.add_argument("--batch", type=positive_int, default=None, help="static batch size")
     p.add_argument("--min-batch", type=positive_int, default=1, help="smallest batch of a dynamic batch range")
     p.add_argument("--opt-batch", type=positive_int, default=None, help="batch to optimise for (default: max)")
@@ -115,8 +120,8 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int, int]:
         raise ConfigError("--calibrate sets the int8 calibration: add --quantize int8")
     if args.pipeline and args.quantize:
         raise ConfigError("--quantize int8 exports single-file generators; drop it with --pipeline")
-    if not args.pipeline and args.cfg != 1.0:
-        raise ConfigError("--cfg sets the guidance inside a --pipeline generator: add --pipeline")
+    if not args.pipeline and (args.cfg != 1.0 or args.components):
+        raise ConfigError("--cfg and --components are --pipeline settings: add --pipeline")
     if args.pipeline:
         from fastflow.utils.io import check_new_dir
 
@@ -223,6 +228,18 @@ def run(args: argparse.Namespace) -> int:
     return _validate_and_time(args, reference, spec, inputs_for, example, report)
 
 
+def _names(components: str | None) -> tuple[str, ...] | None:
+    from fastflow.export.pipeline import CHAIN
+
+    if components is None:
+        return None
+    names = tuple(n.strip() for n in components.split(",") if n.strip())
+    unknown = [n for n in names if n not in CHAIN]
+    if unknown or not names:
+        raise ConfigError(f"--components takes {', '.join(CHAIN)} (comma-separated), got {components!r}")
+    return names
+
+
 def _run_pipeline(args: argparse.Namespace, batch: tuple[int, int, int]) -> int:
     """``--pipeline``: one artefact per component of a text student, validated and timed each."""
     from fastflow.export.pipeline import components, export_pipeline, load_pipeline, validate_pipeline
@@ -243,7 +260,7 @@ def _run_pipeline(args: argparse.Namespace, batch: tuple[int, int, int]) -> int:
     spec = GeneratorSpec(kind="generator", sample_shape=tuple(sample_shape(model)), batch=BatchRange(*batch),
                          dtype=args.dtype, steps=args.steps, device=args.device.type, checkpoint_sha256=digest,
                          extra={"fused": fused, "cfg_scale": repr(args.cfg)})
-    comps = components(exported, spec, args.cfg, args.context_length, args.seed)
+    comps = components(exported, spec, args.cfg, args.context_length, args.seed, _names(args.components))
     source = Path(model.config.path).expanduser() if record.arch == "sd" else None
     keep = kernels_in_export() if fused != "off" else contextlib.nullcontext()
     t0 = time.perf_counter()
@@ -261,16 +278,17 @@ def _run_pipeline(args: argparse.Namespace, batch: tuple[int, int, int]) -> int:
     status = 0
     if args.validate:
         report["validation"] = val = validate_pipeline(comps, out, args.device, args.atol, args.rtol)
-        for name in [*manifest["chain"], "chain"]:
+        for name in [n for n in (*manifest["chain"], "chain") if n in val]:
             v = val[name]
             verdict = "passed" if v["passed"] else "FAILED"
             print(f"validation {name}: {verdict}, max abs {v.get('max_abs_err', float('nan')):.3g}")
         status = 0 if val["passed"] else 1
-    runners = load_pipeline(out, args.device)
+    runners = load_pipeline(out, args.device) if args.iters else {}
     report["latency_ms"] = {}
-    for c in comps:
+    for c in comps if args.iters else ():
         example = c.inputs_for(c.spec.batch.opt)
-        lat = measure_latency(lambda r=runners[c.name], e=example: r(*e), args.device, warmup=3, iters=20)
+        lat = measure_latency(lambda r=runners[c.name], e=example: r(*e), args.device, warmup=min(3, args.iters),
+                              iters=args.iters)
         report["latency_ms"][c.name] = {"batch": c.spec.batch.opt, **lat.to_dict()}
         print(f"latency {c.name} at batch {c.spec.batch.opt}: p50 {lat.p50_ms:.2f} ms")
     if args.report:
@@ -305,10 +323,11 @@ def _validate_and_time(args: argparse.Namespace, gen: torch.nn.Module, spec: Any
         print(f"int8 vs fp32 on {q['samples']} samples: max |Δ| {q['max_abs_err']:.3g}, PSNR {q['psnr_db']:.1f} dB"
               + (f", digits FD {q['fd_fp32']:.2f} → {q['fd_int8']:.2f} ({100 * q['fd_rel_change']:+.1f} %)"
                  if "fd_int8" in q else ""))
-    lat = measure_latency(lambda: runner(*example), args.device, warmup=3, iters=20)
-    report["latency_ms"] = {"batch": spec.batch.opt, **lat.to_dict()}
-    print(f"latency at batch {spec.batch.opt}: p50 {lat.p50_ms:.2f} ms, p90 {lat.p90_ms:.2f} ms, "
-          f"p99 {lat.p99_ms:.2f} ms")
+    if args.iters:
+        lat = measure_latency(lambda: runner(*example), args.device, warmup=min(3, args.iters), iters=args.iters)
+        report["latency_ms"] = {"batch": spec.batch.opt, **lat.to_dict()}
+        print(f"latency at batch {spec.batch.opt}: p50 {lat.p50_ms:.2f} ms, p90 {lat.p90_ms:.2f} ms, "
+              f"p99 {lat.p99_ms:.2f} ms")
     if args.report:
         atomic_write_json(args.report, report)
         print(f"wrote {args.report}")

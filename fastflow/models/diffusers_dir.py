@@ -9,6 +9,7 @@ Layouts: a pipeline folder (``unet/`` or ``transformer/``, ``scheduler/``, optio
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,3 +106,46 @@ def load_vae(path: str | Path) -> nn.Module:
     folder = check_sd_dir(path, ("vae",)) / "vae"
     return getattr(diffusers_module(), class_name(folder / "config.json")).from_pretrained(
         folder, local_files_only=True).eval()
+
+
+#: SD-1.5's UNet, VAE, CLIP text encoder and scheduler configs (diffusers/transformers config classes)
+SD15_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "sd15"
+
+
+def _stand_in_tokenizer(out: Path, max_length: int) -> None:
+    """A CLIP BPE tokenizer over lowercase letters (the real 49,408-entry vocabulary is not shipped):
+    its ids lie inside any CLIP vocabulary, so a real-size text encoder runs on them."""
+    from transformers import CLIPTokenizer
+
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz":
+        vocab[c], vocab[c + "</w>"] = len(vocab), len(vocab) + 1
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp)
+        (src / "vocab.json").write_text(json.dumps(vocab))
+        (src / "merges.txt").write_text("#version: 0.2\n")
+        CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"), model_max_length=max_length).save_pretrained(out)
+
+
+def random_sd_folder(out: str | Path, configs: str | Path = SD15_CONFIGS, seed: int = 0) -> Path:
+    """A diffusers folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/) with the architectures
+    of ``configs`` (``unet.json``, ``vae.json``, ``text_encoder.json``, ``scheduler.json``) and random
+    weights, one component in memory at a time. Nothing is downloaded."""
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    d, out, configs = diffusers_module(), Path(out), Path(configs)
+
+    def config(name: str) -> dict[str, Any]:
+        return json.loads((configs / f"{name}.json").read_text())
+
+    torch.manual_seed(seed)
+    for name, folder in (("unet", "unet"), ("vae", "vae"), ("scheduler", "scheduler")):
+        cfg = config(name)
+        obj = getattr(d, cfg["_class_name"]).from_config(cfg)
+        obj.save_pretrained(out / folder)
+        del obj
+    text = CLIPTextConfig(**{k: v for k, v in config("text_encoder").items() if k != "architectures"})
+    CLIPTextModel(text).save_pretrained(out / "text_encoder")
+    _stand_in_tokenizer(out / "tokenizer", text.max_position_embeddings)
+    return out
