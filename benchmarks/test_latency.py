@@ -136,7 +136,7 @@ def _tiny_random() -> tuple[torch.nn.Module, torch.Tensor]:
     return m, torch.randn(2, 3, 8, 8)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "aoti"])
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("aoti", marks=pytest.mark.slow)])
 def test_exported_backends_give_the_same_samples(backend) -> None:
     pytest.importorskip("onnxruntime")
     from fastflow.bench.latency import _backend_model
@@ -154,6 +154,7 @@ def test_exported_backends_give_the_same_samples(backend) -> None:
         assert {r["solver"] for r in rows} == {"call", "euler"} and all(r["p50_ms"] > 0 for r in rows)
 
 
+@pytest.mark.slow  # ctest times the runner too (runner.timing)
 def test_native_backend_times_the_runner_on_the_aoti_package(tmp_path) -> None:
     from fastflow.bench.latency import RUNNER_BUILD_PATH
 

@@ -84,6 +84,7 @@ def test_meanflow_budget_is_topped_up_from_the_time_spent() -> None:
     assert top_up(many, 50.0, records)["filled"]  # at most MAX_TOP_UPS extensions
 
 
+@pytest.mark.slow  # the SlimFlow+MeanFlow end-to-end run covers --seeds in make test
 def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -> None:
     """``fastflow demo --skip-main --conditional --sr --seeds 2`` at a tiny budget: each seed trains
     and scores its own models, and the aggregate rows are the per-seed mean ± sd."""

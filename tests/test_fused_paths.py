@@ -134,6 +134,7 @@ def test_fused_on_without_a_kernel_device_is_one_line(fused_run, tmp_path) -> No
     assert r.returncode == 2 and "model.fused must be one of auto, on, off" in r.stderr
 
 
+@pytest.mark.slow  # an AOTInductor compile; make test's pipeline and int8 tests compile .pt2 too
 def test_pt2_exported_fused_keeps_the_ops_and_equals_the_eager_generator(fused_run, tmp_path) -> None:
     from fastflow.export.formats import load_pt2, read_pt2_spec
 

@@ -25,6 +25,7 @@ def _train(out, *extra):
     return latest_checkpoint(train(cfg))
 
 
+@pytest.mark.slow  # a method-quality claim trained for ~40 s
 def test_slimflow_orderings_on_toy2d(tmp_path) -> None:
     teacher = _train(tmp_path / "1rf", "train.steps=1500")
     generate_pairs(FlowTeacher.from_checkpoint(teacher, rtol=1e-4, atol=1e-4), tmp_path / "pairs",

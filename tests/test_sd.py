@@ -19,7 +19,8 @@ from fastflow.flow.guidance import cfg_velocity  # noqa: E402
 from fastflow.models.prompts import load_prompt_table, write_prompt_table  # noqa: E402
 from fastflow.models.schedules import VPSchedule  # noqa: E402
 from fastflow.models.sd import SDConfig, SDVelocity  # noqa: E402
-from tests.helpers import run_cli, tiny_diffusers_unet, tiny_sd_folder  # noqa: E402
+from fastflow.cli.main import main  # noqa: E402
+from tests.helpers import tiny_diffusers_unet, tiny_sd_folder  # noqa: E402
 
 D = 32  # text embedding width of the tiny models
 
@@ -160,17 +161,15 @@ def test_load_from_a_local_directory_and_prompt_table(sd_dir, tmp_path) -> None:
         load_prompt_table(tmp_path / "bad.safetensors")
 
 
-def test_cli_sd_pairs_to_2rf_student_to_samples(sd_dir, tmp_path) -> None:
+def test_cli_sd_pairs_to_2rf_student_to_samples(sd_dir, tmp_path, capsys) -> None:
     """The README's InstaFlow recipe at toy size: prompts → CFG pairs from the SD teacher → a 2-RF
     student (the SD UNet fine-tuned with the velocity parametrisation) → decoded samples."""
     (tmp_path / "prompts.txt").write_text("a cat\na red dog\n")
     table = tmp_path / "prompts.safetensors"
-    r = run_cli("prompts", str(sd_dir), str(tmp_path / "prompts.txt"), "--out", str(table))
-    assert r.returncode == 0, r.stderr
+    assert main(["prompts", str(sd_dir), str(tmp_path / "prompts.txt"), "--out", str(table)]) == 0
     pairs = tmp_path / "pairs"
-    r = run_cli("pairs", "--sd", str(sd_dir), "--prompts", str(table), "--cfg", "3", "--solver", "euler",
-                "--steps", "4", "--count", "6", "--shard-size", "3", "--out", str(pairs), "--quiet")
-    assert r.returncode == 0, r.stderr
+    assert main(["pairs", "--sd", str(sd_dir), "--prompts", str(table), "--cfg", "3", "--solver", "euler",
+                 "--steps", "4", "--count", "6", "--shard-size", "3", "--out", str(pairs), "--quiet"]) == 0
     manifest = json.loads((pairs / "manifest.json").read_text())
     assert manifest["count"] == 6 and manifest["settings"]["num_classes"] == 2
     assert manifest["settings"]["teacher"]["cfg_scale"] == 3.0
@@ -178,23 +177,20 @@ def test_cli_sd_pairs_to_2rf_student_to_samples(sd_dir, tmp_path) -> None:
     (tmp_path / "2rf.yaml").write_text(
         f"model: {{arch: sd, path: '{sd_dir}', prediction: velocity, prompts: '{table}'}}\n"
         f"data: {{name: pairs, root: '{pairs}'}}\nobjective: {{name: reflow, cond_drop: 0.1}}\n")
-    r = run_cli("train", str(tmp_path / "2rf.yaml"), f"out_dir={run}", "train.steps=2", "train.batch_size=3",
-                "train.ckpt_every=2", "train.sample_every=0", "train.progress=false", "train.tensorboard=false",
-                "optim.lr=1e-5")
-    assert r.returncode == 0, r.stderr
-    r = run_cli("sample", str(run), "--label", "1", "--cfg", "1.5", "--steps", "2", "--n", "2",
-                "--out", str(tmp_path / "s.png"), "--device", "cpu")
-    assert r.returncode == 0, r.stderr
+    assert main(["train", str(tmp_path / "2rf.yaml"), f"out_dir={run}", "train.steps=2", "train.batch_size=3",
+                 "train.ckpt_every=2", "train.sample_every=0", "train.progress=false", "train.tensorboard=false",
+                 "optim.lr=1e-5"]) == 0
+    assert main(["sample", str(run), "--label", "1", "--cfg", "1.5", "--steps", "2", "--n", "2",
+                 "--out", str(tmp_path / "s.png"), "--device", "cpu"]) == 0
     assert (tmp_path / "s.png").is_file()
     from safetensors.torch import save_file
 
     save_file({"embedding": load_prompt_table(table)[0][0].contiguous()}, str(tmp_path / "emb.safetensors"))
-    r = run_cli("sample", str(run), "--prompt-emb", str(tmp_path / "emb.safetensors"), "--cfg", "2", "--steps", "2",
-                "--n", "2", "--out", str(tmp_path / "e.npz"), "--device", "cpu")
-    assert r.returncode == 0, r.stderr
+    assert main(["sample", str(run), "--prompt-emb", str(tmp_path / "emb.safetensors"), "--cfg", "2", "--steps", "2",
+                 "--n", "2", "--out", str(tmp_path / "e.npz"), "--device", "cpu"]) == 0
     import numpy as np
 
     assert np.load(tmp_path / "e.npz")["x"].shape == (2, 4, 8, 8)  # .npz keeps the latents
-    r = run_cli("pairs", "--sd", str(tmp_path / "missing"), "--prompts", str(table), "--count", "2",
-                "--out", str(tmp_path / "p2"))
-    assert r.returncode == 2 and "diffusers weights not found" in r.stderr
+    assert main(["pairs", "--sd", str(tmp_path / "missing"), "--prompts", str(table), "--count", "2",
+                 "--out", str(tmp_path / "p2")]) == 2
+    assert "diffusers weights not found" in capsys.readouterr().err

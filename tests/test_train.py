@@ -208,6 +208,7 @@ def test_ddp_two_cpu_ranks(tmp_path, extra) -> None:
     assert latest_checkpoint(run).name == "step-00000006"
 
 
+@pytest.mark.slow  # a method-quality claim trained for ~55 s
 def test_toy2d_config_learns_the_mixture(tmp_path) -> None:
     """`fastflow train configs/toy2d.yaml` → samples far closer to the data than untrained."""
     cfg = load_config(ROOT / "configs" / "toy2d.yaml",
