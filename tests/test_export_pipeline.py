@@ -133,3 +133,27 @@ def test_pipeline_bad_input_is_one_line(student, tmp_path, capsys) -> None:
                  "train.tensorboard=false", "train.sample_every=0"]) == 0
     assert main(["export", str(uncond), "--format", "onnx", "--pipeline", "-o", str(tmp_path / "u")]) == 2
     assert "text-conditioned students" in capsys.readouterr().err
+
+
+def test_token_conditioned_unet_exports_its_generator_alone(tmp_path) -> None:
+    """A fastflow UNet with cross-attention (no text encoder or VAE of its own): the pipeline is its
+    generator ``(z, emb) → image`` over ``--context-length`` tokens, CFG against its learned null context."""
+    from fastflow.models import build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny", "context_dim": 8})
+    (tmp_path / "ckpt").mkdir()
+    save_model(tmp_path / "ckpt", model)
+    out = tmp_path / "pipe"
+    assert main(["export", str(tmp_path / "ckpt"), "--format", "onnx", "--pipeline", "-o", str(out), "--cfg", "1.5",
+                 "--context-length", "5", "--max-batch", "2", "--validate", "--iters", "0"]) == 0
+    manifest = read_pipeline(out)
+    assert manifest["chain"] == ["generator"] and "tokenizer" not in manifest
+    assert manifest["components"]["generator"]["inputs"][1]["shape"] == ["B", 5, 8]
+    run = load_pipeline(out, torch.device("cpu"))
+    z, emb = torch.randn(2, 3, 8, 8), torch.randn(2, 5, 8)
+    with torch.no_grad():
+        expect = generate(model, z, "one_step", cond=emb, cfg_scale=1.5).x
+    assert torch.allclose(chain(run, z, emb), expect, atol=1e-4)
+    assert main(["export", str(tmp_path / "ckpt"), "--format", "onnx", "--pipeline", "-o", str(tmp_path / "x"),
+                 "--components", "text_encoder"]) == 2
