@@ -248,7 +248,6 @@ def _run_pipeline(args: argparse.Namespace, batch: tuple[int, int, int]) -> int:
     from fastflow.models.checkpoint import weights_file
     from fastflow.models.presets import sample_shape
     from fastflow.utils.io import atomic_write_json, file_digest
-    from fastflow.utils.timing import measure_latency
 
     record, model = load_checkpoint(args, fused=False)
     if record.kind != "token" and getattr(model, "table", None) is None:
@@ -284,24 +283,28 @@ def _run_pipeline(args: argparse.Namespace, batch: tuple[int, int, int]) -> int:
             print(f"validation {name}: {verdict}, max abs {v.get('max_abs_err', float('nan')):.3g}")
         status = 0 if val["passed"] else 1
     runners = load_pipeline(out, args.device) if args.iters else {}
-    report["latency_ms"] = {}
-    for c in comps if args.iters else ():
-        example = c.inputs_for(c.spec.batch.opt)
-        lat = measure_latency(lambda r=runners[c.name], e=example: r(*e), args.device, warmup=min(3, args.iters),
-                              iters=args.iters)
-        report["latency_ms"][c.name] = {"batch": c.spec.batch.opt, **lat.to_dict()}
-        print(f"latency {c.name} at batch {c.spec.batch.opt}: p50 {lat.p50_ms:.2f} ms")
+    report["latency_ms"] = {c.name: _latency(args, runners[c.name], c.inputs_for(c.spec.batch.opt), c.name)
+                            for c in comps if args.iters}
     if args.report:
         atomic_write_json(args.report, report)
         print(f"wrote {args.report}")
     return status
 
 
+def _latency(args: argparse.Namespace, runner: Any, example: tuple[torch.Tensor, ...], what: str = "") -> dict:
+    """``--iters`` timed calls of ``runner`` on ``example`` after up to 3 warm-up calls, printed and returned."""
+    from fastflow.utils.timing import measure_latency
+
+    lat = measure_latency(lambda: runner(*example), args.device, warmup=min(3, args.iters), iters=args.iters)
+    print(f"latency{' ' + what if what else ''} at batch {len(example[0])}: p50 {lat.p50_ms:.2f} ms, "
+          f"p90 {lat.p90_ms:.2f} ms, p99 {lat.p99_ms:.2f} ms")
+    return {"batch": len(example[0]), **lat.to_dict()}
+
+
 def _validate_and_time(args: argparse.Namespace, gen: torch.nn.Module, spec: Any, inputs_for: Inputs,
                        example: tuple[torch.Tensor, ...], report: dict[str, Any]) -> int:
     from fastflow.export.validate import compare
     from fastflow.utils.io import atomic_write_json
-    from fastflow.utils.timing import measure_latency
 
     runner = FORMATS[args.format].load(Path(args.output), args.device)
     status = 0
@@ -324,10 +327,7 @@ def _validate_and_time(args: argparse.Namespace, gen: torch.nn.Module, spec: Any
               + (f", digits FD {q['fd_fp32']:.2f} → {q['fd_int8']:.2f} ({100 * q['fd_rel_change']:+.1f} %)"
                  if "fd_int8" in q else ""))
     if args.iters:
-        lat = measure_latency(lambda: runner(*example), args.device, warmup=min(3, args.iters), iters=args.iters)
-        report["latency_ms"] = {"batch": spec.batch.opt, **lat.to_dict()}
-        print(f"latency at batch {spec.batch.opt}: p50 {lat.p50_ms:.2f} ms, p90 {lat.p90_ms:.2f} ms, "
-              f"p99 {lat.p99_ms:.2f} ms")
+        report["latency_ms"] = _latency(args, runner, example)
     if args.report:
         atomic_write_json(args.report, report)
         print(f"wrote {args.report}")

@@ -27,9 +27,11 @@ from fastflow.flow.sr import sr_one_step
 class Generator(nn.Module):
     input_names = ("z", "cond")
 
-    def __init__(self, model: nn.Module, steps: int = 1, t0: float | None = None) -> None:
+    def __init__(self, model: nn.Module, steps: int = 1, t0: float | None = None, cfg_scale: float = 1.0) -> None:
         super().__init__()
-        self.model, self.steps, self.two_time = model, steps, is_two_time(model)
+        self.model, self.steps, self.two_time, self.cfg_scale = model, steps, is_two_time(model), cfg_scale
+        if self.two_time and cfg_scale != 1.0:
+            raise ConfigError("a MeanFlow model has its guidance trained in: export it with CFG scale 1")
         self.grid = time_grid(steps, (0.0 if self.two_time else DEFAULT_EPS) if t0 is None else t0, 1.0)
 
     @property
@@ -37,41 +39,28 @@ class Generator(nn.Module):
         return self.model.config
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        x = z
+        x, v = z, cfg_velocity(self.model, cond, self.cfg_scale)  # α = 1: the plain conditional call
         for i in range(self.steps):
             t = torch.full((z.shape[0],), self.grid[i], dtype=torch.float32, device=z.device)
             if self.two_time:
                 t_end = torch.full_like(t, self.grid[i + 1])
                 x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond, t_end=t_end)
             else:
-                x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond)
+                x = x + (self.grid[i + 1] - self.grid[i]) * v(x, t)
         return x
 
 
-class TextGenerator(nn.Module):
-    r"""``(z, emb) → latent``: ``steps`` Euler steps (as :class:`Generator`) of the guided velocity
+class TextGenerator(Generator):
+    r"""``(z, emb) → latent``: :class:`Generator` over text embeddings, guided with
     :math:`\alpha\,v(x, t \mid e) + (1-\alpha)\,v(x, t \mid \varnothing)`; with α ≠ 1 both branches run
     as one call on a doubled batch, the null prompt's embedding baked into the graph."""
 
     input_names = ("z", "emb")
 
     def __init__(self, model: nn.Module, steps: int = 1, cfg_scale: float = 1.0) -> None:
-        super().__init__()
         if is_two_time(model):
             raise ConfigError("a MeanFlow model exports as a plain generator, not a text pipeline")
-        self.model, self.steps, self.cfg_scale = model, steps, cfg_scale
-        self.grid = time_grid(steps, DEFAULT_EPS, 1.0)
-
-    @property
-    def config(self):  # noqa: ANN201 - the wrapped model's config
-        return self.model.config
-
-    def forward(self, z: Tensor, emb: Tensor) -> Tensor:
-        v, x = cfg_velocity(self.model, emb, self.cfg_scale), z
-        for i in range(self.steps):
-            t = torch.full((z.shape[0],), self.grid[i], dtype=torch.float32, device=z.device)
-            x = x + (self.grid[i + 1] - self.grid[i]) * v(x, t)
-        return x
+        super().__init__(model, steps, cfg_scale=cfg_scale)
 
 
 class SRGenerator(nn.Module):

@@ -26,6 +26,7 @@ from fastflow.errors import ConfigError
 from fastflow.export.formats import FORMATS, BuildOptions
 from fastflow.export.generator import TextGenerator
 from fastflow.export.spec import DTYPES, GeneratorSpec
+from fastflow.models.diffusers_dir import decode_latents
 
 FORMAT, VERSION = "fastflow-pipeline", 1
 CHAIN = ("text_encoder", "generator", "vae_decoder")
@@ -55,10 +56,9 @@ class VAEDecoder(nn.Module):
     def __init__(self, vae: nn.Module) -> None:
         super().__init__()
         self.vae = vae
-        self.scale, self.shift = float(vae.config.scaling_factor), float(vae.config.get("shift_factor") or 0.0)
 
     def forward(self, latent: Tensor) -> Tensor:
-        return self.vae.decode(latent / self.scale + self.shift, return_dict=False)[0].clamp(-1, 1)
+        return decode_latents(self.vae, latent)
 
 
 @dataclass
@@ -69,22 +69,13 @@ class Component:
     inputs_for: Inputs  # batch size → fixed-seed example inputs
 
 
-def _text_encoder(path: Path) -> nn.Module:
-    try:
-        from transformers import AutoModel
-    except ImportError:
-        raise ConfigError("the text encoder needs transformers: pip install 'fastflow[diffusers]'") from None
-    if not (path / "text_encoder").is_dir() or not (path / "tokenizer").is_dir():
-        raise ConfigError(f"{path}: a text pipeline needs the source folder's text_encoder/ and tokenizer/")
-    return AutoModel.from_pretrained(path / "text_encoder", local_files_only=True).eval()
-
-
 def components(model: nn.Module, spec: GeneratorSpec, cfg_scale: float, context_length: int,
                seed: int = 0, names: tuple[str, ...] | None = None) -> list[Component]:
     """The pipeline's components for a text student (``SDVelocity`` with a prompt table, or a
     fastflow UNet with ``context_dim``); ``spec`` carries the batch range, dtype, steps, device, digest.
     ``names``: only these (e.g. re-export one component); an unavailable one is an error."""
-    from fastflow.models.diffusers_dir import load_vae
+    from fastflow.models.diffusers_dir import check_sd_dir, load_vae
+    from fastflow.models.prompts import load_text_encoder
 
     dtype, device, g = DTYPES[spec.dtype], torch.device(spec.device), torch.Generator().manual_seed(seed)
     sd = getattr(model, "table", None) is not None
@@ -102,7 +93,7 @@ def components(model: nn.Module, spec: GeneratorSpec, cfg_scale: float, context_
                      replace(spec, kind="text_generator", cond_shape=(length, dim)),
                      lambda b: (rand(b, *latent), rand(b, length, dim)))]
     if sd:
-        encoder = _text_encoder(path)
+        encoder = load_text_encoder(check_sd_dir(path, ("text_encoder", "tokenizer")))
         vocab = int(encoder.config.vocab_size)
         out.insert(0, Component("text_encoder", TextEncoder(encoder), replace(
             spec, kind="text_encoder", sample_shape=(length, dim), num_classes=vocab, cond_shape=(length,)),

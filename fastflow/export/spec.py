@@ -10,7 +10,7 @@ Inputs by generator kind (``B`` = batch, ``S`` = sample shape, e.g. ``(1, 16, 16
 - ``conditional``: ``z [B, *S]`` and ``cond [B]`` int64 class labels in ``[0, num_classes)``;
 - ``sr`` (OFTSR student): ``lq [B, *S]``, ``noise [B, *S]``, ``tau [B]`` float32 in ``[0, 1]``.
 
-Components of a text-to-image pipeline (``fastflow-export --pipeline``; ``C`` = ``cond_shape``):
+Components of a text-to-image pipeline (``fastflow-export --pipeline``; ``(L,)`` and ``(L, D)`` are ``cond_shape``):
 
 - ``text_encoder``: ``tokens [B, L]`` int64 ids in ``[0, num_classes)`` (the vocabulary) → ``[B, L, D]``;
 - ``text_generator``: ``z [B, *S]`` and ``emb [B, L, D]`` text embeddings → latent ``[B, *S]``;

@@ -108,6 +108,12 @@ def load_vae(path: str | Path) -> nn.Module:
         folder, local_files_only=True).eval()
 
 
+def decode_latents(vae: nn.Module, latents: Tensor) -> Tensor:
+    """Images in [−1, 1] from latents: undo the VAE's scaling (and shift) factor, decode, clamp."""
+    shift = vae.config.get("shift_factor") or 0.0
+    return vae.decode(latents / vae.config.scaling_factor + shift, return_dict=False)[0].clamp(-1, 1)
+
+
 #: SD-1.5's UNet, VAE, CLIP text encoder and scheduler configs (diffusers/transformers config classes)
 SD15_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "sd15"
 

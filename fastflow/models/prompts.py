@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from fastflow.errors import ConfigError
 from fastflow.models.diffusers_dir import check_sd_dir
@@ -49,13 +49,19 @@ def tokenize_prompts(path: str | Path, prompts: list[str]) -> Tensor:
                return_tensors="pt").input_ids.long()
 
 
+def load_text_encoder(path: str | Path) -> nn.Module:
+    """The text encoder of a diffusers folder (``text_encoder/``, the class its config names)."""
+    p = check_sd_dir(path, ("text_encoder",))
+    return _transformers().AutoModel.from_pretrained(p / "text_encoder", local_files_only=True).eval()
+
+
 @torch.no_grad()
 def encode_prompts(path: str | Path, prompts: list[str], device: torch.device | str = "cpu",
                    batch_size: int = 64) -> Tensor:
     """Text embeddings ``[P, L, D]`` (the encoder's last hidden state) with the directory's tokenizer
     and text encoder."""
     p = check_sd_dir(path, ("tokenizer", "text_encoder"))
-    enc = _transformers().AutoModel.from_pretrained(p / "text_encoder", local_files_only=True).to(device).eval()
+    enc = load_text_encoder(p).to(device)
     ids = tokenize_prompts(p, prompts)
     return torch.cat([enc(input_ids=ids[i:i + batch_size].to(device))[0].float().cpu()
                       for i in range(0, len(prompts), batch_size)])

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, ShapeError
 from fastflow.flow.guidance import Cond
-from fastflow.models.diffusers_dir import backbone_of, load_denoiser, load_vae, locate
+from fastflow.models.diffusers_dir import backbone_of, decode_latents, load_denoiser, load_vae, locate
 from fastflow.models.prompts import load_prompt_table
 from fastflow.models.schedules import PREDICTIONS, VP_PREDICTIONS, VPSchedule, read_scheduler, vp_predictions
 from fastflow.utils.schema import build
@@ -173,5 +173,4 @@ class SDVelocity(nn.Module):
         if "vae" not in self._vae:
             self._vae["vae"] = load_vae(self.config.path)
         vae = self._vae["vae"].to(x.device)
-        latents = x.to(vae.dtype) / vae.config.scaling_factor + (vae.config.get("shift_factor") or 0.0)
-        return vae.decode(latents).sample.float().clamp(-1, 1)
+        return decode_latents(vae, x.to(vae.dtype)).float()
