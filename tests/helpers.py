@@ -24,7 +24,7 @@ USER_CACHE = Path(os.environ.get("FASTFLOW_CACHE", Path.home() / ".cache" / "fas
 TINY_DIGITS = [
     "model.arch=unet", "model.in_channels=1", "model.resolution=16", "model.channels=8",
     "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[8]",
-    "model.dropout=0.1",  # dropout on: resume must restore the RNG exactly
+    "model.dropout=0.1",  # dropout on: a resumed run must draw the same masks
     "data.name=digits", "train.batch_size=16", "train.ema_rate=0.99", "optim.lr=1e-3",
     "optim.warmup=3", "train.progress=false", "train.tensorboard=false", "train.sample_n=4",
     "train.sample_steps=2", "train.log_every=1",
@@ -33,6 +33,13 @@ TINY_DIGITS = [
 
 def tiny_config(out_dir: Path, *extra: str) -> TrainConfig:
     return load_config(None, [*TINY_DIGITS, f"out_dir={out_dir}", *extra])
+
+
+def read_log(run: Path) -> list[dict]:
+    """The records of a run's ``log.jsonl``."""
+    import json
+
+    return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
 
 
 def cli_env() -> dict[str, str]:

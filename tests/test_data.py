@@ -165,3 +165,16 @@ def test_photo_crops_are_seeded_and_the_eval_photographs_are_held_out() -> None:
     assert batch.x.shape == batch.image.shape == (4, 3, 16, 16) and len(held.base.photos) == len(EVAL_PHOTOS)
     with pytest.raises(ConfigError, match="split"):
         PhotoCrops(split="test")
+
+
+def test_digits_are_scikit_learns_without_importing_it() -> None:
+    import torch.nn.functional as F
+    from sklearn.datasets import load_digits
+
+    from fastflow.data.digits import digits_tensors
+
+    x, y = digits_tensors(16)
+    d = load_digits()
+    ref = F.interpolate(torch.from_numpy(d.images).float().unsqueeze(1) / 16.0, size=(16, 16), mode="bilinear",
+                        align_corners=False) * 2 - 1
+    assert torch.equal(x, ref.clamp(-1, 1)) and torch.equal(y, torch.from_numpy(d.target).long())

@@ -1,6 +1,5 @@
 """Training loop: objective formula, loss decrease, EMA, bit-exact resume, SIGKILL, DDP, toy quality."""
 
-import json
 import os
 import signal
 import subprocess
@@ -24,11 +23,7 @@ from fastflow.train.ema import EMA, ema_decay
 from fastflow.train.loop import lr_at
 from fastflow.train.state import latest_checkpoint, list_checkpoints
 
-from helpers import ROOT, TINY_DIGITS, cli_env, tiny_config
-
-
-def read_log(run: Path) -> list[dict]:
-    return [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+from helpers import ROOT, TINY_DIGITS, cli_env, read_log, tiny_config
 
 
 def test_rf_objective_formula() -> None:
@@ -112,7 +107,7 @@ def _assert_identical(a: dict, b: dict) -> None:
     for pid, st in a["state"]["optimizer"]["state"].items():
         for k, v in st.items():
             assert torch.equal(v, b["state"]["optimizer"]["state"][pid][k]), f"optimizer {pid}.{k}"
-    assert all(torch.equal(x, y) for x, y in zip(a["state"]["rng"], b["state"]["rng"]))
+    assert set(a["state"]) == {"step", "optimizer"}  # no RNG state: the noise is a function of (seed, step)
 
 
 def test_resume_is_bit_exact(tmp_path) -> None:
@@ -175,9 +170,9 @@ from fastflow.train import train
 from fastflow.utils.distributed import shutdown_distributed
 steps, resume = int(sys.argv[3]), sys.argv[4] == "1"
 model_box = {}
-import fastflow.train.loop as loop
-orig = loop.build_model
-loop.build_model = lambda spec: model_box.setdefault("m", orig(spec))
+import fastflow.train.parallel as parallel
+orig = parallel.build_model
+parallel.build_model = lambda spec: model_box.setdefault("m", orig(spec))
 extra = [o for o in sys.argv[5].split("|") if o]
 train(tiny_config(sys.argv[2], f"train.steps={steps}", "train.ckpt_every=2", *extra), resume=resume)
 vec = torch.cat([p.detach().flatten() for p in model_box["m"].parameters()])
@@ -191,8 +186,8 @@ assert not [t for t in threads if "gloo" in t], threads
 """
 
 
-@pytest.mark.parametrize("extra", [(), ("objective={name: meanflow}", "model.times=2", "model.t_scale=1")],
-                         ids=["rf", "meanflow-jvp"])
+@pytest.mark.parametrize("extra", [("train.grad_accum=2",), ("objective={name: meanflow}", "model.times=2", "model.t_scale=1")],
+                         ids=["rf-accum2", "meanflow-jvp"])
 def test_ddp_two_cpu_ranks(tmp_path, extra) -> None:
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)

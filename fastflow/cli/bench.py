@@ -90,7 +90,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     thr.add_argument("--steps", type=positive_int, default=20, help="timed steps per setting")
     thr.add_argument("--out", default="threads.json", help="output JSON")
     thr.set_defaults(fn=run_threads)
-    for verb in (lat, kern, code, trn, win, thr):
+    mem = verbs.add_parser("memory", help="per-rank training memory, DDP vs FSDP2 at N ranks, with and without "
+                           "activation checkpointing (states computed on the meta device, activations measured)")
+    mem.add_argument("model", help="a model preset, or a diffusers denoiser config JSON "
+                                   "(e.g. fastflow/configs/sd15/unet.json)")
+    mem.add_argument("--ranks", type=int_list, default=[1, 2, 8], help="comma list of world sizes")
+    mem.add_argument("--micro-batch", type=positive_int, default=1, help="samples per rank and micro-batch")
+    mem.add_argument("--measure-res", type=positive_int, default=16, help="resolution of the measured step")
+    mem.add_argument("--out", default="memory.json", help="output JSON")
+    mem.set_defaults(fn=run_memory)
+    for verb in (lat, kern, code, trn, win, thr, mem):
         add_threads(verb)
 
 
@@ -125,6 +134,25 @@ def run_train(args: argparse.Namespace) -> int:
     print(format_table(rows, ["preset", "path", "batch", "step_p50_ms", "step_p90_ms", "peak_mem_mb", "first_loss"]))
     atomic_write_json(args.out, {"device": device_name(args.device), "torch": torch.__version__, "rows": rows,
                                  "fused_skipped": sorted(set(args.paths) - set(paths))})
+    print(f"wrote {args.out}")
+    return 0
+
+
+def run_memory(args: argparse.Namespace) -> int:
+    from dataclasses import asdict
+
+    from fastflow.bench.memory import memory_table
+    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.table import format_table
+
+    check_writable(args.out)
+    plan, rows = memory_table(args.model, args.ranks, args.micro_batch, args.measure_res)
+    print(f"{plan.name}: {plan.params / 1e6:.1f}M parameters at {plan.resolution}², activations measured at "
+          f"{plan.measured_at}² (fp32, per sample: {plan.act_bytes / 1e9:.2f} GB, checkpointed "
+          f"{plan.act_ckpt_bytes / 1e9:.2f} GB)")
+    print(format_table(rows, ["parallel", "ranks", "precision", "activation_checkpointing", "params_gb", "grads_gb",
+                              "adam_gb", "ema_gb", "buffers_gb", "activations_gb", "total_gb"]))
+    atomic_write_json(args.out, {"plan": asdict(plan), "torch": torch.__version__, "rows": rows})
     print(f"wrote {args.out}")
     return 0
 

@@ -153,9 +153,8 @@ def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[P
     validation), the spec, and example inputs by batch size."""
     from fastflow.export.generator import Generator, SRGenerator
     from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
-    from fastflow.models.checkpoint import weights_file
+    from fastflow.models.checkpoint import weights_source
     from fastflow.models.presets import sample_shape
-    from fastflow.utils.io import file_digest
 
     record, model = load_checkpoint(args, fused=False)
     if record.kind == "token":
@@ -169,10 +168,10 @@ def _generator(args: argparse.Namespace, batch: tuple[int, int, int]) -> tuple[P
     else:
         wrap = lambda m: Generator(m, args.steps)  # noqa: E731
         kind, extra = ("conditional" if record.num_classes else "generator"), {}
-    weights = weights_file(record.path, args.weights)  # its digest was verified by the load above
+    _, digest = weights_source(record.path, args.weights)  # verified by the load above
     spec = GeneratorSpec(kind=kind, sample_shape=tuple(shape), batch=BatchRange(*batch), dtype=args.dtype,
                          steps=1 if kind == "sr" else args.steps, num_classes=record.num_classes,
-                         device=device.type, checkpoint_sha256=record.digests.get(weights.name) or file_digest(weights),
+                         device=device.type, checkpoint_sha256=digest,
                          extra={**extra, "fused": fused})
     g = torch.Generator().manual_seed(args.seed)
 
@@ -245,17 +244,16 @@ def _run_pipeline(args: argparse.Namespace, batch: tuple[int, int, int]) -> int:
     from fastflow.export.pipeline import components, export_pipeline, load_pipeline, validate_pipeline
     from fastflow.fused.runtime import kernels_in_export
     from fastflow.export.spec import BatchRange, GeneratorSpec
-    from fastflow.models.checkpoint import weights_file
+    from fastflow.models.checkpoint import weights_source
     from fastflow.models.presets import sample_shape
-    from fastflow.utils.io import atomic_write_json, file_digest
+    from fastflow.utils.io import atomic_write_json
 
     record, model = load_checkpoint(args, fused=False)
     if record.kind != "token" and getattr(model, "table", None) is None:
         raise ConfigError(f"--pipeline exports text-conditioned students (a diffusers text model with a prompt table, "
                           f"or a token-conditioned UNet); this one is {record.kind}: export it without --pipeline")
     exported, fused = _fused_path(args, model)
-    weights = weights_file(record.path, args.weights)
-    digest = record.digests.get(weights.name) or file_digest(weights)
+    _, digest = weights_source(record.path, args.weights)
     spec = GeneratorSpec(kind="generator", sample_shape=tuple(sample_shape(model)), batch=BatchRange(*batch),
                          dtype=args.dtype, steps=args.steps, device=args.device.type, checkpoint_sha256=digest,
                          extra={"fused": fused, "cfg_scale": repr(args.cfg)})

@@ -6,11 +6,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from fastflow.cli import bench, demo, export, export_diffusers, pairs, prompts, sample, sr, train
+from fastflow.cli import bench, checkpoint, demo, export, export_diffusers, pairs, prompts, sample, sr, train
 from fastflow.cli import eval as eval_
 from fastflow.cli.common import Parser, run_cli
 
-VERBS = (train, sample, pairs, prompts, eval_, sr, bench, export, export_diffusers, demo)
+VERBS = (train, sample, pairs, prompts, eval_, sr, bench, export, export_diffusers, checkpoint, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

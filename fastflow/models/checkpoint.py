@@ -10,6 +10,7 @@ training objective, OFTSR's ``sigma_p`` and scale, digests — once, into a type
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import math
@@ -29,6 +30,7 @@ from fastflow.data.sr import DEFAULT_SCALE
 from fastflow.errors import CheckpointError, ConfigError
 from fastflow.flow.sr import DEFAULT_SIGMA_P
 from fastflow.models.presets import arch_of, build_model, model_kind
+from fastflow.models.sharded import SHARDS, is_sharded, read_sharded
 from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json
 
 FORMAT = "fastflow-model"
@@ -46,9 +48,17 @@ def save_model(directory: str | Path, model: nn.Module, ema: nn.Module | None = 
     sha = {**(digests or {}), "model.safetensors": atomic_save_tensors(d / "model.safetensors", model.state_dict())}
     if ema is not None:
         sha["ema.safetensors"] = atomic_save_tensors(d / "ema.safetensors", ema.state_dict())
+    return write_config(d, model, meta, sha)
+
+
+def write_config(directory: str | Path, model: nn.Module, meta: dict[str, Any] | None,
+                 digests: dict[str, str]) -> Path:
+    """``config.json``: what the checkpoint is (architecture, model config, meta) and the SHA-256 of
+    every payload file in it. Written last: a directory without it is no checkpoint."""
+    d = Path(directory)
     atomic_write_json(d / "config.json", {"format": FORMAT, "fastflow_version": __version__,
                                           "arch": arch_of(model), "model": model.config.to_dict(),
-                                          "meta": meta or {}, "sha256": sha})
+                                          "meta": meta or {}, "sha256": digests})
     return d
 
 
@@ -171,16 +181,35 @@ def weights_file(directory: Path, weights: str = "ema") -> Path:
     return file if file.exists() or weights == "model" else directory / "model.safetensors"
 
 
+def weights_source(directory: Path, weights: str = "ema") -> tuple[str, str]:
+    """``(name, SHA-256)`` of the weights :func:`load_model` reads, for provenance records: the
+    safetensors file, or for a sharded checkpoint not consolidated ``dcp/<weights>`` and the
+    SHA-256 of its shards' digests (checked at load)."""
+    file = weights_file(directory, weights)
+    if file.exists() or not is_sharded(directory):
+        from fastflow.utils.io import file_digest
+
+        return file.name, read_config(directory).get("sha256", {}).get(file.name) or file_digest(file)
+    digests = read_config(directory).get("sha256") or {}
+    lines = "".join(f"{k}:{v}\n" for k, v in sorted(digests.items()) if k.startswith(f"{SHARDS}/"))
+    return f"{SHARDS}/{weights}", hashlib.sha256(lines.encode()).hexdigest()
+
+
 def load_model(directory: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
     """Build the model from ``config.json`` and load ``ema`` (default, falls back to ``model``
-    when the checkpoint has no EMA) or ``model`` weights. Returns it in eval mode."""
+    when the checkpoint has no EMA) or ``model`` weights: from safetensors, or from the shards of
+    an FSDP2 checkpoint not yet consolidated (reassembled in this process). Returns it in eval mode."""
     d = resolve_checkpoint(directory)
     cfg = read_config(d)
     try:
         model = build_model({"arch": cfg.get("arch", "unet"), **cfg["model"]})
     except (ConfigError, TypeError) as e:
         raise CheckpointError(f"{d / 'config.json'}: invalid model config ({e})") from None
-    load_weights(model, weights_file(d, weights))
+    file = weights_file(d, weights)
+    if not file.exists() and is_sharded(d):
+        model.load_state_dict(read_sharded(d, weights, model, cfg.get("sha256") or {}))
+    else:
+        load_weights(model, file)
     return model.to(device).eval()
 
 

@@ -33,6 +33,10 @@ class GroupNormAct(nn.Module):
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
+    def reset_parameters(self) -> None:
+        nn.init.ones_(self.weight)
+        nn.init.zeros_(self.bias)
+
     def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
         # computed in fp32 for fp16/bf16 inputs (also what exported fp16 graphs keep)
         return group_norm_ref(x, self.weight, self.bias, self.num_groups, self.eps, scale, shift, self.act)

@@ -95,6 +95,6 @@ def viewable(model: nn.Module, x: Tensor) -> Tensor:
 
 def arch_of(model: nn.Module) -> str:
     for name, (module_cls, _) in ARCHS.items():
-        if type(model) is module_cls:
+        if isinstance(model, module_cls):  # FSDP2 subclasses the module's class
             return name
     raise ConfigError(f"{type(model).__name__} is not a fastflow architecture")

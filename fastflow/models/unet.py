@@ -128,8 +128,15 @@ class UNet(nn.Module):
 
         self.norm_out = GroupNormAct(ch)
         self.conv_out = nn.Conv2d(ch, cfg.out_channels or cfg.in_channels, 3, padding=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """The UNet's own initialisation (after its layers' defaults): a zero output convolution, so
+        training starts from v = 0, and a zero null text context."""
         nn.init.zeros_(self.conv_out.weight)
         nn.init.zeros_(self.conv_out.bias)
+        if self.null_context is not None:
+            nn.init.zeros_(self.null_context)
 
     # -- conditioning ---------------------------------------------------------------------
     def _split_cond(self, cond: Cond, batch: int) -> tuple[Tensor | None, Tensor | None, Tensor | None]:

@@ -42,6 +42,7 @@ from typing import ClassVar
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
+from torch.distributed.fsdp import FSDPModule
 
 from fastflow.data.base import Batch
 from fastflow.flow.path import expand_t, interpolate, velocity_target
@@ -77,6 +78,14 @@ def meanflow_target(u_of: Callable[[Tensor, Tensor], Tensor], x_s: Tensor, s: Te
     return u, (v + expand_t(t - s, v) * du_ds).detach()
 
 
+def joint_jvp_works(model: nn.Module) -> bool:
+    """Whether one forward-mode pass can also record the graph for the backward pass. Not under FSDP2
+    (it wraps each sharded block's inputs in an autograd Function without a forward-mode rule) nor with
+    activation checkpointing (the recomputation is not replayed with dual tensors)."""
+    inner = getattr(model, "module", model)  # DDP
+    return not isinstance(inner, FSDPModule) and not getattr(inner, "activation_checkpointing", False)
+
+
 @dataclass
 class MeanFlow:
     """The MeanFlow objective (module docstring). Needs a two-time model (``model.times: 2``)."""
@@ -109,7 +118,15 @@ class MeanFlow:
         label = drop_labels(batch.label, self.num_classes, self.cond_drop) if self.num_classes else None
         v = self.guided_velocity(model, x_s, s, velocity_target(z, x1), label)
 
-        u, target = meanflow_target(lambda x, s_: model(x, s_, label, t_end=t), x_s, s, t, v)
+        u_of = lambda x, s_: model(x, s_, label, t_end=t)  # noqa: E731
+        if not joint_jvp_works(model):
+            # the (detached) target from a JVP pass without grad, then the prediction from a plain pass
+            # with the same random draws (dropout): the same u and target, one more forward pass
+            with torch.random.fork_rng(devices=[x_s.device] if x_s.is_cuda else []), torch.no_grad():
+                _, target = meanflow_target(u_of, x_s, s, t, v)
+            u = u_of(x_s, s)
+        else:
+            u, target = meanflow_target(u_of, x_s, s, t, v)
         sq = (u - target).float().pow(2).flatten(1).sum(1)
         w = (sq.detach() + self.weight_c).pow(-self.weight_p)
         loss = (w * sq).mean()

@@ -12,8 +12,7 @@ from torch import Tensor, nn
 
 from fastflow.flow.guidance import Cond
 from fastflow.flow.sample import generate
-from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint, weights_file
-from fastflow.utils.io import file_digest
+from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint, weights_source
 
 
 @dataclass
@@ -36,9 +35,8 @@ class FlowTeacher:
                         weights: str = "ema", **kwargs: Any) -> FlowTeacher:
         p = resolve_checkpoint(path)
         model = load_model(p, weights=weights, device=device)
-        file = weights_file(p, weights)
-        source = {"checkpoint": str(p.resolve()), "weights": file.name, "sha256": file_digest(file),
-                  "model": read_config(p)["model"]}
+        name, sha = weights_source(p, weights)
+        source = {"checkpoint": str(p.resolve()), "weights": name, "sha256": sha, "model": read_config(p)["model"]}
         return cls(model=model, source=source, **kwargs)
 
     @property

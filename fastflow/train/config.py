@@ -22,6 +22,7 @@ from fastflow.data import dataset_options
 from fastflow.fused.switch import split_spec
 from fastflow.models.presets import model_config
 from fastflow.objectives import objective_options
+from fastflow.train.parallel import check_options
 from fastflow.utils.schema import build
 
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -97,6 +98,11 @@ class LoopConfig:
     progress: bool = True
     tensorboard: bool = True
     init_from: str = ""  # checkpoint whose weights (EMA if present) start a fresh run
+    parallel: str = "ddp"  # ddp (also one process) or fsdp2 (sharded; DCP checkpoints)
+    precision: str = "fp32"  # FSDP2: fp32, or bf16 parameters/compute with fp32 gradient reduction
+    cpu_offload: bool = False  # FSDP2 on CUDA: shards, gradients and Adam states in host memory
+    activation_checkpointing: str = "none"  # none, or blocks: recompute each block in the backward pass
+    grad_accum: int = 1  # micro-batches per rank and step; the global batch stays batch_size
 
 
 @dataclass
@@ -189,6 +195,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    check_options(t.parallel, t.precision, t.activation_checkpointing, t.grad_accum)
 
 
 def dump_config(cfg: TrainConfig) -> str:

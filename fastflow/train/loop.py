@@ -1,9 +1,11 @@
-"""The one training loop (EDM style): every objective, DDP, AMP, EMA, atomic checkpoints,
-bit-exact resume, JSONL/TensorBoard logs, a progress bar and periodic sample grids."""
+"""The one training loop (EDM style): every objective, one process / DDP / FSDP2, AMP, EMA, gradient
+accumulation, activation checkpointing, atomic checkpoints (single-file or sharded), bit-exact
+resume, JSONL/TensorBoard logs, a progress bar and periodic sample grids."""
 
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -15,21 +17,24 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from fastflow.data import BatchStream, Dataset, build_dataset
+from fastflow.data import Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
-from fastflow.flow.sample import generate
 from fastflow.fused import apply as apply_fused, split_spec
-from fastflow.models.checkpoint import checkpoints_root, load_weights, read_config, resolve_checkpoint
-from fastflow.models.presets import build_model, model_kind, sample_shape, viewable
+from fastflow.models.checkpoint import checkpoints_root, load_model, read_config, resolve_checkpoint
+from fastflow.models.presets import model_kind, sample_shape
+from fastflow.models.sharded import is_sharded
 from fastflow.objectives import build_objective
 from fastflow.train.config import TrainConfig, dump_config
-from fastflow.utils.distributed import DistInfo, barrier, gather_bytes, init_distributed
+from fastflow.train.dcp import load_sharded, save_sharded
 from fastflow.train.ema import EMA
 from fastflow.train.logger import Logger, truncate_log
+from fastflow.train.parallel import build, checkpoint_activations, fsdp_kwargs
+from fastflow.train.preview import PreviewGrids
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
+from fastflow.train.step import MicroBatches, check_split, train_step
+from fastflow.utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
 from fastflow.utils.io import atomic_write_text, remove_stale_temps, writable_dir
 from fastflow.utils.lock import directory_lock
-from fastflow.utils.images import save_samples
 
 
 def check_model_data(model: nn.Module, data: Dataset) -> None:
@@ -56,45 +61,6 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up to ``optim.lr`` over ``optim.warmup`` steps, then constant."""
     w = cfg.optim.warmup
     return cfg.optim.lr * (min(1.0, (step + 1) / w) if w else 1.0)
-
-
-class _PreviewGrids:
-    """Fixed inputs for periodic grids, so grids are comparable across steps: noise (and
-    labels), or what the objective's ``sample_inputs(batch)`` makes from a fixed data batch
-    (e.g. the noised degraded images of super-resolution)."""
-
-    def __init__(self, cfg: TrainConfig, model: nn.Module, data: Dataset, objective: Any,
-                 device: torch.device) -> None:
-        n = cfg.train.sample_n
-        self.steps = cfg.train.sample_steps
-        self.z: Tensor | None = None
-        with torch.random.fork_rng():
-            torch.manual_seed(cfg.seed)
-            make = getattr(objective, "sample_inputs", None)
-            if make is not None:
-                z, self.cond = make(data.get(torch.arange(min(n, len(data)))).to(device))
-                self.z = z
-            elif model_kind(model.config) != "image":
-                self.z = torch.randn(n, *data.sample_shape).to(device)
-                k = model.config.num_classes
-                self.cond = (torch.arange(n) % k).to(device) if k else None
-        self.reference = data.get(torch.arange(min(len(data), 2000))).x if data_is_points(data) else None
-
-    def __call__(self, model: nn.Module, path: Path, step: int) -> None:
-        if self.z is None:  # the objective defines no preview for an image-conditioned model
-            return
-        x = viewable(model, generate(model, self.z, "euler", self.steps, cond=self.cond).x)
-        save_samples(x, path, self.reference, title=f"step {step}, Euler {self.steps}")
-
-
-def data_is_points(data: Dataset) -> bool:
-    return len(data.sample_shape) == 1
-
-
-def _rng_states(info: DistInfo) -> tuple[list[Tensor], list[Tensor]]:
-    cpu = gather_bytes(info, torch.get_rng_state())
-    cuda = gather_bytes(info, torch.cuda.get_rng_state(info.device)) if info.device.type == "cuda" else []
-    return cpu, cuda
 
 
 def _check_finite(values: Tensor, start: int, end: int) -> None:
@@ -134,20 +100,24 @@ def _mean_logs(sums: dict[str, Tensor], start: int, end: int, info: DistInfo) ->
 def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Run (or resume) training as configured; returns the run directory. The run directory is
     locked for the whole run: a second training (or pair generation) there is refused."""
-    info = init_distributed()
-    run = Path(cfg.out_dir)
-    if cfg.train.batch_size % info.world:
-        raise ConfigError(f"train.batch_size={cfg.train.batch_size} is not divisible by {info.world} ranks")
-    if info.main:
-        writable_dir(run)
-    with directory_lock(run, "training", enabled=info.main):
-        return _train(cfg, resume, info, run)
+    t = cfg.train
+    own_group = t.parallel == "fsdp2" and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    info = init_distributed(group_of_one=t.parallel == "fsdp2")
+    try:
+        run = Path(cfg.out_dir)
+        check_split(t.batch_size, info.world, t.grad_accum)
+        if info.main:
+            writable_dir(run)
+        with directory_lock(run, "training", enabled=info.main):
+            return _train(cfg, resume, info, run)
+    finally:
+        if own_group:  # a process group of one made for this call: not left to the caller
+            shutdown_distributed()
 
 
-def _resume(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Module, ema: EMA,
-            opt: torch.optim.Optimizer) -> int:
-    """Load ``ckpt`` into the run; returns its step. Refuses a changed seed or batch size (the data
-    stream would silently differ); a changed world size continues, not bit-exactly, with a note."""
+def _check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path) -> dict[str, Any]:
+    """The checkpoint's meta; refuses a changed seed or batch size (the data stream would silently
+    differ) and a single-file checkpoint under FSDP2; notes a changed micro-batch split."""
     meta = read_config(ckpt).get("meta")
     meta = meta if isinstance(meta, dict) else {}
     for key, now in (("seed", cfg.seed), ("batch_size", cfg.train.batch_size)):
@@ -156,30 +126,54 @@ def _resume(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Module, ema:
             raise ConfigError(f"{ckpt} was trained with {name}={meta[key]}; resuming with {now} would not "
                               f"continue that run: keep {meta[key]}, or start a new out_dir with "
                               f"train.init_from={ckpt}")
+    if cfg.train.parallel == "fsdp2" and not is_sharded(ckpt):
+        raise ConfigError(f"{ckpt} is a single-file (DDP) checkpoint; it resumes with train.parallel=ddp, "
+                          f"or starts an FSDP2 run in a new out_dir with train.init_from={ckpt}")
+    split = info.world * cfg.train.grad_accum
+    if meta.get("micro_batches", split) != split and info.main:
+        print(f"note: {ckpt} was written with {meta['micro_batches']} micro-batches per step (world × grad_accum), "
+              f"this run uses {split}: same global batches, different noise draws; training continues, "
+              "not bit-exactly", file=sys.stderr)
+    return meta
+
+
+def _resume(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Module, ema: EMA,
+            opt: torch.optim.Optimizer) -> int:
+    """Load ``ckpt`` (sharded or single-file) into the run; returns its step."""
+    _check_resumable(cfg, info, ckpt)
+    if is_sharded(ckpt):
+        return load_sharded(ckpt, model, ema.model, opt, info)
     state = load_checkpoint(ckpt, model, ema.model)
     opt.load_state_dict(state.optimizer)
-    if len(state.rng) == info.world:
-        torch.set_rng_state(state.rng[info.rank])
-        if state.cuda_rng and info.device.type == "cuda":
-            torch.cuda.set_rng_state(state.cuda_rng[info.rank], info.device)
-    else:
-        torch.manual_seed(cfg.seed + 1 + info.rank + state.step)
-        if info.main:
-            print(f"note: checkpoint was written by {len(state.rng)} ranks, resuming on "
-                  f"{info.world}: training continues, but not bit-exactly")
     return state.step
 
 
-def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
-    torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-    data = build_dataset(cfg.data)
+def _build(cfg: TrainConfig, info: DistInfo, data: Dataset) -> tuple[nn.Module, EMA, str]:
+    """Model (sharded under FSDP2), its EMA (sharded alike), and the fused-kernel mode."""
+    t = cfg.train
     spec, fused = split_spec(cfg.model)
-    model = build_model(spec)
-    check_model_data(model, data)
-    stream = BatchStream(data, cfg.train.batch_size // info.world, cfg.seed, info.rank, info.world)
-    model.to(info.device)
-    apply_fused(model, fused, info.device)  # before the EMA copy, so both run the same kernels
-    ema = EMA(model, cfg.train.ema_rate)
+    shard = fsdp_kwargs(info, t.precision, t.cpu_offload) if t.parallel == "fsdp2" else None
+    model = build(spec, fused, info, cfg.seed, shard, check=lambda m: check_model_data(m, data))
+    ema = EMA(model, t.ema_rate, copy_into=None if shard is None else build(spec, fused, info, cfg.seed, shard))
+    if t.activation_checkpointing == "blocks":
+        checkpoint_activations(model)
+    return model, ema, fused
+
+
+def _init_from(path: str, model: nn.Module, ema: EMA) -> None:
+    """Start from a checkpoint's weights (EMA if present), sharded or not, into a plain or FSDP2 model."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    init = resolve_checkpoint(path)
+    reference = load_model(init, weights="ema")  # checked: names, shapes, dtypes, digests
+    set_model_state_dict(model, reference.state_dict(), options=StateDictOptions(full_state_dict=True))
+    ema.copy_from(model)
+
+
+def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
+    data = build_dataset(cfg.data)
+    model, ema, fused = _build(cfg, info, data)
+    micro = MicroBatches.build(data, cfg.train.batch_size, cfg.train.grad_accum, cfg.seed, info)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr, betas=cfg.optim.betas,
                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     objective = build_objective(cfg.objective, num_classes=model.config.num_classes,
@@ -190,7 +184,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
     if times == 2 and model.config.t_scale > 10 and info.main:
         print(f"note: model.t_scale={model.config.t_scale:g}: MeanFlow's JVP target differentiates the time features; "
               "on digits it diverged at 999 and trained at 1 (model.t_scale=1)", file=sys.stderr)
-    if isinstance(getattr(objective, "teacher", None), nn.Module):
+    if isinstance(getattr(objective, "teacher", None), nn.Module):  # frozen, replicated on every rank
         check_teacher(model, objective.teacher)
         apply_fused(objective.teacher, fused, info.device)
 
@@ -202,91 +196,88 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
     if info.main:  # every output path is checked before the first step
         for d in (run, checkpoints_root(run), run / "samples"):
             remove_stale_temps(d)  # what a kill during a write left behind
+    barrier(info)
     if resume and ckpt is None and info.main:
         print(f"note: --resume: no checkpoint in {run}; starting from step 0")
     if resume and ckpt is not None:
         start = _resume(cfg, info, ckpt, model, ema, opt)
-    else:
-        if cfg.train.init_from:
-            init = resolve_checkpoint(cfg.train.init_from)
-            load_weights(model, init / ("ema.safetensors" if (init / "ema.safetensors").exists()
-                                        else "model.safetensors"))
-            ema.model.load_state_dict(model.state_dict())
-        torch.manual_seed(cfg.seed + 1 + info.rank)  # independent noise per rank
+    elif cfg.train.init_from:
+        _init_from(cfg.train.init_from, model, ema)
     if start >= cfg.train.steps:
         if info.main:
             print(f"{run}: already trained to step {start} (train.steps={cfg.train.steps})")
         return run
-    return _loop(cfg, info, run, start, data, stream, model, ema, opt, objective)
+    return _loop(cfg, info, run, start, data, micro, model, ema, opt, objective)
 
 
-def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset, stream: BatchStream,
+def _save(cfg: TrainConfig, info: DistInfo, run: Path, n: int, model: nn.Module, ema: EMA,
+          opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
+    if cfg.train.parallel == "fsdp2":
+        save_sharded(run, n, model, ema.model, opt, cfg.train.keep_ckpts, meta, info)
+        return
+    if info.main:
+        save_checkpoint(run, model, ema.model, TrainState(n, opt.state_dict()), keep=cfg.train.keep_ckpts, meta=meta)
+    barrier(info)
+
+
+def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset, micro: MicroBatches,
           model: nn.Module, ema: EMA, opt: torch.optim.Optimizer, objective: Any) -> Path:
-    logger = grids = None
+    t = cfg.train
+    sharded = t.parallel == "fsdp2"
+    logger = None
+    grids = PreviewGrids(cfg, ema.model, data, objective, info.device) if info.main or sharded else None
     if info.main:
         atomic_write_text(run / "config.yaml", dump_config(cfg))
         truncate_log(run / "log.jsonl", start)
-        logger = Logger(run, cfg.train.tensorboard)
-        grids = _PreviewGrids(cfg, model, data, objective, info.device)
+        logger = Logger(run, t.tensorboard)
+        print(f"global batch {t.batch_size} = {info.world} rank(s) × {t.grad_accum} micro-batch(es) of "
+              f"{t.batch_size // micro.total} ({t.parallel if info.world > 1 or sharded else 'one process'})")
     barrier(info)
 
     net = model
-    if info.world > 1:
+    if info.world > 1 and not sharded:
         net = nn.parallel.DistributedDataParallel(
             model, device_ids=[info.local_rank] if info.device.type == "cuda" else None)
-    amp = autocast_for(cfg.train.amp, info.device)
+    amp = autocast_for(t.amp, info.device)
     clip = cfg.optim.grad_clip or math.inf
     meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf"),
             "data_config": cfg.data, "objective_config": cfg.objective, "seed": cfg.seed,
-            "batch_size": cfg.train.batch_size}
+            "batch_size": t.batch_size, "micro_batches": micro.total, "parallel": t.parallel, "world": info.world}
 
-    bar = tqdm(total=cfg.train.steps, initial=start, disable=not (info.main and cfg.train.progress),
+    bar = tqdm(total=t.steps, initial=start, disable=not (info.main and t.progress),
                dynamic_ncols=True, desc="train", mininterval=0.2 if sys.stderr.isatty() else 15.0)
     sums: dict[str, Tensor] = {}
     t_last, cpu_last, n_last = time.perf_counter(), time.process_time(), start
     model.train()
-    for step in range(start, cfg.train.steps):
+    for step in range(start, t.steps):
         lr = lr_at(cfg, step)
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = stream.batch(step).to(info.device)
-        with amp:
-            loss, logs = objective(net, batch, step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        logs = train_step(net, model, objective, micro, step, info.device, amp, opt, clip)
         decay = ema.update(model, step)
-        for k, v in {**logs, "grad_norm": gnorm.detach()}.items():
-            sums[k] = sums.get(k, 0) + v.float()
+        for k, v in logs.items():
+            sums[k] = sums.get(k, 0) + v
         n = step + 1
         bar.update(1)
 
-        if n % cfg.train.log_every == 0 or n == cfg.train.steps:
+        if n % t.log_every == 0 or n == t.steps:
             rec = _mean_logs(sums, n_last, n, info)
             if info.main:
                 now, cpu = time.perf_counter(), time.process_time()
-                rec.update(lr=lr, ema_decay=decay,
-                           samples_per_s=(n - n_last) * cfg.train.batch_size / (now - t_last),
+                rec.update(lr=lr, ema_decay=decay, samples_per_s=(n - n_last) * t.batch_size / (now - t_last),
                            cpu_s_per_step=(cpu - cpu_last) / (n - n_last))
                 logger.log(n, rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
                 t_last, cpu_last = now, cpu
             sums, n_last = {}, n
 
-        if n % cfg.train.ckpt_every == 0 or n == cfg.train.steps:
+        if n % t.ckpt_every == 0 or n == t.steps:
             if sums:  # never checkpoint weights a diverged step produced
                 _check_finite(torch.stack(list(sums.values())), n_last, n)
-            rng, cuda_rng = _rng_states(info)
-            if info.main:
-                save_checkpoint(run, model, ema.model,
-                                TrainState(n, opt.state_dict(), rng, cuda_rng),
-                                keep=cfg.train.keep_ckpts, meta=meta)
-            barrier(info)
+            _save(cfg, info, run, n, model, ema, opt, meta)
 
-        if info.main and ((cfg.train.sample_every and n % cfg.train.sample_every == 0)
-                          or n == cfg.train.steps):
-            grids(ema.model, run / "samples" / f"step-{n:08d}.png", n)
+        if grids is not None and ((t.sample_every and n % t.sample_every == 0) or n == t.steps):
+            grids(ema.model, run / "samples" / f"step-{n:08d}.png", n, save=info.main)
     bar.close()
     if logger is not None:
         logger.close()

@@ -1,6 +1,6 @@
 """Training checkpoints: ``<run>/checkpoints/step-XXXXXXXX/`` holding ``config.json``,
-``model.safetensors``, ``ema.safetensors`` and ``state.pt`` (optimizer, step, RNG states of
-every rank; loaded with ``weights_only=True``). A checkpoint directory is written under a
+``model.safetensors``, ``ema.safetensors`` and ``state.pt`` (optimizer and step; loaded with
+``weights_only=True``), or, for FSDP2 runs, ``dcp/`` shards (:mod:`fastflow.train.dcp`). A checkpoint directory is written under a
 temporary name and renamed when complete; ``checkpoints/latest`` names the newest one."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from torch import nn
 from fastflow.errors import CheckpointError
 from fastflow.models.checkpoint import (STEP_NAME, checkpoints_root, load_weights, read_latest, save_model,
                                         verify_payload)
+from fastflow.models.sharded import is_sharded
 from fastflow.utils.io import atomic_torch_save, atomic_write_text
 
 
@@ -24,8 +25,6 @@ from fastflow.utils.io import atomic_torch_save, atomic_write_text
 class TrainState:
     step: int
     optimizer: dict[str, Any]
-    rng: list[torch.Tensor]  # CPU RNG state per rank
-    cuda_rng: list[torch.Tensor]  # CUDA RNG state per rank (empty on CPU)
 
 
 def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state: TrainState,
@@ -36,8 +35,7 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state
     final, tmp = root / name, root / f".{name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        sha = atomic_torch_save(tmp / "state.pt", {"step": state.step, "optimizer": state.optimizer,
-                                                   "rng": state.rng, "cuda_rng": state.cuda_rng})
+        sha = atomic_torch_save(tmp / "state.pt", {"step": state.step, "optimizer": state.optimizer})
         save_model(tmp, model, ema, meta={**(meta or {}), "step": state.step}, digests={"state.pt": sha})
     except BaseException:  # a full disk, Ctrl-C: nothing partial stays; the earlier checkpoints do
         shutil.rmtree(tmp, ignore_errors=True)
@@ -51,12 +49,17 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state
     return final
 
 
+def _complete(p: Path) -> bool:
+    """A training checkpoint: its ``config.json`` (written last) and its state are there."""
+    return (p / "config.json").is_file() and ((p / "state.pt").is_file() or is_sharded(p))
+
+
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Complete checkpoint directories, oldest first."""
     root = checkpoints_root(run_dir)
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if STEP_NAME.fullmatch(p.name) and (p / "state.pt").is_file()]
+    found = [p for p in root.iterdir() if STEP_NAME.fullmatch(p.name) and _complete(p)]
     return sorted(found, key=lambda p: p.name)
 
 
@@ -64,7 +67,7 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     """The newest complete checkpoint (``latest`` if valid, else the highest step found)."""
     root = checkpoints_root(run_dir)
     p = read_latest(root) if root.is_dir() else None
-    if p is not None and (p / "state.pt").is_file():
+    if p is not None and _complete(p):
         return p
     found = list_checkpoints(run_dir)
     return found[-1] if found else None
@@ -79,7 +82,7 @@ def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module) -> Train
         verify_payload(p / "state.pt")
     try:
         raw = torch.load(p / "state.pt", map_location="cpu", weights_only=True)
-        return TrainState(int(raw["step"]), raw["optimizer"], list(raw["rng"]), list(raw["cuda_rng"]))
+        return TrainState(int(raw["step"]), raw["optimizer"])
     except FileNotFoundError:
         raise CheckpointError(f"{p}: state.pt missing") from None
     except pickle.UnpicklingError:  # weights_only refused an object: never retried unsafely

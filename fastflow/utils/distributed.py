@@ -23,19 +23,25 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed() -> DistInfo:
-    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1)."""
+def init_distributed(group_of_one: bool = False) -> DistInfo:
+    """Initialise the process group when launched by torchrun (``WORLD_SIZE`` > 1). With
+    ``group_of_one`` a single process gets a group of its own (FSDP2 and sharded checkpoints then
+    run the same code at every world size, no launcher needed)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
     cuda = torch.cuda.is_available()
     device = torch.device("cuda", local) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or group_of_one) and not dist.is_initialized():
         # torch._dynamo (imported by DDP) keeps references to a default group that exists when it is
         # first imported, so destroy_process_group could not free it: import it first.
         importlib.import_module("torch._dynamo")
-        dist.init_process_group("nccl" if cuda else "gloo")
+        backend = "nccl" if cuda else "gloo"
+        if world > 1:
+            dist.init_process_group(backend)
+        else:
+            dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistInfo(rank, world, local, device)
 
 
@@ -64,3 +70,15 @@ def gather_bytes(info: DistInfo, t: torch.Tensor) -> list[torch.Tensor]:
     out = [torch.empty_like(t) for _ in range(info.world)]
     dist.all_gather(out, t)
     return [o.cpu() for o in out]
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's shard of an FSDP2 (DTensor) tensor, or the tensor itself."""
+    to_local = getattr(t, "to_local", None)
+    return to_local() if callable(to_local) else t
+
+
+def full(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a DTensor (a collective: every rank calls it), or the tensor itself."""
+    full_tensor = getattr(t, "full_tensor", None)
+    return full_tensor() if callable(full_tensor) else t

@@ -1,0 +1,37 @@
+"""``fastflow checkpoint consolidate``: a sharded (FSDP2/DCP) checkpoint → the usual single-file
+layout (``model.safetensors`` + ``ema.safetensors`` + ``config.json`` with their SHA-256), in one
+process, whatever world size wrote the shards. Nothing is unpickled (:mod:`fastflow.models.sharded`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastflow.errors import CheckpointError, ConfigError
+from fastflow.models.checkpoint import read_config, resolve_checkpoint
+from fastflow.models.presets import build_model
+from fastflow.models.sharded import is_sharded, read_sharded
+from fastflow.utils.io import atomic_save_tensors, atomic_write_json, check_new_dir
+
+
+def consolidate(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write ``model``/``ema`` safetensors of the sharded checkpoint ``path`` (a run: its latest)
+    beside its shards (default; ``config.json`` gains their digests, so the checkpoint both resumes
+    and loads anywhere), or into the new directory ``out`` (a plain model checkpoint). Returns it."""
+    d = resolve_checkpoint(path)
+    if not is_sharded(d):
+        raise ConfigError(f"{d} is not a sharded checkpoint (no dcp/): it loads as it is")
+    cfg = read_config(d)
+    digests = dict(cfg.get("sha256") or {})
+    try:
+        model = build_model({"arch": cfg.get("arch", "unet"), **cfg["model"]})
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{d / 'config.json'}: invalid model config ({e})") from None
+    target = d if out is None else check_new_dir(out)
+    target.mkdir(parents=True, exist_ok=True)
+    sha = digests if out is None else {}
+    for part in ("model", "ema"):
+        sha[f"{part}.safetensors"] = atomic_save_tensors(target / f"{part}.safetensors",
+                                                         read_sharded(d, part, model, digests))
+    meta = {**(cfg.get("meta") or {}), "consolidated_from": str(d.resolve())}
+    atomic_write_json(target / "config.json", {**cfg, "meta": meta, "sha256": sha})
+    return target
