@@ -9,6 +9,7 @@ against eager PyTorch (``max_abs_vs_eager``): the ONNX generator in ONNX Runtime
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -21,32 +22,41 @@ from fastflow.export.formats import build_onnx, build_pt2, load_onnx, load_openv
 from fastflow.export.generator import Generator
 from fastflow.export.quantize import DEFAULT_CALIBRATION, calibration_inputs
 from fastflow.export.spec import BatchRange, GeneratorSpec
+from fastflow.fused.runtime import kernels_in_export
 from fastflow.utils.timing import measure_latency
 
 #: backends that time the student's generator artefact only (one row each)
 GENERATOR_BACKENDS = ("openvino", "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8")
 
 
+def fused_tag(fused: bool, device: torch.device) -> str:
+    """``fastflow.fused`` of a package (see ``fastflow-export --fused``)."""
+    return "off" if not fused else "triton" if device.type == "cuda" else "op"
+
+
 @dataclass
 class Artefacts:
-    """The student's generator artefacts at the batch of ``z``, built on first use in ``workdir``."""
+    """The student's generator artefacts at the batch (and on the device) of ``z``, built on first use
+    in ``workdir``; ``fused``: the student carries the fused kernels and its package keeps them."""
 
     student: nn.Module
     z: Tensor
     workdir: Path
+    fused: bool = False
     built: dict[str, Path] = field(default_factory=dict)
 
     def path(self, kind: str) -> Path:
         """``onnx``, ``onnx-int8``, ``pt2`` or ``pt2-int8``."""
         if kind not in self.built:
             gen, b = Generator(self.student, 1).eval(), self.z.shape[0]
-            spec = GeneratorSpec("generator", tuple(self.z.shape[1:]), BatchRange(b, b, b), device="cpu",
-                                 extra={"fused": "off"})
+            spec = GeneratorSpec("generator", tuple(self.z.shape[1:]), BatchRange(b, b, b), device=self.z.device.type,
+                                 extra={"fused": fused_tag(self.fused, self.z.device)})
             g = torch.Generator().manual_seed(1)
             calib = calibration_inputs(lambda n: (torch.randn(n, *self.z.shape[1:], generator=g),),
                                        DEFAULT_CALIBRATION, b) if kind.endswith("int8") else ()
-            path = self.workdir / f"student-generator-{kind}.{'pt2' if kind.startswith('pt2') else 'onnx'}"
-            with torch.no_grad():
+            name = f"student-generator{'-fused' if self.fused else ''}-{kind}"
+            path = self.workdir / f"{name}.{'pt2' if kind.startswith('pt2') else 'onnx'}"
+            with torch.no_grad(), kernels_in_export() if self.fused else nullcontext():
                 if kind.startswith("onnx"):
                     build_onnx(gen, (self.z,), spec.batch, path, 19, "fp32", calib)
                 else:
@@ -55,7 +65,7 @@ class Artefacts:
         return self.built[kind]
 
     def runner(self, kind: str, load: Callable[[Path, torch.device], Callable[..., Tensor]]) -> Callable[[], Tensor]:
-        run = load(self.path(kind), torch.device("cpu"))
+        run = load(self.path(kind), self.z.device)
         return lambda: run(self.z)
 
 
@@ -75,8 +85,12 @@ def generator_row(art: Artefacts, backend: str, flops: int, params: int, iters: 
     gen = Generator(art.student, 1).eval()
     with torch.no_grad():
         ref = gen(art.z).float()
+        extra = {}
         if backend in NATIVE:
-            lat, image = native(art.path(NATIVE[backend]))
+            package = art.path(NATIVE[backend])
+            lat, image = native(package)
+            same = load_pt2(package, art.z.device)(art.z).float().cpu()  # Python's run of the same package
+            extra["max_abs_vs_aoti"] = float((image.float().cpu() - same).abs().max())
         else:
             if backend == "eager":
                 fn = lambda: gen(art.z)  # noqa: E731
@@ -87,4 +101,4 @@ def generator_row(art: Artefacts, backend: str, flops: int, params: int, iters: 
             lat, image = measure_latency(fn, "cpu", warmup=warmup, iters=iters).to_dict(), fn()
     return {"model": "student", "backend": backend, "solver": "euler", "steps": 1, "nfe": 1.0, "flops": flops,
             "params": params, "precision": "int8" if backend.endswith("int8") else "fp32",
-            "max_abs_vs_eager": float((image.float().cpu() - ref.cpu()).abs().max()), **lat}
+            "max_abs_vs_eager": float((image.float().cpu() - ref.cpu()).abs().max()), **extra, **lat}

@@ -23,7 +23,6 @@ from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from copy import deepcopy
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +30,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastflow.bench.artefacts import GENERATOR_BACKENDS, Artefacts, generator_row
+from fastflow.bench.artefacts import GENERATOR_BACKENDS, Artefacts, fused_tag, generator_row
 from fastflow.bench.roofline import add_roofline, peaks
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export.compile import CUDAGraphGenerator
-from fastflow.export.formats import build_pt2, load_onnx, load_pt2
+from fastflow.export.formats import load_onnx, load_pt2
 from fastflow.export.generator import Generator
-from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.flow.sample import generate
 from fastflow.fused import apply as apply_fused, is_fused
 from fastflow.fused.runtime import kernels_in_export
@@ -76,23 +74,6 @@ def find_runner(path: str | None = None) -> Path:
         raise MissingBackendError("the native backend needs the C++ runner: run `make native` "
                                   "(or pass --runner PATH to fastflow-run)")
     return Path(found)
-
-
-def _fused_tag(fused: bool, device: torch.device) -> str:
-    """``fastflow.fused`` of a package (see ``fastflow-export --fused``)."""
-    return "off" if not fused else "triton" if device.type == "cuda" else "op"
-
-
-def _generator_package(student: nn.Module, z: Tensor, workdir: Path, fused: bool = False) -> Path:
-    """The student's one-step generator as an AOTInductor package at the batch of ``z`` (``fused``:
-    with the kernels of a fused student)."""
-    b = z.shape[0]
-    spec = GeneratorSpec("generator", tuple(z.shape[1:]), BatchRange(b, b, b), device=z.device.type,
-                         extra={"fused": _fused_tag(fused, z.device)})
-    path = workdir / f"student-generator{'-fused' if fused else ''}.pt2"
-    with torch.no_grad(), kernels_in_export() if fused else nullcontext():
-        build_pt2(Generator(student, 1).eval(), (z,), spec, path)
-    return path
 
 
 def native_latency(runner: Path, package: Path, z: Tensor, iters: int, warmup: int,
@@ -138,7 +119,7 @@ def _exported_velocity(model: nn.Module, backend: str, example: Tensor, workdir:
                 sess.run(None, {"x": x.cpu().numpy(), "t": t.cpu().numpy()})[0]).to(x.device)
         fused = is_fused(model)
         with kernels_in_export() if fused else nullcontext(), torch._functorch.config.patch(
-                decompose_custom_triton_ops=_fused_tag(fused, example.device) != "op"):
+                decompose_custom_triton_ops=fused_tag(fused, example.device) != "op"):
             torch._inductor.aoti_compile_and_package(torch.export.export(vel, (example, t)),
                                                      package_path=str(path))
         runner = torch._inductor.aoti_load_package(str(path))
@@ -167,17 +148,16 @@ def _sampler(model: Callable[..., Tensor], backend: str, solver: str, steps: int
 
 @dataclass
 class _Suite:
-    """What every backend's rows share: noise, models (plain and fused), packages, costs."""
+    """What every backend's rows share: noise, models (plain and fused), costs, artefacts."""
 
     z: Tensor
     models: dict[bool, tuple[nn.Module, nn.Module]]  # fused? → (student, teacher)
-    packages: dict[bool, Path]  # fused? → the student's one-step generator package
     params: dict[str, int]
     flops: dict[str, int]  # per batched call
     workdir: Path
     iters: int
     warmup: int
-    artefacts: Artefacts  # the student's generator as ONNX / int8 artefacts (CPU backends)
+    artefacts: dict[bool, Artefacts]  # fused? → the student's generator artefacts (built on first use)
 
 
 def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: Sequence[str] = ("eager",),
@@ -201,34 +181,19 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
     if any(split_backend(b)[0] for b in backends):
         models[True] = (fused_copy(student), fused_copy(teacher))
     workdir = Path(tempfile.mkdtemp(prefix="fastflow-bench-"))
-    packages = {fused: _generator_package(models[fused][0], z, workdir, fused)
-                for fused in models if {"aoti", "native"} & {split_backend(b)[1] for b in backends
-                                                             if split_backend(b)[0] == fused}}
-    suite = _Suite(z, models, packages, {"student": count_params(student), "teacher": count_params(teacher)},
+    suite = _Suite(z, models, {"student": count_params(student), "teacher": count_params(teacher)},
                    {"student": count_flops(student, z), "teacher": count_flops(teacher, z)}, workdir, iters, warmup,
-                   Artefacts(student, z, workdir))
+                   {fused: Artefacts(models[fused][0], z, workdir, fused) for fused in models})
+    native = lambda pkg: native_latency(runner_path, pkg, z, iters, warmup, workdir)  # noqa: E731
     rows: list[dict[str, Any]] = []
     for backend in backends:
-        if backend == "native":
-            rows.append(_native_row(suite, runner_path))
-        elif backend in GENERATOR_BACKENDS:
-            native = lambda pkg: native_latency(runner_path, pkg, z, iters, warmup, workdir)  # noqa: E731
-            rows.append(generator_row(suite.artefacts, backend, suite.flops["student"], suite.params["student"],
-                                      iters, warmup, native))
+        if backend == "native" or backend in GENERATOR_BACKENDS:
+            rows.append(generator_row(suite.artefacts[False], backend, suite.flops["student"],
+                                      suite.params["student"], iters, warmup, native))
         else:
             rows += _backend_rows(suite, backend, euler_ns, heun_ns, rk45)
     add_roofline(rows, peak)
     return rows
-
-
-def _native_row(suite: _Suite, runner_path: Path | None) -> dict[str, Any]:
-    """``fastflow-run`` on the student's package, its output checked against Python's."""
-    lat, image = native_latency(runner_path, suite.packages[False], suite.z, suite.iters, suite.warmup, suite.workdir)
-    with torch.no_grad():
-        ref = load_pt2(suite.packages[False], suite.z.device)(suite.z).float().cpu()
-    return {"model": "student", "backend": "native", "solver": "euler", "steps": 1, "nfe": 1.0,
-            "flops": suite.flops["student"], "params": suite.params["student"],
-            "max_abs_vs_aoti": float((image - ref).abs().max()), **lat}
 
 
 def _backend_rows(suite: _Suite, backend: str, euler_ns: Sequence[int], heun_ns: Sequence[int],
@@ -251,9 +216,9 @@ def _backend_rows(suite: _Suite, backend: str, euler_ns: Sequence[int], heun_ns:
                          "params": suite.params[who], **lat.to_dict()})
         for who, m, solver, steps in plan:
             if base == "aoti" and who == "student":  # the package fastflow-run runs too
-                fn = partial(load_pt2(suite.packages[fused], dev), z)
+                fn = suite.artefacts[fused].runner("pt2", load_pt2)
             elif base == "onnxruntime" and who == "student":  # the generator ONNX (the sampler inside)
-                fn = suite.artefacts.runner("onnx", load_onnx)
+                fn = suite.artefacts[False].runner("onnx", load_onnx)
             else:
                 fn = _sampler(m, base, solver, steps, z)
             if solver == "rk45":

@@ -23,8 +23,9 @@ from torch import nn
 
 from fastflow.models.checkpoint import checkpoints_root, read_config, write_config
 from fastflow.models.sharded import SHARDS, load_parts, shard_files
+from fastflow.train.state import publish
 from fastflow.utils.distributed import DistInfo, barrier
-from fastflow.utils.io import atomic_write_text, file_digest
+from fastflow.utils.io import file_digest
 
 
 def _state(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], list[Any]]:
@@ -41,11 +42,8 @@ def save_sharded(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Modul
     """Every rank calls this. Writes the checkpoint of ``step``, points ``latest`` at it, prunes."""
     from torch.distributed.checkpoint import save
 
-    from fastflow.train.state import list_checkpoints
-
-    root = checkpoints_root(run_dir)
     name = f"step-{step:08d}"
-    final, tmp = root / name, root / f".{name}.tmp"
+    final, tmp = checkpoints_root(run_dir) / name, checkpoints_root(run_dir) / f".{name}.tmp"
     if info.main:
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / SHARDS).mkdir(parents=True)
@@ -57,12 +55,7 @@ def save_sharded(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Modul
         if info.main:
             digests = {f: file_digest(tmp / f) for f in shard_files(tmp)}
             write_config(tmp, model, {**meta, "step": step}, digests)
-            if final.exists():
-                shutil.rmtree(final)
-            tmp.rename(final)
-            atomic_write_text(root / "latest", name + "\n")
-            for old in list_checkpoints(run_dir)[:-keep]:
-                shutil.rmtree(old, ignore_errors=True)
+            publish(run_dir, tmp, keep)
     except BaseException:  # a full disk, Ctrl-C: nothing partial stays; the earlier checkpoints do
         if info.main:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -31,8 +31,7 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state
                     keep: int, meta: dict[str, Any] | None = None) -> Path:
     """Write the checkpoint of ``state.step`` atomically, point ``latest`` at it, prune old ones."""
     root = checkpoints_root(run_dir)
-    name = f"step-{state.step:08d}"
-    final, tmp = root / name, root / f".{name}.tmp"
+    tmp = root / f".step-{state.step:08d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         sha = atomic_torch_save(tmp / "state.pt", {"step": state.step, "optimizer": state.optimizer})
@@ -40,10 +39,18 @@ def save_checkpoint(run_dir: str | Path, model: nn.Module, ema: nn.Module, state
     except BaseException:  # a full disk, Ctrl-C: nothing partial stays; the earlier checkpoints do
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return publish(run_dir, tmp, keep)
+
+
+def publish(run_dir: str | Path, tmp: Path, keep: int) -> Path:
+    """Rename the complete ``.step-N.tmp`` into place, then point ``latest`` at it, then prune all but
+    the ``keep`` newest checkpoints. Returns the checkpoint directory."""
+    root = checkpoints_root(run_dir)
+    final = root / tmp.name.removeprefix(".").removesuffix(".tmp")
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
-    atomic_write_text(root / "latest", name + "\n")
+    atomic_write_text(root / "latest", final.name + "\n")
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
