@@ -55,6 +55,7 @@ def test_compare_counts_errors_and_nonfinite() -> None:
     assert not r["passed"] and r["nan_inf_count"] == 6
 
 
+@pytest.mark.slow  # ~55 s; the other ONNX exports validate at min/opt/max batch in make test
 def test_onnx_dynamic_batch_validates_with_onnxruntime(tmp_path, ckpt) -> None:
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")

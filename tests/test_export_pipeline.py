@@ -65,6 +65,7 @@ def test_onnx_pipeline_per_component(student, tmp_path) -> None:
     _check(tmp_path / "pipe", tmp_path / "report.json", student[1])
 
 
+@pytest.mark.slow  # ~110 s with its fixture: three AOTInductor compiles (the ONNX pipeline test stays in make test)
 def test_pt2_pipeline_per_component(student, pt2_pipeline) -> None:
     _check(*pt2_pipeline, student[1])
 
@@ -77,6 +78,7 @@ def _runner(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([str(RUNNER_BUILD_PATH), *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.slow  # shares the .pt2 pipeline fixture above
 def test_runner_chains_the_pt2_pipeline_like_python(pt2_pipeline, tmp_path) -> None:
     """fastflow-run DIR --tokens (from `fastflow prompts --ids`) or --emb equals Python's chain exactly
     (both on one thread); bad pipeline inputs are one line, exit 2."""

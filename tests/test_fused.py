@@ -223,6 +223,7 @@ def test_swapped_unet_matches_original_outputs_and_gradients(preset) -> None:
         torch.testing.assert_close(p1.grad, p0.grad, atol=1e-4, rtol=1e-3, msg=name)
 
 
+@pytest.mark.slow  # ~50 s; the fused diffusers training-step test stays in make test
 def test_swap_diffusers_unet_through_processors() -> None:
     pytest.importorskip("diffusers", reason="diffusers not installed")
     from helpers import tiny_diffusers_unet

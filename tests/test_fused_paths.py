@@ -110,6 +110,7 @@ def fused_run(tmp_path_factory):
     return root / "run", res
 
 
+@pytest.mark.slow  # ~100 s: fused training under the Triton interpreter; the fused training-step tests stay in make test
 def test_fused_training_runs_end_to_end_and_samples_unfused(fused_run, tmp_path) -> None:
     run, res = fused_run
     assert "fused kernels on (fused=on" in res.stderr and "FusedGroupNorm" in res.stderr
@@ -124,8 +125,10 @@ def test_fused_training_runs_end_to_end_and_samples_unfused(fused_run, tmp_path)
     torch.testing.assert_close(outs["on"], outs["off"], atol=1e-4, rtol=1e-4)
 
 
-def test_fused_on_without_a_kernel_device_is_one_line(fused_run, tmp_path) -> None:
-    run, _ = fused_run
+def test_fused_on_without_a_kernel_device_is_one_line(tmp_path) -> None:
+    from fastflow.train import train
+
+    run = train(tiny_config(tmp_path / "run", "train.steps=1", "train.batch_size=4", "train.sample_n=2"))
     env_off = {"TRITON_INTERPRET": "0"}
     r = run_cli("sample", str(run), "--n", "2", "--fused", "on", "--out", str(tmp_path / "x.png"), env=env_off)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "fused=on" in r.stderr, r.stderr
@@ -134,7 +137,7 @@ def test_fused_on_without_a_kernel_device_is_one_line(fused_run, tmp_path) -> No
     assert r.returncode == 2 and "model.fused must be one of auto, on, off" in r.stderr
 
 
-@pytest.mark.slow  # an AOTInductor compile; make test's pipeline and int8 tests compile .pt2 too
+@pytest.mark.slow  # an AOTInductor compile; test_export's .pt2 test and the runner's ctest compile .pt2 in make test
 def test_pt2_exported_fused_keeps_the_ops_and_equals_the_eager_generator(fused_run, tmp_path) -> None:
     from fastflow.export.formats import load_pt2, read_pt2_spec
 

@@ -84,6 +84,7 @@ def test_int8_onnx_runs_in_onnxruntime_and_openvino_close_to_fp32(tmp_path, ckpt
         assert got.shape == ref.shape and _rel_rms(got, ref) < REL_RMS
 
 
+@pytest.mark.slow  # ~65 s: two AOTInductor compiles; the int8 ONNX test stays in make test
 def test_int8_pt2_runs_in_python_and_the_runner_close_to_fp32(tmp_path) -> None:
     from fastflow.bench.latency import RUNNER_BUILD_PATH
     from fastflow.export.formats import load_pt2, read_pt2_spec

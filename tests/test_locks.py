@@ -26,6 +26,7 @@ def _weights(run) -> dict[str, torch.Tensor]:
     return {**load_file(ck / "model.safetensors"), **{f"ema.{k}": v for k, v in load_file(ck / "ema.safetensors").items()}}
 
 
+@pytest.mark.slow  # ~27 s: two CLI trainings racing; the lock unit tests stay in make test
 def test_two_trainings_on_one_out_dir(tmp_path, capsys) -> None:
     """The second training is refused in one line while the first runs; the first ends bit-identical
     to a lone run."""

@@ -41,6 +41,7 @@ def test_digits_metric_separates_real_from_noise() -> None:
     assert real["coverage"] > 0.95 and noise["coverage"] < real["coverage"]
 
 
+@pytest.mark.slow  # ~23 s: the classifier trained twice
 def test_digits_classifier_is_the_same_whatever_the_callers_thread_count(tmp_path, monkeypatch) -> None:
     """The classifier behind digits FD is trained at a fixed thread count: a 1- and a 2-thread caller
     get the same weights (and so the same FD for the same samples), and keep their own count."""
