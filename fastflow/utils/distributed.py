@@ -62,16 +62,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def gather_bytes(info: DistInfo, t: torch.Tensor) -> list[torch.Tensor]:
-    """All ranks' copies of a uint8 tensor of equal length (e.g. RNG states)."""
-    if info.world == 1:
-        return [t]
-    t = t.to(info.device)
-    out = [torch.empty_like(t) for _ in range(info.world)]
-    dist.all_gather(out, t)
-    return [o.cpu() for o in out]
-
-
 def local(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of an FSDP2 (DTensor) tensor, or the tensor itself."""
     to_local = getattr(t, "to_local", None)
