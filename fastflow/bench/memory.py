@@ -89,7 +89,7 @@ def _run(model: nn.Module, batch: int, res: int) -> None:
 
 def saved_bytes(model: nn.Module, batch: int, res: int) -> tuple[float, float, dict[str, float]]:
     """``(total, outside units, per unit)`` bytes of tensors saved for backward, and unit inputs."""
-    inner, outer = units(model)
+    _, outer = units(model)
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: set[int] = set()
     current: list[str] = []

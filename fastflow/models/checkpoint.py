@@ -195,16 +195,21 @@ def weights_source(directory: Path, weights: str = "ema") -> tuple[str, str]:
     return f"{SHARDS}/{weights}", hashlib.sha256(lines.encode()).hexdigest()
 
 
+def model_of(directory: Path, cfg: dict[str, Any]) -> nn.Module:
+    """The architecture a checkpoint's ``config.json`` (``cfg``) describes, with fresh weights."""
+    try:
+        return build_model({"arch": cfg.get("arch", "unet"), **cfg["model"]})
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{directory / 'config.json'}: invalid model config ({e})") from None
+
+
 def load_model(directory: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> nn.Module:
     """Build the model from ``config.json`` and load ``ema`` (default, falls back to ``model``
     when the checkpoint has no EMA) or ``model`` weights: from safetensors, or from the shards of
     an FSDP2 checkpoint not yet consolidated (reassembled in this process). Returns it in eval mode."""
     d = resolve_checkpoint(directory)
     cfg = read_config(d)
-    try:
-        model = build_model({"arch": cfg.get("arch", "unet"), **cfg["model"]})
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{d / 'config.json'}: invalid model config ({e})") from None
+    model = model_of(d, cfg)
     file = weights_file(d, weights)
     if not file.exists() and is_sharded(d):
         model.load_state_dict(read_sharded(d, weights, model, cfg.get("sha256") or {}))

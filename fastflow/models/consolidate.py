@@ -6,9 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastflow.errors import CheckpointError, ConfigError
-from fastflow.models.checkpoint import read_config, resolve_checkpoint
-from fastflow.models.presets import build_model
+from fastflow.errors import ConfigError
+from fastflow.models.checkpoint import model_of, read_config, resolve_checkpoint
 from fastflow.models.sharded import is_sharded, read_sharded
 from fastflow.utils.io import atomic_save_tensors, atomic_write_json, check_new_dir
 
@@ -22,10 +21,7 @@ def consolidate(path: str | Path, out: str | Path | None = None) -> Path:
         raise ConfigError(f"{d} is not a sharded checkpoint (no dcp/): it loads as it is")
     cfg = read_config(d)
     digests = dict(cfg.get("sha256") or {})
-    try:
-        model = build_model({"arch": cfg.get("arch", "unet"), **cfg["model"]})
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{d / 'config.json'}: invalid model config ({e})") from None
+    model = model_of(d, cfg)
     target = d if out is None else check_new_dir(out)
     target.mkdir(parents=True, exist_ok=True)
     sha = digests if out is None else {}

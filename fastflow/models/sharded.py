@@ -70,7 +70,7 @@ def reader(directory: str | Path) -> Any:
     """A DCP ``FileSystemReader`` for ``directory/dcp`` that reads metadata through the restricted
     unpickler and refuses pickled (non-tensor) values."""
     from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, StorageMeta
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
@@ -82,7 +82,9 @@ def reader(directory: str | Path) -> Any:
             pickled = [k for k, v in meta.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)]
             if pickled:
                 raise CheckpointError(f"{self.path}: holds pickled values ({pickled[0]}); refused to unpickle them")
-            meta.storage_meta = None
+            if getattr(meta, "storage_meta", None) is None:  # what FileSystemReader.read_metadata does
+                meta.storage_meta = StorageMeta()
+            meta.storage_meta.load_id = self.load_id
             return meta
 
     return SafeReader(Path(directory) / SHARDS)

@@ -5,7 +5,6 @@ resume, JSONL/TensorBoard logs, a progress bar and periodic sample grids."""
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -101,8 +100,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
     """Run (or resume) training as configured; returns the run directory. The run directory is
     locked for the whole run: a second training (or pair generation) there is refused."""
     t = cfg.train
-    own_group = t.parallel == "fsdp2" and not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) == 1
+    had_group = dist.is_initialized()
     info = init_distributed(group_of_one=t.parallel == "fsdp2")
+    own_group = not had_group and info.world == 1 and dist.is_initialized()
     try:
         run = Path(cfg.out_dir)
         check_split(t.batch_size, info.world, t.grad_accum)
