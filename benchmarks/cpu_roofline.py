@@ -1,11 +1,13 @@
 """One-step generators on the CPU against the hardware limit: every backend, fp32 and int8, with its
 roofline fields and int8's quality cost (issue 24's measurement).
 
-For each model × batch × thread count, :func:`fastflow.bench.latency.latency_suite` times the
+For each model × batch × thread count, :func:`fastflow.bench.artefacts.generator_row` times the
 student's one-step generator on ``BACKENDS`` after measuring the fp32 and int8 matrix-multiply rates
 in the same process (``fastflow.bench.roofline``). Models: the demo's FGD student (trained, from
 ``--fgd``; its int8 artefacts' digits FD against fp32 on 1000 samples is the quality cost) and a
-``slim-15.7m`` student with random weights (time only). Run on an idle machine::
+``slim-15.7m`` student with random weights (time only). Each thread count also times the
+:class:`~fastflow.bench.artefacts.CallFloor` generator (no work, the student's input and output) on
+every fp32 backend: that backend's fixed cost per call. Run on an idle machine::
 
     python benchmarks/cpu_roofline.py --fgd DEMO/seed-0/student-fgd --out benchmarks/results/cpu-roofline.json
     python benchmarks/cpu_roofline.py --table benchmarks/results/cpu-roofline.json   # the README table
@@ -28,8 +30,8 @@ BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native",
 COLUMNS = ["model", "batch", "threads", "backend", "p50_ms", "gflop_per_s", "fraction_of_peak", "max_abs_vs_eager"]
 
 
-def student_rows(name: str, student: torch.nn.Module, batch: int, threads: int, backends: list[str],
-                 iters: int) -> list[dict[str, Any]]:
+def student_rows(name: str, student: torch.nn.Module, shape: tuple[int, ...], batch: int, threads: int,
+                 backends: list[str], iters: int) -> list[dict[str, Any]]:
     """The one-step generator's row on every backend, with the roofline fields against the fp32 and
     int8 matrix-multiply rates measured first at the same thread count."""
     import tempfile
@@ -38,20 +40,19 @@ def student_rows(name: str, student: torch.nn.Module, batch: int, threads: int, 
     from fastflow.bench.latency import find_runner, native_latency
     from fastflow.bench.roofline import add_roofline, peaks
     from fastflow.metrics.cost import count_flops, count_params
-    from fastflow.models.presets import sample_shape
 
     torch.set_num_threads(threads)
-    z = torch.randn(batch, *sample_shape(student), generator=torch.Generator().manual_seed(0))
+    z = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
     work = Path(tempfile.mkdtemp(prefix="fastflow-roofline-"))
     art = ARTEFACTS.setdefault((name, batch), Artefacts(student, z, work))
     runner = find_runner() if any(b.startswith("native") for b in backends) else None
     native = lambda pkg: native_latency(runner, pkg, art.z, iters, 5, work)  # noqa: E731
     flops, params = count_flops(student, z), count_params(student)
-    peak = peaks(torch.device("cpu"), int8=True)
+    peak = peaks(torch.device("cpu"), int8=any(b.endswith("int8") for b in backends))
     rows = [generator_row(art, b, flops, params, iters, 5, native) for b in backends]
     add_roofline(rows, peak)
-    return [{**r, "model": name, "batch": batch, "fp32_peak_gflops": peak["fp32_gflops"],
-             "int8_peak_gops": peak["int8_gops"]} for r in rows]
+    return [{**r, "model": name, "batch": batch, "threads": threads, "fp32_peak_gflops": peak["fp32_gflops"],
+             "int8_peak_gops": peak.get("int8_gops")} for r in rows]
 
 
 #: (model, batch) → its artefacts, built once for every thread count
@@ -83,32 +84,45 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    from fastflow.bench.artefacts import CallFloor
     from fastflow.cli.common import device_name
     from fastflow.models import build_model, load_model
+    from fastflow.models.presets import sample_shape
 
     torch.manual_seed(0)
-    models = {"slim-15.7m (random)": build_model({"preset": "slim-15.7m"}).eval()}
+    models = {f"{args.preset} (random)": (build_model({"preset": args.preset}).eval(), args.iters_large)}
     if args.fgd:
-        models = {"digits FGD student": load_model(Path(args.fgd)).eval(), **models}
-    rows = []
+        models = {"digits FGD student": (load_model(Path(args.fgd)).eval(), args.iters), **models}
+    rows, floor = [], []
     for threads in args.threads:
-        for name, model in models.items():
+        for name, (model, iters) in models.items():
             for batch in args.batch:
                 t0 = time.perf_counter()
-                rows += student_rows(name, model, batch, threads, args.backends, args.iters)
+                rows += student_rows(name, model, sample_shape(model), batch, threads, args.backends, iters)
                 print(f"{name}, batch {batch}, {threads} thread(s): {time.perf_counter() - t0:.0f}s", flush=True)
+        fp32 = [b for b in args.backends if not b.endswith("int8")]
+        shape = sample_shape(next(iter(models.values()))[0])  # the small model's, where overhead dominates
+        floor += student_rows("call floor", CallFloor(), shape, 1, threads, fp32, args.iters)
     torch.set_num_threads(args.threads[0])
-    quality = int8_cost(models["digits FGD student"]) if args.fgd else {}
+    quality = int8_cost(models["digits FGD student"][0]) if args.fgd else {}
     return {"device": device_name(torch.device("cpu")), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "command": " ".join(sys.argv), "rows": rows, "int8_quality": quality}
+            "torch": torch.__version__, "command": " ".join(sys.argv), "rows": rows, "call_floor": floor,
+            "int8_quality": quality}
 
 
 def table(doc: dict[str, Any]) -> str:
-    """The README's markdown table: one row per model, batch, threads and backend."""
+    """The README's markdown tables: one row per model, batch, threads and backend; then each
+    backend's fixed cost per call (the :class:`~fastflow.bench.artefacts.CallFloor` generator)."""
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     for r in doc["rows"]:
         cells = [f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in COLUMNS]
         lines.append("| " + " | ".join(cells) + " |")
+    floor = {(r["backend"], r["threads"]): r["p50_ms"] * 1e3 for r in doc.get("call_floor", [])}
+    threads = sorted({t for _, t in floor})
+    lines += ["", "| fixed cost per call, p50 µs | " + " | ".join(f"{t} thread(s)" for t in threads) + " |",
+              "|---|" + "---|" * len(threads)]
+    for b in dict.fromkeys(b for b, _ in floor):
+        lines.append(f"| {b} | " + " | ".join(f"{floor[b, t]:.1f}" for t in threads) + " |")
     return "\n".join(lines)
 
 
@@ -118,7 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
     p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
     p.add_argument("--backends", type=lambda s: s.split(","), default=BACKENDS)
-    p.add_argument("--iters", type=int, default=100)
+    p.add_argument("--iters", type=int, default=200, help="timed calls per row of the small models")
+    p.add_argument("--preset", default="slim-15.7m", help="the random-weight student timed beside --fgd")
+    p.add_argument("--iters-large", type=int, default=20, help="timed calls per row of --preset")
     p.add_argument("--out", default="cpu-roofline.json")
     p.add_argument("--table", default=None, help="print the README table of this JSON and exit")
     args = p.parse_args(argv)

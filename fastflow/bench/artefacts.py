@@ -29,6 +29,16 @@ from fastflow.utils.timing import measure_latency
 GENERATOR_BACKENDS = ("openvino", "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8")
 
 
+class CallFloor(nn.Module):
+    r"""A velocity model with (almost) no work, :math:`v(x, t) = t\,x`, so that its one-step generator
+    :math:`x_1 = z + (1-\epsilon)\,\epsilon z` takes and returns the student's tensors: timed on a
+    backend, it measures that backend's fixed cost per call (binding inputs, allocating the output,
+    dispatch) — the floor under every latency of a model of that input and output size."""
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return t.view(-1, *[1] * (x.dim() - 1)) * x
+
+
 def fused_tag(fused: bool, device: torch.device) -> str:
     """``fastflow.fused`` of a package (see ``fastflow-export --fused``)."""
     return "off" if not fused else "triton" if device.type == "cuda" else "op"

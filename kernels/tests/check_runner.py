@@ -1,7 +1,8 @@
 """One ctest case of ``fastflow-run``: ``check_runner.py RUNNER FIXTURES CASE`` (``--list``: the cases).
 
 Good cases compare the runner's ``.npy`` with Python's AOTInductor loader on the same package and
-inputs (bit for bit, both on one thread) and with the eager PyTorch generator (1e-5). Bad cases
+inputs (bit for bit, both on one thread) and with the eager PyTorch generator (1e-5; the int8 package:
+a relative RMS error under ``INT8_REL_RMS``). Bad cases
 expect exit 2 and exactly one line on stderr (no abort, no signal)."""
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,10 @@ GOOD = {  # case: (package, runner args); the Python inputs are rebuilt from the
     "sr-tau": ("sr", ["--seed", "7", "--lq", "{fx}/lq.npy", "--tau", "0.3"]),
     "timing": ("uncond", ["--batch", "2", "--iters", "5", "--warmup", "1", "--timing-json", "{tmp}/t.json"]),
     "meanflow-one-step": ("meanflow", ["--seed", "8", "--batch", "3"]),  # x1 = z + u(z, 0, 1) in the package
+    "int8": ("int8", ["--seed", "9", "--batch", "2"]),  # the uncond generator through oneDNN's int8 kernels
 }
+#: the stated error of the int8 package against the fp32 eager generator: relative RMS error
+INT8_REL_RMS = 0.05
 BAD = {  # case: (package, runner args, a word the message must contain)
     "bad-batch": ("uncond.pt2", ["--batch", "5"], "range"),
     "bad-hw": ("uncond.pt2", ["--input", "{fx}/wrong-hw.npy"], "shape"),
@@ -134,13 +139,16 @@ def good(runner: str, fx: Path, case: str, tmp: Path) -> None:
     torch.set_num_threads(1)  # the runner's default: same reduction order, same bits
     aoti = load_pt2(fx / f"{kind}.pt2", torch.device("cpu"))(*inputs)
     assert torch.equal(got, aoti), f"C++ != Python AOTI: max |Δ| {float((got - aoti).abs().max()):.3g}"
-    model = load_model(fx / f"ckpt-{kind}")
+    model = load_model(fx / f"ckpt-{'uncond' if kind == 'int8' else kind}")
     gen = SRGenerator(model, 0.2) if kind == "sr" else Generator(model, 1)
     with torch.no_grad():
         eager = gen(*inputs)
-    err = float((got - eager).abs().max())
-    assert err <= 1e-5, f"C++ vs eager max |Δ| {err:.3g} > 1e-5"
-    print(f"{case}: C++ == Python AOTI bit for bit, eager max |Δ| {err:.2g}, shape {tuple(got.shape)}")
+    if kind == "int8":
+        int8_package(fx / "int8.pt2", got - inputs[0], eager - inputs[0])
+    else:
+        err = float((got - eager).abs().max())
+        assert err <= 1e-5, f"C++ vs eager max |Δ| {err:.3g} > 1e-5"
+        print(f"{case}: C++ == Python AOTI bit for bit, eager max |Δ| {err:.2g}, shape {tuple(got.shape)}")
     if "--png" in args:  # the grid is the one fastflow.utils.images.save_grid makes
         save_grid(got, tmp / "py.png")
         a, b = np.asarray(Image.open(tmp / "grid.png")), np.asarray(Image.open(tmp / "py.png"))
@@ -149,6 +157,21 @@ def good(runner: str, fx: Path, case: str, tmp: Path) -> None:
         t = json.loads((tmp / "t.json").read_text())
         assert t["calls"] == 5 and 0 < t["p50_ms"] <= t["p90_ms"] <= t["p99_ms"], t
         assert "p50" in res.stdout and "p99" in res.stdout, res.stdout
+
+
+def int8_package(package: Path, got: torch.Tensor, eager: torch.Tensor) -> None:
+    """The int8 package runs oneDNN's int8 convolutions (not fake quantization in fp32), says it is
+    int8 in its metadata, and its step ``x1 − z`` stays within :data:`INT8_REL_RMS` of the fp32
+    generator's (the step, not ``x1``: the noise passed through would hide the network's error)."""
+    from fastflow.export.formats import read_pt2_spec
+
+    assert read_pt2_spec(package).extra["quantize"] == "int8"
+    with zipfile.ZipFile(package) as zf:
+        code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
+    assert "qconv" in code, "no int8 convolution in the package's wrapper"
+    rel = float((got - eager).pow(2).mean().sqrt() / eager.pow(2).mean().sqrt())
+    assert 0 < rel < INT8_REL_RMS, f"int8 vs fp32 relative RMS error {rel:.3g} (want 0 < it < {INT8_REL_RMS})"
+    print(f"int8: C++ == Python AOTI bit for bit, step's relative RMS error vs fp32 eager {rel:.3g}, oneDNN qconv")
 
 
 def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:

@@ -1,0 +1,51 @@
+"""A rehearsal of ``benchmarks/cpu_roofline.py`` on a tiny preset: every row carries consistent
+roofline fields, each thread count times the no-work generator (the backend's fixed cost per call),
+and the README tables are generated from the JSON."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime", reason="the CPU roofline times ONNX Runtime")
+
+from tests.helpers import ROOT  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import cpu_roofline  # noqa: E402
+
+
+def test_rows_floor_and_table(tmp_path, capsys) -> None:
+    out = tmp_path / "r.json"
+    assert cpu_roofline.main(["--preset", "tiny", "--backends", "eager,onnxruntime", "--batch", "1,2",
+                              "--threads", "1", "--iters", "3", "--iters-large", "3", "--out", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert [(r["batch"], r["backend"]) for r in doc["rows"]] == [(1, "eager"), (1, "onnxruntime"), (2, "eager"),
+                                                                 (2, "onnxruntime")]
+    for r in doc["rows"]:
+        assert r["model"] == "tiny (random)" and r["threads"] == 1 and r["max_abs_vs_eager"] < 1e-4
+        assert r["gflop_per_s"] * r["p50_ms"] * 1e6 == pytest.approx(r["flops"])
+        assert r["fraction_of_peak"] == pytest.approx(r["gflop_per_s"] / r["fp32_peak_gflops"])
+    assert doc["rows"][2]["flops"] == 2 * doc["rows"][0]["flops"] > 0
+    floor = doc["call_floor"]
+    assert [r["backend"] for r in floor] == ["eager", "onnxruntime"]
+    assert all(r["flops"] == 0 and r["p50_ms"] > 0 and r["max_abs_vs_eager"] < 1e-6 for r in floor)
+    table = cpu_roofline.table(doc)
+    assert table in capsys.readouterr().out
+    assert "| eager | " in table and "| onnxruntime | " in table and "1 thread(s)" in table
+
+
+def test_call_floor_is_its_closed_form() -> None:
+    """The no-work generator is ``z + (1 − ε)·ε·z``: it only moves the student's tensors."""
+    from fastflow.bench.artefacts import CallFloor
+    from fastflow.export import Generator
+    from fastflow.flow.time import DEFAULT_EPS
+    from fastflow.metrics.cost import count_flops
+
+    z = torch.randn(3, 1, 4, 4)
+    got = Generator(CallFloor(), 1)(z)
+    torch.testing.assert_close(got, z + (1 - DEFAULT_EPS) * DEFAULT_EPS * z)
+    assert count_flops(CallFloor(), z) == 0
