@@ -31,6 +31,10 @@ TINY_DIGITS = [
 ]
 
 
+#: a sharded (FSDP2) run checkpointing every 2 steps
+FSDP = ["train.parallel=fsdp2", "train.ckpt_every=2", "train.keep_ckpts=10", "train.sample_every=0"]
+
+
 def tiny_config(out_dir: Path, *extra: str) -> TrainConfig:
     return load_config(None, [*TINY_DIGITS, f"out_dir={out_dir}", *extra])
 
