@@ -27,7 +27,6 @@ import torch
 
 BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native",
             "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8"]
-COLUMNS = ["model", "batch", "threads", "backend", "p50_ms", "gflop_per_s", "fraction_of_peak", "max_abs_vs_eager"]
 
 
 def student_rows(name: str, student: torch.nn.Module, shape: tuple[int, ...], batch: int, threads: int,
@@ -111,12 +110,26 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def table(doc: dict[str, Any]) -> str:
-    """The README's markdown tables: one row per model, batch, threads and backend; then each
-    backend's fixed cost per call (the :class:`~fastflow.bench.artefacts.CallFloor` generator)."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    for r in doc["rows"]:
-        cells = [f"{r[c]:.3g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
+    """The README's markdown tables: per model, batch and thread count, each backend's p50 latency and
+    fraction of the run's peak (fp32 rows against the fp32 matrix-multiply rate, int8 rows against
+    the int8 one); int8's quality cost; each backend's fixed cost per call (the
+    :class:`~fastflow.bench.artefacts.CallFloor` generator)."""
+    rows = doc["rows"]
+    backends = list(dict.fromkeys(r["backend"] for r in rows))
+    lines = ["| model | batch | threads | GFLOP/call | fp32 / int8 peak | " + " | ".join(backends) + " |",
+             "|---|---|---|---|---|" + "---|" * len(backends)]
+    for key in dict.fromkeys((r["model"], r["batch"], r["threads"]) for r in rows):
+        cell = {r["backend"]: r for r in rows if (r["model"], r["batch"], r["threads"]) == key}
+        first = next(iter(cell.values()))
+        peak = f"{first['fp32_peak_gflops']:.0f} / {first['int8_peak_gops']:.0f}" if first.get("int8_peak_gops") \
+            else f"{first['fp32_peak_gflops']:.0f}"
+        lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {first['flops'] / 1e9:.3g} | {peak} | " + " | ".join(
+            f"{cell[b]['p50_ms']:.3g} ms · {100 * cell[b]['fraction_of_peak']:.0f} %" if b in cell else ""
+            for b in backends) + " |")
+    for name, q in doc.get("int8_quality", {}).items():
+        lines.append(f"\n{name}: digits FD {q['fd_fp32']:.2f} (fp32) → {q['fd_int8']:.2f} "
+                     f"({100 * q['fd_rel_change']:+.1f} %), coverage {q['coverage_fp32']:.3f} → {q['coverage_int8']:.3f}, "
+                     f"max |Δ| {q['max_abs_err']:.3g} on {q['samples']} samples")
     floor = {(r["backend"], r["threads"]): r["p50_ms"] * 1e3 for r in doc.get("call_floor", [])}
     threads = sorted({t for _, t in floor})
     lines += ["", "| fixed cost per call, p50 µs | " + " | ".join(f"{t} thread(s)" for t in threads) + " |",
