@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -83,30 +84,38 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
+    """Every row, written to ``args.out`` after each model × batch × thread count (a crash keeps the rows so far)."""
     from fastflow.bench.artefacts import CallFloor
     from fastflow.cli.common import device_name
     from fastflow.models import build_model, load_model
     from fastflow.models.presets import sample_shape
+    from fastflow.utils.io import atomic_write_json
 
     torch.manual_seed(0)
     models = {f"{args.preset} (random)": (build_model({"preset": args.preset}).eval(), args.iters_large)}
     if args.fgd:
         models = {"digits FGD student": (load_model(Path(args.fgd)).eval(), args.iters), **models}
-    rows, floor = [], []
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(__file__).parent).stdout.strip()
+    doc: dict[str, Any] = {"device": device_name(torch.device("cpu")),
+                           "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
+                           "commit": commit or None, "command": " ".join(sys.argv), "rows": [], "call_floor": [],
+                           "int8_quality": {}}
     for threads in args.threads:
         for name, (model, iters) in models.items():
             for batch in args.batch:
                 t0 = time.perf_counter()
-                rows += student_rows(name, model, sample_shape(model), batch, threads, args.backends, iters)
+                doc["rows"] += student_rows(name, model, sample_shape(model), batch, threads, args.backends, iters)
+                atomic_write_json(args.out, doc)
                 print(f"{name}, batch {batch}, {threads} thread(s): {time.perf_counter() - t0:.0f}s", flush=True)
         fp32 = [b for b in args.backends if not b.endswith("int8")]
         shape = sample_shape(next(iter(models.values()))[0])  # the small model's, where overhead dominates
-        floor += student_rows("call floor", CallFloor(), shape, 1, threads, fp32, args.iters)
+        doc["call_floor"] += student_rows("call floor", CallFloor(), shape, 1, threads, fp32, args.iters)
+        atomic_write_json(args.out, doc)
     torch.set_num_threads(args.threads[0])
-    quality = int8_cost(models["digits FGD student"][0]) if args.fgd else {}
-    return {"device": device_name(torch.device("cpu")), "processor": platform.processor() or platform.machine(),
-            "torch": torch.__version__, "command": " ".join(sys.argv), "rows": rows, "call_floor": floor,
-            "int8_quality": quality}
+    if args.fgd:
+        doc["int8_quality"] = int8_cost(models["digits FGD student"][0])
+    return doc
 
 
 def table(doc: dict[str, Any]) -> str:
