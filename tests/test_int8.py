@@ -17,8 +17,8 @@ from fastflow.models import build_model, load_model, save_model
 from helpers import run_cli
 
 #: the stated error of int8 against fp32 on this random-weight generator: relative RMS error of the step x1 − z.
-#: Measured 0.13 for the CLI's ONNX export (dynamic batch), against 0.019 for the same weights exported at a
-#: fixed batch by ``bench.artefacts`` and 0.018 for the trained FGD student — the gap is open (issue 24).
+#: Measured 0.13 for this CLI export, against 0.019 for the same weights through ``bench.artefacts`` (fixed
+#: batch 8, its own calibration draw) and 0.018 for the trained FGD student; the cause is not found yet (issue 24).
 REL_RMS = 0.2
 
 
