@@ -17,9 +17,10 @@ from fastflow.models import build_model, load_model, save_model
 from helpers import run_cli
 
 #: the stated error of int8 against fp32 on this random-weight generator: relative RMS error of the step x1 − z.
-#: Measured 0.13 for this CLI export, against 0.019 for the same weights through ``bench.artefacts`` (fixed
-#: batch 8, its own calibration draw) and 0.018 for the trained FGD student; the cause is not found yet (issue 24).
-REL_RMS = 0.2
+#: ONNX Runtime measures 0.019 (the trained FGD student 0.018); OpenVINO runs the same QDQ graph at 0.13 on
+#: this AVX2 CPU without VNNI (0.020 for the trained student) — likely u8×s8 products saturating int16 with
+#: these larger weights (ONNX Runtime's ``reduce_range`` exists for this; not tried yet, issue 24).
+REL_RMS = {"load_onnx": 0.05, "load_openvino": 0.2}
 
 
 def _ckpt(path, **overrides):
@@ -81,7 +82,7 @@ def test_int8_onnx_runs_in_onnxruntime_and_openvino_close_to_fp32(tmp_path, ckpt
         ref = gen(z)
     for load in (load_onnx, load_openvino):
         got = load(out, torch.device("cpu"))(z)
-        assert got.shape == ref.shape and 0 < _rel_rms(got - z, ref - z) < REL_RMS  # the step, not z passed through
+        assert got.shape == ref.shape and 0 < _rel_rms(got - z, ref - z) < REL_RMS[load.__name__]  # the step, not z
 
 
 @pytest.mark.parametrize("args, match", [
