@@ -42,6 +42,7 @@ def student_rows(name: str, student: torch.nn.Module, shape: tuple[int, ...], ba
     from fastflow.metrics.cost import count_flops, count_params
 
     torch.set_num_threads(threads)
+    torch.compiler.reset()  # the compiled row compiles afresh: this script's many models and shapes would hit the recompile limit
     z = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
     work = Path(tempfile.mkdtemp(prefix="fastflow-roofline-"))
     art = ARTEFACTS.setdefault((name, batch), Artefacts(student, z, work))

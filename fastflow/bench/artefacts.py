@@ -105,7 +105,6 @@ def generator_row(art: Artefacts, backend: str, flops: int, params: int, iters: 
             if backend == "eager":
                 fn = lambda: gen(art.z)  # noqa: E731
             elif backend == "compiled":
-                torch._dynamo.reset()  # a fresh compile per row: rows of many models/shapes would hit the recompile limit
                 fn = partial(torch.compile(gen, fullgraph=True, dynamic=False), art.z)
             else:
                 fn = art.runner(*LOADERS[backend])
