@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native",
+BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native", "aoti-prepack", "native-prepack",
             "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8"]
 
 
@@ -65,7 +65,7 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
     import tempfile
 
     from fastflow.bench.artefacts import Artefacts
-    from fastflow.export.formats import load_onnx, load_pt2
+    from fastflow.export.formats import load_onnx, load_openvino, load_pt2
     from fastflow.export.generator import Generator
     from fastflow.export.spec import BatchRange, GeneratorSpec
     from fastflow.export.validate import int8_quality
@@ -76,7 +76,8 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
     spec = GeneratorSpec("generator", (1, 16, 16), BatchRange(8, 8, 8))
     g = torch.Generator().manual_seed(2024)
     out = {}
-    for name, kind, load in (("onnxruntime-int8", "onnx-int8", load_onnx), ("aoti-int8", "pt2-int8", load_pt2)):
+    for name, kind, load in (("onnxruntime-int8", "onnx-int8", load_onnx), ("openvino-int8", "onnx-int8", load_openvino),
+                             ("aoti-int8", "pt2-int8", load_pt2)):
         run = load(art.path(kind), torch.device("cpu"))
         g.manual_seed(2024)
         out[name] = int8_quality(Generator(student, 1).eval(), run, spec,
@@ -102,7 +103,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                            "processor": platform.processor() or platform.machine(), "torch": torch.__version__,
                            "commit": commit or None, "command": " ".join(sys.argv), "rows": [], "call_floor": [],
                            "int8_quality": {}}
-    for threads in args.threads:
+    for threads in [] if args.quality_only else args.threads:
         for name, (model, iters) in models.items():
             for batch in args.batch:
                 t0 = time.perf_counter()
@@ -119,12 +120,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return doc
 
 
-def table(doc: dict[str, Any]) -> str:
-    """The README's markdown tables: per model, batch and thread count, each backend's p50 latency and
-    fraction of the run's peak (fp32 rows against the fp32 matrix-multiply rate, int8 rows against
-    the int8 one); int8's quality cost; each backend's fixed cost per call (the
-    :class:`~fastflow.bench.artefacts.CallFloor` generator)."""
-    rows = doc["rows"]
+def _timing_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Per model, batch and thread count, each backend's p50 and fraction of peak (no rows: none)."""
+    if not rows:
+        return []
     backends = list(dict.fromkeys(r["backend"] for r in rows))
     lines = ["| model | batch | threads | GFLOP/call | fp32 / int8 peak | " + " | ".join(backends) + " |",
              "|---|---|---|---|---|" + "---|" * len(backends)]
@@ -136,12 +135,23 @@ def table(doc: dict[str, Any]) -> str:
         lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {first['flops'] / 1e9:.3g} | {peak} | " + " | ".join(
             f"{cell[b]['p50_ms']:.3g} ms · {100 * cell[b]['fraction_of_peak']:.0f} %" if b in cell else ""
             for b in backends) + " |")
+    return lines
+
+
+def table(doc: dict[str, Any]) -> str:
+    """The README's markdown tables: per model, batch and thread count, each backend's p50 latency and
+    fraction of the run's peak (fp32 rows against the fp32 matrix-multiply rate, int8 rows against
+    the int8 one); int8's quality cost; each backend's fixed cost per call (the
+    :class:`~fastflow.bench.artefacts.CallFloor` generator)."""
+    lines = _timing_table(doc["rows"])
     for name, q in doc.get("int8_quality", {}).items():
         lines.append(f"\n{name}: digits FD {q['fd_fp32']:.2f} (fp32) → {q['fd_int8']:.2f} "
                      f"({100 * q['fd_rel_change']:+.1f} %), coverage {q['coverage_fp32']:.3f} → {q['coverage_int8']:.3f}, "
                      f"max |Δ| {q['max_abs_err']:.3g} on {q['samples']} samples")
     floor = {(r["backend"], r["threads"]): r["p50_ms"] * 1e3 for r in doc.get("call_floor", [])}
     threads = sorted({t for _, t in floor})
+    if not floor:
+        return "\n".join(lines)
     lines += ["", "| fixed cost per call, p50 µs | " + " | ".join(f"{t} thread(s)" for t in threads) + " |",
               "|---|" + "---|" * len(threads)]
     for b in dict.fromkeys(b for b, _ in floor):
@@ -160,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters-large", type=int, default=20, help="timed calls per row of --preset")
     p.add_argument("--out", default="cpu-roofline.json")
     p.add_argument("--table", default=None, help="print the README table of this JSON and exit")
+    p.add_argument("--quality-only", action="store_true", help="int8's quality cost (needs --fgd) without the timings")
     args = p.parse_args(argv)
+    if args.quality_only and not args.fgd:
+        p.error("--quality-only measures the FGD student's int8 artefacts: add --fgd")
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0

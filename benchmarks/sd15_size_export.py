@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+from fastflow.utils.threads import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 # Runs a command in a child, then prints {"rc", "wall_s", "peak_rss_gb", "timed_out"}: the peak RSS
@@ -96,14 +97,6 @@ def summary(report_file: Path) -> dict[str, Any]:
     return out
 
 
-def _cpu_name() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        return next(ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name"))
-    except (OSError, StopIteration):
-        return platform.processor() or platform.machine()
-
-
 def _resolution(configs: Path) -> str:
     latent = json.loads((configs / "unet.json").read_text())["sample_size"]
     scale = 2 ** (len(json.loads((configs / "vae.json").read_text())["block_out_channels"]) - 1)
@@ -123,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     args.work.mkdir(parents=True, exist_ok=False)
     import torch
 
-    results: dict[str, Any] = {"device": f"cpu ({_cpu_name()}, {args.threads} threads)", "torch": torch.__version__,
+    results: dict[str, Any] = {"device": f"cpu ({cpu_name()}, {args.threads} threads)", "torch": torch.__version__,
                                "configs": args.configs, "resolution": _resolution(Path(args.configs)), "batch": 1,
                                "cfg_scale": 1.0, "phases": {}}
     phases = [("folder_and_student", [sys.executable, "-c", BUILD, str(args.work), args.configs], 0),

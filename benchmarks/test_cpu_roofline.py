@@ -49,3 +49,9 @@ def test_call_floor_is_its_closed_form() -> None:
     got = Generator(CallFloor(), 1)(z)
     torch.testing.assert_close(got, z + (1 - DEFAULT_EPS) * DEFAULT_EPS * z)
     assert count_flops(CallFloor(), z) == 0
+
+
+def test_quality_only_needs_the_fgd_student(capsys) -> None:
+    with pytest.raises(SystemExit) as e:
+        cpu_roofline.main(["--quality-only"])
+    assert e.value.code == 2 and "add --fgd" in capsys.readouterr().err

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from fastflow.bench.latency import latency_suite, speedup_check
+from fastflow.errors import MissingBackendError
 from fastflow.export import CUDAGraphGenerator, Generator
 from fastflow.flow import generate
 from fastflow.metrics.cost import count_params
@@ -212,3 +213,22 @@ def test_generator_backends_time_openvino_and_int8_against_eager() -> None:
         assert r["gflop_per_s"] * r["p50_ms"] * 1e6 == pytest.approx(r["flops"])
         assert r["fraction_of_peak"] == pytest.approx(r["gflop_per_s"] / r["peak_gflops"])
         assert r["threads"] == torch.get_num_threads()
+
+
+def test_prepack_rows_time_the_frozen_package_against_eager() -> None:
+    """``aoti-prepack`` and ``native-prepack``: the ``fastflow-export --prepack`` package from Python and
+    from ``fastflow-run``, checked against eager; the runner's row carries its fastest call too."""
+    from fastflow.bench.latency import find_runner
+
+    try:
+        find_runner(None)
+    except MissingBackendError:
+        pytest.skip("fastflow-run not built (make native)")
+    m, z = _tiny_random()
+    rows = latency_suite(m, m, z, ["aoti-prepack", "native-prepack"], euler_ns=[1], heun_ns=[], rk45=False,
+                         iters=3, warmup=1)
+    gen = {r["backend"]: r for r in rows}
+    assert set(gen) == {"aoti-prepack", "native-prepack"}
+    for r in gen.values():
+        assert r["precision"] == "fp32" and r["max_abs_vs_eager"] < 1e-4 and r["nfe"] == 1
+    assert 0 < gen["native-prepack"]["min_ms"] <= gen["native-prepack"]["p50_ms"]

@@ -165,6 +165,27 @@ def test_generator_spec_round_trips_and_rejects_malformed_metadata() -> None:
         spec.check(z, torch.tensor([0, 1], dtype=torch.int32))
 
 
+def test_prepack_freezes_the_weights_into_the_package(tmp_path) -> None:
+    """``--prepack``: a frozen package (oneDNN convolutions on prepacked weights, no per-call ATen
+    convolution) that validates against PyTorch and says so in its spec and report; refused off pt2."""
+    import zipfile
+
+    from fastflow.export.formats import read_pt2_spec
+
+    ckpt = tmp_path / "small"
+    save_model(ckpt, m := _random_model(ch_mult=(1,), attn_resolutions=(16,)), m)
+    out, report = tmp_path / "frozen.pt2", tmp_path / "r.json"
+    res = _export(ckpt, "--format", "pt2", "--prepack", "--batch", "2", "-o", str(out), "--validate",
+                  "--report", str(report))
+    assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]
+    assert read_pt2_spec(out).extra["prepack"] == "on" and json.loads(report.read_text())["settings"]["prepack"]
+    with zipfile.ZipFile(out) as zf:
+        code = "".join(zf.read(n).decode() for n in zf.namelist() if n.endswith(".cpp"))
+    assert "mkldnn__convolution_pointwise" in code and "aoti_torch_cpu_convolution(" not in code
+    res = _export(ckpt, "--format", "onnx", "--prepack", "-o", str(tmp_path / "x.onnx"))
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--format pt2" in res.stderr, res.stderr
+
+
 @pytest.mark.parametrize("fmt", ["engine", "trt-pt2"])
 def test_engine_without_tensorrt_exits_2_with_hint(tmp_path, ckpt, fmt) -> None:
     if torch.cuda.is_available():

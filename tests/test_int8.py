@@ -17,11 +17,9 @@ from fastflow.models import build_model, load_model, save_model
 from helpers import run_cli
 
 #: the stated error of int8 against fp32 on this random-weight generator: relative RMS error of the step x1 − z.
-#: ONNX Runtime measures 0.018 (0.019 with 256 calibration samples; the trained FGD student 0.018). OpenVINO
-#: runs the same QDQ graph at 0.13 on this AVX2 CPU without VNNI (0.020 for the trained student) — likely
-#: u8×s8 products saturating int16 with these larger weights (ONNX Runtime's ``reduce_range`` exists for
-#: this; not tried yet, issue 24).
-REL_RMS = {"load_onnx": 0.05, "load_openvino": 0.2}
+#: Measured 0.018 in ONNX Runtime and OpenVINO alike (the trained FGD student too), with the stem convolution
+#: in float: OpenVINO 2026.4 ran an int8 stem on the one-channel noise at 0.13 (0.23 for the trained student).
+REL_RMS = 0.05
 
 
 def _ckpt(path, **overrides):
@@ -63,7 +61,8 @@ def test_int8_onnx_runs_in_onnxruntime_and_openvino_close_to_fp32(tmp_path, ckpt
     assert rep["spec"]["extra"]["quantize"] == "int8" and rep["spec"]["extra"]["calibration_samples"] == "32"
     assert "int8 vs fp32 on 1000 samples" in res.stdout
     # Only convolutions and weight MatMuls are quantized: attention's two products take float inputs,
-    # no Gemm (time embedding) reads a dequantized weight, GroupNorm statistics and softmax run in float.
+    # no Gemm (time embedding) reads a dequantized weight, GroupNorm statistics and softmax run in float,
+    # and the stem convolution reads the noise itself, in float.
     graph = onnx.load(str(out)).graph
     ops = Counter(n.op_type for n in graph.node)
     assert ops["QuantizeLinear"] > 0 and ops["DequantizeLinear"] > 0
@@ -77,13 +76,15 @@ def test_int8_onnx_runs_in_onnxruntime_and_openvino_close_to_fp32(tmp_path, ckpt
         if n.op_type == "Gemm":
             assert not dq(n.input[1])
     assert any(n.op_type == "Conv" and dq(n.input[1]) for n in graph.node)
+    stem = [n for n in graph.node if n.op_type == "Conv" and graph.input[0].name in n.input]
+    assert len(stem) == 1 and not dq(stem[0].input[1])
     gen = Generator(load_model(ckpt), 1).eval()
     z = torch.randn(8, 1, 16, 16, generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = gen(z)
     for load in (load_onnx, load_openvino):
         got = load(out, torch.device("cpu"))(z)
-        assert got.shape == ref.shape and 0 < _rel_rms(got - z, ref - z) < REL_RMS[load.__name__]  # the step, not z
+        assert got.shape == ref.shape and 0 < _rel_rms(got - z, ref - z) < REL_RMS  # the step, not z
 
 
 @pytest.mark.parametrize("args, match", [

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastflow.bench.artefacts import GENERATOR_BACKENDS, Artefacts, fused_tag, generator_row
+from fastflow.bench.artefacts import GENERATOR_BACKENDS, NATIVE, Artefacts, fused_tag, generator_row
 from fastflow.bench.roofline import add_roofline, peaks
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export.compile import CUDAGraphGenerator
@@ -88,7 +88,7 @@ def native_latency(runner: Path, package: Path, z: Tensor, iters: int, warmup: i
     if res.returncode != 0:
         raise MissingBackendError(f"fastflow-run failed (exit {res.returncode}): {res.stderr.strip()}")
     t = json.loads((workdir / "native.json").read_text())
-    lat = {k: float(t[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms")} | {"calls": int(t["calls"])}
+    lat = {k: float(t[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")} | {"calls": int(t["calls"])}
     return lat, torch.from_numpy(np.load(workdir / "native.npy"))
 
 
@@ -175,7 +175,7 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
     if on_cpu and z.device.type != "cpu":
         raise ConfigError(f"backend {on_cpu[0]} runs on the CPU (--device cpu)")
     peak = peaks(z.device, int8=any(b.endswith("int8") for b in backends))
-    runner_path = find_runner(runner) if {"native", "native-int8"} & set(backends) else None
+    runner_path = find_runner(runner) if set(NATIVE) & set(backends) else None
     student, teacher = student.eval(), teacher.eval()
     models = {False: (student, teacher)}
     if any(split_backend(b)[0] for b in backends):

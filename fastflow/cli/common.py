@@ -20,7 +20,7 @@ import torch
 from fastflow.errors import FastflowError
 from fastflow.fused.switch import MODES as FUSED_MODES
 from fastflow.utils.distributed import shutdown_distributed
-from fastflow.utils.threads import THREADS_ENV, configure_threads
+from fastflow.utils.threads import THREADS_ENV, configure_threads, cpu_name
 
 #: OS errors that are the user's path or machine, not a bug.
 _PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EROFS,
@@ -150,12 +150,11 @@ def load_checkpoint(args: argparse.Namespace, fused: bool = True) -> tuple[Any, 
 
 
 def device_name(device: torch.device) -> str:
-    """What results files record as the device: the GPU's name, or the CPU with the thread count."""
-    import platform
-
+    """What results files record as the device: the GPU's name, or the CPU (model, extensions) with the
+    thread count."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

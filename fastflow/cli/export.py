@@ -69,6 +69,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "calibrated on the generator's own inputs; GroupNorm and softmax stay float. The report "
                         "gives the quality cost against fp32 on the same noise (max |Δ|, PSNR; digits FD/coverage "
                         "for 16×16 digit generators)")
+    p.add_argument("--prepack", action="store_true",
+                   help="pt2 on the CPU: freeze the weights into the package, prepacked for oneDNN (faster "
+                        "compute-bound generators, slower tiny ones; int8 packages always are)")
     p.add_argument("--calibrate", type=positive_int, default=None,
                    help="samples drawn for int8 calibration (default 256; with --quantize)")
     p.add_argument("--validate", action="store_true", help="compare with PyTorch on fixed-seed inputs")
@@ -118,8 +121,11 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int, int]:
             raise ConfigError("--quantize int8 keeps the reference ops: drop --fused on")
     elif args.calibrate is not None:
         raise ConfigError("--calibrate sets the int8 calibration: add --quantize int8")
-    if args.pipeline and args.quantize:
-        raise ConfigError("--quantize int8 exports single-file generators; drop it with --pipeline")
+    if args.prepack and (args.format != "pt2" or args.device.type != "cpu"):
+        raise ConfigError("--prepack packs weights for oneDNN on the CPU: use it with --format pt2 --device cpu")
+    if args.pipeline and (args.quantize or args.prepack):
+        raise ConfigError(f"--{'quantize int8' if args.quantize else 'prepack'} applies to single-file generators; "
+                          "drop it with --pipeline")
     if not args.pipeline and (args.cfg != 1.0 or args.components):
         raise ConfigError("--cfg and --components are --pipeline settings: add --pipeline")
     if args.pipeline:
@@ -206,6 +212,8 @@ def run(args: argparse.Namespace) -> int:
         samples = args.calibrate or DEFAULT_CALIBRATION
         calibration = tuple(calibration_inputs(inputs_for, samples, spec.batch.max))
         spec.extra.update(quantize=args.quantize, calibration_samples=str(samples))
+    if args.prepack or (args.quantize and args.format == "pt2"):
+        spec.extra["prepack"] = "on"  # int8 packages are frozen: it is what packs their int8 weights
     keep = kernels_in_export() if spec.extra["fused"] != "off" else contextlib.nullcontext()
     t0 = time.perf_counter()
     with staged_artifact(out) as staged, torch.no_grad(), keep, disk_errors(out):
@@ -221,7 +229,8 @@ def run(args: argparse.Namespace) -> int:
                      "opset": args.opset if args.format == "onnx" else None,
                      "opt_level": args.opt_level if FORMATS[args.format].gpu_only else None,
                      "timing_cache": args.timing_cache, "weights": args.weights, "seed": args.seed,
-                     "fused": spec.extra["fused"], "quantize": args.quantize},
+                     "fused": spec.extra["fused"], "quantize": args.quantize,
+                     "prepack": spec.extra.get("prepack") == "on"},
         "sample_shape": list(spec.sample_shape), "inputs": input_names(gen, example), "spec": spec.to_dict(),
     }
     return _validate_and_time(args, reference, spec, inputs_for, example, report)

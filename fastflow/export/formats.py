@@ -153,7 +153,10 @@ def _aoti_configs(spec: GeneratorSpec) -> dict[str, Any]:
 def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path,
               calibration: Sequence[Example] = ()) -> None:
     """An AOTInductor package; ``calibration`` given: int8 through torchao PT2E, compiled with freezing
-    (:mod:`~fastflow.export.quantize`)."""
+    (:mod:`~fastflow.export.quantize`). ``spec.extra["prepack"] == "on"`` (``fastflow-export --prepack``)
+    freezes an fp32 package too: weights constant-folded and prepacked for oneDNN at build time instead
+    of reordered on every call — faster for compute-bound CPU generators, slower for tiny ones, whose
+    small oneDNN calls then cost more than the reorder saved (``benchmarks/NOTES.md``)."""
     if calibration:
         gen = quantize_module(gen, example, calibration)
     ep = _exported(gen, example, spec.batch)
@@ -164,7 +167,7 @@ def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path,
     # its destructor) when the disk fills; a Python copy fails with a plain ENOSPC instead.
     with opaque, tempfile.TemporaryDirectory(prefix="fastflow-pt2-") as tmp:
         package = Path(tmp) / path.name
-        configs = {**_aoti_configs(spec), "freezing": bool(calibration)}
+        configs = {**_aoti_configs(spec), "freezing": bool(calibration) or spec.extra.get("prepack") == "on"}
         torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
         shutil.copyfile(package, path)
 

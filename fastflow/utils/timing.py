@@ -18,6 +18,7 @@ class Latency:
     p99_ms: float
     mean_ms: float
     calls: int
+    min_ms: float
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -45,4 +46,4 @@ def measure_latency(fn: Callable[[], object], device: torch.device | str = "cpu"
             times.append((time.perf_counter() - t0) * 1e3)
     q = torch.tensor(times, dtype=torch.float64)
     p = torch.quantile(q, torch.tensor([0.5, 0.9, 0.99], dtype=torch.float64)).tolist()
-    return Latency(p[0], p[1], p[2], float(q.mean()), len(times))
+    return Latency(p[0], p[1], p[2], float(q.mean()), len(times), float(q.min()))
