@@ -2,8 +2,9 @@
 roofline fields and int8's quality cost (issue 24's measurement).
 
 For each model × batch × thread count, :func:`fastflow.bench.artefacts.generator_row` times the
-student's one-step generator on ``BACKENDS`` after measuring the fp32 and int8 matrix-multiply rates
-in the same process (``fastflow.bench.roofline``). Models: the demo's FGD student (trained, from
+student's one-step generator on ``BACKENDS`` in ``--rounds`` interleaved sweeps, each after measuring
+the fp32 and int8 matrix-multiply rates in the same process (``fastflow.bench.roofline``): on a
+shared machine whose speed drifts over minutes, every backend sees the same drift. Models: the demo's FGD student (trained, from
 ``--fgd``; its int8 artefacts' digits FD against fp32 on 1000 samples is the quality cost) and a
 ``slim-15.7m`` student with random weights (time only). Each thread count also times the
 :class:`~fastflow.bench.artefacts.CallFloor` generator (no work, the student's input and output) on
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -31,9 +33,11 @@ BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native", "a
 
 
 def student_rows(name: str, student: torch.nn.Module, shape: tuple[int, ...], batch: int, threads: int,
-                 backends: list[str], iters: int) -> list[dict[str, Any]]:
-    """The one-step generator's row on every backend, with the roofline fields against the fp32 and
-    int8 matrix-multiply rates measured first at the same thread count."""
+                 backends: list[str], iters: int, rounds: int) -> list[dict[str, Any]]:
+    """The one-step generator's row on every backend, timed in ``rounds`` interleaved sweeps over the
+    backends (``iters`` calls per backend in all), each sweep after a measurement of the fp32 and int8
+    matrix-multiply rates at the same thread count: a drift of the machine hits every backend alike.
+    A row's p50 is the median of its rounds' p50s; its peak the highest rate of the rounds."""
     import tempfile
 
     from fastflow.bench.artefacts import Artefacts, generator_row
@@ -42,18 +46,36 @@ def student_rows(name: str, student: torch.nn.Module, shape: tuple[int, ...], ba
     from fastflow.metrics.cost import count_flops, count_params
 
     torch.set_num_threads(threads)
-    torch.compiler.reset()  # the compiled row compiles afresh: this script's many models and shapes would hit the recompile limit
     z = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(0))
     work = Path(tempfile.mkdtemp(prefix="fastflow-roofline-"))
     art = ARTEFACTS.setdefault((name, batch), Artefacts(student, z, work))
     runner = find_runner() if any(b.startswith("native") for b in backends) else None
-    native = lambda pkg: native_latency(runner, pkg, art.z, iters, 5, work)  # noqa: E731
+    per_round = -(-iters // rounds)
+    warmup = max(1, min(5, per_round // 2))
+    native = lambda pkg: native_latency(runner, pkg, art.z, per_round, warmup, work)  # noqa: E731
     flops, params = count_flops(student, z), count_params(student)
-    peak = peaks(torch.device("cpu"), int8=any(b.endswith("int8") for b in backends))
-    rows = [generator_row(art, b, flops, params, iters, 5, native) for b in backends]
+    rates, sweeps = [], []
+    for _ in range(rounds):
+        torch.compiler.reset()  # the compiled row compiles afresh: this script's many models and shapes would hit the recompile limit
+        rates.append(peaks(torch.device("cpu"), int8=any(b.endswith("int8") for b in backends)))
+        sweeps.append([generator_row(art, b, flops, params, per_round, warmup, native) for b in backends])
+    peak = {**rates[0], **{k: max(r[k] for r in rates) for k in ("fp32_gflops", "int8_gops") if k in rates[0]}}
+    rows = [merge_rounds(list(col)) for col in zip(*sweeps)]
     add_roofline(rows, peak)
     return [{**r, "model": name, "batch": batch, "threads": threads, "fp32_peak_gflops": peak["fp32_gflops"],
-             "int8_peak_gops": peak.get("int8_gops")} for r in rows]
+             "int8_peak_gops": peak.get("int8_gops"), "fp32_peak_rounds_gflops": [r["fp32_gflops"] for r in rates]}
+            for r in rows]
+
+
+def merge_rounds(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One backend's rows of several rounds as one: p50 the median of the rounds' p50s (each listed in
+    ``p50_rounds_ms``), p90/p99 and the deviation from eager the worst, the fastest call the fastest."""
+    p50s = [r["p50_ms"] for r in rounds]
+    return {**rounds[0], "p50_ms": statistics.median(p50s), "p50_rounds_ms": p50s,
+            "p90_ms": max(r["p90_ms"] for r in rounds), "p99_ms": max(r["p99_ms"] for r in rounds),
+            "mean_ms": statistics.fmean(r["mean_ms"] for r in rounds), "min_ms": min(r["min_ms"] for r in rounds),
+            "calls": sum(r["calls"] for r in rounds),
+            "max_abs_vs_eager": max(r["max_abs_vs_eager"] for r in rounds)}
 
 
 #: (model, batch) → its artefacts, built once for every thread count
@@ -107,12 +129,13 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         for name, (model, iters) in models.items():
             for batch in args.batch:
                 t0 = time.perf_counter()
-                doc["rows"] += student_rows(name, model, sample_shape(model), batch, threads, args.backends, iters)
+                doc["rows"] += student_rows(name, model, sample_shape(model), batch, threads, args.backends, iters,
+                                            args.rounds)
                 atomic_write_json(args.out, doc)
                 print(f"{name}, batch {batch}, {threads} thread(s): {time.perf_counter() - t0:.0f}s", flush=True)
         fp32 = [b for b in args.backends if not b.endswith("int8")]
         shape = sample_shape(next(iter(models.values()))[0])  # the small model's, where overhead dominates
-        doc["call_floor"] += student_rows("call floor", CallFloor(), shape, 1, threads, fp32, args.iters)
+        doc["call_floor"] += student_rows("call floor", CallFloor(), shape, 1, threads, fp32, args.iters, args.rounds)
         atomic_write_json(args.out, doc)
     torch.set_num_threads(args.threads[0])
     if args.fgd:
@@ -168,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=200, help="timed calls per row of the small models")
     p.add_argument("--preset", default="slim-15.7m", help="the random-weight student timed beside --fgd")
     p.add_argument("--iters-large", type=int, default=20, help="timed calls per row of --preset")
+    p.add_argument("--rounds", type=lambda s: max(1, int(s)), default=3, help="interleaved sweeps over the backends the calls are split into")
     p.add_argument("--out", default="cpu-roofline.json")
     p.add_argument("--table", default=None, help="print the README table of this JSON and exit")
     p.add_argument("--quality-only", action="store_true", help="int8's quality cost (needs --fgd) without the timings")

@@ -21,12 +21,14 @@ import cpu_roofline  # noqa: E402
 def test_rows_floor_and_table(tmp_path, capsys) -> None:
     out = tmp_path / "r.json"
     assert cpu_roofline.main(["--preset", "tiny", "--backends", "eager,onnxruntime", "--batch", "1,2",
-                              "--threads", "1", "--iters", "3", "--iters-large", "3", "--out", str(out)]) == 0
+                              "--threads", "1", "--iters", "4", "--iters-large", "4", "--rounds", "2", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert [(r["batch"], r["backend"]) for r in doc["rows"]] == [(1, "eager"), (1, "onnxruntime"), (2, "eager"),
                                                                  (2, "onnxruntime")]
     for r in doc["rows"]:
         assert r["model"] == "tiny (random)" and r["threads"] == 1 and r["max_abs_vs_eager"] < 1e-4
+        assert r["calls"] == 4 and len(r["p50_rounds_ms"]) == 2 and r["p50_ms"] == pytest.approx(sum(r["p50_rounds_ms"]) / 2)
+        assert r["fp32_peak_gflops"] == max(r["fp32_peak_rounds_gflops"]) and 0 < r["min_ms"] <= r["p50_ms"]
         assert r["gflop_per_s"] * r["p50_ms"] * 1e6 == pytest.approx(r["flops"])
         assert r["fraction_of_peak"] == pytest.approx(r["gflop_per_s"] / r["fp32_peak_gflops"])
     assert doc["rows"][2]["flops"] == 2 * doc["rows"][0]["flops"] > 0
