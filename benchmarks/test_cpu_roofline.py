@@ -57,3 +57,18 @@ def test_quality_only_needs_the_fgd_student(capsys) -> None:
     with pytest.raises(SystemExit) as e:
         cpu_roofline.main(["--quality-only"])
     assert e.value.code == 2 and "add --fgd" in capsys.readouterr().err
+
+
+def test_cpu_name_gives_the_model_and_its_matrix_extensions(tmp_path) -> None:
+    """What results record as the CPU: the first processor's model name and its matrix-relevant flags."""
+    from fastflow.cli.common import device_name
+    from fastflow.utils.threads import cpu_name
+
+    info = tmp_path / "cpuinfo"
+    cpu = "processor\t: {}\nmodel name\t: Fake CPU\nflags\t\t: fpu sse avx2 fma avx512f amx_int8 {}\n"
+    info.write_text(cpu.format(0, "") + "\n" + cpu.format(1, "amx_bf16"))
+    assert cpu_name(info) == "Fake CPU, avx2+avx512f+amx_int8"
+    info.write_text("processor\t: 0\nmodel name\t: Old CPU\nflags\t\t: fpu sse\n")
+    assert cpu_name(info) == "Old CPU, no AVX2"
+    assert cpu_name(tmp_path / "absent")  # the platform's name
+    assert device_name(torch.device("cpu")) == f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"

@@ -34,11 +34,11 @@ def available_cores() -> int:
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
-def cpu_name() -> str:
-    """The CPU's model name and its matrix-relevant extensions (``/proc/cpuinfo``; the platform name
-    elsewhere): results from machines that differ 2× in peak stay told apart."""
+def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
+    """The CPU's model name and its matrix-relevant extensions (from ``cpuinfo``; the platform name
+    where there is none): results from machines that differ 2× in peak stay told apart."""
     try:
-        first = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+        first = cpuinfo.read_text().split("\n\n")[0]
     except OSError:
         return platform.processor() or platform.machine()
     info = {k.strip(): v.strip() for k, v in (ln.split(":", 1) for ln in first.splitlines() if ":" in ln)}
