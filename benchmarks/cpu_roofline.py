@@ -8,7 +8,8 @@ shared machine whose speed drifts over minutes, every backend sees the same drif
 demo's FGD student (trained, from ``--fgd``; its int8 artefacts' digits FD against fp32 on 1000
 samples is the quality cost) and a ``slim-15.7m`` student with random weights (time only). Each
 thread count also times the :class:`~fastflow.bench.artefacts.CallFloor` generator (no work, the
-student's input and output) on every fp32 backend: that backend's fixed cost per call. Run on an idle machine::
+student's input and output) on every fp32 backend: that backend's fixed cost per call. Run on an
+idle machine::
 
     python benchmarks/cpu_roofline.py --fgd DEMO/seed-0/student-fgd --out benchmarks/results/cpu-roofline.json
     python benchmarks/cpu_roofline.py --table benchmarks/results/cpu-roofline.json   # the README table
