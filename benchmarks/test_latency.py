@@ -215,6 +215,7 @@ def test_generator_backends_time_openvino_and_int8_against_eager() -> None:
         assert r["threads"] == torch.get_num_threads()
 
 
+@pytest.mark.slow  # ~45 s; tests/test_export.py builds and validates a --prepack package in make test
 def test_prepack_rows_time_the_frozen_package_against_eager() -> None:
     """``aoti-prepack`` and ``native-prepack``: the ``fastflow-export --prepack`` package from Python and
     from ``fastflow-run``, checked against eager; the runner's row carries its fastest call too."""
