@@ -184,15 +184,18 @@ def table(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fastflow.cli.common import choice_list, int_list, positive_int
+
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fgd", default=None, help="the demo's FGD student (checkpoint or run directory)")
-    p.add_argument("--batch", type=lambda s: [int(x) for x in s.split(",")], default=[1, 8])
-    p.add_argument("--threads", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2])
-    p.add_argument("--backends", type=lambda s: s.split(","), default=BACKENDS)
-    p.add_argument("--iters", type=int, default=200, help="timed calls per row of the small models")
+    p.add_argument("--batch", type=int_list, default=[1, 8])
+    p.add_argument("--threads", type=int_list, default=[1, 2])
+    p.add_argument("--backends", type=choice_list(*BACKENDS), default=BACKENDS)
+    p.add_argument("--iters", type=positive_int, default=200, help="timed calls per row of the small models")
     p.add_argument("--preset", default="slim-15.7m", help="the random-weight student timed beside --fgd")
-    p.add_argument("--iters-large", type=int, default=20, help="timed calls per row of --preset")
-    p.add_argument("--rounds", type=lambda s: max(1, int(s)), default=3, help="interleaved sweeps over the backends the calls are split into")
+    p.add_argument("--iters-large", type=positive_int, default=20, help="timed calls per row of --preset")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="interleaved sweeps over the backends the calls are split into")
     p.add_argument("--out", default="cpu-roofline.json")
     p.add_argument("--table", default=None, help="print the README table of this JSON and exit")
     p.add_argument("--quality-only", action="store_true", help="int8's quality cost (needs --fgd) without the timings")

@@ -53,10 +53,13 @@ def test_call_floor_is_its_closed_form() -> None:
     assert count_flops(CallFloor(), z) == 0
 
 
-def test_quality_only_needs_the_fgd_student(capsys) -> None:
+@pytest.mark.parametrize("argv, match", [(["--quality-only"], "add --fgd"), (["--rounds", "0"], "--rounds"),
+                                         (["--iters", "-1"], "--iters"),
+                                         (["--batch", "0"], "--batch"), (["--backends", "eager,tensorrt"], "--backends")])
+def test_bad_arguments_exit_2(capsys, argv, match) -> None:
     with pytest.raises(SystemExit) as e:
-        cpu_roofline.main(["--quality-only"])
-    assert e.value.code == 2 and "add --fgd" in capsys.readouterr().err
+        cpu_roofline.main(argv)
+    assert e.value.code == 2 and match in capsys.readouterr().err
 
 
 def test_cpu_name_gives_the_model_and_its_matrix_extensions(tmp_path) -> None:

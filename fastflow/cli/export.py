@@ -212,8 +212,8 @@ def run(args: argparse.Namespace) -> int:
         samples = args.calibrate or DEFAULT_CALIBRATION
         calibration = tuple(calibration_inputs(inputs_for, samples, spec.batch.max))
         spec.extra.update(quantize=args.quantize, calibration_samples=str(samples))
-    if args.prepack or (args.quantize and args.format == "pt2"):
-        spec.extra["prepack"] = "on"  # int8 packages are frozen: it is what packs their int8 weights
+    if args.prepack:
+        spec.extra["prepack"] = "on"
     keep = kernels_in_export() if spec.extra["fused"] != "off" else contextlib.nullcontext()
     t0 = time.perf_counter()
     with staged_artifact(out) as staged, torch.no_grad(), keep, disk_errors(out):

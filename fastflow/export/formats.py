@@ -153,12 +153,13 @@ def _aoti_configs(spec: GeneratorSpec) -> dict[str, Any]:
 def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path,
               calibration: Sequence[Example] = ()) -> None:
     """An AOTInductor package; ``calibration`` given: int8 through torchao PT2E, compiled with freezing
-    (:mod:`~fastflow.export.quantize`). ``spec.extra["prepack"] == "on"`` (``fastflow-export --prepack``)
-    freezes an fp32 package too: weights constant-folded and prepacked for oneDNN at build time instead
+    (:mod:`~fastflow.export.quantize`) and marked ``spec.extra["prepack"] = "on"``. That mark
+    (``fastflow-export --prepack``) freezes an fp32 package too: weights constant-folded and prepacked for oneDNN at build time instead
     of reordered on every call — faster for compute-bound CPU generators, slower for tiny ones, whose
     small oneDNN calls then cost more than the reorder saved (``benchmarks/NOTES.md``)."""
     if calibration:
         gen = quantize_module(gen, example, calibration)
+        spec.extra["prepack"] = "on"  # freezing is what packs the int8 weights; the spec says so
     ep = _exported(gen, example, spec.batch)
     # fused "op": keep the fastflow ops opaque (the package calls the registered ops; CPU under the
     # interpreter). On CUDA ("triton") Inductor compiles the ops' Triton kernels into the package.
@@ -167,7 +168,7 @@ def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path,
     # its destructor) when the disk fills; a Python copy fails with a plain ENOSPC instead.
     with opaque, tempfile.TemporaryDirectory(prefix="fastflow-pt2-") as tmp:
         package = Path(tmp) / path.name
-        configs = {**_aoti_configs(spec), "freezing": bool(calibration) or spec.extra.get("prepack") == "on"}
+        configs = {**_aoti_configs(spec), "freezing": spec.extra.get("prepack") == "on"}
         torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
         shutil.copyfile(package, path)
 

@@ -165,7 +165,8 @@ def int8_package(package: Path, got: torch.Tensor, eager: torch.Tensor) -> None:
     generator's (the step, not ``x1``: the noise passed through would hide the network's error)."""
     from fastflow.export.formats import read_pt2_spec
 
-    assert read_pt2_spec(package).extra["quantize"] == "int8"
+    extra = read_pt2_spec(package).extra
+    assert extra["quantize"] == "int8" and extra["prepack"] == "on", extra  # frozen: what packs the int8 weights
     with zipfile.ZipFile(package) as zf:
         code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
     assert "qconv" in code, "no int8 convolution in the package's wrapper"
