@@ -2,13 +2,15 @@
 against eager PyTorch (``max_abs_vs_eager``): the ONNX generator in ONNX Runtime (the
 ``onnxruntime`` student row) and in OpenVINO (``openvino``), the fp32 package (``aoti``,
 ``native``; ``benchmarks/cpu_roofline.py``) and its frozen, weight-prepacked form
-(``fastflow-export --prepack``: ``aoti-prepack``, ``native-prepack``), and the int8 artefacts of
+(``fastflow-export --prepack``: ``aoti-prepack``, ``native-prepack``), the package that calls the
+CPU block kernel (``--cpu-kernels``: ``aoti-cpuk``, ``native-cpuk``), and the int8 artefacts of
 ``fastflow-export --quantize int8`` — ONNX Runtime's QDQ graph in ONNX Runtime and OpenVINO
 (``onnxruntime-int8``, ``openvino-int8``) and torchao's PT2E package from Python and from
 ``fastflow-run`` (``aoti-int8``, ``native-int8``). Calibration uses the generator's own inputs."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,12 +25,13 @@ from fastflow.export.formats import build_onnx, build_pt2, load_onnx, load_openv
 from fastflow.export.generator import Generator
 from fastflow.export.quantize import DEFAULT_CALIBRATION, calibration_inputs
 from fastflow.export.spec import BatchRange, GeneratorSpec
+from fastflow.fused.cpu_block import swap_cpu_blocks
 from fastflow.fused.runtime import kernels_in_export
 from fastflow.utils.timing import measure_latency
 
 #: backends that time the student's generator artefact only (one row each)
-GENERATOR_BACKENDS = ("openvino", "aoti-prepack", "native-prepack", "onnxruntime-int8", "openvino-int8",
-                      "aoti-int8", "native-int8")
+GENERATOR_BACKENDS = ("openvino", "aoti-prepack", "native-prepack", "aoti-cpuk", "native-cpuk", "onnxruntime-int8",
+                      "openvino-int8", "aoti-int8", "native-int8")
 
 
 class CallFloor(nn.Module):
@@ -58,11 +61,15 @@ class Artefacts:
     built: dict[str, Path] = field(default_factory=dict)
 
     def path(self, kind: str) -> Path:
-        """``onnx``, ``onnx-int8``, ``pt2``, ``pt2-prepack`` or ``pt2-int8``."""
+        """``onnx``, ``onnx-int8``, ``pt2``, ``pt2-prepack``, ``pt2-cpuk`` or ``pt2-int8``."""
         if kind not in self.built:
-            gen, b = Generator(self.student, 1).eval(), self.z.shape[0]
+            student, fused = self.student, fused_tag(self.fused, self.z.device)
+            if kind == "pt2-cpuk":
+                student, fused = copy.deepcopy(student), "cpu"
+                swap_cpu_blocks(student)
+            gen, b = Generator(student, 1).eval(), self.z.shape[0]
             spec = GeneratorSpec("generator", tuple(self.z.shape[1:]), BatchRange(b, b, b), device=self.z.device.type,
-                                 extra={"fused": fused_tag(self.fused, self.z.device)})
+                                 extra={"fused": fused})
             if kind == "pt2-prepack":
                 spec.extra["prepack"] = "on"
             g = torch.Generator().manual_seed(1)
@@ -86,9 +93,10 @@ class Artefacts:
 #: backend → (artefact kind, loader) of the artefacts timed from Python
 LOADERS = {"onnxruntime": ("onnx", load_onnx), "openvino": ("onnx", load_openvino),
            "onnxruntime-int8": ("onnx-int8", load_onnx), "openvino-int8": ("onnx-int8", load_openvino),
-           "aoti": ("pt2", load_pt2), "aoti-prepack": ("pt2-prepack", load_pt2), "aoti-int8": ("pt2-int8", load_pt2)}
+           "aoti": ("pt2", load_pt2), "aoti-prepack": ("pt2-prepack", load_pt2), "aoti-cpuk": ("pt2-cpuk", load_pt2),
+           "aoti-int8": ("pt2-int8", load_pt2)}
 #: backend → the package ``fastflow-run`` times
-NATIVE = {"native": "pt2", "native-prepack": "pt2-prepack", "native-int8": "pt2-int8"}
+NATIVE = {"native": "pt2", "native-prepack": "pt2-prepack", "native-cpuk": "pt2-cpuk", "native-int8": "pt2-int8"}
 
 
 def generator_row(art: Artefacts, backend: str, flops: int, params: int, iters: int, warmup: int,

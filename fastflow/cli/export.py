@@ -72,6 +72,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prepack", action="store_true",
                    help="pt2 on the CPU: freeze the weights into the package, prepacked for oneDNN (faster "
                         "compute-bound generators, slower tiny ones; int8 packages always are)")
+    p.add_argument("--cpu-kernels", action="store_true",
+                   help="pt2 on the CPU, fp32: run every UNet ResBlock, the input and output convolutions "
+                        "through fastflow's CPU block kernel (GroupNorm + SiLU + resampling + 3×3 convolution + "
+                        "embedding + residual per call; fastflow.fused.cpu_block), for small generators at small "
+                        "batches; fastflow-run links the kernel")
     p.add_argument("--calibrate", type=positive_int, default=None,
                    help="samples drawn for int8 calibration (default 256; with --quantize)")
     p.add_argument("--validate", action="store_true", help="compare with PyTorch on fixed-seed inputs")
@@ -123,9 +128,15 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int, int]:
         raise ConfigError("--calibrate sets the int8 calibration: add --quantize int8")
     if args.prepack and (args.format != "pt2" or args.device.type != "cpu"):
         raise ConfigError("--prepack packs weights for oneDNN on the CPU: use it with --format pt2 --device cpu")
-    if args.pipeline and (args.quantize or args.prepack):
-        raise ConfigError(f"--{'quantize int8' if args.quantize else 'prepack'} applies to single-file generators; "
-                          "drop it with --pipeline")
+    if args.cpu_kernels and (args.format != "pt2" or args.device.type != "cpu" or args.dtype != "fp32"):
+        raise ConfigError("--cpu-kernels is the fp32 CPU block kernel: use it with --format pt2 --device cpu "
+                          "--dtype fp32")
+    if args.cpu_kernels and (args.quantize or args.prepack or args.fused == "on"):
+        raise ConfigError("--cpu-kernels replaces the convolutions --quantize/--prepack/--fused on would change: "
+                          "use one")
+    if args.pipeline and (args.quantize or args.prepack or args.cpu_kernels):
+        flag = "quantize int8" if args.quantize else "prepack" if args.prepack else "cpu-kernels"
+        raise ConfigError(f"--{flag} applies to single-file generators; drop it with --pipeline")
     if not args.pipeline and (args.cfg != 1.0 or args.components):
         raise ConfigError("--cfg and --components are --pipeline settings: add --pipeline")
     if args.pipeline:
@@ -142,9 +153,16 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int, int]:
 def _fused_path(args: argparse.Namespace, model: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     """The model to export and what it carries (``fastflow.fused``): ``triton`` (kernels compiled
     into the package, CUDA), ``op`` (calls the registered fastflow ops: the interpreter, or an ``ep``)
-    or ``off`` (the reference decomposition: ``--fused off``, or a format that cannot keep kernels)."""
+    ``off`` (the reference decomposition: ``--fused off``, or a format that cannot keep kernels), or
+    ``cpu`` (``--cpu-kernels``: the CPU block kernel, ``fastflow.fused.cpu_block``)."""
     from fastflow.fused import apply, decide
+    from fastflow.fused.cpu_block import swap_cpu_blocks
 
+    if args.cpu_kernels:
+        fused = copy.deepcopy(model)
+        if not swap_cpu_blocks(fused).swapped:
+            raise ConfigError("--cpu-kernels: this model has no fastflow UNet blocks to put the kernel into")
+        return fused, "cpu"
     fused = copy.deepcopy(model) if decide(args.fused, args.device)[0] else model
     if not apply(fused, args.fused, args.device).active:
         return model, "off"

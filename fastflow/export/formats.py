@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from fastflow.errors import ArtifactError, MissingBackendError
 from fastflow.export.quantize import fp32_onnx_then_int8, quantize_module
 from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
+from fastflow.fused import cpu_block
 
 Runner = Callable[..., Tensor]  # run(*inputs) → image
 Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
@@ -169,6 +170,8 @@ def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path,
     with opaque, tempfile.TemporaryDirectory(prefix="fastflow-pt2-") as tmp:
         package = Path(tmp) / path.name
         configs = {**_aoti_configs(spec), "freezing": spec.extra.get("prepack") == "on"}
+        if spec.extra.get("fused") == "cpu":  # calls the CPU block kernel's C shim
+            configs.update(cpu_block.aoti_configs())
         torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
         shutil.copyfile(package, path)
 
@@ -200,6 +203,8 @@ def load_pt2(path: Path, device: torch.device) -> Runner:
         _import_torch_tensorrt()  # registers the TensorRT engine op the package calls
     if spec is not None and spec.extra.get("fused") == "op":
         _register_fused_ops()
+    if spec is not None and spec.extra.get("fused") == "cpu":
+        cpu_block.load()  # the C shim the package calls
     try:
         runner = torch._inductor.aoti_load_package(str(path))
     except RuntimeError as e:

@@ -92,12 +92,14 @@ Spec parse_spec(const std::unordered_map<std::string, std::string>& metadata, co
     throw InputError(source + ": malformed batch range in metadata");
   if ((s.kind == "conditional" || s.kind == "text_encoder") && s.num_classes < 1)
     throw InputError(source + ": " + s.kind + " package without num_classes");
-  // fastflow.fused (absent in older packages): off / triton run here; "op" calls ops only Python registers.
+  // fastflow.fused (absent in older packages): off / triton run here, and "cpu" (the CPU block kernel,
+  // whose library the runner links); "op" calls ops only Python registers.
   const auto fused = metadata.find("fastflow.fused");
   if (fused != metadata.end() && fused->second == "op")
     throw InputError(source + ": calls fastflow's Python-registered fused ops (exported with --fused on without "
                      "CUDA); re-export with --fused off, or with --fused on on a CUDA machine");
-  if (fused != metadata.end() && fused->second != "off" && fused->second != "triton")
+  if (fused != metadata.end() && fused->second != "off" && fused->second != "triton" &&
+      fused->second != "cpu")
     throw InputError(source + ": unknown fastflow.fused '" + fused->second + "'");
   return s;
 }

@@ -1,0 +1,220 @@
+"""The CPU block kernel: a UNet ResBlock's two 3×3 convolutions with GroupNorm + SiLU (+ resampling)
+fused in front and the bias, time embedding and residual fused behind (``csrc/conv_block.cpp``).
+
+For batch-1 inference on CPUs, where a small one-step student is bound by per-op overhead and by
+GEMM libraries' use of 8–64 channels. Inference only (fp32, NCHW, no autograd). Three layers, as
+for the Triton kernels: the op (:func:`conv_block`, reference :func:`conv_block_ref`), the module
+(:class:`CpuResBlock`, a drop-in ``ResBlock``), and the swap (:func:`swap_cpu_blocks`; the
+``--cpu-kernels`` flag of ``fastflow-export`` and the ``*-cpuk`` benchmark backends).
+
+The op is compiled from source on first use (``torch.utils.cpp_extension``, cached; needs a C++
+compiler, as AOTInductor does) and carries a C shim, so an AOTInductor package calls it directly
+(:data:`AOTI_SHIMS`); ``fastflow-run`` links the same source.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import math
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from fastflow.errors import MissingBackendError, ShapeError
+from fastflow.fused.swap import SwapReport, _set
+from fastflow.models.layers import SDPA, GroupNormAct, ResBlock
+from fastflow.models.reference import group_norm_ref
+
+SOURCE = Path(__file__).parent / "csrc" / "conv_block.cpp"
+RESAMPLE = {None: 0, "up": 1, "down": -1}
+
+#: The C shim declaration AOTInductor needs (``aot_inductor.custom_ops_to_c_shims``).
+SHIM = ("AOTITorchError aoti_torch_cpu_conv_block(AtenTensorHandle x, AtenTensorHandle weight, "
+        "AtenTensorHandle* bias, AtenTensorHandle* norm_weight, AtenTensorHandle* norm_bias, "
+        "AtenTensorHandle* scale, AtenTensorHandle* shift, int64_t groups, double eps, int32_t act, "
+        "int64_t resample, AtenTensorHandle* add, AtenTensorHandle* residual, double out_scale, "
+        "AtenTensorHandle* ret0)")
+
+
+@cache
+def load() -> str:
+    """Build (once, cached) and load the op library; returns its path. Loaded with global symbols,
+    so that AOTInductor packages resolve the C shim. :class:`MissingBackendError` without a compiler."""
+    from torch.utils import cpp_extension
+
+    try:
+        path = cpp_extension.load(name="fastflow_cpu_ops", sources=[str(SOURCE)], is_python_module=False,
+                                  extra_cflags=["-O3", "-march=native"], verbose=False)
+    except (RuntimeError, OSError, FileNotFoundError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MissingBackendError(f"the CPU block kernel did not build ({first}); it needs a C++ compiler") from None
+    ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+
+    @torch.library.register_fake("fastflow_cpu::conv_block")
+    def _(x, weight, bias, norm_weight, norm_bias, scale, shift, groups, eps, act, resample, add,
+          residual, out_scale):
+        h, w = x.shape[2:]
+        h, w = (2 * h, 2 * w) if resample == 1 else (h // 2, w // 2) if resample == -1 else (h, w)
+        return x.new_empty(x.shape[0], weight.shape[0], h, w)
+
+    return path
+
+
+def aoti_configs() -> dict[str, Any]:
+    """Inductor settings of a package that calls the op (loads it): its C shim, and Inductor's C++
+    GEMM templates for what is left around it (small linears and attention products, where an
+    ATen call costs more than the product)."""
+    load()
+    return {"aot_inductor.custom_ops_to_c_shims": {torch.ops.fastflow_cpu.conv_block.default: [SHIM]},
+            "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+
+
+def conv_block_ref(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, Tensor, int, float] | None,
+                   scale: Tensor | None = None, shift: Tensor | None = None, act: bool = True,
+                   resample: str | None = None, add: Tensor | None = None, residual: Tensor | None = None,
+                   out_scale: float = 1.0) -> Tensor:
+    """``(conv3x3(resample(act(GN(x)·(1+scale)+shift))) + bias + add + residual) · out_scale``;
+    ``norm = (weight, bias, groups, eps)`` or ``None`` (then ``act`` applies to ``x`` itself)."""
+    if norm is not None:
+        a = group_norm_ref(x, norm[0], norm[1], norm[2], norm[3], scale, shift, act)
+    else:
+        a = F.silu(x) if act else x
+    if resample == "down":
+        a = F.avg_pool2d(a, 2)
+    elif resample == "up":
+        a = F.interpolate(a, scale_factor=2.0, mode="nearest")
+    y = F.conv2d(a, weight, bias, padding=weight.shape[-1] // 2)
+    if add is not None:
+        y = y + add[:, :, None, None]
+    if residual is not None:
+        y = y + residual
+    return y * out_scale
+
+
+def conv_block(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, Tensor, int, float] | None,
+               scale: Tensor | None = None, shift: Tensor | None = None, act: bool = True,
+               resample: str | None = None, add: Tensor | None = None, residual: Tensor | None = None,
+               out_scale: float = 1.0) -> Tensor:
+    """:func:`conv_block_ref` with the CPU kernel (fp32 CPU tensors; :class:`ShapeError` otherwise)."""
+    load()
+    for t in (x, weight, bias, scale, shift, add, residual) + (norm[:2] if norm else ()):
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            raise ShapeError(f"the CPU block kernel takes float32 CPU tensors, got {t.dtype} on {t.device}")
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1:] not in ((x.shape[1], 3, 3), (x.shape[1], 1, 1)):
+        raise ShapeError(f"conv_block: x [B, C, H, W] and weight [Cout, C, 3, 3] or [Cout, C, 1, 1], got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    nw, nb, groups, eps = norm if norm is not None else (None, None, 1, 0.0)
+    c = (lambda t: None if t is None else t.contiguous())  # noqa: E731
+    return torch.ops.fastflow_cpu.conv_block(
+        x.contiguous(), weight.contiguous(), c(bias), c(nw), c(nb), c(scale), c(shift), groups, eps, act,
+        RESAMPLE[resample], c(add), c(residual), out_scale)
+
+
+class CpuResBlock(ResBlock):
+    """A :class:`~fastflow.models.layers.ResBlock` whose forward runs two :func:`conv_block` calls
+    (plus the 1×1 skip and the embedding). Same parameters and state-dict keys; inference only."""
+
+    @classmethod
+    def from_module(cls, block: ResBlock) -> CpuResBlock:
+        new = cls.__new__(cls)
+        new.__dict__.update(block.__dict__)  # shares every parameter and submodule
+        return new
+
+    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
+        if self.training and self.dropout.p > 0:
+            raise RuntimeError("CpuResBlock is inference-only (dropout is active in training mode)")
+        n0, n1 = self.norm0, self.norm1
+        e = self.emb(F.silu(temb))
+        h = conv_block(x, self.conv0.weight, self.conv0.bias, (n0.weight, n0.bias, n0.num_groups, n0.eps),
+                       act=n0.act, resample=self.resample, add=None if self.scale_shift else e)
+        scale, shift = e.chunk(2, dim=1) if self.scale_shift else (None, None)
+        if self.skip is not None:  # the 1×1 skip through the same kernel, resampling fused
+            skip = conv_block(x, self.skip.weight, self.skip.bias, None, act=False, resample=self.resample)
+        else:
+            skip = self._resample(x)
+        return conv_block(h, self.conv1.weight, self.conv1.bias, (n1.weight, n1.bias, n1.num_groups, n1.eps),
+                          scale, shift, act=n1.act, residual=skip,
+                          out_scale=1 / math.sqrt(2.0) if self.skip_rescale else 1.0)
+
+
+class CpuConv3x3(nn.Conv2d):
+    """A 3×3 ``nn.Conv2d`` (padding 1) through :func:`conv_block`, optionally with the
+    ``GroupNormAct`` before it fused in (``norm``; that module becomes a :class:`DeferredNorm`)."""
+
+    @classmethod
+    def from_module(cls, conv: nn.Conv2d, norm: GroupNormAct | None = None) -> CpuConv3x3:
+        new = cls.__new__(cls)
+        new.__dict__.update(conv.__dict__)
+        new.__dict__["fused_norm"] = norm  # a reference, not a submodule: state-dict keys unchanged
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = self.fused_norm
+        if n is None:
+            return conv_block(x, self.weight, self.bias, None, act=False)
+        return conv_block(x, self.weight, self.bias, (n.weight, n.bias, n.num_groups, n.eps), act=n.act)
+
+
+class DeferredNorm(GroupNormAct):
+    """A ``GroupNormAct`` whose work the next :class:`CpuConv3x3` does: the identity here (keeps
+    its parameters, so state-dict keys are unchanged)."""
+
+    @classmethod
+    def from_module(cls, norm: GroupNormAct) -> DeferredNorm:
+        new = cls.__new__(cls)
+        new.__dict__.update(norm.__dict__)
+        return new
+
+    def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
+        return x
+
+
+class MathSDPA(SDPA):
+    """The attention core ``softmax(q kᵀ/√d) v`` written out: at a few tokens its products compile
+    into small GEMM kernels, cheaper than a fused attention call."""
+
+    def forward(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        # softmax normalised after the product with v: Inductor does not fold this form back
+        # into its fused attention call (attention_math's form it would)
+        s = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+        p = torch.exp(s - s.amax(dim=-1, keepdim=True))
+        return (p @ v) / p.sum(dim=-1, keepdim=True)
+
+
+def _is_conv3x3(m: nn.Module) -> bool:
+    return (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1)
+            and m.dilation == (1, 1) and m.groups == 1)
+
+
+def swap_cpu_blocks(model: nn.Module) -> SwapReport:
+    """Put the CPU block kernel into every fastflow ``UNet`` in ``model`` (in place): each
+    ``ResBlock`` → :class:`CpuResBlock`, ``conv_in`` and ``norm_out`` + ``conv_out`` →
+    :class:`CpuConv3x3`, attention cores → :class:`MathSDPA`. Loads the kernel first, so a missing
+    compiler is one :class:`MissingBackendError`. Inference only."""
+    from fastflow.models.unet import UNet
+
+    load()
+    report = SwapReport()
+    for prefix, unet in list(model.named_modules()):
+        if not isinstance(unet, UNet):
+            continue
+        pre = f"{prefix}." if prefix else ""
+        for name, m in list(unet.named_modules()):
+            if type(m) is ResBlock:
+                _set(unet, name, CpuResBlock.from_module(m))
+                report.swapped.append((pre + name, "ResBlock", "CpuResBlock"))
+            elif type(m) is SDPA:
+                _set(unet, name, MathSDPA())
+                report.swapped.append((pre + name, "SDPA", "MathSDPA"))
+        if _is_conv3x3(unet.conv_in):
+            unet.conv_in = CpuConv3x3.from_module(unet.conv_in)
+            report.swapped.append((pre + "conv_in", "Conv2d", "CpuConv3x3"))
+        if _is_conv3x3(unet.conv_out) and type(unet.norm_out) is GroupNormAct:
+            unet.conv_out = CpuConv3x3.from_module(unet.conv_out, unet.norm_out)
+            unet.norm_out = DeferredNorm.from_module(unet.norm_out)
+            report.swapped.append((pre + "norm_out+conv_out", "GroupNormAct+Conv2d", "CpuConv3x3"))
+    return report
