@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native", "aoti-prepack", "native-prepack",
-            "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8"]
+            "aoti-cpuk", "native-cpuk", "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8"]
 
 
 def student_rows(name: str, student: torch.nn.Module, shape: tuple[int, ...], batch: int, threads: int,
@@ -117,7 +117,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from fastflow.utils.io import atomic_write_json
 
     torch.manual_seed(0)
-    models = {f"{args.preset} (random)": (build_model({"preset": args.preset}).eval(), args.iters_large)}
+    models = {} if args.preset == "none" else {
+        f"{args.preset} (random)": (build_model({"preset": args.preset}).eval(), args.iters_large)}
     if args.fgd:
         models = {"digits FGD student": (load_model(Path(args.fgd)).eval(), args.iters), **models}
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -134,12 +135,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                                             args.rounds)
                 atomic_write_json(args.out, doc)
                 print(f"{name}, batch {batch}, {threads} thread(s): {time.perf_counter() - t0:.0f}s", flush=True)
-        fp32 = [b for b in args.backends if not b.endswith("int8")]
+        fp32 = [b for b in args.backends if not b.endswith(("int8", "cpuk"))]  # a call floor has no UNet blocks
         shape = sample_shape(next(iter(models.values()))[0])  # the small model's, where overhead dominates
         doc["call_floor"] += student_rows("call floor", CallFloor(), shape, 1, threads, fp32, args.iters, args.rounds)
         atomic_write_json(args.out, doc)
     torch.set_num_threads(args.threads[0])
-    if args.fgd:
+    if args.fgd and any(b.endswith("int8") for b in args.backends):
         doc["int8_quality"] = int8_cost(models["digits FGD student"][0])
     return doc
 
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int_list, default=[1, 2])
     p.add_argument("--backends", type=choice_list(*BACKENDS), default=BACKENDS)
     p.add_argument("--iters", type=positive_int, default=200, help="timed calls per row of the small models")
-    p.add_argument("--preset", default="slim-15.7m", help="the random-weight student timed beside --fgd")
+    p.add_argument("--preset", default="slim-15.7m", help="the random-weight student timed beside --fgd ('none': only --fgd)")
     p.add_argument("--iters-large", type=positive_int, default=20, help="timed calls per row of --preset")
     p.add_argument("--rounds", type=positive_int, default=3,
                    help="interleaved sweeps over the backends the calls are split into")
@@ -202,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.quality_only and not args.fgd:
         p.error("--quality-only measures the FGD student's int8 artefacts: add --fgd")
+    if args.preset == "none" and not args.fgd:
+        p.error("--preset none times only the FGD student: add --fgd")
     if args.table:
         print(table(json.loads(Path(args.table).read_text())))
         return 0

@@ -233,3 +233,22 @@ def test_prepack_rows_time_the_frozen_package_against_eager() -> None:
     for r in gen.values():
         assert r["precision"] == "fp32" and r["max_abs_vs_eager"] < 1e-4 and r["nfe"] == 1
     assert 0 < gen["native-prepack"]["min_ms"] <= gen["native-prepack"]["p50_ms"]
+
+
+@pytest.mark.slow  # ~60 s; make test runs a --cpu-kernels package in ctest (runner.cpuk-*)
+def test_cpuk_rows_time_the_cpu_kernel_package_against_eager() -> None:
+    """``aoti-cpuk`` and ``native-cpuk``: the ``fastflow-export --cpu-kernels`` package from Python and
+    from ``fastflow-run``, checked against eager."""
+    from fastflow.bench.latency import find_runner
+
+    try:
+        find_runner(None)
+    except MissingBackendError:
+        pytest.skip("fastflow-run not built (make native)")
+    m, z = _tiny_random()
+    rows = latency_suite(m, m, z, ["aoti-cpuk", "native-cpuk"], euler_ns=[1], heun_ns=[], rk45=False,
+                         iters=3, warmup=1)
+    gen = {r["backend"]: r for r in rows}
+    assert set(gen) == {"aoti-cpuk", "native-cpuk"}
+    for r in gen.values():
+        assert r["precision"] == "fp32" and r["max_abs_vs_eager"] < 1e-4 and r["nfe"] == 1

@@ -171,7 +171,7 @@ def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path,
         package = Path(tmp) / path.name
         configs = {**_aoti_configs(spec), "freezing": spec.extra.get("prepack") == "on"}
         if spec.extra.get("fused") == "cpu":  # calls the CPU block kernel's C shim
-            configs.update(cpu_block.aoti_configs())
+            configs.update(cpu_block.aoti_configs(spec.batch.min == spec.batch.max))
         torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
         shutil.copyfile(package, path)
 

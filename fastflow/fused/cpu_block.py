@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.errors import MissingBackendError, ShapeError
+from fastflow.errors import DTypeError, MissingBackendError, ShapeError
 from fastflow.fused.swap import SwapReport, _set
 from fastflow.models.layers import SDPA, GroupNormAct, ResBlock
 from fastflow.models.reference import group_norm_ref
@@ -64,13 +64,16 @@ def load() -> str:
     return path
 
 
-def aoti_configs() -> dict[str, Any]:
-    """Inductor settings of a package that calls the op (loads it): its C shim, and Inductor's C++
-    GEMM templates for what is left around it (small linears and attention products, where an
-    ATen call costs more than the product)."""
+def aoti_configs(static_batch: bool) -> dict[str, Any]:
+    """Inductor settings of a package that calls the op (loads it): its C shim and, at a static
+    batch, Inductor's C++ GEMM templates for what is left around it (small linears and attention
+    products, where an ATen call costs more than the product; with a dynamic batch they compile
+    batched products for the example's batch only — PyTorch 2.13)."""
     load()
-    return {"aot_inductor.custom_ops_to_c_shims": {torch.ops.fastflow_cpu.conv_block.default: [SHIM]},
-            "max_autotune": True, "max_autotune_gemm_backends": "CPP,ATEN"}
+    configs: dict[str, Any] = {"aot_inductor.custom_ops_to_c_shims": {torch.ops.fastflow_cpu.conv_block.default: [SHIM]}}
+    if static_batch:
+        configs.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN")
+    return configs
 
 
 def conv_block_ref(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, Tensor, int, float] | None,
@@ -99,19 +102,48 @@ def conv_block(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tenso
                scale: Tensor | None = None, shift: Tensor | None = None, act: bool = True,
                resample: str | None = None, add: Tensor | None = None, residual: Tensor | None = None,
                out_scale: float = 1.0) -> Tensor:
-    """:func:`conv_block_ref` with the CPU kernel (fp32 CPU tensors; :class:`ShapeError` otherwise)."""
+    """:func:`conv_block_ref` with the CPU kernel: float32 CPU tensors (:class:`DTypeError`
+    otherwise), shapes as documented (:class:`ShapeError`), inference only (no autograd)."""
     load()
-    for t in (x, weight, bias, scale, shift, add, residual) + (norm[:2] if norm else ()):
-        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
-            raise ShapeError(f"the CPU block kernel takes float32 CPU tensors, got {t.dtype} on {t.device}")
-    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1:] not in ((x.shape[1], 3, 3), (x.shape[1], 1, 1)):
-        raise ShapeError(f"conv_block: x [B, C, H, W] and weight [Cout, C, 3, 3] or [Cout, C, 1, 1], got "
-                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    _check(x, weight, bias, norm, scale, shift, resample, add, residual)
     nw, nb, groups, eps = norm if norm is not None else (None, None, 1, 0.0)
     c = (lambda t: None if t is None else t.contiguous())  # noqa: E731
     return torch.ops.fastflow_cpu.conv_block(
         x.contiguous(), weight.contiguous(), c(bias), c(nw), c(nb), c(scale), c(shift), groups, eps, act,
         RESAMPLE[resample], c(add), c(residual), out_scale)
+
+
+def _check(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, Tensor, int, float] | None,
+           scale: Tensor | None, shift: Tensor | None, resample: str | None, add: Tensor | None,
+           residual: Tensor | None) -> None:
+    tensors = {"x": x, "weight": weight, "bias": bias, "scale": scale, "shift": shift, "add": add,
+               "residual": residual, "norm weight": norm[0] if norm else None, "norm bias": norm[1] if norm else None}
+    for name, t in tensors.items():
+        if t is None:
+            continue
+        if t.dtype != torch.float32 or t.device.type != "cpu":
+            raise DTypeError(f"the CPU block kernel takes float32 CPU tensors, {name} is {t.dtype} on {t.device}")
+        if t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("the CPU block kernel is inference-only: call it under torch.no_grad()")
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1:] not in ((x.shape[1], 3, 3), (x.shape[1], 1, 1)):
+        raise ShapeError(f"conv_block: x [B, C, H, W] and weight [Cout, C, 3, 3] or [Cout, C, 1, 1], got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if resample not in RESAMPLE:
+        raise ShapeError(f"conv_block: resample must be one of None, 'up', 'down', got {resample!r}")
+    (n, c, h, w), cout = x.shape, weight.shape[0]
+    if resample == "down" and (h % 2 or w % 2):
+        raise ShapeError(f"conv_block: 2× down needs even H and W, got {h}×{w}")
+    if norm is not None and (norm[2] < 1 or c % norm[2]):
+        raise ShapeError(f"conv_block: {c} channels do not split into {norm[2]} groups")
+    ho, wo = (2 * h, 2 * w) if resample == "up" else (h // 2, w // 2) if resample == "down" else (h, w)
+    want = {"bias": (cout,), "scale": (n, c), "shift": (n, c), "add": (n, cout), "residual": (n, cout, ho, wo),
+            "norm weight": (c,), "norm bias": (c,)}
+    for name, shape in want.items():
+        t = tensors[name]
+        if t is not None and tuple(t.shape) != shape:
+            raise ShapeError(f"conv_block: {name} must be {list(shape)}, got {list(t.shape)}")
+    if (scale is not None or shift is not None) and norm is None:
+        raise ShapeError("conv_block: scale/shift modulate the GroupNorm: pass norm")
 
 
 class CpuResBlock(ResBlock):

@@ -33,7 +33,11 @@ GOOD = {  # case: (package, runner args); the Python inputs are rebuilt from the
     "timing": ("uncond", ["--batch", "2", "--iters", "5", "--warmup", "1", "--timing-json", "{tmp}/t.json"]),
     "meanflow-one-step": ("meanflow", ["--seed", "8", "--batch", "3"]),  # x1 = z + u(z, 0, 1) in the package
     "int8": ("int8", ["--seed", "9", "--batch", "2"]),  # the uncond generator through oneDNN's int8 kernels
+    "cpuk-batch1": ("cpuk", ["--seed", "10", "--batch", "1", "--label", "1"]),  # cond, CPU block kernel
+    "cpuk-batch3": ("cpuk", ["--seed", "11", "--batch", "3"]),
 }
+#: the package each kind runs and the checkpoint it was exported from
+CKPT = {"int8": "uncond", "cpuk": "cond"}
 #: the stated error of the int8 package against the fp32 eager generator: relative RMS error
 INT8_REL_RMS = 0.05
 BAD = {  # case: (package, runner args, a word the message must contain)
@@ -122,7 +126,7 @@ def python_inputs(kind: str, args: list[str], fx: Path) -> tuple[torch.Tensor, .
     b = z.shape[0]
     if kind == "sr":
         return torch.from_numpy(np.load(arg(args, "--lq"))), z, torch.full((b,), float(arg(args, "--tau")))
-    if kind == "cond":
+    if CKPT.get(kind, kind) == "cond":
         label = arg(args, "--label")
         return z, (torch.full((b,), int(label)) if label else torch.arange(b) % 3)
     return (z,)
@@ -139,13 +143,15 @@ def good(runner: str, fx: Path, case: str, tmp: Path) -> None:
     torch.set_num_threads(1)  # the runner's default: same reduction order, same bits
     aoti = load_pt2(fx / f"{kind}.pt2", torch.device("cpu"))(*inputs)
     assert torch.equal(got, aoti), f"C++ != Python AOTI: max |Δ| {float((got - aoti).abs().max()):.3g}"
-    model = load_model(fx / f"ckpt-{'uncond' if kind == 'int8' else kind}")
+    model = load_model(fx / f"ckpt-{CKPT.get(kind, kind)}")
     gen = SRGenerator(model, 0.2) if kind == "sr" else Generator(model, 1)
     with torch.no_grad():
         eager = gen(*inputs)
     if kind == "int8":
         int8_package(fx / "int8.pt2", got - inputs[0], eager - inputs[0])
     else:
+        if kind == "cpuk":
+            cpuk_package(fx / "cpuk.pt2")
         err = float((got - eager).abs().max())
         assert err <= 1e-5, f"C++ vs eager max |Δ| {err:.3g} > 1e-5"
         print(f"{case}: C++ == Python AOTI bit for bit, eager max |Δ| {err:.2g}, shape {tuple(got.shape)}")
@@ -173,6 +179,18 @@ def int8_package(package: Path, got: torch.Tensor, eager: torch.Tensor) -> None:
     rel = float((got - eager).pow(2).mean().sqrt() / eager.pow(2).mean().sqrt())
     assert 0 < rel < INT8_REL_RMS, f"int8 vs fp32 relative RMS error {rel:.3g} (want 0 < it < {INT8_REL_RMS})"
     print(f"int8: C++ == Python AOTI bit for bit, step's relative RMS error vs fp32 eager {rel:.3g}, oneDNN qconv")
+
+
+def cpuk_package(package: Path) -> None:
+    """The ``--cpu-kernels`` package says so and calls the kernel's C shim directly, every 3×3 and
+    1×1 convolution of the UNet through it (no ATen convolution left)."""
+    from fastflow.export.formats import read_pt2_spec
+
+    assert read_pt2_spec(package).extra["fused"] == "cpu"
+    with zipfile.ZipFile(package) as zf:
+        code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
+    assert "aoti_torch_cpu_conv_block(" in code and "aoti_torch_cpu_convolution(" not in code
+    assert "aoti_torch_proxy_executor_call_function" not in code  # the C shim, not a boxed call
 
 
 def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:

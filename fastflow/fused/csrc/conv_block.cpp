@@ -83,10 +83,11 @@ __attribute__((noinline)) void tile(const Geometry& g, const float* xp, const fl
 }
 
 template <int TAPS>
-void convolve_taps(const Geometry& g, const float* xp, const float* weight, const float* init, float* tmp) {
+void convolve_taps(const Geometry& g, const float* xp, const float* weight, const float* init, float* tmp,
+                   int64_t c_begin, int64_t c_end) {
   const int64_t k = g.cin * TAPS;
-  for (int64_t c0 = 0; c0 < g.cout; c0 += CB) {
-    const int rows = static_cast<int>(std::min<int64_t>(CB, g.cout - c0));
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += CB) {
+    const int rows = static_cast<int>(std::min<int64_t>(CB, c_end - c0));
     for (int64_t p0 = 0; p0 < g.padded; p0 += NV_MAX * VL) {
       const int64_t nv = std::min<int64_t>(NV_MAX, (g.padded - p0) / VL);
       const float* w = weight + c0 * k;
@@ -98,10 +99,12 @@ void convolve_taps(const Geometry& g, const float* xp, const float* weight, cons
   }
 }
 
-// The convolution of one sample's bordered buffer into `tmp` ([cout][padded]).
-void convolve(const Geometry& g, const float* xp, const float* weight, const float* init, float* tmp) {
-  if (g.taps == 9) convolve_taps<9>(g, xp, weight, init, tmp);
-  else convolve_taps<1>(g, xp, weight, init, tmp);
+// Output channels [c_begin, c_end) (a multiple of CB apart, but for the last) of one sample's
+// bordered buffer into `tmp` ([cout][padded]).
+void convolve(const Geometry& g, const float* xp, const float* weight, const float* init, float* tmp,
+              int64_t c_begin, int64_t c_end) {
+  if (g.taps == 9) convolve_taps<9>(g, xp, weight, init, tmp, c_begin, c_end);
+  else convolve_taps<1>(g, xp, weight, init, tmp, c_begin, c_end);
 }
 
 // exp for a vector (Cephes' polynomial on [−ln2/2, ln2/2] after x = n·ln2 + r; rel. error ~2e−7).
@@ -221,6 +224,13 @@ void store_rows(const Geometry& g, const float* tile, const float* residual, flo
   }
 }
 
+// This thread's scratch of at least `need` floats, reused across calls.
+float* scratch(int64_t need) {
+  thread_local std::vector<float> buffer;
+  if (static_cast<int64_t>(buffer.size()) < need) buffer.resize(need);
+  return buffer.data();
+}
+
 const float* data_or_null(const std::optional<at::Tensor>& t) {
   return t.has_value() ? t->data_ptr<float>() : nullptr;
 }
@@ -274,24 +284,37 @@ at::Tensor conv_block(const at::Tensor& x, const at::Tensor& weight, const std::
   at::Tensor y = at::empty({n, cout, h, w}, x.options());
   float* yd = y.data_ptr<float>();
   const float os = static_cast<float>(out_scale);
-  at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
-    // per-thread scratch, reused across calls: the bordered input, the tiles, the affine, one plane
-    thread_local std::vector<float> scratch;
-    const int64_t need = g.cin * g.plane + g.cout * g.padded + 2 * cin + g.cout + hin * win;
-    if (static_cast<int64_t>(scratch.size()) < need) scratch.resize(need);
-    float *xp = scratch.data(), *tmp = xp + g.cin * g.plane, *a = tmp + g.cout * g.padded, *b = a + cin;
-    float *init = b + cin, *row = init + g.cout;
-    std::fill(xp, xp + g.cin * g.plane, 0.f);
-    for (int64_t s = begin; s < end; ++s) {
-      affine(pro, xd + s * cin * hin * win, s, cin, hin * win, a, b);
-      fill(pro, g, xd + s * cin * hin * win, hin, win, a, b, row, xp);
-      for (int64_t c = 0; c < cout; ++c) init[c] = (bd ? bd[c] : 0.f) + (ad ? ad[s * cout + c] : 0.f);
-      convolve(g, xp, wd, init, tmp);
-      for (int64_t c = 0; c < cout; ++c)
-        store_rows(g, tmp + c * g.padded, rd ? rd + (s * cout + c) * h * w : nullptr, os,
-                   yd + (s * cout + c) * h * w);
-    }
-  });
+  // Scratch per sample: the bordered input, the tiles, the affine (a, b), the tile init, one plane.
+  const int64_t xp_size = g.cin * g.plane, tmp_size = g.cout * g.padded;
+  const int64_t need = xp_size + tmp_size + 2 * cin + g.cout + hin * win;
+  auto prepare = [&](int64_t s, float* xp) {  // prologue of sample s, and its tile init
+    float *a = xp + xp_size + tmp_size, *b = a + cin, *init = b + cin, *row = init + g.cout;
+    std::fill(xp, xp + xp_size, 0.f);
+    affine(pro, xd + s * cin * hin * win, s, cin, hin * win, a, b);
+    fill(pro, g, xd + s * cin * hin * win, hin, win, a, b, row, xp);
+    for (int64_t c = 0; c < cout; ++c) init[c] = (bd ? bd[c] : 0.f) + (ad ? ad[s * cout + c] : 0.f);
+  };
+  auto finish = [&](int64_t s, float* xp, int64_t c0, int64_t c1) {  // channels [c0, c1) of sample s
+    float *tmp = xp + xp_size, *init = tmp + tmp_size + 2 * cin;
+    convolve(g, xp, wd, init, tmp, c0, c1);
+    for (int64_t c = c0; c < c1; ++c)
+      store_rows(g, tmp + c * g.padded, rd ? rd + (s * cout + c) * h * w : nullptr, os, yd + (s * cout + c) * h * w);
+  };
+  if (n == 1 && at::get_num_threads() > 1) {  // one sample: threads split its output channels
+    float* xp = scratch(need);
+    prepare(0, xp);
+    at::parallel_for(0, (cout + CB - 1) / CB, 1, [&](int64_t b0, int64_t b1) {
+      finish(0, xp, b0 * CB, std::min(b1 * CB, cout));
+    });
+  } else {
+    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+      float* xp = scratch(need);
+      for (int64_t s = begin; s < end; ++s) {
+        prepare(s, xp);
+        finish(s, xp, 0, cout);
+      }
+    });
+  }
   return y;
 }
 
