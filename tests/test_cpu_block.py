@@ -55,6 +55,7 @@ CASES = {  # name: _case kwargs
     "1x1-down-skip": dict(n=2, cin=8, cout=16, h=8, w=8, k=1, norm=False, act=False, resample="down"),
     "1x1-up-skip": dict(n=1, cin=32, cout=16, h=4, w=4, k=1, norm=False, act=False, resample="up"),
     "wide": dict(n=1, cin=64, cout=40, h=4, w=4, add=True, residual=True),
+    "split-channels": dict(n=1, cin=32, cout=40, h=16, w=16),  # ≥ 2 MFLOP: 2 threads split the channels
 }
 
 
