@@ -18,6 +18,7 @@
 // The reference is `fastflow.fused.cpu_block.conv_block_ref`.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/EmptyTensor.h>
 #include <torch/library.h>
 #include <torch/csrc/inductor/aoti_torch/c/shim.h>
 #include <torch/csrc/inductor/aoti_torch/utils.h>
@@ -32,7 +33,7 @@ namespace {
 
 #if defined(__AVX512F__)
 constexpr int VL = 16;  // floats per vector register
-constexpr int CB = 8;   // output channels per register tile (CB·NV ≤ 24 of 32 registers)
+constexpr int CB = 8;   // output channels per register tile (CB·NV ≤ 24 of 32 registers); also CB/2, 1
 #else
 constexpr int VL = 8;
 constexpr int CB = 4;   // 16 registers
@@ -61,25 +62,41 @@ Geometry geometry(int64_t cin, int64_t cout, int64_t h, int64_t w, int taps) {
 }
 
 // One register tile: out[r][p] = init[r] + Σ_{ci,k} w[r][ci·TAPS + k] · xp[ci][p + off[k]].
-// Not inlined: inside a larger function the compiler spills the CB·NV accumulators.
-template <int TAPS, int NV>
-__attribute__((noinline)) void tile(const Geometry& g, const float* xp, const float* w, int64_t wstride, const float* init,
-          int rows, float* out) {
-  vec acc[CB][NV];
-  for (int r = 0; r < CB; ++r)
-    for (int j = 0; j < NV; ++j) acc[r][j] = vec{} + (r < rows ? init[r] : 0.f);
-  for (int64_t ci = 0; ci < g.cin; ++ci, xp += g.plane, w += TAPS) {
+// Rows past `rows` (the last block of channels) repeat the last row and are not stored: no branch
+// in the loop. Not inlined: inside a larger function the compiler spills the CB·NV accumulators.
+template <int TAPS, int RB, int NV>
+__attribute__((noinline)) void tile(const Geometry& g, const float* xp, const float* w, int64_t wstride,
+                                    const float* init, int rows, float* out) {
+  const float* wr[RB];
+  vec acc[RB][NV];
+  for (int r = 0; r < RB; ++r) {
+    const int row = std::min(r, rows - 1);
+    wr[r] = w + row * wstride;
+    for (int j = 0; j < NV; ++j) acc[r][j] = vec{} + init[row];
+  }
+  int off[TAPS];
+  for (int k = 0; k < TAPS; ++k) off[k] = g.off[k];
+  for (int64_t ci = 0; ci < g.cin; ++ci, xp += g.plane) {
     for (int k = 0; k < TAPS; ++k) {
       vec a[NV];
-      for (int j = 0; j < NV; ++j) a[j] = load(xp + g.off[k] + j * VL);
-      for (int r = 0; r < CB; ++r) {
-        const float b = r < rows ? w[r * wstride + k] : 0.f;
+      for (int j = 0; j < NV; ++j) a[j] = load(xp + off[k] + j * VL);
+      for (int r = 0; r < RB; ++r) {
+        const float b = wr[r][k];
         for (int j = 0; j < NV; ++j) acc[r][j] += a[j] * b;
       }
     }
+    for (int r = 0; r < RB; ++r) wr[r] += TAPS;
   }
   for (int r = 0; r < rows; ++r)
     for (int j = 0; j < NV; ++j) store(out + r * g.padded + j * VL, acc[r][j]);
+}
+
+template <int TAPS, int RB>
+void tiles(int64_t nv, const Geometry& g, const float* xp, const float* w, int64_t wstride, const float* init,
+           int rows, float* out) {
+  if (nv == 3) tile<TAPS, RB, 3>(g, xp, w, wstride, init, rows, out);
+  else if (nv == 2) tile<TAPS, RB, 2>(g, xp, w, wstride, init, rows, out);
+  else tile<TAPS, RB, 1>(g, xp, w, wstride, init, rows, out);
 }
 
 template <int TAPS>
@@ -92,9 +109,9 @@ void convolve_taps(const Geometry& g, const float* xp, const float* weight, cons
       const int64_t nv = std::min<int64_t>(NV_MAX, (g.padded - p0) / VL);
       const float* w = weight + c0 * k;
       float* out = tmp + c0 * g.padded + p0;
-      if (nv == 3) tile<TAPS, 3>(g, xp + p0, w, k, init + c0, rows, out);
-      else if (nv == 2) tile<TAPS, 2>(g, xp + p0, w, k, init + c0, rows, out);
-      else tile<TAPS, 1>(g, xp + p0, w, k, init + c0, rows, out);
+      if (rows == 1) tiles<TAPS, 1>(nv, g, xp + p0, w, k, init + c0, rows, out);  // e.g. a 1-channel output
+      else if (rows <= CB / 2) tiles<TAPS, CB / 2>(nv, g, xp + p0, w, k, init + c0, rows, out);
+      else tiles<TAPS, CB>(nv, g, xp + p0, w, k, init + c0, rows, out);
     }
   }
 }
@@ -193,12 +210,16 @@ void affine(const Prologue& p, const float* x, int64_t n, int64_t c, int64_t hw,
 void fill(const Prologue& p, const Geometry& g, const float* x, int64_t hin, int64_t win,
           const float* a, const float* b, float* row, float* xp) {
   for (int64_t c = 0; c < g.cin; ++c) {
-    affine_act(x + c * hin * win, a[c], b[c], p.act, hin * win, row);
     float* dst = xp + c * g.plane + g.wp + 1;
+    if (p.resample == 0 && win >= VL) {  // rows of whole vectors: straight into the buffer
+      for (int64_t i = 0; i < g.h; ++i) affine_act(x + (c * hin + i) * win, a[c], b[c], p.act, win, dst + i * g.wp);
+      continue;
+    }
+    affine_act(x + c * hin * win, a[c], b[c], p.act, hin * win, row);  // the plane, vectorised
     for (int64_t i = 0; i < g.h; ++i) {
       float* d = dst + i * g.wp;
       if (p.resample == 0) {
-        std::memcpy(d, row + i * win, win * sizeof(float));
+        for (int64_t j = 0; j < g.w; ++j) d[j] = row[i * win + j];
       } else if (p.resample == 1) {
         const float* s = row + (i / 2) * win;
         for (int64_t j = 0; j < g.w; ++j) d[j] = s[j / 2];
@@ -242,14 +263,16 @@ void check_vector(const std::optional<at::Tensor>& t, const char* name, at::IntA
   TORCH_CHECK(t->sizes() == shape, "conv_block: ", name, " must be ", shape, ", got ", t->sizes());
 }
 
-}  // namespace
+struct Sizes {
+  int64_t n, cin, hin, win, cout, h, w;
+  int taps;
+};
 
-at::Tensor conv_block(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
-                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                      int64_t groups, double eps, bool act, int64_t resample,
-                      const std::optional<at::Tensor>& add, const std::optional<at::Tensor>& residual,
-                      double out_scale) {
+// The op's argument checks (the Python wrapper raises typed errors first); returns the sizes.
+Sizes check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                 const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
+                 const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, int64_t groups,
+                 int64_t resample, const std::optional<at::Tensor>& add, const std::optional<at::Tensor>& residual) {
   TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu() && x.is_contiguous(),
               "conv_block: x must be a contiguous float32 CPU tensor [B, C, H, W]");
   const int64_t n = x.size(0), cin = x.size(1), hin = x.size(2), win = x.size(3);
@@ -276,12 +299,26 @@ at::Tensor conv_block(const at::Tensor& x, const at::Tensor& weight, const std::
   check_vector(add, "add", {n, cout});
   check_vector(residual, "residual", {n, cout, h, w});
 
+  return {n, cin, hin, win, cout, h, w, taps};
+}
+
+}  // namespace
+
+at::Tensor conv_block(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
+                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
+                      int64_t groups, double eps, bool act, int64_t resample,
+                      const std::optional<at::Tensor>& add, const std::optional<at::Tensor>& residual,
+                      double out_scale) {
+  const Sizes sz = check_args(x, weight, bias, norm_weight, norm_bias, scale, shift, groups, resample, add, residual);
+  const int64_t n = sz.n, cin = sz.cin, hin = sz.hin, win = sz.win, cout = sz.cout, h = sz.h, w = sz.w;
+  const int taps = sz.taps;  // (not structured bindings: C++17 lambdas cannot capture those)
   const Geometry g = geometry(cin, cout, h, w, taps);
   const Prologue pro{data_or_null(norm_weight), data_or_null(norm_bias), data_or_null(scale),
                      data_or_null(shift), groups, eps, act, resample};
   const float *xd = x.data_ptr<float>(), *wd = weight.data_ptr<float>(), *bd = data_or_null(bias);
   const float *ad = data_or_null(add), *rd = data_or_null(residual);
-  at::Tensor y = at::empty({n, cout, h, w}, x.options());
+  at::Tensor y = at::detail::empty_cpu({n, cout, h, w}, at::kFloat, false, std::nullopt);  // no dispatch
   float* yd = y.data_ptr<float>();
   const float os = static_cast<float>(out_scale);
   // Scratch per sample: the bordered input, the tiles, the affine (a, b), the tile init, one plane.
