@@ -9,7 +9,7 @@ for the Triton kernels: the op (:func:`conv_block`, reference :func:`conv_block_
 
 The op is compiled from source on first use (``torch.utils.cpp_extension``, cached; needs a C++
 compiler, as AOTInductor does) and carries a C shim, so an AOTInductor package calls it directly
-(:data:`AOTI_SHIMS`); ``fastflow-run`` links the same source.
+(:func:`aoti_configs`); ``fastflow-run`` links the same source.
 """
 
 from __future__ import annotations
@@ -80,7 +80,8 @@ def conv_block_ref(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[T
                    scale: Tensor | None = None, shift: Tensor | None = None, act: bool = True,
                    resample: str | None = None, add: Tensor | None = None, residual: Tensor | None = None,
                    out_scale: float = 1.0) -> Tensor:
-    """``(conv3x3(resample(act(GN(x)·(1+scale)+shift))) + bias + add + residual) · out_scale``;
+    """``(conv(resample(act(GN(x)·(1+scale)+shift))) + bias + add + residual) · out_scale`` (3×3 with
+    padding 1, or 1×1, by the weight);
     ``norm = (weight, bias, groups, eps)`` or ``None`` (then ``act`` applies to ``x`` itself)."""
     if norm is not None:
         a = group_norm_ref(x, norm[0], norm[1], norm[2], norm[3], scale, shift, act)
