@@ -215,10 +215,14 @@ def test_generator_backends_time_openvino_and_int8_against_eager() -> None:
         assert r["threads"] == torch.get_num_threads()
 
 
-@pytest.mark.slow  # ~45 s; tests/test_export.py builds and validates a --prepack package in make test
-def test_prepack_rows_time_the_frozen_package_against_eager() -> None:
-    """``aoti-prepack`` and ``native-prepack``: the ``fastflow-export --prepack`` package from Python and
-    from ``fastflow-run``, checked against eager; the runner's row carries its fastest call too."""
+# ~45 / ~120 s; make test validates a --prepack package (tests/test_export.py) and runs a --cpu-kernels
+# package in ctest (runner.cpuk-*)
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["prepack", "cpuk"])
+def test_package_rows_time_the_package_against_eager(kind) -> None:
+    """``aoti-<kind>`` and ``native-<kind>``: the ``fastflow-export --prepack`` / ``--cpu-kernels``
+    package from Python and from ``fastflow-run``, checked against eager; the runner's row carries its
+    fastest call too."""
     from fastflow.bench.latency import find_runner
 
     try:
@@ -226,29 +230,10 @@ def test_prepack_rows_time_the_frozen_package_against_eager() -> None:
     except MissingBackendError:
         pytest.skip("fastflow-run not built (make native)")
     m, z = _tiny_random()
-    rows = latency_suite(m, m, z, ["aoti-prepack", "native-prepack"], euler_ns=[1], heun_ns=[], rk45=False,
-                         iters=3, warmup=1)
+    names = [f"aoti-{kind}", f"native-{kind}"]
+    rows = latency_suite(m, m, z, names, euler_ns=[1], heun_ns=[], rk45=False, iters=3, warmup=1)
     gen = {r["backend"]: r for r in rows}
-    assert set(gen) == {"aoti-prepack", "native-prepack"}
+    assert set(gen) == set(names)
     for r in gen.values():
         assert r["precision"] == "fp32" and r["max_abs_vs_eager"] < 1e-4 and r["nfe"] == 1
-    assert 0 < gen["native-prepack"]["min_ms"] <= gen["native-prepack"]["p50_ms"]
-
-
-@pytest.mark.slow  # ~60 s; make test runs a --cpu-kernels package in ctest (runner.cpuk-*)
-def test_cpuk_rows_time_the_cpu_kernel_package_against_eager() -> None:
-    """``aoti-cpuk`` and ``native-cpuk``: the ``fastflow-export --cpu-kernels`` package from Python and
-    from ``fastflow-run``, checked against eager."""
-    from fastflow.bench.latency import find_runner
-
-    try:
-        find_runner(None)
-    except MissingBackendError:
-        pytest.skip("fastflow-run not built (make native)")
-    m, z = _tiny_random()
-    rows = latency_suite(m, m, z, ["aoti-cpuk", "native-cpuk"], euler_ns=[1], heun_ns=[], rk45=False,
-                         iters=3, warmup=1)
-    gen = {r["backend"]: r for r in rows}
-    assert set(gen) == {"aoti-cpuk", "native-cpuk"}
-    for r in gen.values():
-        assert r["precision"] == "fp32" and r["max_abs_vs_eager"] < 1e-4 and r["nfe"] == 1
+    assert 0 < gen[names[1]]["min_ms"] <= gen[names[1]]["p50_ms"]
