@@ -7,8 +7,7 @@ import json
 import pytest
 import torch
 
-from fastflow.errors import DTypeError, ShapeError
-from fastflow.export import Generator
+from fastflow.errors import ConfigError, DTypeError, MissingBackendError, ShapeError
 from fastflow.fused import cpu_block
 from fastflow.fused.cpu_block import CpuConv3x3, CpuResBlock, DeferredNorm, MathSDPA, conv_block, conv_block_ref
 from fastflow.models import build_model, save_model
@@ -92,8 +91,21 @@ def test_conv_block_refuses_bad_input() -> None:
         conv_block(**{**args, "norm": (*args["norm"][:2], 5, 1e-6)})
     with pytest.raises(ShapeError, match="even"):
         conv_block(**_case(n=1, cin=4, cout=4, h=5, w=4, resample="down"))
-    with pytest.raises(RuntimeError, match="inference"):
+    with pytest.raises(ConfigError, match="inference"):
         conv_block(**{**args, "weight": args["weight"].requires_grad_()})
+    with torch.no_grad():  # the same tensors are fine without autograd
+        conv_block(**args)
+
+
+def test_build_failure_is_one_missing_backend_error(monkeypatch) -> None:
+    """No compiler (or a failed build): one :class:`MissingBackendError` naming the cause."""
+    from torch.utils import cpp_extension
+
+    def fail(**_):
+        raise RuntimeError("Error building extension 'fastflow_cpu_ops'\nc++: not found")
+    monkeypatch.setattr(cpp_extension, "load", fail)
+    with pytest.raises(MissingBackendError, match="did not build .Error building extension.*C\\+\\+ compiler"):
+        cpu_block.load.__wrapped__()
 
 
 def test_math_sdpa_equals_sdpa() -> None:
@@ -101,10 +113,12 @@ def test_math_sdpa_equals_sdpa() -> None:
     torch.testing.assert_close(MathSDPA()(q, k, v), SDPA()(q, k, v))
 
 
-@pytest.mark.parametrize("overrides", [{}, {"scale_shift": True, "num_classes": 10}, {"skip_rescale": False}])
+@pytest.mark.parametrize("overrides", [{}, {"scale_shift": True, "num_classes": 10}, {"skip_rescale": False},
+                                       {"cond_channels": 1}, {"times": 2}])
 def test_swap_matches_unswapped_unet(overrides) -> None:
-    """The swapped digits-small UNet (ResBlocks with up/down resampling, attention, class labels or
-    scale-shift) gives the unswapped output; parameters and state-dict keys are shared and unchanged."""
+    """The swapped digits-small UNet (ResBlocks with up/down resampling, attention; class labels with
+    scale-shift, an image condition, two times) gives the unswapped velocity; parameters and
+    state-dict keys are shared and unchanged."""
     torch.manual_seed(0)
     m = build_model({"preset": "digits-small", **overrides}).eval()
     for p in m.parameters():
@@ -112,24 +126,25 @@ def test_swap_matches_unswapped_unet(overrides) -> None:
     swapped = build_model({"preset": "digits-small", **overrides}).eval()
     swapped.load_state_dict(m.state_dict())
     report = cpu_block.swap_cpu_blocks(swapped)
-    kinds = {now for _, _, now in report.swapped}
-    assert kinds == {"CpuResBlock", "CpuConv3x3", "MathSDPA"}
+    assert {now for _, _, now in report.swapped} == {"CpuResBlock", "CpuConv3x3", "MathSDPA"}
     assert sum(isinstance(x, CpuResBlock) for x in swapped.modules()) == 15
     assert isinstance(swapped.norm_out, DeferredNorm) and isinstance(swapped.conv_out, CpuConv3x3)
     assert list(swapped.state_dict()) == list(m.state_dict())
-    label = torch.randint(0, 10, (3,)) if overrides.get("num_classes") else None
-    z = torch.randn(3, 1, 16, 16)
+    x, t = torch.randn(3, 1, 16, 16), torch.rand(3)
+    cond = (torch.randint(0, 10, (3,)) if overrides.get("num_classes") else
+            torch.randn(3, 1, 16, 16) if overrides.get("cond_channels") else None)
+    t_end = torch.ones(3) if overrides.get("times") == 2 else None
     with torch.no_grad():
-        torch.testing.assert_close(Generator(swapped, 1)(z, label) if label is not None else Generator(swapped, 1)(z),
-                                   Generator(m, 1)(z, label) if label is not None else Generator(m, 1)(z),
-                                   atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(swapped(x, t, cond, t_end), m(x, t, cond, t_end), atol=2e-5, rtol=1e-4)
 
 
 def test_cpu_res_block_refuses_training() -> None:
     m = build_model({"preset": "tiny", "dropout": 0.1})
     cpu_block.swap_cpu_blocks(m)
-    with pytest.raises(RuntimeError, match="inference"):
+    with torch.no_grad(), pytest.raises(ConfigError, match="inference"):  # dropout would be skipped
         m(torch.randn(1, 3, 8, 8), torch.rand(1))
+    with pytest.raises(ConfigError, match="inference"):  # no gradients through the kernel
+        m.eval()(torch.randn(1, 3, 8, 8), torch.rand(1))
 
 
 def _small_ckpt(path):

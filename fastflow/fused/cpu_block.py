@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import math
+import subprocess
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -24,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.errors import DTypeError, MissingBackendError, ShapeError
-from fastflow.fused.swap import SwapReport, _set
+from fastflow.errors import ConfigError, DTypeError, MissingBackendError, ShapeError
+from fastflow.fused.swap import SwapReport, replace_module
 from fastflow.models.layers import SDPA, GroupNormAct, ResBlock
 from fastflow.models.reference import group_norm_ref
 
@@ -49,7 +50,7 @@ def load() -> str:
     try:
         path = cpp_extension.load(name="fastflow_cpu_ops", sources=[str(SOURCE)], is_python_module=False,
                                   extra_cflags=["-O3", "-march=native"], verbose=False)
-    except (RuntimeError, OSError, FileNotFoundError) as e:
+    except (RuntimeError, OSError, subprocess.SubprocessError) as e:  # no compiler, or it failed
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MissingBackendError(f"the CPU block kernel did not build ({first}); it needs a C++ compiler") from None
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
@@ -125,7 +126,7 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, T
         if t.dtype != torch.float32 or t.device.type != "cpu":
             raise DTypeError(f"the CPU block kernel takes float32 CPU tensors, {name} is {t.dtype} on {t.device}")
         if t.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("the CPU block kernel is inference-only: call it under torch.no_grad()")
+            raise ConfigError("the CPU block kernel is inference-only: call it under torch.no_grad()")
     if x.dim() != 4 or weight.dim() != 4 or weight.shape[1:] not in ((x.shape[1], 3, 3), (x.shape[1], 1, 1)):
         raise ShapeError(f"conv_block: x [B, C, H, W] and weight [Cout, C, 3, 3] or [Cout, C, 1, 1], got "
                          f"{tuple(x.shape)} and {tuple(weight.shape)}")
@@ -159,7 +160,7 @@ class CpuResBlock(ResBlock):
 
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         if self.training and self.dropout.p > 0:
-            raise RuntimeError("CpuResBlock is inference-only (dropout is active in training mode)")
+            raise ConfigError("CpuResBlock is inference-only (dropout is active in training mode): call .eval()")
         n0, n1 = self.norm0, self.norm1
         e = self.emb(F.silu(temb))
         h = conv_block(x, self.conv0.weight, self.conv0.bias, (n0.weight, n0.bias, n0.num_groups, n0.eps),
@@ -238,10 +239,10 @@ def swap_cpu_blocks(model: nn.Module) -> SwapReport:
         pre = f"{prefix}." if prefix else ""
         for name, m in list(unet.named_modules()):
             if type(m) is ResBlock:
-                _set(unet, name, CpuResBlock.from_module(m))
+                replace_module(unet, name, CpuResBlock.from_module(m))
                 report.swapped.append((pre + name, "ResBlock", "CpuResBlock"))
             elif type(m) is SDPA:
-                _set(unet, name, MathSDPA())
+                replace_module(unet, name, MathSDPA())
                 report.swapped.append((pre + name, "SDPA", "MathSDPA"))
         if _is_conv3x3(unet.conv_in):
             unet.conv_in = CpuConv3x3.from_module(unet.conv_in)

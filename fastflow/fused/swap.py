@@ -28,7 +28,8 @@ class SwapReport:
         return "\n".join(lines)
 
 
-def _set(model: nn.Module, name: str, module: nn.Module) -> None:
+def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` at the dotted ``name`` inside ``model``."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
@@ -85,6 +86,6 @@ def swap(model: nn.Module, groupnorm: bool = True, attention: bool = True) -> Sw
             report.left.append((name, "nn.MultiheadAttention", "not a supported attention layout"))
     for name, new, what in replace:
         was, _, now = what.partition(" -> ")
-        _set(model, name, new)
+        replace_module(model, name, new)
         report.swapped.append((name, was, now))
     return report
