@@ -1,6 +1,6 @@
 """The CPU block kernel (``fastflow.fused.cpu_block``): the op against its float64 reference on
-fresh random inputs over every prologue/epilogue option, batch/thread split, and odd channel and
-pixel counts; typed errors; the module swap against the unswapped UNet; ``--cpu-kernels``."""
+fresh random inputs over every prologue/epilogue option, input layout, batch/thread split, and odd
+channel and pixel counts; typed errors; the module swap against the unswapped UNet; ``--cpu-kernels``."""
 
 import json
 
@@ -55,6 +55,13 @@ CASES = {  # name: _case kwargs
     "1x1-up-skip": dict(n=1, cin=32, cout=16, h=4, w=4, k=1, norm=False, act=False, resample="up"),
     "wide": dict(n=1, cin=64, cout=40, h=4, w=4, add=True, residual=True),
     "split-channels": dict(n=1, cin=32, cout=40, h=16, w=16),  # ≥ 2 MFLOP: 2 threads split the channels
+    # the kernel's layouts: im2col (2 ≤ W < a vector of 8 or 16, W dividing it), bordered, flat (1×1)
+    "im2col-2-wide": dict(n=1, cin=8, cout=8, h=3, w=2),  # a vector holds more rows than the map
+    "im2col-partial": dict(n=2, cin=8, cout=12, h=3, w=4, modulate=True, residual=True),
+    "im2col-up": dict(n=1, cin=8, cout=8, h=2, w=4, resample="up"),
+    "im2col-down": dict(n=1, cin=8, cout=8, h=16, w=16, resample="down"),
+    "bordered-1-wide": dict(n=1, cin=4, cout=4, h=5, w=1),
+    "1x1-flat": dict(n=1, cin=16, cout=8, h=16, w=16, k=1, norm=False, act=False, residual=True),
 }
 
 

@@ -1,5 +1,6 @@
 """The CPU block kernel: a UNet ResBlock's two 3×3 convolutions with GroupNorm + SiLU (+ resampling)
-fused in front and the bias, time embedding and residual fused behind (``csrc/conv_block.cpp``).
+fused in front and the bias, time embedding and residual fused behind (``csrc/conv_block.cpp``; the
+op and its C shim in ``csrc/conv_block_op.cpp``).
 
 For batch-1 inference on CPUs, where a small one-step student is bound by per-op overhead and by
 GEMM libraries' use of 8–64 channels. Inference only (fp32, NCHW, no autograd). Three layers, as
@@ -30,7 +31,7 @@ from fastflow.fused.swap import SwapReport, replace_module
 from fastflow.models.layers import SDPA, GroupNormAct, ResBlock
 from fastflow.models.reference import group_norm_ref
 
-SOURCE = Path(__file__).parent / "csrc" / "conv_block.cpp"
+SOURCES = [str(Path(__file__).parent / "csrc" / f) for f in ("conv_block.cpp", "conv_block_op.cpp")]
 RESAMPLE = {None: 0, "up": 1, "down": -1}
 
 #: The C shim declaration AOTInductor needs (``aot_inductor.custom_ops_to_c_shims``).
@@ -48,7 +49,7 @@ def load() -> str:
     from torch.utils import cpp_extension
 
     try:
-        path = cpp_extension.load(name="fastflow_cpu_ops", sources=[str(SOURCE)], is_python_module=False,
+        path = cpp_extension.load(name="fastflow_cpu_ops", sources=SOURCES, is_python_module=False,
                                   extra_cflags=["-O3", "-march=native"], verbose=False)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:  # no compiler, or it failed
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

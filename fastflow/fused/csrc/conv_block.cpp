@@ -1,34 +1,26 @@
-// fastflow_cpu::conv_block — a UNet block's 3×3 convolution for the CPU with its prologue and
-// epilogue fused (inference; fp32, NCHW):
-//
-//   a   = act(GroupNorm(x)·(1 + scale) + shift)        (norm optional; act = SiLU or identity)
-//   a   = resample(a)                                  (none, nearest 2× up, 2×2 average down)
-//   y   = (conv(a, W) + bias + add[:, :, None, None] + residual) · out_scale   (3×3 pad 1, or 1×1)
+// The kernel of fastflow_cpu::conv_block (conv_block.h has the formula; conv_block_op.cpp the op).
 //
 // At batch 1 a small UNet is bound by per-op overhead and by GEMM libraries' poor use of tiny
-// channel counts (8–64). This kernel vectorises over output *pixels* instead: the activation is
-// written once into a zero-bordered buffer with rows of W + 2, on which every tap (kh, kw) of the
-// 3×3 stencil is the same buffer shifted by kh·(W + 2) + kw — a GEMM whose B operand is never
-// materialised (no im2col). A register tile of CB output channels × NV vectors of pixels is
-// accumulated over Cin·9 taps with one broadcast weight per channel and tap; the two pad columns
-// computed per row are discarded when the tile is stored.
-//
-// Registered as the PyTorch op `fastflow_cpu::conv_block` (CPU) and exported with a C shim,
-// `aoti_torch_cpu_conv_block`, so that AOTInductor packages call it directly (no proxy executor).
-// The reference is `fastflow.fused.cpu_block.conv_block_ref`.
-#include <ATen/ATen.h>
+// channel counts (8–64). This kernel vectorises over output *pixels* instead. A register tile of
+// CB output channels × NV vectors of pixels is accumulated over Cin·taps products of one broadcast
+// weight and one vector of inputs, read from one of three layouts of the prologue's activations:
+//   bordered  the activation in a zero-bordered buffer with rows of W + 2: tap (kh, kw) is the
+//             buffer shifted by kh·(W + 2) + kw, so no column matrix is built; the two pad
+//             columns computed per row are discarded on store (wide maps: W ≥ a vector, or odd);
+//   im2col    small maps (2 ≤ W < a vector, W dividing it): the column matrix, one vector per tap
+//             and pixel vector, shuffled out of the bordered rows in registers; no wasted lanes;
+//   flat      1×1: the activation itself, rows packed.
+#include "conv_block.h"
+
 #include <ATen/Parallel.h>
-#include <ATen/EmptyTensor.h>
-#include <torch/library.h>
-#include <torch/csrc/inductor/aoti_torch/c/shim.h>
-#include <torch/csrc/inductor/aoti_torch/utils.h>
+#include <immintrin.h>
 
 #include <algorithm>
 #include <cmath>
-#include <cstdint>
 #include <cstring>
 #include <vector>
 
+namespace fastflow_cpu {
 namespace {
 
 #if defined(__AVX512F__)
@@ -40,24 +32,40 @@ constexpr int CB = 4;   // 16 registers
 #endif
 constexpr int NV_MAX = 3;  // pixel vectors per register tile
 typedef float vec __attribute__((vector_size(VL * sizeof(float))));
+typedef int32_t ivec __attribute__((vector_size(VL * sizeof(int32_t))));
 
 inline vec load(const float* p) { vec v; std::memcpy(&v, p, sizeof v); return v; }
 inline void store(float* p, vec v) { std::memcpy(p, &v, sizeof v); }
 
+enum class Layout { Bordered, Im2col, Flat };
+
 struct Geometry {
-  int64_t cin, cout, h, w;      // the convolution's input (after resampling) and output size
-  int64_t wp, pixels, padded;   // row pitch W + 2, H·(W + 2), that rounded up to vectors
-  int64_t plane;                // floats per channel in the bordered buffer
-  int taps;                     // 9 (3×3) or 1 (1×1: the centre tap)
-  int off[9];                   // tap offsets in the bordered buffer
+  int64_t cin, cout, h, w;  // the convolution's input (after resampling) and output size
+  Layout layout;
+  int64_t wp;               // row pitch W + 2 of a bordered plane
+  int64_t bplane;           // floats of a bordered plane (with a margin for whole-vector reads)
+  int64_t pitch;            // row pitch of the tiles' output: W + 2 (bordered) or W
+  int64_t padded;           // tile output floats per channel: H·pitch rounded up to vectors
+  int64_t plane;            // floats per input channel in the buffer the tiles read
+  int taps;                 // 9 (3×3) or 1 (1×1: the centre tap)
+  int off[9];               // tap offsets in that buffer
 };
 
 Geometry geometry(int64_t cin, int64_t cout, int64_t h, int64_t w, int taps) {
-  Geometry g{cin, cout, h, w, w + 2, h * (w + 2), 0, 0, taps, {}};
-  g.padded = (g.pixels + VL - 1) / VL * VL;
-  g.plane = (h + 2) * g.wp + 2 * VL;  // the last tile reads up to VL − 1 + 2·wp + 2 past its start
-  for (int k = 0; k < 9; ++k) g.off[k] = static_cast<int>((k / 3) * g.wp + k % 3);
-  if (taps == 1) g.off[0] = static_cast<int>(g.wp + 1);
+  Geometry g{cin, cout, h, w, Layout::Bordered, w + 2, 0, w + 2, 0, 0, taps, {}};
+  g.bplane = (h + 2) * g.wp + 2 * VL;  // a tile (or shuffle) reads up to 2·VL past a row start
+  if (taps == 1) g.layout = Layout::Flat;
+  else if (w >= 2 && w < VL && VL % w == 0) g.layout = Layout::Im2col;
+  if (g.layout == Layout::Bordered) {
+    g.padded = (h * g.wp + VL - 1) / VL * VL;
+    g.plane = g.bplane;
+    for (int k = 0; k < 9; ++k) g.off[k] = static_cast<int>((k / 3) * g.wp + k % 3);
+  } else {
+    g.pitch = w;
+    g.padded = (h * w + VL - 1) / VL * VL;
+    g.plane = taps * g.padded;
+    for (int k = 0; k < taps; ++k) g.off[k] = static_cast<int>(k * g.padded);
+  }
   return g;
 }
 
@@ -99,9 +107,11 @@ void tiles(int64_t nv, const Geometry& g, const float* xp, const float* w, int64
   else tile<TAPS, RB, 1>(g, xp, w, wstride, init, rows, out);
 }
 
+// Output channels [c_begin, c_end) (a multiple of CB apart, but for the last) of one sample into
+// `tmp` ([cout][padded]).
 template <int TAPS>
-void convolve_taps(const Geometry& g, const float* xp, const float* weight, const float* init, float* tmp,
-                   int64_t c_begin, int64_t c_end) {
+void convolve(const Geometry& g, const float* xp, const float* weight, const float* init, float* tmp,
+              int64_t c_begin, int64_t c_end) {
   const int64_t k = g.cin * TAPS;
   for (int64_t c0 = c_begin; c0 < c_end; c0 += CB) {
     const int rows = static_cast<int>(std::min<int64_t>(CB, c_end - c0));
@@ -116,17 +126,8 @@ void convolve_taps(const Geometry& g, const float* xp, const float* weight, cons
   }
 }
 
-// Output channels [c_begin, c_end) (a multiple of CB apart, but for the last) of one sample's
-// bordered buffer into `tmp` ([cout][padded]).
-void convolve(const Geometry& g, const float* xp, const float* weight, const float* init, float* tmp,
-              int64_t c_begin, int64_t c_end) {
-  if (g.taps == 9) convolve_taps<9>(g, xp, weight, init, tmp, c_begin, c_end);
-  else convolve_taps<1>(g, xp, weight, init, tmp, c_begin, c_end);
-}
-
 // exp for a vector (Cephes' polynomial on [−ln2/2, ln2/2] after x = n·ln2 + r; rel. error ~2e−7).
 inline vec vexp(vec x) {
-  typedef int32_t ivec __attribute__((vector_size(VL * sizeof(int32_t))));
   x = x < 88.f ? x : 88.f;
   x = x > -87.f ? x : -87.f;
   vec y = x * 1.44269504f;
@@ -146,12 +147,23 @@ inline vec vexp(vec x) {
   return p * scale;
 }
 
+// 1/d for d ≥ 1: the hardware estimate and one Newton step (rel. error < 1e−7; a division costs
+// several times more and bounded the SiLU prologue).
+inline vec reciprocal(vec d) {
+#if defined(__AVX512F__)
+  const vec r = (vec)_mm512_rcp14_ps((__m512)d);
+#else
+  const vec r = (vec)_mm256_rcp_ps((__m256)d);
+#endif
+  return r * (2.f - d * r);
+}
+
 // dst[i] = act(a·src[i] + b) over n contiguous values.
 void affine_act(const float* src, float a, float b, bool act, int64_t n, float* dst) {
   int64_t i = 0;
   for (; i + VL <= n; i += VL) {
     vec u = load(src + i) * a + b;
-    store(dst + i, act ? u / (1.f + vexp(-u)) : u);
+    store(dst + i, act ? u * reciprocal(1.f + vexp(-u)) : u);
   }
   for (; i < n; ++i) {
     const float u = a * src[i] + b;
@@ -173,19 +185,9 @@ double sum(const float* src, int64_t n, float mean = 0.f, bool squares = false) 
   return total;
 }
 
-struct Prologue {
-  const float* norm_weight;  // [Cin] or null (no GroupNorm)
-  const float* norm_bias;
-  const float* scale;        // [B, Cin] or null
-  const float* shift;
-  int64_t groups;
-  double eps;
-  bool act;
-  int64_t resample;          // 0 none, 1 up, -1 down
-};
-
 // Per-channel affine (a, b) of the normalisation for sample `n`: value = a·x + b.
-void affine(const Prologue& p, const float* x, int64_t n, int64_t c, int64_t hw, float* a, float* b) {
+void affine(const ConvBlockArgs& p, const float* x, int64_t n, float* a, float* b) {
+  const int64_t c = p.cin, hw = p.hin * p.win;
   if (!p.norm_weight) {
     std::fill(a, a + c, 1.f);
     std::fill(b, b + c, 0.f);
@@ -205,43 +207,76 @@ void affine(const Prologue& p, const float* x, int64_t n, int64_t c, int64_t hw,
   }
 }
 
-// Writes act(a·x + b), resampled, into the bordered buffer (borders stay zero); `row` is scratch
-// for one input channel.
-void fill(const Prologue& p, const Geometry& g, const float* x, int64_t hin, int64_t win,
-          const float* a, const float* b, float* row, float* xp) {
-  for (int64_t c = 0; c < g.cin; ++c) {
-    float* dst = xp + c * g.plane + g.wp + 1;
-    if (p.resample == 0 && win >= VL) {  // rows of whole vectors: straight into the buffer
-      for (int64_t i = 0; i < g.h; ++i) affine_act(x + (c * hin + i) * win, a[c], b[c], p.act, win, dst + i * g.wp);
-      continue;
-    }
-    affine_act(x + c * hin * win, a[c], b[c], p.act, hin * win, row);  // the plane, vectorised
-    for (int64_t i = 0; i < g.h; ++i) {
-      float* d = dst + i * g.wp;
-      if (p.resample == 0) {
-        for (int64_t j = 0; j < g.w; ++j) d[j] = row[i * win + j];
-      } else if (p.resample == 1) {
-        const float* s = row + (i / 2) * win;
-        for (int64_t j = 0; j < g.w; ++j) d[j] = s[j / 2];
-      } else {
-        const float *s0 = row + 2 * i * win, *s1 = s0 + win;
-        for (int64_t j = 0; j < g.w; ++j) d[j] = 0.25f * (s0[2 * j] + s0[2 * j + 1] + s1[2 * j] + s1[2 * j + 1]);
-      }
+// act(a·x + b) of one input channel, resampled to the output size, into `dst` with row pitch
+// `pitch`; `row` is scratch for one input plane.
+void place(const ConvBlockArgs& p, const Geometry& g, const float* x, float a, float b, float* row, float* dst,
+           int64_t pitch) {
+  const int64_t hin = p.hin, win = p.win;
+  if (p.resample == 0 && pitch == win) return affine_act(x, a, b, p.act, hin * win, dst);
+  if (p.resample == 0 && win >= VL) {  // rows of whole vectors: straight into dst
+    for (int64_t i = 0; i < g.h; ++i) affine_act(x + i * win, a, b, p.act, win, dst + i * pitch);
+    return;
+  }
+  affine_act(x, a, b, p.act, hin * win, row);  // the plane, vectorised
+  for (int64_t i = 0; i < g.h; ++i) {
+    float* d = dst + i * pitch;
+    if (p.resample == 0) {
+      std::copy(row + i * win, row + (i + 1) * win, d);
+    } else if (p.resample == 1) {
+      const float* s = row + (i / 2) * win;
+      for (int64_t j = 0; j < g.w; ++j) d[j] = s[j / 2];
+    } else {
+      const float *s0 = row + 2 * i * win, *s1 = s0 + win;
+      for (int64_t j = 0; j < g.w; ++j) d[j] = 0.25f * (s0[2 * j] + s0[2 * j + 1] + s1[2 * j] + s1[2 * j + 1]);
     }
   }
 }
 
-// y = (tile + residual) · out_scale for one output channel, dropping the two pad columns per row.
-void store_rows(const Geometry& g, const float* tile, const float* residual, float out_scale, float* y) {
-  for (int64_t i = 0; i < g.h; ++i) {
-    const float* t = tile + i * g.wp;
-    float* d = y + i * g.w;
-    if (residual) {
-      const float* r = residual + i * g.w;
-      for (int64_t j = 0; j < g.w; ++j) d[j] = (t[j] + r[j]) * out_scale;
-    } else {
-      for (int64_t j = 0; j < g.w; ++j) d[j] = t[j] * out_scale;
+// The 9 tap vectors of every pixel vector of one bordered plane `bp` into `col` (im2col layout).
+// A vector holds VL / W whole rows r0…; tap (kh, kw) reads bordered rows r0 + kh… at columns
+// j + kw, i.e. lanes of two consecutive vectors from row r0 + kh: one two-source shuffle.
+void im2col(const Geometry& g, const float* bp, float* col) {
+  ivec idx[3];
+  for (int kw = 0; kw < 3; ++kw)
+    for (int l = 0; l < VL; ++l) idx[kw][l] = static_cast<int32_t>(l / g.w * g.wp + l % g.w + kw);
+  const int64_t rows = VL / g.w;
+  for (int64_t p0 = 0, r0 = 0; p0 < g.padded; p0 += VL, r0 += rows)
+    for (int kh = 0; kh < 3; ++kh) {
+      const vec lo = load(bp + (r0 + kh) * g.wp), hi = load(bp + (r0 + kh) * g.wp + VL);
+      for (int kw = 0; kw < 3; ++kw) store(col + (kh * 3 + kw) * g.padded + p0, __builtin_shuffle(lo, hi, idx[kw]));
     }
+}
+
+// The activations of every input channel in the tiles' layout (`xp`, zeroed; `bp`: one zeroed
+// bordered plane for im2col).
+void fill(const ConvBlockArgs& p, const Geometry& g, const float* x, const float* a, const float* b, float* row,
+          float* bp, float* xp) {
+  for (int64_t c = 0; c < g.cin; ++c) {
+    const float* xc = x + c * p.hin * p.win;
+    float* dst = xp + c * g.plane;
+    if (g.layout == Layout::Flat) {
+      place(p, g, xc, a[c], b[c], row, dst, g.w);
+    } else if (g.layout == Layout::Bordered) {
+      place(p, g, xc, a[c], b[c], row, dst + g.wp + 1, g.wp);
+    } else {
+      place(p, g, xc, a[c], b[c], row, bp + g.wp + 1, g.wp);
+      im2col(g, bp, dst);
+    }
+  }
+}
+
+// y = (tile + residual) · out_scale for one output channel, dropping the pad columns of the
+// bordered layout.
+void store_channel(const Geometry& g, const float* tile, const float* residual, float out_scale, float* y) {
+  const bool packed = g.pitch == g.w;
+  const int64_t rows = packed ? 1 : g.h, n = packed ? g.h * g.w : g.w;
+  for (int64_t i = 0; i < rows; ++i) {
+    const float* t = tile + i * g.pitch;
+    const float* r = residual ? residual + i * n : nullptr;
+    float* d = y + i * n;
+    int64_t j = 0;
+    for (; j + VL <= n; j += VL) store(d + j, (load(t + j) + (r ? load(r + j) : vec{})) * out_scale);
+    for (; j < n; ++j) d[j] = (t[j] + (r ? r[j] : 0.f)) * out_scale;
   }
 }
 
@@ -252,139 +287,50 @@ float* scratch(int64_t need) {
   return buffer.data();
 }
 
-const float* data_or_null(const std::optional<at::Tensor>& t) {
-  return t.has_value() ? t->data_ptr<float>() : nullptr;
-}
-
-void check_vector(const std::optional<at::Tensor>& t, const char* name, at::IntArrayRef shape) {
-  if (!t.has_value()) return;
-  TORCH_CHECK(t->scalar_type() == at::kFloat && t->device().is_cpu() && t->is_contiguous(),
-              "conv_block: ", name, " must be a contiguous float32 CPU tensor");
-  TORCH_CHECK(t->sizes() == shape, "conv_block: ", name, " must be ", shape, ", got ", t->sizes());
-}
-
-struct Sizes {
-  int64_t n, cin, hin, win, cout, h, w;
-  int taps;
-};
-
-// The op's argument checks (the Python wrapper raises typed errors first); returns the sizes.
-Sizes check_args(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                 const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
-                 const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift, int64_t groups,
-                 int64_t resample, const std::optional<at::Tensor>& add, const std::optional<at::Tensor>& residual) {
-  TORCH_CHECK(x.dim() == 4 && x.scalar_type() == at::kFloat && x.device().is_cpu() && x.is_contiguous(),
-              "conv_block: x must be a contiguous float32 CPU tensor [B, C, H, W]");
-  const int64_t n = x.size(0), cin = x.size(1), hin = x.size(2), win = x.size(3);
-  TORCH_CHECK(weight.dim() == 4 && weight.size(1) == cin && weight.size(2) == weight.size(3) &&
-              (weight.size(2) == 3 || weight.size(2) == 1),
-              "conv_block: weight must be [Cout, ", cin, ", 3, 3] or [Cout, ", cin, ", 1, 1], got ", weight.sizes());
-  TORCH_CHECK(resample >= -1 && resample <= 1, "conv_block: resample must be -1, 0 or 1");
-  TORCH_CHECK(resample != -1 || (hin % 2 == 0 && win % 2 == 0), "conv_block: 2× down needs even H and W");
-  TORCH_CHECK(norm_weight.has_value() == norm_bias.has_value(), "conv_block: norm_weight and norm_bias go together");
-  TORCH_CHECK(!norm_weight.has_value() || (groups > 0 && cin % groups == 0),
-              "conv_block: ", cin, " channels do not split into ", groups, " groups");
-  TORCH_CHECK(norm_weight.has_value() || (!scale.has_value() && !shift.has_value()),
-              "conv_block: scale/shift modulate the GroupNorm");
-  const int64_t cout = weight.size(0);
-  const int64_t h = resample == 1 ? 2 * hin : resample == -1 ? hin / 2 : hin;
-  const int64_t w = resample == 1 ? 2 * win : resample == -1 ? win / 2 : win;
-  const int taps = static_cast<int>(weight.size(2) * weight.size(3));
-  check_vector(weight, "weight", {cout, cin, weight.size(2), weight.size(3)});
-  check_vector(bias, "bias", {cout});
-  check_vector(norm_weight, "norm_weight", {cin});
-  check_vector(norm_bias, "norm_bias", {cin});
-  check_vector(scale, "scale", {n, cin});
-  check_vector(shift, "shift", {n, cin});
-  check_vector(add, "add", {n, cout});
-  check_vector(residual, "residual", {n, cout, h, w});
-
-  return {n, cin, hin, win, cout, h, w, taps};
-}
-
 }  // namespace
 
-at::Tensor conv_block(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
-                      const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
-                      const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
-                      int64_t groups, double eps, bool act, int64_t resample,
-                      const std::optional<at::Tensor>& add, const std::optional<at::Tensor>& residual,
-                      double out_scale) {
-  const Sizes sz = check_args(x, weight, bias, norm_weight, norm_bias, scale, shift, groups, resample, add, residual);
-  const int64_t n = sz.n, cin = sz.cin, hin = sz.hin, win = sz.win, cout = sz.cout, h = sz.h, w = sz.w;
-  const int taps = sz.taps;  // (not structured bindings: C++17 lambdas cannot capture those)
-  const Geometry g = geometry(cin, cout, h, w, taps);
-  const Prologue pro{data_or_null(norm_weight), data_or_null(norm_bias), data_or_null(scale),
-                     data_or_null(shift), groups, eps, act, resample};
-  const float *xd = x.data_ptr<float>(), *wd = weight.data_ptr<float>(), *bd = data_or_null(bias);
-  const float *ad = data_or_null(add), *rd = data_or_null(residual);
-  at::Tensor y = at::detail::empty_cpu({n, cout, h, w}, at::kFloat, false, std::nullopt);  // no dispatch
-  float* yd = y.data_ptr<float>();
-  const float os = static_cast<float>(out_scale);
-  // Scratch per sample: the bordered input, the tiles, the affine (a, b), the tile init, one plane.
+void run_conv_block(const ConvBlockArgs& p) {
+  const Geometry g = geometry(p.cin, p.cout, p.h, p.w, p.taps);
+  const int64_t in_size = p.cin * p.hin * p.win, out_size = p.cout * p.h * p.w;
+  // Scratch per sample: the tiles' input, their output, the affine (a, b), the tile init, one
+  // input plane, one bordered plane.
   const int64_t xp_size = g.cin * g.plane, tmp_size = g.cout * g.padded;
-  const int64_t need = xp_size + tmp_size + 2 * cin + g.cout + hin * win;
+  const int64_t need = xp_size + tmp_size + 2 * p.cin + p.cout + p.hin * p.win + g.bplane;
   auto prepare = [&](int64_t s, float* xp) {  // prologue of sample s, and its tile init
-    float *a = xp + xp_size + tmp_size, *b = a + cin, *init = b + cin, *row = init + g.cout;
+    float *a = xp + xp_size + tmp_size, *b = a + p.cin, *init = b + p.cin, *row = init + p.cout;
+    float* bp = row + p.hin * p.win;
     std::fill(xp, xp + xp_size, 0.f);
-    affine(pro, xd + s * cin * hin * win, s, cin, hin * win, a, b);
-    fill(pro, g, xd + s * cin * hin * win, hin, win, a, b, row, xp);
-    for (int64_t c = 0; c < cout; ++c) init[c] = (bd ? bd[c] : 0.f) + (ad ? ad[s * cout + c] : 0.f);
+    if (g.layout == Layout::Im2col) std::fill(bp, bp + g.bplane, 0.f);
+    affine(p, p.x + s * in_size, s, a, b);
+    fill(p, g, p.x + s * in_size, a, b, row, bp, xp);
+    for (int64_t c = 0; c < p.cout; ++c) init[c] = (p.bias ? p.bias[c] : 0.f) + (p.add ? p.add[s * p.cout + c] : 0.f);
   };
   auto finish = [&](int64_t s, float* xp, int64_t c0, int64_t c1) {  // channels [c0, c1) of sample s
-    float *tmp = xp + xp_size, *init = tmp + tmp_size + 2 * cin;
-    convolve(g, xp, wd, init, tmp, c0, c1);
+    float *tmp = xp + xp_size, *init = tmp + tmp_size + 2 * p.cin;
+    if (g.taps == 9) convolve<9>(g, xp, p.weight, init, tmp, c0, c1);
+    else convolve<1>(g, xp, p.weight, init, tmp, c0, c1);
     for (int64_t c = c0; c < c1; ++c)
-      store_rows(g, tmp + c * g.padded, rd ? rd + (s * cout + c) * h * w : nullptr, os, yd + (s * cout + c) * h * w);
+      store_channel(g, tmp + c * g.padded, p.residual ? p.residual + s * out_size + c * p.h * p.w : nullptr,
+                    p.out_scale, p.y + s * out_size + c * p.h * p.w);
   };
   // One sample of enough work (~30 µs on one core): threads split its output channels. Below that a
   // fork-join costs more than it saves (the digits student's largest convolution is 1.2 MFLOP).
-  const double flops = 2.0 * cout * cin * taps * h * w;
-  if (n == 1 && at::get_num_threads() > 1 && flops >= 2e6) {
+  const double flops = 2.0 * p.cout * p.cin * p.taps * p.h * p.w;
+  if (p.n == 1 && at::get_num_threads() > 1 && flops >= 2e6) {
     float* xp = scratch(need);
     prepare(0, xp);
-    at::parallel_for(0, (cout + CB - 1) / CB, 1, [&](int64_t b0, int64_t b1) {
-      finish(0, xp, b0 * CB, std::min(b1 * CB, cout));
+    at::parallel_for(0, (p.cout + CB - 1) / CB, 1, [&](int64_t b0, int64_t b1) {
+      finish(0, xp, b0 * CB, std::min(b1 * CB, p.cout));
     });
   } else {
-    at::parallel_for(0, n, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, p.n, 1, [&](int64_t begin, int64_t end) {
       float* xp = scratch(need);
       for (int64_t s = begin; s < end; ++s) {
         prepare(s, xp);
-        finish(s, xp, 0, cout);
+        finish(s, xp, 0, p.cout);
       }
     });
   }
-  return y;
 }
 
-TORCH_LIBRARY(fastflow_cpu, m) {
-  m.def("conv_block(Tensor x, Tensor weight, Tensor? bias, Tensor? norm_weight, Tensor? norm_bias, "
-        "Tensor? scale, Tensor? shift, int groups, float eps, bool act, int resample, Tensor? add, "
-        "Tensor? residual, float out_scale) -> Tensor");
-}
-
-TORCH_LIBRARY_IMPL(fastflow_cpu, CPU, m) { m.impl("conv_block", &conv_block); }
-
-namespace {
-std::optional<at::Tensor> optional_tensor(AtenTensorHandle* h) {
-  if (!h) return std::nullopt;
-  return *torch::aot_inductor::tensor_handle_to_tensor_pointer(*h);
-}
-}  // namespace
-
-// The C shim AOTInductor calls (`aot_inductor.custom_ops_to_c_shims`); same argument order.
-extern "C" AOTI_TORCH_EXPORT AOTITorchError aoti_torch_cpu_conv_block(
-    AtenTensorHandle x, AtenTensorHandle weight, AtenTensorHandle* bias, AtenTensorHandle* norm_weight,
-    AtenTensorHandle* norm_bias, AtenTensorHandle* scale, AtenTensorHandle* shift, int64_t groups,
-    double eps, int32_t act, int64_t resample, AtenTensorHandle* add, AtenTensorHandle* residual,
-    double out_scale, AtenTensorHandle* ret0) {
-  AOTI_TORCH_CONVERT_EXCEPTION_TO_ERROR_CODE({
-    at::Tensor y = conv_block(*torch::aot_inductor::tensor_handle_to_tensor_pointer(x),
-                              *torch::aot_inductor::tensor_handle_to_tensor_pointer(weight),
-                              optional_tensor(bias), optional_tensor(norm_weight), optional_tensor(norm_bias),
-                              optional_tensor(scale), optional_tensor(shift), groups, eps, act != 0,
-                              resample, optional_tensor(add), optional_tensor(residual), out_scale);
-    *ret0 = torch::aot_inductor::new_tensor_handle(std::move(y));
-  });
-}
+}  // namespace fastflow_cpu
