@@ -2,6 +2,7 @@
 fresh random inputs over every prologue/epilogue option, input layout, batch/thread split, and odd
 channel and pixel counts; typed errors; the module swap against the unswapped UNet; ``--cpu-kernels``."""
 
+import copy
 import json
 
 import pytest
@@ -9,9 +10,9 @@ import torch
 
 from fastflow.errors import ConfigError, DTypeError, MissingBackendError, ShapeError
 from fastflow.fused import cpu_block
-from fastflow.fused.cpu_block import CpuConv3x3, CpuResBlock, DeferredNorm, MathSDPA, conv_block, conv_block_ref
+from fastflow.fused.cpu_block import CpuAttention, CpuConv3x3, CpuResBlock, DeferredNorm, MathSDPA, conv_block, conv_block_ref
 from fastflow.models import build_model, save_model
-from fastflow.models.layers import SDPA
+from fastflow.models.layers import SDPA, Attention
 
 from helpers import run_cli
 
@@ -120,6 +121,17 @@ def test_math_sdpa_equals_sdpa() -> None:
     torch.testing.assert_close(MathSDPA()(q, k, v), SDPA()(q, k, v))
 
 
+def test_cpu_attention_equals_attention() -> None:
+    """One q/k/v product for self-attention; cross-attention (a context) as before; same keys."""
+    x, ctx = torch.randn(2, 12, 16, dtype=torch.float64), torch.randn(2, 5, 8, dtype=torch.float64)
+    for attn, args in ((Attention(16, head_dim=8), (x.transpose(0, 1).contiguous().transpose(0, 1),)),  # strided
+                       (Attention(16, context_dim=8, head_dim=8), (x, ctx))):
+        attn = attn.double()
+        fused = CpuAttention.from_module(copy.deepcopy(attn))
+        assert list(fused.state_dict()) == list(attn.state_dict())
+        torch.testing.assert_close(fused(*args), attn(*args))
+
+
 @pytest.mark.parametrize("overrides", [{}, {"scale_shift": True, "num_classes": 10}, {"skip_rescale": False},
                                        {"cond_channels": 1}, {"times": 2}])
 def test_swap_matches_unswapped_unet(overrides) -> None:
@@ -133,7 +145,7 @@ def test_swap_matches_unswapped_unet(overrides) -> None:
     swapped = build_model({"preset": "digits-small", **overrides}).eval()
     swapped.load_state_dict(m.state_dict())
     report = cpu_block.swap_cpu_blocks(swapped)
-    assert {now for _, _, now in report.swapped} == {"CpuResBlock", "CpuConv3x3", "MathSDPA"}
+    assert {now for _, _, now in report.swapped} == {"CpuResBlock", "CpuConv3x3", "CpuAttention", "MathSDPA"}
     assert sum(isinstance(x, CpuResBlock) for x in swapped.modules()) == 15
     assert isinstance(swapped.norm_out, DeferredNorm) and isinstance(swapped.conv_out, CpuConv3x3)
     assert list(swapped.state_dict()) == list(m.state_dict())

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, DTypeError, MissingBackendError, ShapeError
 from fastflow.fused.swap import SwapReport, replace_module
-from fastflow.models.layers import SDPA, GroupNormAct, ResBlock
+from fastflow.models.layers import SDPA, Attention, GroupNormAct, ResBlock
 from fastflow.models.reference import group_norm_ref
 
 SOURCES = [str(Path(__file__).parent / "csrc" / f) for f in ("conv_block.cpp", "conv_block_op.cpp")]
@@ -220,6 +220,21 @@ class MathSDPA(SDPA):
         return (p @ v) / p.sum(dim=-1, keepdim=True)
 
 
+class CpuAttention(Attention):
+    """An :class:`~fastflow.models.layers.Attention` whose self-attention projects q, k and v in one
+    product of contiguous tokens (three ATen GEMM calls on a transposed view otherwise, ~4 µs each
+    at 16 tokens); cross-attention is unchanged. Same parameters and state-dict keys."""
+
+    @classmethod
+    def from_module(cls, attn: Attention) -> CpuAttention:
+        new = cls.__new__(cls)
+        new.__dict__.update(attn.__dict__)
+        return new
+
+    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+        return super().forward(x.contiguous(), context)
+
+
 def _is_conv3x3(m: nn.Module) -> bool:
     return (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1)
             and m.dilation == (1, 1) and m.groups == 1)
@@ -228,7 +243,7 @@ def _is_conv3x3(m: nn.Module) -> bool:
 def swap_cpu_blocks(model: nn.Module) -> SwapReport:
     """Put the CPU block kernel into every fastflow ``UNet`` in ``model`` (in place): each
     ``ResBlock`` → :class:`CpuResBlock`, ``conv_in`` and ``norm_out`` + ``conv_out`` →
-    :class:`CpuConv3x3`, attention cores → :class:`MathSDPA`. Loads the kernel first, so a missing
+    :class:`CpuConv3x3`, attention → :class:`CpuAttention` with :class:`MathSDPA` cores. Loads the kernel first, so a missing
     compiler is one :class:`MissingBackendError`. Inference only."""
     from fastflow.models.unet import UNet
 
@@ -242,6 +257,9 @@ def swap_cpu_blocks(model: nn.Module) -> SwapReport:
             if type(m) is ResBlock:
                 replace_module(unet, name, CpuResBlock.from_module(m))
                 report.swapped.append((pre + name, "ResBlock", "CpuResBlock"))
+            elif type(m) is Attention:
+                replace_module(unet, name, CpuAttention.from_module(m))
+                report.swapped.append((pre + name, "Attention", "CpuAttention"))
             elif type(m) is SDPA:
                 replace_module(unet, name, MathSDPA())
                 report.swapped.append((pre + name, "SDPA", "MathSDPA"))

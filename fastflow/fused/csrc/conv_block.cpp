@@ -108,20 +108,25 @@ void tiles(int64_t nv, const Geometry& g, const float* xp, const float* w, int64
 }
 
 // Output channels [c_begin, c_end) (a multiple of CB apart, but for the last) of one sample into
-// `tmp` ([cout][padded]).
+// `tmp` ([cout][padded]). The pixel vectors split evenly into tiles of at most NV_MAX (4 → 2 + 2);
+// a map of one vector takes 2·CB channels per tile, enough accumulators to hide the FMA latency.
 template <int TAPS>
 void convolve(const Geometry& g, const float* xp, const float* weight, const float* init, float* tmp,
               int64_t c_begin, int64_t c_end) {
-  const int64_t k = g.cin * TAPS;
-  for (int64_t c0 = c_begin; c0 < c_end; c0 += CB) {
-    const int rows = static_cast<int>(std::min<int64_t>(CB, c_end - c0));
-    for (int64_t p0 = 0; p0 < g.padded; p0 += NV_MAX * VL) {
-      const int64_t nv = std::min<int64_t>(NV_MAX, (g.padded - p0) / VL);
-      const float* w = weight + c0 * k;
-      float* out = tmp + c0 * g.padded + p0;
-      if (rows == 1) tiles<TAPS, 1>(nv, g, xp + p0, w, k, init + c0, rows, out);  // e.g. a 1-channel output
-      else if (rows <= CB / 2) tiles<TAPS, CB / 2>(nv, g, xp + p0, w, k, init + c0, rows, out);
-      else tiles<TAPS, CB>(nv, g, xp + p0, w, k, init + c0, rows, out);
+  const int64_t k = g.cin * TAPS, nvec = g.padded / VL, ptiles = (nvec + NV_MAX - 1) / NV_MAX;
+  const int64_t cb = nvec == 1 ? 2 * CB : CB;
+  for (int64_t c0 = c_begin; c0 < c_end; c0 += cb) {
+    const int rows = static_cast<int>(std::min<int64_t>(cb, c_end - c0));
+    const float* w = weight + c0 * k;
+    for (int64_t t = 0, v0 = 0; t < ptiles; ++t) {
+      const int64_t nv = (nvec - v0) / (ptiles - t);
+      const float* x = xp + v0 * VL;
+      float* out = tmp + c0 * g.padded + v0 * VL;
+      v0 += nv;
+      if (rows == 1) tiles<TAPS, 1>(nv, g, x, w, k, init + c0, rows, out);  // e.g. a 1-channel output
+      else if (rows <= CB / 2) tiles<TAPS, CB / 2>(nv, g, x, w, k, init + c0, rows, out);
+      else if (rows <= CB) tiles<TAPS, CB>(nv, g, x, w, k, init + c0, rows, out);
+      else tile<TAPS, 2 * CB, 1>(g, x, w, k, init + c0, rows, out);
     }
   }
 }
@@ -158,12 +163,22 @@ inline vec reciprocal(vec d) {
   return r * (2.f - d * r);
 }
 
-// dst[i] = act(a·src[i] + b) over n contiguous values.
-void affine_act(const float* src, float a, float b, bool act, int64_t n, float* dst) {
+inline vec silu(vec u) { return u * reciprocal(1.f + vexp(-u)); }
+
+// dst[i] = act(a·src[i] + b) over n contiguous values (four vectors at a time: SiLU is one long
+// chain of dependent operations per vector).
+inline __attribute__((always_inline)) void affine_act(const float* src, float a, float b, bool act, int64_t n, float* dst) {
   int64_t i = 0;
+  for (; i + 4 * VL <= n; i += 4 * VL) {
+    vec u[4];
+    for (int j = 0; j < 4; ++j) u[j] = load(src + i + j * VL) * a + b;
+    if (act)
+      for (int j = 0; j < 4; ++j) u[j] = silu(u[j]);
+    for (int j = 0; j < 4; ++j) store(dst + i + j * VL, u[j]);
+  }
   for (; i + VL <= n; i += VL) {
-    vec u = load(src + i) * a + b;
-    store(dst + i, act ? u * reciprocal(1.f + vexp(-u)) : u);
+    const vec u = load(src + i) * a + b;
+    store(dst + i, act ? silu(u) : u);
   }
   for (; i < n; ++i) {
     const float u = a * src[i] + b;
@@ -171,16 +186,30 @@ void affine_act(const float* src, float a, float b, bool act, int64_t n, float* 
   }
 }
 
-// Σ src[i] and Σ (src[i] − mean)² over n contiguous values (vector partial sums).
+// act(a[c]·x + b[c]) of every input channel of one sample into `out` (same layout); one loop, so
+// that the SiLU constants stay in registers across channels.
+void activate(const ConvBlockArgs& p, const float* x, const float* a, const float* b, float* out) {
+  const int64_t hw = p.hin * p.win;
+  for (int64_t c = 0; c < p.cin; ++c) affine_act(x + c * hw, a[c], b[c], p.act, hw, out + c * hw);
+}
+
+// Σ src[i] and Σ (src[i] − mean)² over n contiguous values (partial sums in four vectors: no
+// chain of dependent additions).
 double sum(const float* src, int64_t n, float mean = 0.f, bool squares = false) {
-  vec acc{};
+  vec acc[4] = {};
   int64_t i = 0;
+  for (; i + 4 * VL <= n; i += 4 * VL)
+    for (int j = 0; j < 4; ++j) {
+      const vec d = load(src + i + j * VL) - mean;
+      acc[j] += squares ? d * d : d;
+    }
   for (; i + VL <= n; i += VL) {
     const vec d = load(src + i) - mean;
-    acc += squares ? d * d : d;
+    acc[0] += squares ? d * d : d;
   }
+  const vec all = (acc[0] + acc[1]) + (acc[2] + acc[3]);
   double total = 0;
-  for (int j = 0; j < VL; ++j) total += acc[j];
+  for (int j = 0; j < VL; ++j) total += all[j];
   for (; i < n; ++i) total += squares ? (src[i] - mean) * (src[i] - mean) : src[i] - mean;
   return total;
 }
@@ -207,38 +236,41 @@ void affine(const ConvBlockArgs& p, const float* x, int64_t n, float* a, float* 
   }
 }
 
-// act(a·x + b) of one input channel, resampled to the output size, into `dst` with row pitch
-// `pitch`; `row` is scratch for one input plane.
-void place(const ConvBlockArgs& p, const Geometry& g, const float* x, float a, float b, float* row, float* dst,
-           int64_t pitch) {
-  const int64_t hin = p.hin, win = p.win;
-  if (p.resample == 0 && pitch == win) return affine_act(x, a, b, p.act, hin * win, dst);
-  if (p.resample == 0 && win >= VL) {  // rows of whole vectors: straight into dst
-    for (int64_t i = 0; i < g.h; ++i) affine_act(x + i * win, a, b, p.act, win, dst + i * pitch);
-    return;
-  }
-  affine_act(x, a, b, p.act, hin * win, row);  // the plane, vectorised
+// One activated input channel `src`, resampled to the output size, into `dst` with row pitch `pitch`.
+void place(const ConvBlockArgs& p, const Geometry& g, const float* src, float* dst, int64_t pitch) {
+  const int64_t win = p.win;
   for (int64_t i = 0; i < g.h; ++i) {
     float* d = dst + i * pitch;
     if (p.resample == 0) {
-      std::copy(row + i * win, row + (i + 1) * win, d);
+      std::memcpy(d, src + i * win, win * sizeof(float));
     } else if (p.resample == 1) {
-      const float* s = row + (i / 2) * win;
+      const float* s = src + (i / 2) * win;
       for (int64_t j = 0; j < g.w; ++j) d[j] = s[j / 2];
     } else {
-      const float *s0 = row + 2 * i * win, *s1 = s0 + win;
+      const float *s0 = src + 2 * i * win, *s1 = s0 + win;
       for (int64_t j = 0; j < g.w; ++j) d[j] = 0.25f * (s0[2 * j] + s0[2 * j + 1] + s1[2 * j] + s1[2 * j + 1]);
     }
   }
 }
 
+// The shuffle indices of im2col: lane l of tap column kw reads lane (l / W)·(W + 2) + l % W + kw
+// of the two vectors from a bordered row.
+struct Im2colIndex {
+  ivec idx[3];
+  explicit Im2colIndex(const Geometry& g) {
+    for (int kw = 0; kw < 3; ++kw)
+      for (int l = 0, r = 0, j = 0; l < VL; ++l) {
+        idx[kw][l] = static_cast<int32_t>(r * g.wp + j + kw);
+        if (++j == g.w) j = 0, ++r;
+      }
+  }
+};
+
 // The 9 tap vectors of every pixel vector of one bordered plane `bp` into `col` (im2col layout).
 // A vector holds VL / W whole rows r0…; tap (kh, kw) reads bordered rows r0 + kh… at columns
 // j + kw, i.e. lanes of two consecutive vectors from row r0 + kh: one two-source shuffle.
-void im2col(const Geometry& g, const float* bp, float* col) {
-  ivec idx[3];
-  for (int kw = 0; kw < 3; ++kw)
-    for (int l = 0; l < VL; ++l) idx[kw][l] = static_cast<int32_t>(l / g.w * g.wp + l % g.w + kw);
+void im2col(const Geometry& g, const Im2colIndex& index, const float* bp, float* col) {
+  const ivec* idx = index.idx;
   const int64_t rows = VL / g.w;
   for (int64_t p0 = 0, r0 = 0; p0 < g.padded; p0 += VL, r0 += rows)
     for (int kh = 0; kh < 3; ++kh) {
@@ -247,21 +279,23 @@ void im2col(const Geometry& g, const float* bp, float* col) {
     }
 }
 
-// The activations of every input channel in the tiles' layout (`xp`, zeroed; `bp`: one zeroed
-// bordered plane for im2col).
-void fill(const ConvBlockArgs& p, const Geometry& g, const float* x, const float* a, const float* b, float* row,
+// The activations of every input channel of one sample in the tiles' layout (`xp`, zeroed; `act`:
+// scratch for the activated sample; `bp`: one zeroed bordered plane for im2col).
+void fill(const ConvBlockArgs& p, const Geometry& g, const float* x, const float* a, const float* b, float* act,
           float* bp, float* xp) {
+  const int64_t hw = p.hin * p.win;
+  if (g.layout == Layout::Flat && p.resample == 0 && g.plane == hw) return activate(p, x, a, b, xp);
+  activate(p, x, a, b, act);
+  if (g.layout != Layout::Im2col) {
+    const bool flat = g.layout == Layout::Flat;
+    for (int64_t c = 0; c < g.cin; ++c)
+      place(p, g, act + c * hw, xp + c * g.plane + (flat ? 0 : g.wp + 1), flat ? g.w : g.wp);
+    return;
+  }
+  const Im2colIndex index(g);
   for (int64_t c = 0; c < g.cin; ++c) {
-    const float* xc = x + c * p.hin * p.win;
-    float* dst = xp + c * g.plane;
-    if (g.layout == Layout::Flat) {
-      place(p, g, xc, a[c], b[c], row, dst, g.w);
-    } else if (g.layout == Layout::Bordered) {
-      place(p, g, xc, a[c], b[c], row, dst + g.wp + 1, g.wp);
-    } else {
-      place(p, g, xc, a[c], b[c], row, bp + g.wp + 1, g.wp);
-      im2col(g, bp, dst);
-    }
+    place(p, g, act + c * hw, bp + g.wp + 1, g.wp);
+    im2col(g, index, bp, xp + c * g.plane);
   }
 }
 
@@ -292,17 +326,17 @@ float* scratch(int64_t need) {
 void run_conv_block(const ConvBlockArgs& p) {
   const Geometry g = geometry(p.cin, p.cout, p.h, p.w, p.taps);
   const int64_t in_size = p.cin * p.hin * p.win, out_size = p.cout * p.h * p.w;
-  // Scratch per sample: the tiles' input, their output, the affine (a, b), the tile init, one
-  // input plane, one bordered plane.
+  // Scratch per sample: the tiles' input, their output, the affine (a, b), the tile init, the
+  // activated input, one bordered plane.
   const int64_t xp_size = g.cin * g.plane, tmp_size = g.cout * g.padded;
-  const int64_t need = xp_size + tmp_size + 2 * p.cin + p.cout + p.hin * p.win + g.bplane;
+  const int64_t need = xp_size + tmp_size + 2 * p.cin + p.cout + in_size + g.bplane;
   auto prepare = [&](int64_t s, float* xp) {  // prologue of sample s, and its tile init
-    float *a = xp + xp_size + tmp_size, *b = a + p.cin, *init = b + p.cin, *row = init + p.cout;
-    float* bp = row + p.hin * p.win;
-    std::fill(xp, xp + xp_size, 0.f);
-    if (g.layout == Layout::Im2col) std::fill(bp, bp + g.bplane, 0.f);
+    float *a = xp + xp_size + tmp_size, *b = a + p.cin, *init = b + p.cin, *act = init + p.cout;
+    float* bp = act + in_size;
+    if (g.layout == Layout::Im2col) std::fill(bp, bp + g.bplane, 0.f);  // every vector of xp is written
+    else if (g.layout == Layout::Bordered || g.padded != p.h * p.w) std::fill(xp, xp + xp_size, 0.f);
     affine(p, p.x + s * in_size, s, a, b);
-    fill(p, g, p.x + s * in_size, a, b, row, bp, xp);
+    fill(p, g, p.x + s * in_size, a, b, act, bp, xp);
     for (int64_t c = 0; c < p.cout; ++c) init[c] = (p.bias ? p.bias[c] : 0.f) + (p.add ? p.add[s * p.cout + c] : 0.f);
   };
   auto finish = [&](int64_t s, float* xp, int64_t c0, int64_t c1) {  // channels [c0, c1) of sample s
