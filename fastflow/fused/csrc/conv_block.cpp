@@ -208,8 +208,9 @@ double sum(const float* src, int64_t n, float mean = 0.f, bool squares = false) 
     acc[0] += squares ? d * d : d;
   }
   const vec all = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-  double total = 0;
-  for (int j = 0; j < VL; ++j) total += all[j];
+  float lanes = 0.f;
+  for (int j = 0; j < VL; ++j) lanes += all[j];
+  double total = lanes;
   for (; i < n; ++i) total += squares ? (src[i] - mean) * (src[i] - mean) : src[i] - mean;
   return total;
 }
@@ -241,8 +242,11 @@ void place(const ConvBlockArgs& p, const Geometry& g, const float* src, float* d
   const int64_t win = p.win;
   for (int64_t i = 0; i < g.h; ++i) {
     float* d = dst + i * pitch;
-    if (p.resample == 0) {
-      std::memcpy(d, src + i * win, win * sizeof(float));
+    if (p.resample == 0) {  // rows of a few vectors: no call to memcpy
+      const float* s = src + i * win;
+      int64_t j = 0;
+      for (; j + VL <= win; j += VL) store(d + j, load(s + j));
+      for (; j < win; ++j) d[j] = s[j];
     } else if (p.resample == 1) {
       const float* s = src + (i / 2) * win;
       for (int64_t j = 0; j < g.w; ++j) d[j] = s[j / 2];
