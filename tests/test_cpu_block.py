@@ -122,7 +122,7 @@ def test_math_sdpa_equals_sdpa() -> None:
 
 
 def test_cpu_attention_equals_attention() -> None:
-    """One q/k/v product for self-attention; cross-attention (a context) as before; same keys."""
+    """Self-attention on strided tokens and cross-attention (a context) as before; same keys."""
     x, ctx = torch.randn(2, 12, 16, dtype=torch.float64), torch.randn(2, 5, 8, dtype=torch.float64)
     for attn, args in ((Attention(16, head_dim=8), (x.transpose(0, 1).contiguous().transpose(0, 1),)),  # strided
                        (Attention(16, context_dim=8, head_dim=8), (x, ctx))):
@@ -179,7 +179,8 @@ def _small_ckpt(path):
 @pytest.mark.slow  # ~55 s; make test exports and runs a --cpu-kernels package in ctest (runner.cpuk-*)
 def test_export_cpu_kernels_package(tmp_path) -> None:
     """``fastflow-export --cpu-kernels``: a package that calls the kernel's C shim for every
-    convolution, validates against PyTorch and records ``fused: cpu``."""
+    convolution and C++ GEMM templates, not ATen, for the linears and attention products (at a
+    static batch), validates against PyTorch and records ``fused: cpu``."""
     import zipfile
 
     from fastflow.export.formats import read_pt2_spec
@@ -192,6 +193,7 @@ def test_export_cpu_kernels_package(tmp_path) -> None:
     with zipfile.ZipFile(out) as zf:
         code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
     assert code.count("aoti_torch_cpu_conv_block(") >= 12 and "aoti_torch_cpu_convolution(" not in code
+    assert not any(f"aoti_torch_cpu_{op}_out(" in code for op in ("mm", "addmm", "bmm"))
 
 
 @pytest.mark.parametrize("bad", [["--format", "onnx"], ["--format", "pt2", "--dtype", "fp16"],

@@ -4,9 +4,10 @@
 // channel counts (8–64). This kernel vectorises over output *pixels* instead. A register tile of
 // CB output channels × NV vectors of pixels is accumulated over Cin·taps products of one broadcast
 // weight and one vector of inputs, read from one of three layouts of the prologue's activations:
-//   bordered  the activation in a zero-bordered buffer with rows of W + 2: tap (kh, kw) is the
-//             buffer shifted by kh·(W + 2) + kw, so no column matrix is built; the two pad
-//             columns computed per row are discarded on store (wide maps: W ≥ a vector, or odd);
+//   bordered  the activation in a zero-bordered buffer with rows of W + 1 (one zero column between
+//             rows is the right border of one and the left border of the next): tap (kh, kw) is
+//             the buffer shifted by kh·(W + 1) + kw, so no column matrix is built; the pad column
+//             computed per row is discarded on store (wide maps: W ≥ a vector, or odd);
 //   im2col    small maps (2 ≤ W < a vector, W dividing it): the column matrix, one vector per tap
 //             and pixel vector, shuffled out of the bordered rows in registers; no wasted lanes;
 //   flat      1×1: the activation itself, rows packed.
@@ -42,9 +43,9 @@ enum class Layout { Bordered, Im2col, Flat };
 struct Geometry {
   int64_t cin, cout, h, w;  // the convolution's input (after resampling) and output size
   Layout layout;
-  int64_t wp;               // row pitch W + 2 of a bordered plane
+  int64_t wp;               // row pitch W + 1 of a bordered plane
   int64_t bplane;           // floats of a bordered plane (with a margin for whole-vector reads)
-  int64_t pitch;            // row pitch of the tiles' output: W + 2 (bordered) or W
+  int64_t pitch;            // row pitch of the tiles' output: W + 1 (bordered) or W
   int64_t padded;           // tile output floats per channel: H·pitch rounded up to vectors
   int64_t plane;            // floats per input channel in the buffer the tiles read
   int taps;                 // 9 (3×3) or 1 (1×1: the centre tap)
@@ -52,7 +53,7 @@ struct Geometry {
 };
 
 Geometry geometry(int64_t cin, int64_t cout, int64_t h, int64_t w, int taps) {
-  Geometry g{cin, cout, h, w, Layout::Bordered, w + 2, 0, w + 2, 0, 0, taps, {}};
+  Geometry g{cin, cout, h, w, Layout::Bordered, w + 1, 0, w + 1, 0, 0, taps, {}};
   g.bplane = (h + 2) * g.wp + 2 * VL;  // a tile (or shuffle) reads up to 2·VL past a row start
   if (taps == 1) g.layout = Layout::Flat;
   else if (w >= 2 && w < VL && VL % w == 0) g.layout = Layout::Im2col;
@@ -257,7 +258,7 @@ void place(const ConvBlockArgs& p, const Geometry& g, const float* src, float* d
   }
 }
 
-// The shuffle indices of im2col: lane l of tap column kw reads lane (l / W)·(W + 2) + l % W + kw
+// The shuffle indices of im2col: lane l of tap column kw reads lane (l / W)·(W + 1) + l % W + kw
 // of the two vectors from a bordered row.
 struct Im2colIndex {
   ivec idx[3];
