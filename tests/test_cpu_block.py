@@ -116,6 +116,15 @@ def test_build_failure_is_one_missing_backend_error(monkeypatch) -> None:
         cpu_block.load.__wrapped__()
 
 
+def test_kernel_library_links_openmp() -> None:
+    """ATen's ``parallel_for`` is a header template that runs serially where the op library is built
+    without OpenMP: the library must link the OpenMP runtime PyTorch uses."""
+    import subprocess
+
+    deps = subprocess.run(["ldd", cpu_block.load()], capture_output=True, text=True, check=True).stdout
+    assert "libgomp" in deps or "libomp" in deps, deps
+
+
 def test_math_sdpa_equals_sdpa() -> None:
     q, k, v = (torch.randn(2, 3, 16, 8, dtype=torch.float64) for _ in range(3))
     torch.testing.assert_close(MathSDPA()(q, k, v), SDPA()(q, k, v))
