@@ -330,13 +330,17 @@ def test_meanflow_under_fsdp2_equals_one_process(tmp_path) -> None:
     mf = ["objective={name: meanflow}", "model.times=2", "model.t_scale=1", "train.steps=2", "model.dropout=0.1"]
     sharded = load_model(train(tiny_config(tmp_path / "fsdp", *FSDP, *mf)), weights="model")
     plain = load_model(train(tiny_config(tmp_path / "plain", *mf, "train.ckpt_every=2")), weights="model")
+    # The two routes to the target (a no-grad JVP pass, then the prediction; or one joint pass) round
+    # differently: after two Adam steps of lr 1e-3 they part by ~1e-6 (1.3e-6 on an AMD EPYC, < 1e-6 on
+    # an Intel Xeon); a wrong target or gradient moves weights by ~lr.
+    tol = 1e-5
     worst = max(float((a - b).abs().max()) for a, b in zip(sharded.state_dict().values(), plain.state_dict().values()))
-    assert worst <= 1e-6, worst
+    assert worst <= tol, worst
     checkpointed = load_model(train(tiny_config(tmp_path / "ac", *mf, "train.ckpt_every=2",
                                                 "train.activation_checkpointing=blocks")), weights="model")
     worst = max(float((a - b).abs().max()) for a, b in zip(checkpointed.state_dict().values(),
                                                             plain.state_dict().values()))
-    assert worst <= 1e-6, worst
+    assert worst <= tol, worst
     run = train(tiny_config(tmp_path / "bf16", *FSDP, *mf, "train.precision=bf16", "train.grad_accum=2",
                             "train.activation_checkpointing=blocks"))
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_log(run))
