@@ -284,12 +284,19 @@ void im2col(const Geometry& g, const Im2colIndex& index, const float* bp, float*
     }
 }
 
-// The activations of every input channel of one sample in the tiles' layout (`xp`, zeroed; `act`:
-// scratch for the activated sample; `bp`: one zeroed bordered plane for im2col).
+// The activations of every input channel of one sample in the tiles' layout (`xp`; zeroed where
+// the layout has borders or padding; `act`: scratch for the activated sample; `bp`: one zeroed
+// bordered plane for im2col). Without resampling, flat and bordered layouts are written directly.
 void fill(const ConvBlockArgs& p, const Geometry& g, const float* x, const float* a, const float* b, float* act,
           float* bp, float* xp) {
   const int64_t hw = p.hin * p.win;
   if (g.layout == Layout::Flat && p.resample == 0 && g.plane == hw) return activate(p, x, a, b, xp);
+  if (g.layout == Layout::Bordered && p.resample == 0) {
+    for (int64_t c = 0; c < g.cin; ++c)
+      for (int64_t i = 0; i < g.h; ++i)
+        affine_act(x + c * hw + i * p.win, a[c], b[c], p.act, p.win, xp + c * g.plane + (i + 1) * g.wp + 1);
+    return;
+  }
   activate(p, x, a, b, act);
   if (g.layout != Layout::Im2col) {
     const bool flat = g.layout == Layout::Flat;
