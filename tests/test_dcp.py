@@ -26,7 +26,8 @@ def _fsdp_run(tmp_path: Path, name: str = "run", steps: int = 2) -> Path:
 def test_sharded_checkpoint_loads_consolidates_and_refuses_damage(tmp_path, capsys) -> None:
     run = _fsdp_run(tmp_path, steps=4)
     ck = latest_checkpoint(run)
-    assert ck.name == "step-00000004" and (ck / "dcp" / ".metadata").is_file()
+    assert ck.name == "step-00000004" and (ck / "dcp" / "metadata.json").is_file()
+    assert not (ck / "dcp" / ".metadata").exists()  # nothing to unpickle
     assert not (ck / "model.safetensors").exists()
     direct = load_model(run)  # sharded, read in this process
     assert main(["sample", str(run), "--n", "2", "--steps", "1", "--out", str(tmp_path / "s.png")]) == 0
@@ -52,7 +53,7 @@ def test_sharded_checkpoint_loads_consolidates_and_refuses_damage(tmp_path, caps
     assert main(["sample", str(older), "--n", "1", "--out", str(tmp_path / "x.png")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "SHA-256 mismatch" in err[0]
-    (older / "dcp" / ".metadata").unlink()
+    (older / "dcp" / "metadata.json").unlink()
     with pytest.raises(CheckpointError, match="incomplete"):
         load_model(older)
 
@@ -63,8 +64,8 @@ def test_a_save_killed_midway_leaves_latest_on_a_complete_checkpoint(tmp_path, m
 
     real = dcp.save
 
-    def dies(state, checkpoint_id, **kw):
-        real(state, checkpoint_id=checkpoint_id, **kw)
+    def dies(state, **kw):
+        real(state, **kw)
         raise KeyboardInterrupt  # after the shards, before the digests and the rename
 
     monkeypatch.setattr(dcp, "save", dies)

@@ -1,11 +1,13 @@
 """Reading sharded (``torch.distributed.checkpoint``, DCP) checkpoints safely.
 
 An FSDP2 run's checkpoint directory holds ``config.json`` and ``dcp/``: every rank's shards
-(``__R_0.distcp``) and DCP's ``.metadata``. ``config.json`` records the SHA-256 of every file in
-``dcp/``, written after every rank finished; :func:`verify_sharded` refuses a missing, extra or
-changed file. DCP itself unpickles its metadata and any non-tensor value; here the metadata goes
-through an unpickler that only builds DCP's own record types, and a checkpoint holding a pickled
-value is refused (fastflow writes tensors only), so nothing from the file is executed.
+(``__R_0.distcp``) and the metadata as JSON (``metadata.json``, :mod:`fastflow.models.dcp_metadata`;
+DCP's own pickled ``.metadata`` only in checkpoints written before it). ``config.json`` records the
+SHA-256 of every file in ``dcp/``, written after every rank finished; :func:`verify_sharded` refuses a
+missing, extra or changed file. The digests sit beside the files they cover, so they catch damage, not
+a hostile sender: what makes loading safe is that the metadata is validated field by field and built
+by fastflow (a legacy pickle only through an exact-pair allow-list), pickled values are refused, and
+the shards' tensors are read with ``torch.load(weights_only=True)``; nothing from the files is executed.
 
 :func:`read_sharded` loads one part (``model``, ``ema``) as a whole state dict in one process, at
 any world size the checkpoint was written with: the DCP reader reassembles the shards.
@@ -13,7 +15,6 @@ any world size the checkpoint was written with: the DCP reader reassembles the s
 
 from __future__ import annotations
 
-import pickle
 import warnings
 from pathlib import Path
 from typing import Any
@@ -22,21 +23,10 @@ import torch
 from torch import nn
 
 from fastflow.errors import CheckpointError
-from fastflow.utils.io import file_digest
+from fastflow.models.dcp_metadata import JSON_NAME, PICKLE_NAME, metadata_of, read_legacy
+from fastflow.utils.io import file_digest, read_json
 
 SHARDS = "dcp"
-_SAFE_MODULES = {"torch.distributed.checkpoint.metadata"}
-_SAFE_NAMES = {("torch", "Size"), ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"),
-               ("pathlib", "PurePosixPath"), ("torch.distributed.checkpoint.filesystem", "_StorageInfo")}
-
-
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if module in _SAFE_MODULES or (module, name) in _SAFE_NAMES:
-            return super().find_class(module, name)
-        if module == "torch" and isinstance(getattr(torch, name, None), torch.dtype):
-            return getattr(torch, name)
-        raise CheckpointError(f"DCP metadata holds a {module}.{name} object; refused to unpickle it")
 
 
 def is_sharded(directory: str | Path) -> bool:
@@ -66,24 +56,24 @@ def verify_sharded(directory: str | Path, digests: dict[str, str]) -> None:
                                   "modified shard)")
 
 
+def read_metadata(shards: Path) -> Any:
+    """The validated DCP ``Metadata`` of ``shards`` (``dir/dcp``): from ``metadata.json``, or from a
+    legacy pickled ``.metadata`` through the exact-pair allow-list (:mod:`fastflow.models.dcp_metadata`)."""
+    if (shards / JSON_NAME).is_file():
+        path = shards / JSON_NAME
+        return metadata_of(read_json(path, CheckpointError), str(path))
+    if (shards / PICKLE_NAME).is_file():
+        return read_legacy(shards / PICKLE_NAME)
+    raise CheckpointError(f"{shards}: no {JSON_NAME} (incomplete sharded checkpoint)")
+
+
 def reader(directory: str | Path) -> Any:
-    """A DCP ``FileSystemReader`` for ``directory/dcp`` that reads metadata through the restricted
-    unpickler and refuses pickled (non-tensor) values."""
+    """A DCP ``FileSystemReader`` for ``directory/dcp`` whose metadata is :func:`read_metadata`'s."""
     from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import BytesStorageMetadata, StorageMeta
 
     class SafeReader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            try:
-                with open(Path(self.path) / ".metadata", "rb") as f:
-                    meta = _MetadataUnpickler(f).load()
-            except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError) as e:
-                raise CheckpointError(f"{self.path}/.metadata: unreadable DCP metadata ({e})") from None
-            pickled = [k for k, v in meta.state_dict_metadata.items() if isinstance(v, BytesStorageMetadata)]
-            if pickled:
-                raise CheckpointError(f"{self.path}: holds pickled values ({pickled[0]}); refused to unpickle them")
-            if getattr(meta, "storage_meta", None) is None:  # what FileSystemReader.read_metadata does
-                meta.storage_meta = StorageMeta()
+            meta = read_metadata(Path(self.path))
             meta.storage_meta.load_id = self.load_id
             return meta
 
@@ -99,14 +89,35 @@ def load_parts(directory: str | Path, state: dict[str, Any], digests: dict[str, 
     d = Path(directory)
     verify_sharded(d, digests)
     storage = reader(d)
-    storage.read_metadata()  # refuses pickled values here, in one line (inside load it is wrapped)
+    _check_fits(storage.read_metadata(), state, d)
+    from torch.distributed.checkpoint.api import CheckpointException
+
     try:
         with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
             warnings.simplefilter("ignore", UserWarning)
             load(state, storage_reader=storage, no_dist=not distributed)
-    except Exception as e:  # a shard whose tensors do not match the model, a truncated file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise CheckpointError(f"{d}: sharded checkpoint does not load into this model ({first[:300]})") from None
+    except CheckpointException as e:  # DCP's wrapper of what a rank's read raised: bytes that do not decode
+        first = next((str(f).strip().splitlines()[:1] for f in e.failures.values()), None) or [type(e).__name__]
+        raise CheckpointError(f"{d}: sharded checkpoint does not read ({first[0][:300]})") from None
+
+
+def _check_fits(meta: Any, state: dict[str, Any], d: Path) -> None:
+    """Every tensor of ``state`` (nested dicts, keys joined by dots as DCP does) is in the checkpoint
+    with the same global size and dtype."""
+    def leaves(tree: dict[str, Any], prefix: str = "") -> list[tuple[str, torch.Tensor]]:
+        out = []
+        for k, v in tree.items():
+            out += leaves(v, f"{prefix}{k}.") if isinstance(v, dict) else [(f"{prefix}{k}", v)]
+        return out
+
+    stored = meta.state_dict_metadata
+    for key, t in leaves(state):
+        if key not in stored:
+            raise CheckpointError(f"{d}: sharded checkpoint does not load into this model ({key} is missing)")
+        want = stored[key]
+        if tuple(want.size) != tuple(t.shape) or want.properties.dtype != t.dtype:
+            raise CheckpointError(f"{d}: sharded checkpoint does not load into this model ({key} is "
+                                  f"{want.properties.dtype} {list(want.size)}, the model's {t.dtype} {list(t.shape)})")
 
 
 def read_sharded(directory: str | Path, part: str, model: nn.Module, digests: dict[str, str]) -> dict[str, torch.Tensor]:

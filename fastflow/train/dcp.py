@@ -6,8 +6,8 @@ every file in ``dcp/``). The directory is written as ``.step-XXXXXXXX.tmp``; ran
 shards and renames it only after every rank's ``save`` returned, then moves ``latest``: a checkpoint
 directory is complete or absent, and ``latest`` never names an incomplete one.
 
-Only tensors are saved (the optimiser's hyper-parameters come from the config), so loading unpickles
-nothing (:mod:`fastflow.models.sharded`). Loading reshards: a checkpoint written by N ranks resumes
+Only tensors are saved (the optimiser's hyper-parameters come from the config), and DCP's metadata is
+written as JSON (``dcp/metadata.json``), so loading unpickles nothing (:mod:`fastflow.models.sharded`). Loading reshards: a checkpoint written by N ranks resumes
 on M. The data stream and the training noise are functions of the global step and the micro-batch
 index, so resuming with the same ``world × grad_accum`` continues the very same batches and noise.
 """
@@ -22,10 +22,11 @@ import torch
 from torch import nn
 
 from fastflow.models.checkpoint import checkpoints_root, read_config, write_config
+from fastflow.models.dcp_metadata import JSON_NAME, record_of
 from fastflow.models.sharded import SHARDS, load_parts, shard_files
 from fastflow.train.state import publish
 from fastflow.utils.distributed import DistInfo, barrier
-from fastflow.utils.io import file_digest
+from fastflow.utils.io import atomic_write_json, file_digest
 
 
 def _state(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], list[Any]]:
@@ -35,6 +36,18 @@ def _state(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> tupl
     osd = get_optimizer_state_dict(model, opt)  # creates Adam's moments (zeros) before the first step
     return {"model": get_model_state_dict(model), "ema": get_model_state_dict(ema),
             "optim": {"state": osd["state"]}}, osd["param_groups"]
+
+
+def _writer(path: Path) -> Any:
+    """DCP's ``FileSystemWriter`` writing its metadata as ``metadata.json`` instead of a pickle."""
+    from torch.distributed.checkpoint import FileSystemWriter
+
+    class JsonMetadataWriter(FileSystemWriter):
+        def finish(self, metadata: Any, results: list[list[Any]]) -> None:  # on the coordinator rank
+            metadata.storage_data = {r.index: r.storage_data for rank in results for r in rank}
+            atomic_write_json(Path(self.path) / JSON_NAME, record_of(metadata))
+
+    return JsonMetadataWriter(path)
 
 
 def save_sharded(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
@@ -50,7 +63,7 @@ def save_sharded(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Modul
     barrier(info)
     state, _ = _state(model, ema, opt)
     try:
-        save(state, checkpoint_id=tmp / SHARDS)
+        save(state, storage_writer=_writer(tmp / SHARDS))
         barrier(info)
         if info.main:
             digests = {f: file_digest(tmp / f) for f in shard_files(tmp)}

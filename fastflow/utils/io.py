@@ -194,8 +194,8 @@ def read_json(path: str | Path, error: type[Exception] = ConfigError) -> Any:
         return json.loads(Path(path).read_bytes().decode("utf-8"))
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror or e})") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: corrupted JSON ({e})") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:  # ValueError: a 5000-digit integer too
+        raise error(f"{path}: corrupted JSON ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def atomic_savez(path: str | Path, **arrays: Any) -> str:
