@@ -22,14 +22,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from tqdm import tqdm
 
 from fastflow import __version__
 from fastflow.errors import DataError
 from fastflow.utils.distributed import DistInfo, barrier
-from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json
+from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json, remove_stale_temps, temp_name
 from fastflow.utils.lock import directory_lock
 
 MANIFEST = "manifest.json"
@@ -75,7 +75,7 @@ def _complete(path: Path) -> bool:
     try:
         with safe_open(str(path), framework="pt") as f:
             return {"z", "x"} <= set(f.keys())
-    except Exception:  # truncated or foreign file: regenerate it
+    except (SafetensorError, OSError):  # absent, truncated or foreign file: regenerate it
         return False
 
 
@@ -113,8 +113,7 @@ def _generate(teacher: Teacher, root: Path, n: int, sample_shape: Sequence[int],
         else:
             atomic_write_json(manifest_path, {"format": "fastflow-pairs", "fastflow_version": __version__,
                                               "settings": settings, "complete": False})
-        for stale in root.glob(".shard-*.tmp"):
-            stale.unlink(missing_ok=True)
+        remove_stale_temps(root, temp_name(r"shard-\d{5,}\.safetensors|manifest\.json"))
     barrier(info)
 
     mine = [k for k in range(info.rank, n_shards, info.world)

@@ -5,6 +5,7 @@ resume, JSONL/TensorBoard logs, a progress bar and periodic sample grids."""
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from contextlib import nullcontext
@@ -32,7 +33,7 @@ from fastflow.train.preview import PreviewGrids
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastflow.train.step import MicroBatches, check_split, train_step
 from fastflow.utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
-from fastflow.utils.io import atomic_write_text, remove_stale_temps, writable_dir
+from fastflow.utils.io import atomic_write_text, remove_stale_temps, temp_name, writable_dir
 from fastflow.utils.lock import directory_lock
 
 
@@ -107,12 +108,32 @@ def train(cfg: TrainConfig, resume: bool = False) -> Path:
         run = Path(cfg.out_dir)
         check_split(t.batch_size, info.world, t.grad_accum)
         if info.main:
+            check_run_dir(run)
             writable_dir(run)
         with directory_lock(run, "training", enabled=info.main):
             return _train(cfg, resume, info, run)
     finally:
         if own_group:  # a process group of one made for this call: not left to the caller
             shutdown_distributed()
+
+
+#: what a training run writes into its out_dir (a folder holding anything else is not a run)
+RUN_ENTRIES = {"config.yaml", "log.jsonl", "checkpoints", "samples", "tb", ".lock"}
+
+
+def check_run_dir(run: Path) -> None:
+    """``run`` is a new or empty folder, or one a training run wrote; never the file system's root
+    (compared by device and inode) and never a folder holding other things (their owner's files)."""
+    try:
+        entries = {p.name for p in run.iterdir()} if run.is_dir() else set()
+        is_root = run.is_dir() and os.path.samestat(run.stat(), Path(run.anchor or "/").stat())
+    except OSError as e:
+        raise ConfigError(f"out_dir {run}: {e.strerror or e}") from None
+    if is_root:
+        raise ConfigError(f"out_dir {run} is the root of the file system; choose a folder for the run")
+    if entries and not entries & {"config.yaml", "checkpoints"} and entries - RUN_ENTRIES:
+        raise ConfigError(f"out_dir {run} is a non-empty folder that is not a fastflow run (it holds "
+                          f"{sorted(entries)[0]!r}); choose a new or empty folder")
 
 
 def _check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path) -> dict[str, Any]:
@@ -193,9 +214,11 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
     if ckpt is not None and not resume:
         raise ConfigError(f"{run} already holds checkpoints: pass --resume to continue, "
                           "or choose another out_dir")
-    if info.main:  # every output path is checked before the first step
-        for d in (run, checkpoints_root(run), run / "samples"):
-            remove_stale_temps(d)  # what a kill during a write left behind
+    if info.main:  # what a kill during one of this run's writes left behind; nothing else
+        for d, owned in ((run, temp_name(r"config\.yaml|log\.jsonl")),
+                         (checkpoints_root(run), rf"\.step-\d{{8}}\.tmp|{temp_name('latest')}"),
+                         (run / "samples", temp_name(r"step-\d{8}\.png"))):
+            remove_stale_temps(d, owned)
     barrier(info)
     if resume and ckpt is None and info.main:
         print(f"note: --resume: no checkpoint in {run}; starting from step 0")

@@ -7,6 +7,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -105,13 +106,18 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
-def remove_stale_temps(directory: str | Path) -> list[Path]:
-    """Delete what writes killed mid-way left in ``directory`` (``.NAME.XXXX.tmp`` files and
-    ``.step-N.tmp`` checkpoint directories). Only for directories this process owns (a run's)."""
-    import shutil
+def temp_name(name: str) -> str:
+    """The regular expression of :func:`atomic_write`'s temporaries of files whose name matches
+    ``name`` (a regular expression): ``.NAME.XXXXXXXX.tmp``."""
+    return rf"\.(?:{name})\.[a-z0-9_]{{8}}\.tmp"
 
+
+def remove_stale_temps(directory: str | Path, owned: str) -> list[Path]:
+    """Delete the entries of ``directory`` whose whole name matches the regular expression ``owned``:
+    what a kill during one of fastflow's own writes left (built from :func:`temp_name`; a run's
+    ``.step-N.tmp`` checkpoint directories). Nothing else is touched, whatever its name."""
     d = Path(directory)
-    stale = sorted(d.glob(".*.tmp")) if d.is_dir() else []
+    stale = sorted(p for p in d.iterdir() if re.fullmatch(owned, p.name)) if d.is_dir() else []
     for p in stale:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() and not p.is_symlink() else p.unlink(missing_ok=True)
     return stale
