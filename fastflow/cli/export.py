@@ -147,6 +147,9 @@ def _check_args(args: argparse.Namespace) -> tuple[int, int, int]:
         check_writable(args.output)  # before minutes of compilation
     if args.report:
         check_writable(args.report)
+    from fastflow.utils.io import check_distinct
+
+    check_distinct({"-o": args.output, "--report": args.report}, {"CHECKPOINT": args.ckpt})
     return lo, opt, hi
 
 

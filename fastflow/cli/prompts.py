@@ -25,17 +25,20 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fastflow.models.prompts import tokenize_prompts, write_prompt_table
-    from fastflow.utils.io import atomic_write, check_writable
+    from fastflow.utils.io import atomic_write, check_distinct, check_writable
 
     if not args.out and not args.ids:
         raise ConfigError("give --out TABLE.safetensors and/or --ids IDS.npy")
+    check_distinct({"--out": args.out, "--ids": args.ids}, {"PROMPTS": args.prompts, "SD": args.sd})
     for path in (args.out, args.ids):
         if path:
             check_writable(path)
     try:
-        prompts = [p.strip() for p in Path(args.prompts).read_text().splitlines() if p.strip()]
+        prompts = [p.strip() for p in Path(args.prompts).read_bytes().decode("utf-8").splitlines() if p.strip()]
     except OSError as e:
         raise ConfigError(f"cannot read {args.prompts}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{args.prompts}: not UTF-8 text (byte {e.start}); save the prompts as UTF-8") from None
     if args.out:
         out = write_prompt_table(args.sd, prompts, args.out, device=args.device)
         print(f"wrote {out}: {len(prompts)} prompts + the null prompt")

@@ -43,12 +43,13 @@ def _read_input(src: Path, channels: int) -> torch.Tensor:
 def run(args: argparse.Namespace) -> int:
     from fastflow.pipelines.oftsr import check_student, super_resolve
     from fastflow.utils.images import save_grid
-    from fastflow.utils.io import check_writable
+    from fastflow.utils.io import check_distinct, check_writable
 
     if Path(args.out).suffix.lower() != ".png":
         raise ConfigError(f"--out must be a .png file, got {args.out!r}")
     if not 0.0 <= args.tau <= 1.0:
         raise ConfigError("--tau must be in [0, 1]")
+    check_distinct({"--out": args.out}, {"--input": args.input})
     check_writable(args.out)
     record, model = load_checkpoint(args)
     scale = check_student(record)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import ConfigError, DataError
+from fastflow.utils.seeding import stream_seed
 
 
 @dataclass
@@ -93,7 +94,7 @@ class BatchStream:
 
     def _epoch_perm(self, epoch: int) -> Tensor:
         if self._perm is None or self._perm[0] != epoch:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            g = torch.Generator().manual_seed(stream_seed(self.seed, epoch))
             self._perm = (epoch, torch.randperm(self.n, generator=g))
         return self._perm[1]
 

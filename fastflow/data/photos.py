@@ -17,6 +17,7 @@ from torch import Tensor
 
 from fastflow.data.base import Batch, Dataset
 from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.utils.seeding import stream_seed
 
 #: scikit-image sample images (``skimage.data`` functions) that are photographs and are bundled.
 TRAIN_PHOTOS = ("astronaut", "rocket", "motorcycle_left", "immunohistochemistry", "retina", "hubble_deep_field",
@@ -64,7 +65,7 @@ class PhotoCrops(Dataset):
 
     def crop(self, i: int) -> Tensor:
         """Crop ``i`` as ``[3, size, size]`` uint8."""
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + i)
+        g = torch.Generator().manual_seed(stream_seed(self.seed, i))
         photo = self.photos[int(torch.randint(0, len(self.photos), (1,), generator=g))]
         h, w = photo.shape[1:]
         y = int(torch.randint(0, h - self.size + 1, (1,), generator=g))

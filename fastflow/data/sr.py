@@ -17,6 +17,7 @@ from torch import Tensor
 
 from fastflow.data.base import Batch, Dataset
 from fastflow.errors import ConfigError, DataError
+from fastflow.utils.seeding import stream_seed
 
 #: the super-resolution factor when a config names none (OFTSR's ×4)
 DEFAULT_SCALE = 4
@@ -57,7 +58,7 @@ class SRDataset(Dataset):
         hr = self.base.get(indices).x
         if self.sigma_y > 0:
             lq = torch.cat([degrade(hr[j:j + 1], self.scale, self.sigma_y, self.mode,
-                                    torch.Generator().manual_seed(self.seed * 1_000_003 + int(i)))
+                                    torch.Generator().manual_seed(stream_seed(self.seed, int(i))))
                             for j, i in enumerate(indices.tolist())])
         else:
             lq = degrade(hr, self.scale, 0.0, self.mode)

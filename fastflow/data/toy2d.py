@@ -36,5 +36,8 @@ def sample_toy2d(kind: str, n: int, seed: int = 0, modes: int = 8, radius: float
 class Toy2DDataset(ArrayDataset):
     def __init__(self, kind: str = "gaussians", n: int = 20_000, seed: int = 0, modes: int = 8,
                  radius: float = 4.0, std: float = 0.3) -> None:
+        if n < 1 or modes < 1 or std < 0 or not 0 <= seed < 2**63:
+            raise ConfigError(f"toy2d needs n >= 1, modes >= 1, std >= 0 and seed in [0, 2**63); got n={n}, "
+                              f"modes={modes}, std={std}, seed={seed}")
         x, y = sample_toy2d(kind, n, seed, modes=modes, radius=radius, std=std)
         super().__init__(x, y, name=f"toy2d/{kind}")

@@ -9,7 +9,7 @@ from pathlib import Path
 from fastflow.errors import ConfigError
 from fastflow.models.checkpoint import model_of, read_config, resolve_checkpoint
 from fastflow.models.sharded import is_sharded, read_sharded
-from fastflow.utils.io import atomic_save_tensors, atomic_write_json, check_new_dir
+from fastflow.utils.io import atomic_save_tensors, atomic_write_json, check_new_dir, staged_artifact
 
 
 def consolidate(path: str | Path, out: str | Path | None = None) -> Path:
@@ -25,9 +25,10 @@ def consolidate(path: str | Path, out: str | Path | None = None) -> Path:
     target = d if out is None else check_new_dir(out)
     target.mkdir(parents=True, exist_ok=True)
     sha = digests if out is None else {}
-    for part in ("model", "ema"):
-        sha[f"{part}.safetensors"] = atomic_save_tensors(target / f"{part}.safetensors",
-                                                         read_sharded(d, part, model, digests))
     meta = {**(cfg.get("meta") or {}), "consolidated_from": str(d.resolve())}
-    atomic_write_json(target / "config.json", {**cfg, "meta": meta, "sha256": sha})
+    with staged_artifact(target / "config.json") as staged:  # both files and the config, or none of them
+        for part in ("model", "ema"):
+            sha[f"{part}.safetensors"] = atomic_save_tensors(staged.parent / f"{part}.safetensors",
+                                                             read_sharded(d, part, model, digests))
+        atomic_write_json(staged, {**cfg, "meta": meta, "sha256": sha})
     return target

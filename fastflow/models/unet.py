@@ -65,6 +65,13 @@ class UNetConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"invalid UNet config: {msg}")
+        head = self.attn_head_dim
+        attended = [m for i, m in enumerate(self.ch_mult)
+                    if self.resolution // 2 ** i in self.attn_resolutions or i == len(self.ch_mult) - 1]
+        if head and any(self.channels * m % head for m in attended):
+            widths = sorted({self.channels * m for m in attended})
+            raise ConfigError(f"invalid UNet config: attn_head_dim {head} does not divide the attention widths "
+                              f"{widths} (channels × ch_mult)")
         if self.resolution % 2 ** (len(self.ch_mult) - 1):
             raise ConfigError(f"resolution {self.resolution} is not divisible by "
                               f"2^{len(self.ch_mult) - 1} (levels in ch_mult)")

@@ -9,6 +9,7 @@ sequential read of the pairs); shards written before digests load with a one-tim
 from __future__ import annotations
 
 import json
+import math
 import logging
 import re
 import struct
@@ -27,6 +28,8 @@ _warned_legacy: set[Path] = set()
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
 SHARD_NAME = re.compile(r"shard-\d{5,}\.safetensors")
+#: safetensors' own bound on a header's size (100 MB)
+MAX_HEADER = 100_000_000
 
 
 def _tensor_info(path: Path, name: str, info: object, data_len: int) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -43,7 +46,7 @@ def _tensor_info(path: Path, name: str, info: object, data_len: int) -> tuple[np
     start, end = info["data_offsets"]
     if not start <= end <= data_len:
         raise DataError(f"{path}: truncated shard or offsets outside the data (tensor {name!r})")
-    if end - start != int(np.prod(info["shape"], dtype=np.int64)) * dtype.itemsize:
+    if end - start != math.prod(info["shape"]) * dtype.itemsize:
         raise DataError(f"{path}: tensor {name!r}: offsets disagree with its shape and dtype")
     return dtype, tuple(info["shape"]), start
 
@@ -64,6 +67,10 @@ def _check_manifest(root: Path, m: object) -> list[str]:
     if bad:
         raise DataError(f"{root}: {MANIFEST} names {bad[0]!r}, not a shard file of this directory "
                         "(shard-NNNNN.safetensors)")
+    repeated = sorted({s for s in shards if shards.count(s) > 1})
+    if repeated:
+        raise DataError(f"{root}: {MANIFEST} lists {repeated[0]} more than once (each pair would be trained on "
+                        "twice as often)")
     if not isinstance(m.get("settings"), dict):
         raise DataError(f"{root}: {MANIFEST} has no 'settings' object")
     return shards
@@ -75,9 +82,11 @@ def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
     try:
         with open(path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
+            if header_len > min(MAX_HEADER, path.stat().st_size - 8):
+                raise DataError(f"{path}: unreadable shard (a header of {header_len} bytes)")
             header = json.loads(f.read(header_len))
-    except (OSError, struct.error, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: unreadable shard ({e})") from None
+    except (OSError, struct.error, ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: unreadable shard ({type(e).__name__}: {str(e)[:200]})") from None
     if not isinstance(header, dict):
         raise DataError(f"{path}: unreadable shard (the header is not a JSON object)")
     out = {}
@@ -91,7 +100,10 @@ def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
             ("label" in out and out["label"].shape != out["z"].shape[:1]):
         raise DataError(f"{path}: a shard holds z and x of one shape (and label [N]); got "
                         f"{ {k: v.shape for k, v in out.items()} }")
-    want = (header.get("__metadata__") or {}).get("sha256")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+        raise DataError(f"{path}: unreadable shard (__metadata__ must map names to strings)")
+    want = meta.get("sha256")
     if want is None:
         if path.parent not in _warned_legacy:
             _warned_legacy.add(path.parent)

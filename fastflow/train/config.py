@@ -25,6 +25,8 @@ from fastflow.objectives import objective_options
 from fastflow.train.parallel import check_options
 from fastflow.utils.schema import build
 
+#: the smallest normal float32: a smaller Adam eps is 0 or subnormal in float32 and divides by zero
+FLOAT32_TINY = 1.1754943508222875e-38
 PACKAGED_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 #: values a config may hold once its aliases are expanded (ours hold ~60)
 MAX_NODES = 10_000
@@ -37,6 +39,8 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, (str, int, float, bool)) and key is not None:
+                raise ConfigError(f"a mapping key must be a name, got {key!r} (line {key_node.start_mark.line + 1})")
             if key in seen:
                 raise ConfigError(f"key {key!r} is given twice (line {key_node.start_mark.line + 1}); YAML would "
                                   "silently keep the last")
@@ -66,6 +70,8 @@ def read_yaml(text: str, source: str) -> Any:
         _count_nodes(data)
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: invalid YAML ({str(e).splitlines()[0]})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: nested too deeply") from None
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
     return data
@@ -182,6 +188,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
     t, o = cfg.train, cfg.optim
     checks = [
         (bool(cfg.out_dir.strip()), "out_dir must name a directory (an empty one would train into the current one)"),
+        ("\0" not in cfg.out_dir, "out_dir must not contain a NUL byte"),
         (0 <= cfg.seed < 2**63, f"seed must be in [0, 2**63), got {cfg.seed}"),
         (t.steps >= 1, "train.steps must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
@@ -190,7 +197,11 @@ def _check_ranges(cfg: TrainConfig) -> None:
         (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every and train.ckpt_every must be >= 1"),
         (t.keep_ckpts >= 1, "train.keep_ckpts must be >= 1"),
         (t.sample_every >= 0 and t.sample_n >= 1 and t.sample_steps >= 1, "invalid sample settings"),
-        (o.lr > 0 and o.warmup >= 0 and o.grad_clip >= 0 and o.eps > 0, "invalid optim settings"),
+        (o.lr > 0 and o.warmup >= 0 and o.grad_clip >= 0, "optim.lr must be > 0, optim.warmup and optim.grad_clip >= 0"),
+        (FLOAT32_TINY <= o.eps < 1, f"optim.eps must be in [{FLOAT32_TINY:.3g}, 1) (Adam divides by it in float32), "
+                                   f"got {o.eps:g}"),
+        (all(0 <= b < 1 for b in o.betas), f"optim.betas must each be in [0, 1), got {list(o.betas)}"),
+        (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay:g}"),
     ]
     for ok, msg in checks:
         if not ok:

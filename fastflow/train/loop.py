@@ -233,6 +233,19 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
     return _loop(cfg, info, run, start, data, micro, model, ema, opt, objective)
 
 
+def _check_weights(cfg: TrainConfig, info: DistInfo, models: tuple[nn.Module, ...], step: int) -> None:
+    """Refuse to checkpoint non-finite weights (every rank's shard): the loss can be finite while the
+    optimiser's update is not (an Adam ``eps`` that vanishes in float32, an overflow)."""
+    local = [p.to_local() if hasattr(p, "to_local") else p for m in models for p in m.parameters()]
+    bad = torch.stack([(~torch.isfinite(p.detach())).any() for p in local]).any().float()
+    if info.world > 1:
+        dist.all_reduce(bad)
+    if bool(bad):
+        raise TrainingError(f"an optimiser step made non-finite weights by step {step} "
+                            f"(optim.lr={cfg.optim.lr:g}, optim.eps={cfg.optim.eps:g}); no checkpoint written, "
+                            "the last one stays")
+
+
 def _save(cfg: TrainConfig, info: DistInfo, run: Path, n: int, model: nn.Module, ema: EMA,
           opt: torch.optim.Optimizer, meta: dict[str, Any]) -> None:
     if cfg.train.parallel == "fsdp2":
@@ -297,6 +310,7 @@ def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset
         if n % t.ckpt_every == 0 or n == t.steps:
             if sums:  # never checkpoint weights a diverged step produced
                 _check_finite(torch.stack(list(sums.values())), n_last, n)
+            _check_weights(cfg, info, (model, ema.model), n)
             _save(cfg, info, run, n, model, ema, opt, meta)
 
         if grids is not None and ((t.sample_every and n % t.sample_every == 0) or n == t.steps):

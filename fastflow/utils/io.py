@@ -166,6 +166,35 @@ def check_writable(path: str | Path) -> Path:
     return p
 
 
+def file_key(path: str | Path) -> tuple[int, int, str]:
+    """What identifies the file ``path`` names: ``(device, inode, "")`` where it exists, else its
+    directory's ``(device, inode)`` and its name (``o//a.npy``, ``./a.npy`` and a symlinked folder
+    name one file); a path whose folder is missing too: its absolute, normalised text."""
+    p = Path(path)
+    try:
+        st = os.stat(p)
+        return st.st_dev, st.st_ino, ""
+    except (OSError, ValueError):
+        pass
+    try:
+        st = os.stat(p.parent)
+        return st.st_dev, st.st_ino, p.name
+    except (OSError, ValueError):
+        return -1, -1, os.path.abspath(p)
+
+
+def check_distinct(outputs: dict[str, str | Path | None], inputs: dict[str, str | Path | None]) -> None:
+    """No output (flag → path) names an input or another output, compared by :func:`file_key`."""
+    seen = {file_key(p): f"{flag} {p}" for flag, p in inputs.items() if p}
+    for flag, p in outputs.items():
+        if not p:
+            continue
+        key = file_key(p)
+        if key in seen:
+            raise ConfigError(f"{flag} {p} names the same file as {seen[key]}; choose another output")
+        seen[key] = f"{flag} {p}"
+
+
 def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 

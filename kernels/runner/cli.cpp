@@ -106,6 +106,7 @@ Options parse_args(int argc, char** argv) {
   }
   if (o.package.empty()) throw InputError("no package given (see --help)");
   if (o.out.empty() && !o.info) throw InputError("--out OUT.npy is required");
+  if (!o.timing_json.empty() && o.iters <= 0) throw InputError("--timing-json needs --iters N (N >= 1 timed calls)");
   if (!o.device.empty() && o.device != "cpu" && o.device != "cuda")
     throw InputError("--device must be cpu or cuda, got '" + o.device + "'");
   return o;
@@ -205,7 +206,7 @@ void check_outputs(const Options& o, const std::vector<std::string>& inputs) {
   check_output("--out", o.out, inputs);
   for (const auto& [flag, path] : {std::pair<std::string, std::string>{"--png", o.png}, {"--timing-json", o.timing_json}})
     if (!path.empty()) check_output(flag, path, inputs);
-  if (o.png == o.out || o.timing_json == o.out || (!o.png.empty() && o.png == o.timing_json))
+  if (same_file(o.png, o.out) || same_file(o.timing_json, o.out) || same_file(o.png, o.timing_json))
     throw InputError("--out, --png and --timing-json must name different files");
 }
 

@@ -19,12 +19,23 @@ std::string parent_of(const std::string& path) {
   return slash == 0 ? "/" : path.substr(0, slash);
 }
 
-bool same_file(const std::string& a, const std::string& b) {
-  struct stat sa {}, sb {};
-  return stat(a.c_str(), &sa) == 0 && stat(b.c_str(), &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
-}
+std::string base_of(const std::string& path) { return path.substr(path.find_last_of('/') + 1); }
 
 }  // namespace
+
+bool same_file(const std::string& a, const std::string& b) {
+  // (device, inode) of the file where it exists; else of its directory, plus its name: `o//a.npy`,
+  // `./a.npy` and a symlinked directory all name one file.
+  auto key = [](const std::string& p, struct stat& st, std::string& name) {
+    if (::stat(p.c_str(), &st) == 0) return true;
+    name = base_of(p);
+    return name != "." && name != ".." && !name.empty() && ::stat(parent_of(p).c_str(), &st) == 0;
+  };
+  struct stat sa {}, sb {};
+  std::string na, nb;
+  if (a.empty() || b.empty() || !key(a, sa, na) || !key(b, sb, nb)) return a == b;
+  return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino && na == nb;
+}
 
 void check_output(const std::string& flag, const std::string& path, const std::vector<std::string>& inputs) {
   if (path.empty()) throw InputError(flag + " needs a file name");

@@ -6,6 +6,10 @@
 
 namespace fastflow {
 
+// Whether `a` and `b` name one file: compared as (device, inode) of the file, or, for a file not yet
+// there, of its directory plus its name; never as strings.
+bool same_file(const std::string& a, const std::string& b);
+
 // Throws InputError when `path` cannot be an output: empty, a directory, in a directory that does
 // not exist or is not writable, or the same file as one of `inputs` (the package, --input, --lq).
 void check_output(const std::string& flag, const std::string& path, const std::vector<std::string>& inputs);
