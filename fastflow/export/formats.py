@@ -24,6 +24,7 @@ from fastflow.errors import ArtifactError, MissingBackendError
 from fastflow.export.quantize import fp32_onnx_then_int8, quantize_module
 from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
 from fastflow.fused import cpu_block
+from fastflow.export.package_check import check_package
 
 Runner = Callable[..., Tensor]  # run(*inputs) → image
 Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
@@ -192,6 +193,7 @@ def load_pt2(path: Path, device: torch.device) -> Runner:
     and made contiguous (the compiled code assumes the strides it was traced with: a channels-last,
     transposed or expanded tensor would be read wrongly). AOTI's own input checks are switched on
     too, whatever ``AOTI_RUNTIME_CHECK_INPUTS`` said: without them a wrong shape reads out of bounds."""
+    check_package(path)  # a cut library would kill this process (SIGBUS) inside the loader
     spec = read_pt2_spec(path)
     if spec is None:
         warnings.warn(f"{path} carries no fastflow metadata (another tool or an older fastflow): inputs are not "

@@ -20,6 +20,7 @@
 #include "error.h"
 #include "io.h"
 #include "npy.h"
+#include "package_check.h"
 #include "png.h"
 
 namespace fastflow {
@@ -172,6 +173,7 @@ Package load_package(const std::string& path, const std::string& device) {
   if (device != p.spec.device)
     throw InputError(path + " was compiled for " + p.spec.device + "; run it with --device " + p.spec.device);
   if (device == "cuda" && !torch::cuda::is_available()) throw InputError("--device cuda: no CUDA device available");
+  check_package(path);  // a cut library would kill the process (SIGBUS) inside the loader
   try {
     p.loader = std::make_unique<torch::inductor::AOTIModelPackageLoader>(path, "model");
   } catch (const c10::Error& e) {

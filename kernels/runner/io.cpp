@@ -33,7 +33,8 @@ bool same_file(const std::string& a, const std::string& b) {
   };
   struct stat sa {}, sb {};
   std::string na, nb;
-  if (a.empty() || b.empty() || !key(a, sa, na) || !key(b, sb, nb)) return a == b;
+  if (a.empty() || b.empty()) return false;
+  if (!key(a, sa, na) || !key(b, sb, nb)) return a == b;
   return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino && na == nb;
 }
 

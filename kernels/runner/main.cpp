@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "cli.h"
+#include "package_check.h"
 #include "error.h"
 #include "pipeline.h"
 #include "spec.h"
@@ -68,6 +69,7 @@ int run(int argc, char** argv) {
   if (is_dir(o.package)) return run_pipeline(o);
   const Spec spec = read_spec(o.package);
   if (o.info) {
+    check_package(o.package);
     std::cout << spec.describe();
     return 0;
   }

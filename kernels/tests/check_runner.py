@@ -64,6 +64,12 @@ BAD = {  # case: (package, runner args, a word the message must contain)
     "bad-out-is-package": ("uncond.pt2", ["--out", "{fx}/uncond.pt2"], "would overwrite an input"),
     "bad-out-no-dir": ("uncond.pt2", ["--out", "{tmp}/nowhere/o.npy"], "no directory"),
     "bad-outputs-collide": ("uncond.pt2", ["--png", "{tmp}/out.npy"], "different files"),
+    "bad-outputs-collide-spelling": ("uncond.pt2", ["--png", "{tmp}//./out.npy"], "different files"),
+    "bad-timing-json-without-iters": ("uncond.pt2", ["--timing-json", "{tmp}/t.json"], "--iters"),
+    "bad-cut-so-10": ("cut-so-10.pt2", [], "cut short"),
+    "bad-cut-so-30": ("cut-so-30.pt2", [], "cut short"),
+    "bad-cut-so-info": ("cut-so-30.pt2", ["--info"], "cut short"),
+    "bad-flipped-so": ("flipped-so.pt2", [], "CRC-32"),
     "bad-meta-batch": ("lying-batch.pt2", ["--batch", "8"], "its compiled code refused"),
     "bad-meta-shape": ("lying-shape.pt2", [], "its compiled code refused"),
 }
@@ -202,6 +208,14 @@ def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:
     assert len(lines) == 1 and lines[0].startswith("fastflow-run: error:"), f"stderr: {res.stderr!r}"
     assert word in lines[0], f"{word!r} not in {lines[0]!r}"
     assert not (tmp / "out.npy").exists(), "an output was written despite the error"
+    if word in ("cut short", "CRC-32"):  # the Python loader makes the same package checks
+        from fastflow.errors import ArtifactError
+
+        try:
+            load_pt2(fx / pkg, torch.device("cpu"))
+            raise AssertionError("load_pt2 loaded a damaged package")
+        except ArtifactError as e:
+            assert word in str(e), str(e)
     print(f"{case}: exit 2, {lines[0]}")
 
 

@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,17 +81,27 @@ def main(out: Path) -> None:
     (out / "truncated.pt2").write_bytes(data[: len(data) // 2])
     (out / "not-a-package.pt2").write_text("hello\n")
     _edit_metadata(out / "uncond.pt2", out / "lying-batch.pt2", {"fastflow.batch_max": "64"})
+    for pct in (10, 30):  # the zip rewritten around a library cut to pct % (its CRC matches: the ELF check finds it)
+        _rewrite(out / "uncond.pt2", out / f"cut-so-{pct}.pt2", lambda n, d: d[: len(d) * pct // 100] if n.endswith(".so") else d)
+    flipped = bytearray(data)
+    with zipfile.ZipFile(out / "uncond.pt2") as z:
+        so = next(i for i in z.infolist() if i.filename.endswith(".so"))
+    flipped[so.header_offset + 30 + len(so.filename) + len(so.extra) + so.file_size // 2] ^= 0xFF
+    (out / "flipped-so.pt2").write_bytes(bytes(flipped))
     _edit_metadata(out / "uncond.pt2", out / "lying-shape.pt2", {"fastflow.sample_shape": "1,16,16"})
 
 
 def _edit_metadata(src: Path, dst: Path, edits: dict[str, str]) -> None:
     """A copy of package ``src`` whose stored metadata says otherwise than its compiled code."""
+    _rewrite(src, dst, lambda name, data: json.dumps({**json.loads(data), **edits}).encode()
+             if name.endswith("_metadata.json") else data)
+
+
+def _rewrite(src: Path, dst: Path, edit: Callable[[str, bytes], bytes]) -> None:
+    """A copy of package ``src`` with every entry's bytes through ``edit(name, data)`` (CRCs recomputed)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_STORED) as zout:
         for item in zin.infolist():
-            data = zin.read(item)
-            if item.filename.endswith("_metadata.json"):
-                data = json.dumps({**json.loads(data), **edits}).encode()
-            zout.writestr(item, data)
+            zout.writestr(item, edit(item.filename, zin.read(item)))
 
 
 if __name__ == "__main__":
