@@ -11,7 +11,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config")
     p.add_argument("config", help="YAML config file (e.g. configs/digits.yaml)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. train.steps=100")
-    p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--resume", nargs="?", const="yes", default="no", choices=["yes", "auto"], metavar="auto",
+                   help="continue from the run's latest checkpoint (an error when there is none); --resume auto: "
+                        "continue when there is one, else start (for torchrun --max-restarts N)")
     add_threads(p)
     p.set_defaults(fn=run)
 
@@ -20,6 +22,6 @@ def run(args: argparse.Namespace) -> int:
     from fastflow.train import load_config, train
 
     cfg = load_config(args.config, args.overrides)
-    out = train(cfg, resume=args.resume)
+    out = train(cfg, resume={"no": False, "yes": True, "auto": "auto"}[args.resume])
     print(f"run directory: {out}")
     return 0

@@ -43,7 +43,7 @@ def train_stage(out: Path, name: str, overrides: list[str], config: str | None =
                       [f"out_dir={out / name}", "train.tensorboard=false", f"seed={seed}", *overrides])
     log(f"  {name}: {cfg.objective.get('name')} · {cfg.model} · {cfg.train.steps} steps")
     with timed(out, name):
-        return latest_checkpoint(train(cfg, resume=latest_checkpoint(out / name) is not None))
+        return latest_checkpoint(train(cfg, resume="auto"))
 
 
 @contextmanager

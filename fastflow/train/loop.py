@@ -10,7 +10,7 @@ import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.distributed as dist
@@ -97,9 +97,17 @@ def _mean_logs(sums: dict[str, Tensor], start: int, end: int, info: DistInfo) ->
     return {k: float(v) for k, v in zip(keys, vec.tolist())}
 
 
-def train(cfg: TrainConfig, resume: bool = False) -> Path:
-    """Run (or resume) training as configured; returns the run directory. The run directory is
-    locked for the whole run: a second training (or pair generation) there is refused."""
+Resume = bool | Literal["auto"]
+
+
+def train(cfg: TrainConfig, resume: Resume = False) -> Path:
+    """Run (or resume) training as configured; returns the run directory. ``resume``: False (a run
+    directory holding checkpoints is refused), True (continue its latest checkpoint; none is an
+    error), ``"auto"`` (continue when there is one, else start: what ``torchrun --max-restarts``
+    needs to survive a killed rank unattended). The run directory is locked for the whole run: a
+    second training (or pair generation) there is refused."""
+    if resume not in (True, False, "auto"):
+        raise ConfigError(f"resume must be True, False or 'auto', got {resume!r}")
     t = cfg.train
     had_group = dist.is_initialized()
     info = init_distributed(group_of_one=t.parallel == "fsdp2")
@@ -136,17 +144,22 @@ def check_run_dir(run: Path) -> None:
                           f"{sorted(entries)[0]!r}); choose a new or empty folder")
 
 
-def _check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path) -> dict[str, Any]:
-    """The checkpoint's meta; refuses a changed seed or batch size (the data stream would silently
-    differ) and a single-file checkpoint under FSDP2; notes a changed micro-batch split."""
-    meta = read_config(ckpt).get("meta")
-    meta = meta if isinstance(meta, dict) else {}
-    for key, now in (("seed", cfg.seed), ("batch_size", cfg.train.batch_size)):
-        if meta.get(key, now) != now:
-            name = "seed" if key == "seed" else "train.batch_size"
-            raise ConfigError(f"{ckpt} was trained with {name}={meta[key]}; resuming with {now} would not "
-                              f"continue that run: keep {meta[key]}, or start a new out_dir with "
-                              f"train.init_from={ckpt}")
+def _check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Module) -> dict[str, Any]:
+    """The checkpoint's meta; refuses what would not continue that run — a changed seed, batch size,
+    model, data or objective (the model, or the random and data streams, would silently differ) —
+    and a single-file checkpoint under FSDP2; notes a changed micro-batch split."""
+    record = read_config(ckpt)
+    meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+    stored = {"seed": meta.get("seed"), "train.batch_size": meta.get("batch_size"), "data": meta.get("data_config"),
+              "objective": meta.get("objective_config"), "model": record.get("model")}
+    now = {"seed": cfg.seed, "train.batch_size": cfg.train.batch_size, "data": cfg.data,
+           "objective": cfg.objective, "model": model.config.to_dict()}
+    for key, was in stored.items():
+        changed = _difference(key, was, now[key]) if was is not None else None
+        if changed is not None:
+            name, before, after = changed
+            raise ConfigError(f"{ckpt} was trained with {name}={before}; resuming with {after} would not continue "
+                              f"that run: keep it, or start a new out_dir with train.init_from={ckpt}")
     if cfg.train.parallel == "fsdp2" and not is_sharded(ckpt):
         raise ConfigError(f"{ckpt} is a single-file (DDP) checkpoint; it resumes with train.parallel=ddp, "
                           f"or starts an FSDP2 run in a new out_dir with train.init_from={ckpt}")
@@ -158,10 +171,20 @@ def _check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path) -> dict[str, 
     return meta
 
 
+def _difference(key: str, was: Any, now: Any) -> tuple[str, Any, Any] | None:
+    """The first ``(key[.sub], before, after)`` where two settings differ (mappings compared per key)."""
+    if was == now:
+        return None
+    if isinstance(was, dict) and isinstance(now, dict):
+        sub = min((k for k in {*was, *now} if was.get(k, "(unset)") != now.get(k, "(unset)")), key=str)
+        return f"{key}.{sub}", was.get(sub, "(unset)"), now.get(sub, "(unset)")
+    return key, was, now
+
+
 def _resume(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Module, ema: EMA,
             opt: torch.optim.Optimizer) -> int:
     """Load ``ckpt`` (sharded or single-file) into the run; returns its step."""
-    _check_resumable(cfg, info, ckpt)
+    _check_resumable(cfg, info, ckpt, model)
     if is_sharded(ckpt):
         return load_sharded(ckpt, model, ema.model, opt, info)
     state = load_checkpoint(ckpt, model, ema.model)
@@ -191,7 +214,7 @@ def _init_from(path: str, model: nn.Module, ema: EMA) -> None:
     ema.copy_from(model)
 
 
-def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
+def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
     data = build_dataset(cfg.data)
     model, ema, fused = _build(cfg, info, data)
     micro = MicroBatches.build(data, cfg.train.batch_size, cfg.train.grad_accum, cfg.seed, info)
@@ -220,10 +243,13 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, run: Path) -> Path:
                          (run / "samples", temp_name(r"step-\d{8}\.png"))):
             remove_stale_temps(d, owned)
     barrier(info)
-    if resume and ckpt is None and info.main:
-        print(f"note: --resume: no checkpoint in {run}; starting from step 0")
+    if resume is True and ckpt is None:
+        raise ConfigError(f"--resume: {run} holds no checkpoint to continue; drop --resume to start, or pass "
+                          "--resume auto (continue when there is one)")
     if resume and ckpt is not None:
         start = _resume(cfg, info, ckpt, model, ema, opt)
+        if info.main:
+            print(f"resuming {run} from step {start} ({ckpt.name})", file=sys.stderr)
     elif cfg.train.init_from:
         _init_from(cfg.train.init_from, model, ema)
     if start >= cfg.train.steps:
