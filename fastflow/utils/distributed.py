@@ -39,10 +39,24 @@ def init_distributed(group_of_one: bool = False) -> DistInfo:
         importlib.import_module("torch._dynamo")
         backend = "nccl" if cuda else "gloo"
         if world > 1:
-            dist.init_process_group(backend)
+            dist.init_process_group(backend, **_elastic_store(rank, world))
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return DistInfo(rank, world, local, device)
+
+
+def _elastic_store(rank: int, world: int) -> dict:
+    """Under torchrun's agent store, the store of this restart round: the agent keeps one store over
+    restarts, and a restarted group would otherwise read the killed round's addresses (gloo:
+    "connectFullMesh failed … Connection refused"). Elsewhere ``{}``: the env:// default."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return {}
+    from datetime import timedelta
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world, is_master=False,
+                          timeout=timedelta(minutes=10))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    return {"store": dist.PrefixStore(f"fastflow/attempt-{attempt}", store), "rank": rank, "world_size": world}
 
 
 def shutdown_distributed() -> None:
