@@ -2,6 +2,7 @@
 left, the earlier checkpoint / shards intact and the work resumable once space is back (a small
 tmpfs; root only, skipped otherwise). The export case is in test_export.py, the runner's in ctest."""
 
+import pytest
 import torch
 
 import fastflow.pairs.writer as writer
@@ -13,7 +14,7 @@ from fastflow.models.presets import build_model
 from fastflow.pairs import PairDataset
 from fastflow.train.state import latest_checkpoint, list_checkpoints
 
-from helpers import TINY_DIGITS, fill_disk, small_tmpfs
+from helpers import FSDP, TINY_DIGITS, fill_disk, small_tmpfs
 
 
 def _one_line(capsys) -> str:
@@ -22,20 +23,22 @@ def _one_line(capsys) -> str:
     return err[0]
 
 
-def test_checkpoint_save_on_a_full_disk(tmp_path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("saver", ["save_checkpoint", "save_sharded"], ids=["single-file", "fsdp2-dcp"])
+def test_checkpoint_save_on_a_full_disk(tmp_path, monkeypatch, capsys, saver) -> None:
     threads = ["--threads", str(torch.get_num_threads())]
-    with small_tmpfs(tmp_path / "disk", "4m") as disk:
+    with small_tmpfs(tmp_path / "disk", "16m") as disk:
         run = disk / "run"
-        args = ["train", "configs/digits.yaml", *TINY_DIGITS, f"out_dir={run}", "train.ckpt_every=2"]
+        args = ["train", "configs/digits.yaml", *TINY_DIGITS, f"out_dir={run}", "train.ckpt_every=2",
+                *(FSDP[:1] if saver == "save_sharded" else [])]
         assert main([*args, "train.steps=2", *threads]) == 0
         capsys.readouterr()
-        real = loop.save_checkpoint
+        real = getattr(loop, saver)
 
         def fill_then_save(*a, **k):  # noqa: ANN002, ANN003
             fill_disk(disk)
             return real(*a, **k)
 
-        monkeypatch.setattr(loop, "save_checkpoint", fill_then_save)
+        monkeypatch.setattr(loop, saver, fill_then_save)
         assert main([*args, "train.steps=4", "--resume", *threads]) == 2
         line = _one_line(capsys)
         assert line.startswith("fastflow: error: ") and line.endswith("No space left on device"), line
@@ -43,7 +46,7 @@ def test_checkpoint_save_on_a_full_disk(tmp_path, monkeypatch, capsys) -> None:
         assert latest_checkpoint(run).name == "step-00000002"
         assert not list((run / "checkpoints").glob(".*"))  # nothing partial
         load_model(latest_checkpoint(run))
-        monkeypatch.setattr(loop, "save_checkpoint", real)
+        monkeypatch.setattr(loop, saver, real)
         (disk / "filler").unlink()
         assert main([*args, "train.steps=4", "--resume", *threads]) == 0  # space back: the run goes on
         assert latest_checkpoint(run).name == "step-00000004"
@@ -74,3 +77,22 @@ def test_pair_shards_on_a_full_disk(tmp_path, monkeypatch, capsys) -> None:
         (disk / "filler").unlink()
         assert main([*args, "--out", str(out)]) == 0  # space back: the two shards are kept, two more made
         assert len(PairDataset(str(out))) == 64
+
+
+def test_consolidate_in_place_on_a_full_disk(tmp_path, capsys) -> None:
+    """Consolidating a sharded checkpoint where the disk fills: one line, and the checkpoint is left as it
+    was (no model.safetensors beside the shards that config.json does not list), still loading."""
+    with small_tmpfs(tmp_path / "disk", "16m") as disk:
+        run = disk / "run"
+        assert main(["train", "configs/digits.yaml", *TINY_DIGITS, f"out_dir={run}", *FSDP, "train.steps=2"]) == 0
+        ck = latest_checkpoint(run)
+        before = sorted(p.name for p in ck.iterdir())
+        capsys.readouterr()
+        fill_disk(disk)
+        assert main(["checkpoint", "consolidate", str(run)]) == 2
+        assert _one_line(capsys).endswith("No space left on device")
+        assert sorted(p.name for p in ck.iterdir()) == before
+        load_model(run)
+        (disk / "filler").unlink()
+        assert main(["checkpoint", "consolidate", str(run)]) == 0
+        assert (ck / "model.safetensors").is_file() and load_model(run) is not None

@@ -97,8 +97,10 @@ def load_parts(directory: str | Path, state: dict[str, Any], digests: dict[str, 
             warnings.simplefilter("ignore", UserWarning)
             load(state, storage_reader=storage, no_dist=not distributed)
     except CheckpointException as e:  # DCP's wrapper of what a rank's read raised: bytes that do not decode
-        first = next((str(f).strip().splitlines()[:1] for f in e.failures.values()), None) or [type(e).__name__]
-        raise CheckpointError(f"{d}: sharded checkpoint does not read ({first[0][:300]})") from None
+        failure = next(iter(e.failures.values()), None)  # (exception, traceback summary) per failed rank
+        failure = failure[0] if isinstance(failure, tuple) else failure
+        first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
+        raise CheckpointError(f"{d}: sharded checkpoint does not read ({type(failure).__name__}: {first[:300]})") from None
 
 
 def _check_fits(meta: Any, state: dict[str, Any], d: Path) -> None:

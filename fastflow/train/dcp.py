@@ -14,6 +14,7 @@ index, so resuming with the same ``world × grad_accum`` continues the very same
 
 from __future__ import annotations
 
+import errno
 import shutil
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from fastflow.models.dcp_metadata import JSON_NAME, record_of
 from fastflow.models.sharded import SHARDS, load_parts, shard_files
 from fastflow.train.state import publish
 from fastflow.utils.distributed import DistInfo, barrier
-from fastflow.utils.io import atomic_write_json, file_digest
+from fastflow.utils.io import atomic_write_json, disk_errors, file_digest
 
 
 def _state(model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer) -> tuple[dict[str, Any], list[Any]]:
@@ -50,6 +51,23 @@ def _writer(path: Path) -> Any:
     return JsonMetadataWriter(path)
 
 
+def _disk_errors(save: Any, state: dict[str, Any], path: Path) -> None:
+    """DCP's ``save``, with a rank's full disk (DCP wraps it in its ``CheckpointException``) raised as
+    the ``OSError(ENOSPC)`` naming ``path`` that the CLI reports in one line."""
+    from torch.distributed.checkpoint.api import CheckpointException
+
+    try:
+        with disk_errors(path):
+            save(state, storage_writer=_writer(path))
+    except CheckpointException as e:
+        for wrapped in e.failures.values():  # (exception, traceback summary) per failed rank
+            with disk_errors(path):
+                failure = wrapped[0] if isinstance(wrapped, tuple) else wrapped
+                if isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise failure from None
+        raise
+
+
 def save_sharded(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                  keep: int, meta: dict[str, Any], info: DistInfo) -> Path:
     """Every rank calls this. Writes the checkpoint of ``step``, points ``latest`` at it, prunes."""
@@ -63,7 +81,7 @@ def save_sharded(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Modul
     barrier(info)
     state, _ = _state(model, ema, opt)
     try:
-        save(state, storage_writer=_writer(tmp / SHARDS))
+        _disk_errors(save, state, tmp / SHARDS)
         barrier(info)
         if info.main:
             digests = {f: file_digest(tmp / f) for f in shard_files(tmp)}

@@ -249,7 +249,7 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
     if resume and ckpt is not None:
         start = _resume(cfg, info, ckpt, model, ema, opt)
         if info.main:
-            print(f"resuming {run} from step {start} ({ckpt.name})", file=sys.stderr)
+            print(f"resuming {run} from step {start} ({ckpt.name})")
     elif cfg.train.init_from:
         _init_from(cfg.train.init_from, model, ema)
     if start >= cfg.train.steps:
