@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from fastflow.errors import ConfigError
+from fastflow.models.diffusers_dir import denoiser_from_config
 from fastflow.models.presets import PRESETS, build_model, model_kind
 from fastflow.train.parallel import units
 
@@ -55,15 +56,13 @@ def _model(source: str, resolution: int | None) -> tuple[nn.Module, str]:
         return build_model(spec), source
     path = Path(source)
     try:
-        cfg = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        cfg = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
         raise ConfigError(f"{source}: neither a preset ({', '.join(sorted(PRESETS))}) nor a readable diffusers "
-                          f"config JSON ({e})") from None
-    import diffusers
-
-    if resolution:
+                          f"config JSON ({type(e).__name__}: {str(e)[:200]})") from None
+    if resolution and isinstance(cfg, dict):
         cfg = {**cfg, "sample_size": resolution}
-    return getattr(diffusers, cfg["_class_name"]).from_config(cfg), path.parent.name + "/" + path.stem
+    return denoiser_from_config(cfg, source), path.parent.name + "/" + path.stem
 
 
 def _inputs(model: nn.Module, batch: int, res: int) -> tuple[Tensor, Any]:

@@ -119,6 +119,9 @@ def round_trip(folder: str | Path, model: nn.Module, n: int = 2, seed: int = 0, 
     pipeline = model.backbone.pipeline
     if pipeline not in ("StableDiffusionPipeline", "DDPMPipeline"):
         raise ConfigError(f"the round-trip check runs StableDiffusionPipeline and DDPMPipeline, not {pipeline}")
+    if cfg_scale != 1.0 and (cfg_scale < 1.0 or pipeline != "StableDiffusionPipeline"):
+        raise ConfigError(f"--cfg {cfg_scale:g}: diffusers applies classifier-free guidance only above 1 and only in "
+                          "text pipelines; compare at 1 (no guidance) or a scale > 1 with a text model")
     pipe = diffusers_module().DiffusionPipeline.from_pretrained(folder, local_files_only=True,
                                                                 torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastflow.errors import ArtifactError, MissingBackendError
+from fastflow.errors import ArtifactError, DTypeError, MissingBackendError
 from fastflow.export.quantize import fp32_onnx_then_int8, quantize_module
 from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
 from fastflow.fused import cpu_block
@@ -213,6 +213,9 @@ def load_pt2(path: Path, device: torch.device) -> Runner:
         raise ArtifactError(f"{path}: cannot load the package ({str(e).splitlines()[0]})") from None
 
     def run(*inputs: Tensor) -> Tensor:
+        if not all(isinstance(x, Tensor) and x.layout == torch.strided for x in inputs):
+            raise DTypeError("a package takes dense (strided) tensors; got "
+                             f"{[x.layout if isinstance(x, Tensor) else type(x).__name__ for x in inputs]}")
         inputs = tuple(_dense(x.to(device)) for x in inputs)
         if spec is not None:
             spec.check(*inputs)

@@ -9,6 +9,7 @@ Layouts: a pipeline folder (``unet/`` or ``transformer/``, ``scheduler/``, optio
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,6 +95,26 @@ def locate(path: str | Path) -> tuple[Path, str, Path]:
         raise ConfigError(f"diffusers weights not found at {root} (missing {what}): point to a local diffusers "
                           "directory such as stable-diffusion-v1-5 or ddpm-cifar10-32; nothing is downloaded")
     return folders[0], class_name(folders[0] / "config.json"), scheduler
+
+
+_SIZE_KEY = re.compile(r".*(channels|_dim|size|layers|heads|groups).*")
+
+
+def denoiser_from_config(cfg: Any, source: str) -> nn.Module:
+    """A denoiser with random weights from a diffusers config (a JSON object naming a supported
+    ``_class_name``); sizes are checked positive and diffusers' own checks become one ConfigError."""
+    if not isinstance(cfg, dict) or not isinstance(cfg.get("_class_name"), str):
+        raise ConfigError(f"{source}: not a diffusers model config (a JSON object with _class_name)")
+    backbone_of(cfg["_class_name"])
+    for key, value in cfg.items():
+        sizes = value if isinstance(value, list) else [value]
+        if _SIZE_KEY.fullmatch(key) and any(isinstance(v, int) and not isinstance(v, bool) and v < 1 for v in sizes):
+            raise ConfigError(f"{source}: {key} must hold sizes >= 1, got {value}")
+    try:
+        return getattr(diffusers_module(), cfg["_class_name"]).from_config(cfg)
+    except (ValueError, TypeError, KeyError, AttributeError) as e:  # diffusers' checks of its config
+        raise ConfigError(f"{source}: diffusers refuses the config ({type(e).__name__}: "
+                          f"{(str(e).splitlines() or [''])[0][:300]})") from None
 
 
 def load_denoiser(folder: Path, name: str) -> nn.Module:

@@ -210,6 +210,12 @@ def _init_from(path: str, model: nn.Module, ema: EMA) -> None:
 
     init = resolve_checkpoint(path)
     reference = load_model(init, weights="ema")  # checked: names, shapes, dtypes, digests
+    shapes = {k: list(v.shape) for k, v in reference.state_dict().items()}
+    changed = _difference("weights", shapes, {k: list(v.shape) for k, v in model.state_dict().items()})
+    if changed is not None:
+        name, was, now = changed
+        raise ConfigError(f"train.init_from={path}: its {name} is {was}, this run's model has {now} (another "
+                          f"architecture: model.* differs from the checkpoint's config.json, e.g. model.times)")
     set_model_state_dict(model, reference.state_dict(), options=StateDictOptions(full_state_dict=True))
     ema.copy_from(model)
 
