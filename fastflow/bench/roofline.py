@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from fastflow.errors import ConfigError
 from fastflow.utils.timing import measure_latency
 
 #: the matrix size of the peak measurement (large enough to run at the library's best rate)
@@ -37,7 +38,7 @@ def matmul_rate(device: torch.device, precision: str = "fp32", n: int = PEAK_N, 
         a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
         fn = lambda: torch.mm(a, b)  # noqa: E731
     else:
-        raise ValueError(f"unknown precision {precision!r} (fp32 or int8)")
+        raise ConfigError(f"unknown precision {precision!r} (fp32 or int8)")
     lat = measure_latency(fn, device, warmup=3, iters=iters)
     return 2 * n**3 / (lat.min_ms * 1e-3) / 1e9
 

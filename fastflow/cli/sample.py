@@ -100,11 +100,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _prompt_embedding(path: str) -> torch.Tensor:
     """One text embedding ``[1, L, D]`` from a safetensors file (its only tensor, or ``embedding``)."""
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     try:
         tensors = load_file(path)
-    except Exception as e:  # noqa: BLE001
+    except (SafetensorError, OSError, ValueError) as e:
         raise ConfigError(f"--prompt-emb {path}: not a readable safetensors file ({e})") from None
     emb = tensors.get("embedding", next(iter(tensors.values())) if len(tensors) == 1 else None)
     if emb is None or emb.dim() not in (2, 3) or (emb.dim() == 3 and len(emb) != 1):

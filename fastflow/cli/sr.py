@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from fastflow.cli.common import add_model_args, add_threads, finite_float, load_checkpoint, nonneg_int
-from fastflow.errors import ConfigError, FastflowError
+from fastflow.errors import ConfigError, SolverError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--scale {args.scale}: this student was trained for ×{scale}")
     x = super_resolve(record, model, _read_input(Path(args.input), model.config.in_channels), args.tau, args.seed)
     if not torch.isfinite(x).all():
-        raise FastflowError("the student produced NaN or Inf values; no image written")
+        raise SolverError("the student produced NaN or Inf values; no image written")
     save_grid(x, args.out, upscale=max(1, 128 // model.config.resolution))
     print(f"wrote {args.out}: {len(x)} image(s) ×{scale}, tau={args.tau}, NFE=1")
     return 0

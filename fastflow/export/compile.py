@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from fastflow.errors import FastflowError
+from fastflow.errors import MissingBackendError, ShapeError
 from fastflow.export.generator import Generator
 
 
@@ -25,7 +25,7 @@ class CUDAGraphGenerator:
 
     def __init__(self, gen: nn.Module, example: Tensor, warmup: int = 3) -> None:
         if not torch.cuda.is_available() or example.device.type != "cuda":
-            raise FastflowError("CUDA-graph capture needs a CUDA device and a CUDA example input")
+            raise MissingBackendError("CUDA-graph capture needs a CUDA device and a CUDA example input")
         self.static_in = example.clone()
         stream = torch.cuda.Stream()
         stream.wait_stream(torch.cuda.current_stream())
@@ -39,7 +39,7 @@ class CUDAGraphGenerator:
 
     def __call__(self, z: Tensor) -> Tensor:
         if z.shape != self.static_in.shape:
-            raise FastflowError(f"captured for input shape {tuple(self.static_in.shape)}, got {tuple(z.shape)}")
+            raise ShapeError(f"captured for input shape {tuple(self.static_in.shape)}, got {tuple(z.shape)}")
         self.static_in.copy_(z)
         self.graph.replay()
         return self.static_out.clone()

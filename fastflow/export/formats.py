@@ -322,7 +322,7 @@ def load_engine(path: Path, device: torch.device) -> Runner:
                           dtype=to_torch[engine.get_tensor_dtype(out_name)])
         ctx.set_tensor_address(out_name, out.data_ptr())
         if not ctx.execute_async_v3(torch.cuda.current_stream(device).cuda_stream):
-            raise RuntimeError(f"{path}: TensorRT execution failed")
+            raise ArtifactError(f"{path}: TensorRT refused to execute the engine (execute_async_v3 returned false)")
         return out
     return run
 

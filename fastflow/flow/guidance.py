@@ -13,6 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from fastflow.errors import ShapeError
+
 Cond = Tensor | dict[str, Tensor] | None
 
 
@@ -21,7 +23,7 @@ def _cat(a: Cond, b: Cond) -> Cond:
         return torch.cat([a, b])
     if isinstance(a, dict) and isinstance(b, dict):
         return {k: torch.cat([a[k], b[k]]) for k in a}
-    raise TypeError("conditional and null conditions must have the same structure")
+    raise ShapeError("conditional and null conditions must have the same structure (tensors, or dicts of tensors)")
 
 
 def index_cond(cond: Cond, idx: Tensor) -> Cond:

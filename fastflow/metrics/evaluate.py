@@ -96,15 +96,15 @@ def mean_sd(values: Sequence[float]) -> tuple[float, float]:
 def aggregate_rows(per_seed: Sequence[Sequence[dict[str, Any]]], keys: Sequence[str]) -> list[dict[str, Any]]:
     """Result tables of runs that differ only in their seed, row ``i`` of every run → one row: the
     ``keys`` columns (which name the row and must agree across runs) as they are, every other
-    numeric column as its mean with ``KEY_sd`` (:func:`mean_sd`). ``ValueError`` if the runs'
+    numeric column as its mean with ``KEY_sd`` (:func:`mean_sd`). ``ConfigError`` if the runs'
     tables do not line up."""
     if len({len(rows) for rows in per_seed}) != 1:
-        raise ValueError(f"runs have different numbers of rows: {[len(rows) for rows in per_seed]}")
+        raise ConfigError(f"runs have different numbers of rows: {[len(rows) for rows in per_seed]}")
     out = []
     for same in zip(*per_seed):
         row = {k: same[0].get(k) for k in keys}
         if any({k: r.get(k) for k in keys} != row for r in same):
-            raise ValueError(f"runs disagree on a row's {list(keys)}: {[{k: r.get(k) for k in keys} for r in same]}")
+            raise ConfigError(f"runs disagree on a row's {list(keys)}: {[{k: r.get(k) for k in keys} for r in same]}")
         for k, v in same[0].items():
             if k not in keys and isinstance(v, (int, float)) and not isinstance(v, bool):
                 row[k], row[f"{k}_sd"] = mean_sd([float(r[k]) for r in same])

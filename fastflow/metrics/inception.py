@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fastflow.errors import CheckpointError, FastflowError
+from fastflow.errors import CheckpointError, MissingBackendError
 
 ENV = "FASTFLOW_INCEPTION_WEIGHTS"
 
@@ -22,7 +22,7 @@ def inception_features() -> nn.Module:
     try:
         from pytorch_fid import inception as fid_inception
     except ImportError:
-        raise FastflowError("Inception FID needs pytorch-fid (pip install pytorch-fid torchvision)") from None
+        raise MissingBackendError("Inception FID needs pytorch-fid (pip install pytorch-fid torchvision)") from None
     path = os.environ.get(ENV)
     if not path or not Path(path).is_file():
         raise CheckpointError(f"Inception weights not found: set {ENV} to a local "

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.errors import ShapeError
+from fastflow.errors import ConfigError, ShapeError
 from fastflow.models.reference import attention_math, forward_ad, group_norm_ref
 
 
@@ -64,7 +64,7 @@ class Attention(nn.Module):
         super().__init__()
         head_dim = head_dim or dim
         if dim % head_dim:
-            raise ValueError(f"attention dim {dim} is not a multiple of head_dim {head_dim}")
+            raise ConfigError(f"attention dim {dim} is not a multiple of head_dim {head_dim}")
         self.heads, self.head_dim = dim // head_dim, head_dim
         kv = context_dim or dim
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(kv, dim), nn.Linear(kv, dim)

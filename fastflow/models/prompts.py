@@ -18,13 +18,13 @@ from fastflow.models.diffusers_dir import check_sd_dir
 
 def load_prompt_table(path: str | Path) -> tuple[Tensor, list[str]]:
     """``(embeddings [P + 1, L, D] with the null prompt last, prompts)`` of a prompt table."""
-    from safetensors import safe_open
+    from safetensors import SafetensorError, safe_open
 
     try:
         with safe_open(str(path), framework="pt") as f:
             prompts = (f.metadata() or {}).get("prompts")
         t = load_file(str(path))
-    except Exception as e:  # noqa: BLE001 — missing, truncated, foreign
+    except (SafetensorError, OSError, ValueError) as e:  # missing, truncated, foreign (a bad header: JSON)
         raise ConfigError(f"{path}: not a readable prompt table ({e.__class__.__name__}: {e})") from None
     emb = t.get("embeddings")
     if set(t) != {"embeddings", "null"} or emb.dim() != 3 or t["null"].shape != (1, *emb.shape[1:]):

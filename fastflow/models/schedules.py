@@ -115,7 +115,7 @@ def read_scheduler(config_file: Path) -> SchedulerInfo:
     cls = getattr(diffusers, str(config.get("_class_name", "DDPMScheduler")), None)
     try:
         alphas = cls.from_config(config).alphas_cumprod
-    except Exception as e:  # noqa: BLE001 — unknown class, a scheduler without ᾱ, a bad config
+    except (AttributeError, TypeError, ValueError, KeyError) as e:  # an unknown class, no ᾱ, a bad config
         raise ConfigError(f"{config_file}: {config.get('_class_name')!r} is neither a VP (ᾱ_k) nor a flow-matching "
                           f"scheduler ({e.__class__.__name__}: {e})") from None
     return SchedulerInfo("vp", str(config.get("prediction_type", "epsilon")), steps, VPSchedule(alphas))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from fastflow.errors import CheckpointError, FastflowError
+from fastflow.errors import CheckpointError, ConfigError, MissingBackendError
 
 ENV = "FASTFLOW_LPIPS_BACKBONE"
 # torchvision ``features`` index → LPIPS slice, per backbone.
@@ -50,10 +50,10 @@ class LPIPSDistance(nn.Module):
         try:
             import lpips
         except ImportError:
-            raise FastflowError("distance lpips needs the lpips package (pip install 'fastflow[lpips]', "
+            raise MissingBackendError("distance lpips needs the lpips package (pip install 'fastflow[lpips]', "
                                 "which needs torchvision)") from None
         if net not in _SLICES:
-            raise FastflowError(f"LPIPS backbone must be vgg or alex, got {net!r}")
+            raise ConfigError(f"LPIPS backbone must be vgg or alex, got {net!r}")
         backbone = backbone or os.environ.get(ENV)
         if not backbone:
             raise CheckpointError(f"LPIPS backbone weights not found: set {ENV} to a local torchvision "

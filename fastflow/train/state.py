@@ -95,6 +95,6 @@ def load_checkpoint(path: str | Path, model: nn.Module, ema: nn.Module) -> Train
     except pickle.UnpicklingError:  # weights_only refused an object: never retried unsafely
         raise CheckpointError(f"{p / 'state.pt'}: holds objects other than tensors and plain containers; "
                               "refused to unpickle it") from None
-    except Exception as e:  # truncated zip, wrong keys
+    except (RuntimeError, EOFError, OSError, KeyError, TypeError, ValueError) as e:  # a cut zip, wrong keys
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise CheckpointError(f"{p / 'state.pt'}: unreadable training state ({first})") from None

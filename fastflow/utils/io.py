@@ -21,24 +21,37 @@ from safetensors.torch import save_file
 from fastflow.errors import ConfigError
 
 
-#: how native writers (safetensors' Rust, ONNX's and AOTInductor's C++) word a full disk or quota
-_DISK_FULL_WORDS = ("No space left on device", "os error 28", "ENOSPC", "Disk quota exceeded", "os error 122")
-
-
 @contextmanager
 def disk_errors(path: str | Path) -> Iterator[None]:
-    """Native writers report a full disk (or quota) as their own exception types: turn those into
-    the ``OSError(ENOSPC)`` naming ``path`` that the CLI reports in one line."""
+    """Native writers (safetensors' Rust, ONNX's and AOTInductor's C++) report a full disk or quota
+    as their own exception types: when a write into ``path``'s directory fails and that file system
+    has no block left for this process, raise the ``OSError(ENOSPC)`` naming ``path`` that the CLI
+    reports in one line. Any other failure propagates unchanged."""
     try:
         yield
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT) and not _disk_full(path):
             raise
-        raise OSError(e.errno, os.strerror(e.errno), str(path)) from None
-    except Exception as e:
-        if not any(w in str(e) for w in _DISK_FULL_WORDS):
+        code = e.errno if e.errno in (errno.ENOSPC, errno.EDQUOT) else errno.ENOSPC
+        raise OSError(code, os.strerror(code), str(path)) from None
+    except Exception:
+        if not _disk_full(path):
             raise
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path)) from None
+
+
+def _disk_full(path: str | Path) -> bool:
+    """Whether the file system holding ``path`` has (almost) no block this process may write."""
+    p = Path(path)
+    where = next((q for q in (p, *p.parents) if q.exists()), None)
+    if where is None:
+        return False
+    try:
+        st = os.statvfs(where)
+    except OSError:
+        return False
+    free = st.f_bfree if os.geteuid() == 0 else st.f_bavail  # root may write into the reserved blocks
+    return free * st.f_frsize < 64 * 1024
 
 
 def atomic_write(path: str | Path, write: Any) -> str:
