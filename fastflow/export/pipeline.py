@@ -11,7 +11,6 @@ generator alone. ONNX components keep their weights in one external-data file ea
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable
@@ -142,16 +141,27 @@ def export_pipeline(comps: list[Component], out: str | Path, fmt: str, options: 
 
 
 def read_pipeline(directory: str | Path) -> dict[str, Any]:
+    """``pipeline.json`` of an exported pipeline, checked: this format and a version we read, a
+    known artefact format, and components named in ``chain`` whose files are plain names inside the
+    directory (:class:`~fastflow.errors.ArtifactError` otherwise)."""
     from fastflow.errors import ArtifactError
+    from fastflow.utils.io import read_json
 
     path = Path(directory) / "pipeline.json"
-    try:
-        manifest = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise ArtifactError(f"{path}: not a readable pipeline manifest ({e.__class__.__name__})") from None
-    if manifest.get("format") != FORMAT or int(manifest.get("version", 0)) > VERSION:
+    m = read_json(path, ArtifactError)
+    version = m.get("version") if isinstance(m, dict) else None
+    if not isinstance(m, dict) or m.get("format") != FORMAT or not isinstance(version, int) or \
+            isinstance(version, bool) or not 1 <= version <= VERSION:
         raise ArtifactError(f"{path}: not a fastflow pipeline of version <= {VERSION}")
-    return manifest
+    comps, chain = m.get("components"), m.get("chain")
+    if m.get("artefact_format") not in FORMATS or not isinstance(comps, dict) or not isinstance(chain, list) \
+            or not chain or set(chain) != set(comps) or not set(comps) <= set(OUTPUTS):
+        raise ArtifactError(f"{path}: malformed manifest (artefact_format, chain and components must agree)")
+    for name, c in comps.items():
+        file = c.get("file") if isinstance(c, dict) else None
+        if not isinstance(file, str) or file != Path(file).name or file in ("", ".", "..") or "\0" in file:
+            raise ArtifactError(f"{path}: component {name!r} must name a file inside the pipeline directory")
+    return m
 
 
 def load_pipeline(directory: str | Path, device: torch.device) -> dict[str, Callable[..., Tensor]]:

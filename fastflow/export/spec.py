@@ -69,6 +69,12 @@ class GeneratorSpec:
             raise ArtifactError(f"unknown dtype {self.dtype!r} (expected {', '.join(DTYPES)})")
         if self.kind in ("conditional", "text_encoder") and self.num_classes < 1:
             raise ArtifactError(f"a {self.kind} needs num_classes >= 1 (classes or vocabulary)")
+        if not self.sample_shape or min(self.sample_shape) < 1 or (self.cond_shape and min(self.cond_shape) < 1):
+            raise ArtifactError(f"sample and condition shapes hold sizes >= 1, got {self.sample_shape} and "
+                                f"{self.cond_shape}")
+        if self.steps < 1 or self.num_classes < 0 or self.device not in ("cpu", "cuda"):
+            raise ArtifactError(f"need steps >= 1, num_classes >= 0 and device cpu or cuda; got {self.steps}, "
+                                f"{self.num_classes}, {self.device!r}")
         want = {"text_encoder": 1, "text_generator": 2}.get(self.kind, 0)
         if len(self.cond_shape) != want:
             raise ArtifactError(f"a {self.kind} has a {want}-D cond_shape, got {self.cond_shape}")
