@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from fastflow.data.base import ArrayDataset
-from fastflow.errors import DataError
+from fastflow.errors import ConfigError, DataError
 
 
 def _digits_file() -> Path:
@@ -35,5 +35,7 @@ def digits_tensors(size: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
 
 class DigitsDataset(ArrayDataset):
     def __init__(self, size: int = 16) -> None:
+        if not 1 <= size <= 1024:
+            raise ConfigError(f"data.size must be in [1, 1024] (the digits are 8×8, resized), got {size}")
         x, y = digits_tensors(size)
         super().__init__(x, y, num_classes=10, name="digits")

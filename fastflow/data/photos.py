@@ -51,6 +51,8 @@ class PhotoCrops(Dataset):
             raise ConfigError(f"photos: split must be train or eval, got {split!r}")
         if not isinstance(size, int) or size < 4 or not isinstance(count, int) or count < 1:
             raise ConfigError(f"photos: need size >= 4 and count >= 1, got size={size!r}, count={count!r}")
+        if size > 4096 or not 0 <= seed < 2**63:
+            raise ConfigError(f"photos: need size <= 4096 and seed in [0, 2**63), got size={size}, seed={seed}")
         if not isinstance(downscale, int) or downscale < 1:
             raise ConfigError(f"photos: downscale must be an integer >= 1, got {downscale!r}")
         self.photos = load_photos(TRAIN_PHOTOS if split == "train" else EVAL_PHOTOS, downscale)

@@ -47,6 +47,9 @@ class SRDataset(Dataset):
                  mode: str = "bicubic", seed: int = 0) -> None:
         from fastflow.data import build_dataset
 
+        if not 1 <= scale <= 64 or not sigma_y >= 0 or not 0 <= seed < 2**63:
+            raise ConfigError(f"sr needs data.scale in [1, 64], data.sigma_y >= 0 and data.seed in [0, 2**63); got "
+                              f"{scale}, {sigma_y}, {seed}")
         self.base: Dataset = build_dataset({"name": source} if isinstance(source, str) else source)
         self.scale, self.sigma_y, self.mode, self.seed = scale, sigma_y, mode, seed
         degrade(self.base.get(torch.zeros(1, dtype=torch.long)).x, scale, 0.0, mode)  # validate sizes

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, ShapeError
 from fastflow.models.layers import interval_length, timestep_embedding
-from fastflow.utils.schema import build
+from fastflow.utils.schema import MAX_SIZE, build, check_sizes
 
 
 @dataclass
@@ -31,6 +31,8 @@ class MLPConfig:
             raise ConfigError(f"invalid MLP config: dim, hidden, depth must be >= 1 and t_dim >= 2: {self}")
         if self.t_scale <= 0 or self.num_classes < 0 or self.times not in (1, 2):
             raise ConfigError(f"invalid MLP config: t_scale must be > 0, num_classes >= 0, times 1 or 2: {self}")
+        check_sizes(self, {"dim": MAX_SIZE, "hidden": MAX_SIZE, "t_dim": MAX_SIZE, "num_classes": MAX_SIZE,
+                           "depth": 256}, "MLP")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MLPConfig:

@@ -49,11 +49,11 @@ def resolve_spec(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     spec = dict(spec)
     preset = spec.pop("preset", None)
     if preset is not None:
-        if preset not in PRESETS:
+        if not isinstance(preset, str) or preset not in PRESETS:
             raise ConfigError(f"unknown model preset {preset!r}; choose from {sorted(PRESETS)}")
         spec = {**PRESETS[preset], **spec}
     arch = spec.pop("arch", "unet")
-    if arch not in ARCHS:
+    if not isinstance(arch, str) or arch not in ARCHS:
         raise ConfigError(f"unknown model arch {arch!r}; choose from {sorted(ARCHS)}")
     return arch, spec
 

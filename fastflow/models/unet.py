@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from fastflow.errors import ConfigError, ShapeError
 from fastflow.flow.guidance import Cond
 from fastflow.models.layers import AttnBlock, GroupNormAct, ResBlock, interval_length, timestep_embedding
-from fastflow.utils.schema import build
+from fastflow.utils.schema import MAX_SIZE, build, check_sizes
 
 
 @dataclass
@@ -65,6 +65,11 @@ class UNetConfig:
         for ok, msg in checks:
             if not ok:
                 raise ConfigError(f"invalid UNet config: {msg}")
+        check_sizes(self, {**dict.fromkeys(("in_channels", "resolution", "channels", "attn_head_dim", "num_classes",
+                                             "context_dim", "cond_channels", "out_channels", "attn_resolutions"),
+                                            MAX_SIZE), "num_res_blocks": 64, "ch_mult": 64}, "UNet")
+        if len(self.ch_mult) > 8:
+            raise ConfigError(f"invalid UNet config: at most 8 levels in ch_mult, got {len(self.ch_mult)}")
         head = self.attn_head_dim
         attended = [m for i, m in enumerate(self.ch_mult)
                     if self.resolution // 2 ** i in self.attn_resolutions or i == len(self.ch_mult) - 1]

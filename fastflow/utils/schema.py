@@ -100,6 +100,19 @@ def build(cls: type, d: dict[str, Any], prefix: str = "") -> Any:
     return cls(**{k: coerce(v, hints[k], prefix + k) for k, v in d.items()})
 
 
+#: the largest channel count, width, resolution or class count a config may give: larger values are
+#: typos, and would overflow the allocation of their weights
+MAX_SIZE = 1 << 16
+
+
+def check_sizes(config: Any, limits: dict[str, int], what: str) -> None:
+    """Each named field of ``config`` (an int, or a tuple of ints) at most its limit."""
+    for name, limit in limits.items():
+        value = getattr(config, name)
+        if any(v > limit for v in (value if isinstance(value, tuple) else (value,))):
+            raise ConfigError(f"invalid {what} config: {name} must be at most {limit}, got {value}")
+
+
 def check_kwargs(fn: Callable[..., Any], spec: dict[str, Any], prefix: str, what: str) -> dict[str, Any]:
     """``spec`` as keyword arguments of ``fn``, checked against its signature and annotations."""
     params = {n: p for n, p in inspect.signature(fn).parameters.items() if n != "self"}
@@ -114,4 +127,4 @@ def check_kwargs(fn: Callable[..., Any], spec: dict[str, Any], prefix: str, what
     return {k: coerce(v, hints.get(k, Any), prefix + k) for k, v in spec.items()}
 
 
-__all__ = ["build", "check_kwargs", "coerce"]
+__all__ = ["MAX_SIZE", "build", "check_kwargs", "check_sizes", "coerce"]
