@@ -239,9 +239,11 @@ def test_unwritable_out_dir(box, tmp_path, capsys, threads) -> None:
 def test_resume_without_checkpoints_says_so_and_stale_temps_go(box, tmp_path, capsys, threads) -> None:
     run = tmp_path / "run"
     (run / "checkpoints").mkdir(parents=True)
-    (run / "checkpoints" / ".latest.abc123.tmp").write_text("step-000")  # a kill during the pointer write
+    (run / "checkpoints" / ".latest.abc12345.tmp").write_text("step-000")  # a kill during the pointer write
     argv = [a.format(s=box) for a in TRAIN[:-1]]
-    assert fastflow_cli.main([*argv, "train.steps=1", f"out_dir={run}", "--resume"]) == 0
+    assert fastflow_cli.main([*argv, "train.steps=1", f"out_dir={run}", "--resume"]) == 2  # nothing to resume
+    assert "holds no checkpoint" in capsys.readouterr().err
+    assert fastflow_cli.main([*argv, "train.steps=1", f"out_dir={run}", "--resume", "auto"]) == 0
     assert "no checkpoint" in capsys.readouterr().out
     assert not list((run / "checkpoints").glob(".*.tmp")) and (run / "checkpoints" / "latest").is_file()
 

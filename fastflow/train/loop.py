@@ -150,10 +150,12 @@ def _check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Mod
     and a single-file checkpoint under FSDP2; notes a changed micro-batch split."""
     record = read_config(ckpt)
     meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
+    objective = meta.get("objective_config")
     stored = {"seed": meta.get("seed"), "train.batch_size": meta.get("batch_size"), "data": meta.get("data_config"),
-              "objective": meta.get("objective_config"), "model": record.get("model")}
+              "objective": {"name": "rf", **objective} if isinstance(objective, dict) else objective,
+              "model": record.get("model")}
     now = {"seed": cfg.seed, "train.batch_size": cfg.train.batch_size, "data": cfg.data,
-           "objective": cfg.objective, "model": model.config.to_dict()}
+           "objective": {"name": "rf", **cfg.objective}, "model": model.config.to_dict()}  # rf: the default
     for key, was in stored.items():
         changed = _difference(key, was, now[key]) if was is not None else None
         if changed is not None:
@@ -252,6 +254,8 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
     if resume is True and ckpt is None:
         raise ConfigError(f"--resume: {run} holds no checkpoint to continue; drop --resume to start, or pass "
                           "--resume auto (continue when there is one)")
+    if resume == "auto" and ckpt is None and info.main:
+        print(f"--resume auto: no checkpoint in {run} yet; starting at step 0")
     if resume and ckpt is not None:
         start = _resume(cfg, info, ckpt, model, ema, opt)
         if info.main:

@@ -65,6 +65,7 @@ def atomic_write(path: str | Path, write: Any) -> str:
     try:
         with disk_errors(path):
             write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp (and safetensors) make 0600: give what open() would
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         digest = file_digest(tmp)
@@ -111,12 +112,20 @@ def staged_dir(path: str | Path) -> Iterator[Path]:
     path = check_new_dir(path)
     stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     try:
+        os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700: the folder gets what mkdir() would give it
         yield stage
         if path.exists():
             path.rmdir()
         os.replace(stage, path)
     finally:
         shutil.rmtree(stage, ignore_errors=True)
+
+
+def _umask() -> int:
+    """This process's umask (read by setting it back at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def temp_name(name: str) -> str:
