@@ -100,7 +100,7 @@ def test_onnx_fp16_keeps_softmax_in_fp32(tmp_path, ckpt) -> None:
 
 
 def test_exported_program_and_pt2(tmp_path, ckpt, monkeypatch) -> None:
-    from fastflow.errors import ArtifactError, ShapeError
+    from fastflow.errors import ArtifactError, DTypeError, ShapeError
     from fastflow.export.formats import load_pt2, read_pt2_spec
     from fastflow.models import load_model
     from fastflow.utils.io import file_digest
@@ -135,6 +135,8 @@ def test_exported_program_and_pt2(tmp_path, ckpt, monkeypatch) -> None:
             run(bad)
     with pytest.raises(ShapeError):
         run(torch.randn(2, 1, 16, 16), torch.zeros(2, dtype=torch.int64))
+    with pytest.raises(DTypeError, match="dense"):  # a sparse tensor has no strides to check
+        run(torch.randn(2, 1, 16, 16).to_sparse())
     with pytest.raises(ArtifactError, match="compiled for cpu"):
         load_pt2(out, torch.device("cuda"))
     truncated = tmp_path / "truncated.pt2"
