@@ -151,3 +151,32 @@ def test_fuzzed_metadata_json_loads_or_is_one_checkpoint_error(fsdp_run, path, v
         _check(Path("."), rec)
     except CheckpointError as e:
         assert "\n" not in str(e)
+
+
+@pytest.fixture(scope="module")
+def legacy_metadata(tmp_path_factory) -> bytes:
+    """DCP's own pickled ``.metadata`` of a small state (what checkpoints before metadata.json hold)."""
+    import torch
+    import torch.distributed.checkpoint as dcp
+
+    d = tmp_path_factory.mktemp("legacy") / "dcp"
+    dcp.save({"model": {"w": torch.zeros(2, 3), "b": torch.ones(3)}}, checkpoint_id=d, no_dist=True)
+    return (d / ".metadata").read_bytes()
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
+       cut=st.integers(0, 64))
+def test_fuzzed_legacy_pickle_loads_or_is_one_checkpoint_error(legacy_metadata, tmp_path_factory, edits, cut) -> None:
+    """Flipped and cut bytes of a real pickled ``.metadata``: a valid Metadata or a CheckpointError."""
+    from fastflow.models.dcp_metadata import read_legacy
+
+    data = bytearray(legacy_metadata)
+    for at, value in edits:
+        data[at % len(data)] = value
+    path = tmp_path_factory.mktemp("m") / ".metadata"
+    path.write_bytes(bytes(data[: len(data) - cut]))
+    try:
+        read_legacy(path)
+    except CheckpointError as e:
+        assert "\n" not in str(e)
