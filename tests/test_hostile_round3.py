@@ -241,3 +241,12 @@ def test_atomic_writes_keep_the_umask(tmp_path) -> None:
     finally:
         os.umask(old)
     assert (tmp_path / "a.safetensors").stat().st_mode & 0o777 == 0o644
+
+
+def test_resume_accepts_the_same_settings_spelled_otherwise(tmp_path) -> None:
+    """Defaults written out (objective.distance=l2, data.size=16, objective.time=uniform) are the same run."""
+    run = train(tiny_config(tmp_path / "run", "train.steps=1"))
+    train(tiny_config(run, "train.steps=2", "objective.distance=l2", "data.size=16", "objective.time=uniform"),
+          resume=True)
+    with pytest.raises(ConfigError, match="objective.cond_drop=0.0; resuming with 0.1"):
+        train(tiny_config(run, "train.steps=3", "objective.cond_drop=0.1"), resume=True)

@@ -37,10 +37,21 @@ def dataset_options(spec: dict[str, Any]) -> tuple[type[Dataset], dict[str, Any]
     return cls, check_kwargs(cls.__init__, spec, "data.", f"dataset {cls.__name__}")
 
 
+def dataset_settings(spec: dict[str, Any]) -> dict[str, Any]:
+    """A data section with every constructor default filled in (``{"name": "digits"}`` and
+    ``{"name": "digits", "size": 16}`` are one dataset); checked like :func:`dataset_options`."""
+    import inspect
+
+    cls, kwargs = dataset_options(spec)
+    bound = inspect.signature(cls.__init__).bind_partial(None, **kwargs)
+    bound.apply_defaults()
+    return {"name": spec.get("name"), **{k: v for k, v in list(bound.arguments.items())[1:]}}
+
+
 def build_dataset(spec: dict[str, Any]) -> Dataset:
     """``{"name": "digits", ...kwargs}`` → dataset; unknown names or arguments raise ConfigError."""
     cls, kwargs = dataset_options(spec)
     return cls(**kwargs)
 
 
-__all__ = ["DATASETS", "dataset_options", "ArrayDataset", "Batch", "BatchStream", "Dataset", "build_dataset"]
+__all__ = ["DATASETS", "dataset_options", "dataset_settings", "ArrayDataset", "Batch", "BatchStream", "Dataset", "build_dataset"]

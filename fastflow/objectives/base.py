@@ -3,7 +3,8 @@ detached scalar tensors (no host sync per step; the loop averages them at log ti
 
 from __future__ import annotations
 
-from typing import Protocol
+import dataclasses
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -14,6 +15,22 @@ from fastflow.data.base import Batch
 class Objective(Protocol):
     def __call__(self, model: nn.Module, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         ...
+
+
+def objective_settings(objective: Any) -> dict[str, Any]:
+    """What an objective computes with, every default filled in, as JSON values: its dataclass fields
+    (samplers and schedules as their fields, functions by name, a network by its class), so two
+    configs that spell the same objective differently compare equal, and a changed one does not."""
+    def plain(v: Any) -> Any:
+        if dataclasses.is_dataclass(v) and not isinstance(v, type):
+            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (tuple, list)):
+            return [plain(x) for x in v]
+        if isinstance(v, nn.Module) or callable(v):
+            return getattr(v, "__name__", type(v).__name__)
+        return v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
+
+    return {"objective": type(objective).__name__, **plain(objective)}
 
 
 def drop_labels(label: Tensor | None, num_classes: int, p: float) -> Tensor | None:

@@ -4,8 +4,8 @@ resume, JSONL/TensorBoard logs, a progress bar and periodic sample grids."""
 
 from __future__ import annotations
 
+import json
 import math
-import os
 import sys
 import time
 from contextlib import nullcontext
@@ -20,16 +20,18 @@ from tqdm import tqdm
 from fastflow.data import Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.fused import apply as apply_fused, split_spec
-from fastflow.models.checkpoint import checkpoints_root, load_model, read_config, resolve_checkpoint
+from fastflow.models.checkpoint import checkpoints_root, load_model, resolve_checkpoint
 from fastflow.models.presets import model_kind, sample_shape
 from fastflow.models.sharded import is_sharded
 from fastflow.objectives import build_objective
+from fastflow.objectives.base import objective_settings
 from fastflow.train.config import TrainConfig, dump_config
 from fastflow.train.dcp import load_sharded, save_sharded
 from fastflow.train.ema import EMA
 from fastflow.train.logger import Logger, truncate_log
 from fastflow.train.parallel import build, checkpoint_activations, fsdp_kwargs
 from fastflow.train.preview import PreviewGrids
+from fastflow.train.resume import check_resumable, check_run_dir, difference
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastflow.train.step import MicroBatches, check_split, train_step
 from fastflow.utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
@@ -125,68 +127,10 @@ def train(cfg: TrainConfig, resume: Resume = False) -> Path:
             shutdown_distributed()
 
 
-#: what a training run writes into its out_dir (a folder holding anything else is not a run)
-RUN_ENTRIES = {"config.yaml", "log.jsonl", "checkpoints", "samples", "tb", ".lock"}
-
-
-def check_run_dir(run: Path) -> None:
-    """``run`` is a new or empty folder, or one a training run wrote; never the file system's root
-    (compared by device and inode) and never a folder holding other things (their owner's files)."""
-    try:
-        entries = {p.name for p in run.iterdir()} if run.is_dir() else set()
-        is_root = run.is_dir() and os.path.samestat(run.stat(), Path(run.anchor or "/").stat())
-    except OSError as e:
-        raise ConfigError(f"out_dir {run}: {e.strerror or e}") from None
-    if is_root:
-        raise ConfigError(f"out_dir {run} is the root of the file system; choose a folder for the run")
-    if entries and not entries & {"config.yaml", "checkpoints"} and entries - RUN_ENTRIES:
-        raise ConfigError(f"out_dir {run} is a non-empty folder that is not a fastflow run (it holds "
-                          f"{sorted(entries)[0]!r}); choose a new or empty folder")
-
-
-def _check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Module) -> dict[str, Any]:
-    """The checkpoint's meta; refuses what would not continue that run — a changed seed, batch size,
-    model, data or objective (the model, or the random and data streams, would silently differ) —
-    and a single-file checkpoint under FSDP2; notes a changed micro-batch split."""
-    record = read_config(ckpt)
-    meta = record.get("meta") if isinstance(record.get("meta"), dict) else {}
-    objective = meta.get("objective_config")
-    stored = {"seed": meta.get("seed"), "train.batch_size": meta.get("batch_size"), "data": meta.get("data_config"),
-              "objective": {"name": "rf", **objective} if isinstance(objective, dict) else objective,
-              "model": record.get("model")}
-    now = {"seed": cfg.seed, "train.batch_size": cfg.train.batch_size, "data": cfg.data,
-           "objective": {"name": "rf", **cfg.objective}, "model": model.config.to_dict()}  # rf: the default
-    for key, was in stored.items():
-        changed = _difference(key, was, now[key]) if was is not None else None
-        if changed is not None:
-            name, before, after = changed
-            raise ConfigError(f"{ckpt} was trained with {name}={before}; resuming with {after} would not continue "
-                              f"that run: keep it, or start a new out_dir with train.init_from={ckpt}")
-    if cfg.train.parallel == "fsdp2" and not is_sharded(ckpt):
-        raise ConfigError(f"{ckpt} is a single-file (DDP) checkpoint; it resumes with train.parallel=ddp, "
-                          f"or starts an FSDP2 run in a new out_dir with train.init_from={ckpt}")
-    split = info.world * cfg.train.grad_accum
-    if meta.get("micro_batches", split) != split and info.main:
-        print(f"note: {ckpt} was written with {meta['micro_batches']} micro-batches per step (world × grad_accum), "
-              f"this run uses {split}: same global batches, different noise draws; training continues, "
-              "not bit-exactly", file=sys.stderr)
-    return meta
-
-
-def _difference(key: str, was: Any, now: Any) -> tuple[str, Any, Any] | None:
-    """The first ``(key[.sub], before, after)`` where two settings differ (mappings compared per key)."""
-    if was == now:
-        return None
-    if isinstance(was, dict) and isinstance(now, dict):
-        sub = min((k for k in {*was, *now} if was.get(k, "(unset)") != now.get(k, "(unset)")), key=str)
-        return f"{key}.{sub}", was.get(sub, "(unset)"), now.get(sub, "(unset)")
-    return key, was, now
-
-
 def _resume(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Module, ema: EMA,
-            opt: torch.optim.Optimizer) -> int:
+            opt: torch.optim.Optimizer, objective: Any) -> int:
     """Load ``ckpt`` (sharded or single-file) into the run; returns its step."""
-    _check_resumable(cfg, info, ckpt, model)
+    check_resumable(cfg, info, ckpt, model, objective)
     if is_sharded(ckpt):
         return load_sharded(ckpt, model, ema.model, opt, info)
     state = load_checkpoint(ckpt, model, ema.model)
@@ -213,7 +157,7 @@ def _init_from(path: str, model: nn.Module, ema: EMA) -> None:
     init = resolve_checkpoint(path)
     reference = load_model(init, weights="ema")  # checked: names, shapes, dtypes, digests
     shapes = {k: list(v.shape) for k, v in reference.state_dict().items()}
-    changed = _difference("weights", shapes, {k: list(v.shape) for k, v in model.state_dict().items()})
+    changed = difference("weights", shapes, {k: list(v.shape) for k, v in model.state_dict().items()})
     if changed is not None:
         name, was, now = changed
         raise ConfigError(f"train.init_from={path}: its {name} is {was}, this run's model has {now} (another "
@@ -257,7 +201,7 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
     if resume == "auto" and ckpt is None and info.main:
         print(f"--resume auto: no checkpoint in {run} yet; starting at step 0")
     if resume and ckpt is not None:
-        start = _resume(cfg, info, ckpt, model, ema, opt)
+        start = _resume(cfg, info, ckpt, model, ema, opt, objective)
         if info.main:
             print(f"resuming {run} from step {start} ({ckpt.name})")
     elif cfg.train.init_from:
@@ -314,6 +258,7 @@ def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset
     clip = cfg.optim.grad_clip or math.inf
     meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf"),
             "data_config": cfg.data, "objective_config": cfg.objective, "seed": cfg.seed,
+            "objective_settings": json.loads(json.dumps(objective_settings(objective), default=str)),
             "batch_size": t.batch_size, "micro_batches": micro.total, "parallel": t.parallel, "world": info.world}
 
     bar = tqdm(total=t.steps, initial=start, disable=not (info.main and t.progress),
