@@ -70,13 +70,17 @@ def ckpt_dir(tmp_path_factory) -> Path:
     return save_model(tmp_path_factory.mktemp("ck") / "c", model, model, meta={"objective_config": {"name": "rf"}})
 
 
+def _edited_copy(src: Path, dest: Path, name: str, path: list[Any], value: Any) -> Path:
+    """A copy of the folder ``src`` whose JSON file ``name`` has ``value`` at ``path`` (:func:`mutate`)."""
+    shutil.copytree(src, dest)
+    (dest / name).write_text(json.dumps(mutate(json.loads((dest / name).read_text()), path, value)))
+    return dest
+
+
 @FUZZ
 @given(path=paths, value=values)
 def test_hostile_pairs_manifest(pairs_dir, tmp_path_factory, path, value, capsys) -> None:
-    root = tmp_path_factory.mktemp("m") / "p"
-    shutil.copytree(pairs_dir, root)
-    manifest = json.loads((root / "manifest.json").read_text())
-    (root / "manifest.json").write_text(json.dumps(mutate(manifest, path, value)))
+    root = _edited_copy(pairs_dir, tmp_path_factory.mktemp("m") / "p", "manifest.json", path, value)
     before = _snapshot(root)
     cli_outcome(lambda: PairDataset(str(root)).get(torch.arange(2)), capsys)
     assert _snapshot(root) == before
@@ -99,10 +103,7 @@ def test_hostile_pair_shard_header(pairs_dir, tmp_path_factory, path, value, cut
 @FUZZ
 @given(path=paths, value=values)
 def test_hostile_checkpoint_config(ckpt_dir, tmp_path_factory, path, value, capsys) -> None:
-    d = tmp_path_factory.mktemp("c") / "c"
-    shutil.copytree(ckpt_dir, d)
-    cfg = json.loads((d / "config.json").read_text())
-    (d / "config.json").write_text(json.dumps(mutate(cfg, path, value)))
+    d = _edited_copy(ckpt_dir, tmp_path_factory.mktemp("c") / "c", "config.json", path, value)
 
     def load() -> None:
         read_record(d)

@@ -1,12 +1,12 @@
 #include "package_check.h"
 
-#include <array>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <string>
 #include <vector>
 
+#include "crc32.h"
 #include "error.h"
 
 namespace fastflow {
@@ -17,21 +17,6 @@ uint64_t le(const std::string& b, std::size_t at, int bytes) {
   uint64_t v = 0;
   for (int i = bytes - 1; i >= 0; --i) v = (v << 8) | static_cast<unsigned char>(b[at + i]);
   return v;
-}
-
-uint32_t crc32(const std::string& data) {
-  static const auto table = [] {
-    std::array<uint32_t, 256> t{};
-    for (uint32_t i = 0; i < 256; ++i) {
-      uint32_t c = i;
-      for (int k = 0; k < 8; ++k) c = (c & 1) ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-      t[i] = c;
-    }
-    return t;
-  }();
-  uint32_t c = 0xFFFFFFFFu;
-  for (const unsigned char ch : data) c = table[(c ^ ch) & 0xFF] ^ (c >> 8);
-  return c ^ 0xFFFFFFFFu;
 }
 
 std::string read_at(std::ifstream& f, uint64_t offset, uint64_t size, uint64_t file_size) {
@@ -111,7 +96,7 @@ void check_package(const std::string& path) {
       }
       if (csize != usize) throw InputError(name + ": stored entry with two sizes");
       const std::string data = read_at(f, start, csize, size);
-      if (crc32(data) != crc) throw InputError("entry " + name + " fails its CRC-32 (corrupted package); re-export it");
+      if (crc32(reinterpret_cast<const uint8_t*>(data.data()), data.size()) != crc) throw InputError("entry " + name + " fails its CRC-32 (corrupted package); re-export it");
       if (name.size() > 3 && name.compare(name.size() - 3, 3, ".so") == 0) check_elf(data, name);
     }
   } catch (const InputError& e) {
