@@ -86,6 +86,8 @@ PROBES: list[tuple[str, list[str], str]] = [
      "same file"),
     ("export-report-is-output", ["export", "{s}/meanflow", "--format", "ep", "-o", "{s}/g.pt2", "--report",
                                  "{s}/./g.pt2"], "same file"),
+    ("bench-winners-out-is-input", ["bench", "winners", "{s}/list.json", "--out", "{s}/./list.json"], "same file"),
+    ("bench-memory-out-is-input", ["bench", "memory", "{s}/neg.json", "--out", "{s}//neg.json"], "same file"),
     # 6. values the checks let through
     ("optim-eps-subnormal", [*TRAIN, "out_dir={s}/new", "optim.eps=1e-320"], "optim.eps"),
     ("optim-betas", [*TRAIN, "out_dir={s}/new", "optim.betas=[1.5,0.9]"], "optim.betas"),

@@ -142,9 +142,10 @@ def run_memory(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from fastflow.bench.memory import memory_table
-    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.io import atomic_write_json, check_distinct, check_writable
     from fastflow.utils.table import format_table
 
+    check_distinct({"--out": args.out}, {"MODEL": args.model})
     check_writable(args.out)
     plan, rows = memory_table(args.model, args.ranks, args.micro_batch, args.measure_res)
     print(f"{plan.name}: {plan.params / 1e6:.1f}M parameters at {plan.resolution}², activations measured at "
@@ -159,9 +160,10 @@ def run_memory(args: argparse.Namespace) -> int:
 
 def run_winners(args: argparse.Namespace) -> int:
     from fastflow.bench.winners import winners
-    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.io import atomic_write_json, check_distinct, check_writable
     from fastflow.utils.table import format_table
 
+    check_distinct({"--out": args.out}, {f"--json[{i}]": p for i, p in enumerate(args.json)})
     check_writable(args.out)
     cases = winners(args.json)
     print(format_table([{**c, "case": " ".join(str(c[k]) for k in c if k not in ("bench", "times_ms", "winner",
@@ -175,10 +177,11 @@ def run_winners(args: argparse.Namespace) -> int:
 def run_latency(args: argparse.Namespace) -> int:
     from fastflow.bench.latency import latency_suite, save_plot, speedup_check, split_backend
     from fastflow.models import build_model, load_model
-    from fastflow.utils.io import atomic_write_json, check_writable
+    from fastflow.utils.io import atomic_write_json, check_distinct, check_writable
     from fastflow.utils.table import format_table
 
     device = args.device
+    check_distinct({"--out": args.out, "--png": args.png}, {})
     for path, suffix in ((args.out, ".json"), (args.png, ".png")):
         if Path(path).suffix.lower() != suffix:
             raise ConfigError(f"{path!r}: want a {suffix} file")
