@@ -6,14 +6,26 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import typing
 from collections.abc import Callable
 from typing import Any
 
 import yaml
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, settings, strategies as st
 
 from fastflow.cli.common import run_cli
+
+#: the bounded runs of ``make test``: the same examples every run (CI never meets a new one by chance);
+#: ``FASTFLOW_FUZZ=N`` draws N fresh examples per test instead (what the ``slow`` variants do with thousands)
+BOUNDED = settings(deadline=None, derandomize="FASTFLOW_FUZZ" not in os.environ,
+                   suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def examples(n: int) -> settings:
+    """``n`` examples (``FASTFLOW_FUZZ`` overrides), deterministic unless ``FASTFLOW_FUZZ`` is set."""
+    return settings(BOUNDED, max_examples=int(os.environ.get("FASTFLOW_FUZZ", n)))
+
 
 #: YAML texts a parser must refuse in one line (unhashable keys, deep nesting, tags, aliases)
 HOSTILE_YAML = ["? [a, b]: 1", "{[1]: 2}", "[" * 5000, "{a: " * 3000, "!!python/object/apply:os.system [ls]",

@@ -76,8 +76,8 @@ def spy(dump: str, patch=None) -> None:
         orig_save(cfg, info, run, n, model, ema, opt, meta)
         write(f"step{n}", info, model, ema, opt)
 
-    def resume(cfg, info, ckpt, model, ema, opt):
-        step = orig_resume(cfg, info, ckpt, model, ema, opt)
+    def resume(cfg, info, ckpt, model, ema, opt, objective):
+        step = orig_resume(cfg, info, ckpt, model, ema, opt, objective)
         write("loaded", info, model, ema, opt)
         return step
 

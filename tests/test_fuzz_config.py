@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, settings, strategies as st
 
 from fastflow.data import DATASETS, build_dataset, dataset_class
 from fastflow.fused import split_spec
@@ -20,7 +20,7 @@ from fastflow.models.presets import build_model
 from fastflow.models.unet import UNetConfig
 from fastflow.objectives import _OPTIONS, build_objective
 from fastflow.train.config import TrainConfig, load_config
-from tests.fuzz import cli_outcome, override_texts, schema_keys
+from tests.fuzz import BOUNDED, cli_outcome, examples, override_texts, schema_keys
 from tests.helpers import TINY_DIGITS
 
 TOY = ["model={arch: mlp, hidden: 8, depth: 1}", "data={name: toy2d, n: 64}", "train.batch_size=8"]
@@ -77,20 +77,20 @@ def test_every_schema_key_is_covered() -> None:
     assert len(keys) > 80
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(200)
 @given(case=st.integers(0, len(CASES) - 1), text=override_texts)
 def test_hostile_config_values_are_valid_or_one_line(case, text, capsys) -> None:
     _property(case, text, capsys)
 
 
 @pytest.mark.slow
-@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(BOUNDED, max_examples=5000, derandomize=False)
 @given(case=st.integers(0, len(CASES) - 1), text=override_texts)
 def test_hostile_config_values_deep(case, text, capsys) -> None:
     _property(case, text, capsys)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(60)
 @given(text=st.one_of(st.text(max_size=200), st.sampled_from(["? [a, b]: 1\n", "a: " + "[" * 5000, "\xff\xfe"])))
 def test_hostile_yaml_config_files_are_valid_or_one_line(tmp_path_factory, text, capsys) -> None:
     path = tmp_path_factory.mktemp("yaml") / "c.yaml"

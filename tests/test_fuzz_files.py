@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from fastflow.cli.main import main
 from fastflow.data.npz import NpzDataset
@@ -22,9 +22,9 @@ from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.models import build_model, save_model
 from fastflow.models.checkpoint import load_model, read_record
 from fastflow.pairs import FlowTeacher, PairDataset, generate_pairs
-from tests.fuzz import cli_outcome, values
+from tests.fuzz import cli_outcome, examples, values
 
-FUZZ = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = examples(80)
 paths = st.lists(st.one_of(st.text(max_size=12), st.integers(0, 3)), min_size=1, max_size=4)
 
 
@@ -145,7 +145,7 @@ def test_hostile_npz_dataset(tmp_path_factory, arrays, capsys) -> None:
     cli_outcome(lambda: NpzDataset(str(path)).get(torch.arange(1)), capsys)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(40)
 @given(data=st.binary(max_size=64))
 def test_hostile_prompt_files(tmp_path_factory, data, capsys) -> None:
     d = tmp_path_factory.mktemp("prompts")

@@ -252,3 +252,16 @@ def test_resume_accepts_the_same_settings_spelled_otherwise(tmp_path) -> None:
           resume=True)
     with pytest.raises(ConfigError, match="objective.cond_drop=0.0; resuming with 0.1"):
         train(tiny_config(run, "train.steps=3", "objective.cond_drop=0.1"), resume=True)
+
+
+@pytest.mark.parametrize("argv,resume", [(["train", "--resume", "c.yaml", "x=1"], "yes"),
+                                         (["train", "c.yaml", "--resume", "auto"], "auto"),
+                                         (["train", "--resume", "auto", "c.yaml"], "auto"),
+                                         (["train", "c.yaml", "x=1", "--resume"], "yes"),
+                                         (["train", "c.yaml", "--resume=auto"], "auto")])
+def test_resume_flag_never_takes_the_config(argv, resume) -> None:
+    from fastflow.cli.main import build_parser
+    from fastflow.cli.train import explicit_resume
+
+    args = build_parser().parse_args(explicit_resume(argv))
+    assert (args.config, args.resume) == ("c.yaml", resume)

@@ -9,7 +9,7 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import given, strategies as st
 
 from fastflow.cli.export import main as export_main
 from fastflow.cli.main import main
@@ -19,6 +19,7 @@ from fastflow.models.sharded import read_metadata, shard_files
 from fastflow.train import train
 from fastflow.train.state import latest_checkpoint
 from fastflow.utils.io import atomic_write_json, file_digest
+from tests.fuzz import examples
 from tests.helpers import FSDP, ROOT, TINY_DIGITS, tiny_config
 
 
@@ -128,7 +129,7 @@ _json = st.recursive(st.none() | st.booleans() | st.integers(-2, 1 << 64) | st.f
                      max_leaves=20)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(60)
 @given(path=st.lists(st.sampled_from(["tensors", "planner_data", "storage", 0, "dtype", "size", "chunks", "offset",
                                       "file", "start", "length", "index", "key", "offsets", "sizes"]),
                      min_size=1, max_size=4),
@@ -164,7 +165,7 @@ def legacy_metadata(tmp_path_factory) -> bytes:
     return (d / ".metadata").read_bytes()
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@examples(150)
 @given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4),
        cut=st.integers(0, 64))
 def test_fuzzed_legacy_pickle_loads_or_is_one_checkpoint_error(legacy_metadata, tmp_path_factory, edits, cut) -> None:

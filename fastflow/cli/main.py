@@ -4,6 +4,7 @@ and ``run(args)``. Bad input → one line on stderr and exit code 2."""
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 
 from fastflow.cli import bench, checkpoint, demo, export, export_diffusers, pairs, prompts, sample, sr, train
@@ -22,5 +23,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(train.explicit_resume(argv) if argv[:1] == ["train"] else argv)
     return run_cli("fastflow", args.fn, args)

@@ -18,6 +18,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=run)
 
 
+def explicit_resume(argv: list[str]) -> list[str]:
+    """``--resume auto`` → ``--resume=auto`` and a bare ``--resume`` → ``--resume=yes``: the flag's
+    optional value is never taken from the next word (``fastflow train --resume CONFIG`` keeps CONFIG)."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--resume":
+            auto = argv[i + 1:i + 2] == ["auto"]
+            out.append("--resume=auto" if auto else "--resume=yes")
+            i += 2 if auto else 1
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
     from fastflow.train import load_config, train
 

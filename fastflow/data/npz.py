@@ -48,5 +48,7 @@ class NpzDataset(ArrayDataset):
             if x.ndim == 4 and (x.min() < -1.001 or x.max() > 1.001):
                 raise DataError(f"{path}: float images must lie in [-1, 1] "
                                 f"(got [{x.min():.3g}, {x.max():.3g}]); store uint8 for 0…255")
+        if y is not None and not np.issubdtype(y.dtype, np.integer):
+            raise DataError(f"{path}: labels must be integers, got dtype {y.dtype}")
         label = None if y is None else torch.from_numpy(np.asarray(y).astype(np.int64))
         super().__init__(torch.from_numpy(np.ascontiguousarray(x)), label, name=str(path))

@@ -113,7 +113,7 @@ def read_legacy(path: Path) -> Any:
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, IndexError,
-            KeyError, RecursionError, MemoryError, RuntimeError) as e:  # what unpickling hostile bytes raises
+            KeyError, RecursionError, MemoryError, RuntimeError, OverflowError) as e:  # hostile bytes raise these
         # (RuntimeError: TensorProperties.__setstate__ refusing a memory-format code)
         raise CheckpointError(f"{path}: unreadable DCP metadata ({type(e).__name__}: {str(e)[:200]})") from None
     return metadata_of(record, str(path))
