@@ -159,3 +159,18 @@ def test_token_conditioned_unet_exports_its_generator_alone(tmp_path) -> None:
     assert torch.allclose(chain(run, z, emb), expect, atol=1e-4)
     assert main(["export", str(tmp_path / "ckpt"), "--format", "onnx", "--pipeline", "-o", str(tmp_path / "x"),
                  "--components", "text_encoder"]) == 2
+
+
+def test_onnx_generator_batch_stays_dynamic_beyond_two(student, tmp_path) -> None:
+    """--max-batch 4: the generator's graph keeps a symbolic batch (``len(x)`` in the SD adapter used
+    to fix it at 4 under torch.export while pipeline.json said 1..4) and runs at every batch of its range."""
+    import onnx
+
+    out = tmp_path / "pipe"
+    assert main(["export", student[0], "--format", "onnx", "--pipeline", "--components", "generator", "-o", str(out),
+                 "--min-batch", "1", "--max-batch", "4", "--validate", "--device", "cpu"]) == 0
+    graph = onnx.load(str(out / "generator.onnx"), load_external_data=False).graph
+    assert all(i.type.tensor_type.shape.dim[0].dim_param for i in graph.input), graph.input
+    run = load_pipeline(out, torch.device("cpu"))["generator"]
+    for b in (1, 3, 4):
+        assert run(torch.randn(b, 4, 8, 8), torch.randn(b, 16, 32)).shape == (b, 4, 8, 8)

@@ -130,7 +130,7 @@ class SDVelocity(nn.Module):
                 return F.embedding(cond, self.table.flatten(1)).view(b, *self.table.shape[1:])
             except IndexError:
                 raise ShapeError(f"prompt indices must lie in [0, {self.config.num_classes}]") from None
-        if cond.dim() != 3 or len(cond) != b:
+        if cond.dim() != 3 or cond.shape[0] != b:  # shape, not len(): len() fixes a symbolic batch in export
             raise ShapeError(f"text embeddings must be [{b}, L, D], got {tuple(cond.shape)}")
         return cond
 
@@ -148,7 +148,7 @@ class SDVelocity(nn.Module):
             raise ShapeError(f"class labels must lie in [0, {n})") from None
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Tensor:
-        b, c = len(x), self.config.in_channels
+        b, c = x.shape[0], self.config.in_channels  # not len(x): torch.export would specialise the batch
         if x.dim() != 4 or x.shape[1] != c:
             raise ShapeError(f"x must be [B, {c}, H, W], got {tuple(x.shape)}")
         dtype = next(self.unet.parameters()).dtype
