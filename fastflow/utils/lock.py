@@ -76,12 +76,13 @@ def _acquire(path: Path, d: Path, what: str) -> tuple[int, str]:
         mine = os.fstat(fd)
         if not stat.S_ISREG(mine.st_mode) or mine.st_nlink != 1:
             os.close(fd)
-            raise ConfigError(f"{path} is not a lock file fastflow made ({'a hard link' if stat.S_ISREG(mine.st_mode) else 'not a regular file'}); "
-                              "remove it or choose another directory")
+            what_it_is = "a hard link" if stat.S_ISREG(mine.st_mode) else "not a regular file"
+            raise ConfigError(f"{path} is not a lock file fastflow made ({what_it_is}); remove it or choose "
+                              "another directory")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _holder(os.pread(fd, 4096, 0).decode(errors="replace")) or "a process that left no readable record"
+            holder = _holder(os.pread(fd, 4096, 0).decode(errors="replace")) or "a process with no readable record"
             os.close(fd)
             raise LockedError(f"{d} is in use: {holder} (this run: {what}); wait for it to finish or choose "
                               "another directory") from None
