@@ -115,7 +115,7 @@ def read_legacy(path: Path) -> Any:
     except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, IndexError,
             KeyError, RecursionError, MemoryError, RuntimeError, OverflowError) as e:  # hostile bytes raise these
         # (RuntimeError: TensorProperties.__setstate__ refusing a memory-format code)
-        raise CheckpointError(f"{path}: unreadable DCP metadata ({type(e).__name__}: {str(e)[:200]})") from None
+        raise CheckpointError(f"{path}: unreadable DCP metadata ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
     return metadata_of(record, str(path))
 
 
@@ -123,7 +123,7 @@ class _LegacyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in LEGACY_GLOBALS:
             return super().find_class(module, name)
-        raise CheckpointError(f"DCP metadata names {module}.{name}, which is not a DCP record type; "
+        raise CheckpointError(f"DCP metadata names {module + '.' + name!r}, which is not a DCP record type; "
                               "refused to unpickle it")
 
 
