@@ -285,3 +285,26 @@ def test_export_over_an_existing_package_on_a_full_disk_keeps_it(tmp_path, ckpt,
                     "--batch", "1", "--device", "cpu")
         assert r.returncode == 2 and r.stderr.strip().splitlines()[-1].endswith("No space left on device"), r.stderr
         assert {p.name: p.read_bytes() for p in disk.iterdir() if p.name != "filler"} == old
+
+
+@pytest.mark.parametrize("dim,batch,ok", [("B", (1, 2, 4), True), (4, (1, 2, 4), False), (2, (2, 2, 2), True),
+                                          ("B", (2, 2, 2), False), (3, (2, 2, 2), False)])
+def test_onnx_graph_batch_is_checked_against_the_contract(tmp_path, dim, batch, ok) -> None:
+    """A graph whose batch a forward specialised (fixed where the range is dynamic, or another static
+    batch) is refused before it is renamed into place."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from fastflow.errors import ArtifactError
+    from fastflow.export.formats import _check_onnx_batch
+    from fastflow.export.spec import BatchRange
+
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [dim, 1, 4, 4])
+    y = helper.make_tensor_value_info("image", TensorProto.FLOAT, [dim, 1, 4, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["z"], ["image"])], "g", [z], [y])
+    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    if ok:
+        _check_onnx_batch(tmp_path / "g.onnx", BatchRange(*batch))
+    else:
+        with pytest.raises(ArtifactError, match="specialised the batch"):
+            _check_onnx_batch(tmp_path / "g.onnx", BatchRange(*batch))

@@ -84,10 +84,26 @@ def build_onnx(gen: nn.Module, example: Example, batch: BatchRange, path: Path, 
                           output_names=[output_name], verbose=False)
     if calibration:
         fp32_onnx_then_int8(export, path, calibration, input_names(gen, example))
-        return
-    export(path)
-    if dtype == "fp16":
-        _softmax_in_fp32(path)
+    else:
+        export(path)
+        if dtype == "fp16":
+            _softmax_in_fp32(path)
+    _check_onnx_batch(path, batch)
+
+
+def _check_onnx_batch(path: Path, batch: BatchRange) -> None:
+    """Every graph input's batch dimension as the contract says: symbolic for a batch range, the
+    batch for a static one. A forward that specialises the batch (``len()`` of a tensor under
+    torch.export) yields a graph that runs at one batch only: refused before it is renamed into place."""
+    import onnx
+
+    for i in onnx.load(str(path), load_external_data=False).graph.input:
+        dims = i.type.tensor_type.shape.dim
+        fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
+        if dims and (fixed is not None if batch.dynamic else fixed != batch.min):
+            raise ArtifactError(f"{path.name}: input {i.name!r} has batch {fixed if fixed is not None else 'symbolic'}"
+                                f", the contract says {batch.min}..{batch.max}: the model's forward specialised the "
+                                "batch (len() of a tensor?); not written")
 
 
 def load_onnx(path: Path, device: torch.device) -> Runner:
