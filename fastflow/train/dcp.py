@@ -14,7 +14,6 @@ index, so resuming with the same ``world × grad_accum`` continues the very same
 
 from __future__ import annotations
 
-import errno
 import shutil
 from pathlib import Path
 from typing import Any
@@ -51,28 +50,24 @@ def _writer(path: Path) -> Any:
     return JsonMetadataWriter(path)
 
 
-def _disk_errors(save: Any, state: dict[str, Any], path: Path) -> None:
-    """DCP's ``save``, with a rank's full disk (DCP wraps it in its ``CheckpointException``) raised as
-    the ``OSError(ENOSPC)`` naming ``path`` that the CLI reports in one line."""
+def _save(state: dict[str, Any], path: Path) -> None:
+    """DCP's ``save`` into ``path`` (JSON metadata). DCP wraps what a rank raised in its
+    ``CheckpointException``: a full disk becomes the ``OSError(ENOSPC)`` naming ``path`` that the CLI
+    reports in one line; anything else is raised as the rank raised it."""
+    from torch.distributed.checkpoint import save
     from torch.distributed.checkpoint.api import CheckpointException
 
     try:
-        with disk_errors(path):
-            save(state, storage_writer=_writer(path))
+        save(state, storage_writer=_writer(path))
     except CheckpointException as e:
-        for wrapped in e.failures.values():  # (exception, traceback summary) per failed rank
-            with disk_errors(path):
-                failure = wrapped[0] if isinstance(wrapped, tuple) else wrapped
-                if isinstance(failure, OSError) and failure.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise failure from None
-        raise
+        failures = [w[0] if isinstance(w, tuple) else w for w in e.failures.values()]  # (exception, traceback)
+        with disk_errors(path):
+            raise (failures[0] if failures else e) from e
 
 
 def save_sharded(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer,
                  keep: int, meta: dict[str, Any], info: DistInfo) -> Path:
     """Every rank calls this. Writes the checkpoint of ``step``, points ``latest`` at it, prunes."""
-    from torch.distributed.checkpoint import save
-
     name = f"step-{step:08d}"
     final, tmp = checkpoints_root(run_dir) / name, checkpoints_root(run_dir) / f".{name}.tmp"
     if info.main:
@@ -81,7 +76,7 @@ def save_sharded(run_dir: str | Path, step: int, model: nn.Module, ema: nn.Modul
     barrier(info)
     state, _ = _state(model, ema, opt)
     try:
-        _disk_errors(save, state, tmp / SHARDS)
+        _save(state, tmp / SHARDS)
         barrier(info)
         if info.main:
             digests = {f: file_digest(tmp / f) for f in shard_files(tmp)}
