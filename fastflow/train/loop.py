@@ -4,7 +4,6 @@ resume, JSONL/TensorBoard logs, a progress bar and periodic sample grids."""
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -31,7 +30,7 @@ from fastflow.train.ema import EMA
 from fastflow.train.logger import Logger, truncate_log
 from fastflow.train.parallel import build, checkpoint_activations, fsdp_kwargs
 from fastflow.train.preview import PreviewGrids
-from fastflow.train.resume import check_resumable, check_run_dir, difference
+from fastflow.train.resume import check_resumable, check_run_dir, difference, jsonable
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
 from fastflow.train.step import MicroBatches, check_split, train_step
 from fastflow.utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
@@ -258,7 +257,7 @@ def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset
     clip = cfg.optim.grad_clip or math.inf
     meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf"),
             "data_config": cfg.data, "objective_config": cfg.objective, "seed": cfg.seed,
-            "objective_settings": json.loads(json.dumps(objective_settings(objective), default=str)),
+            "objective_settings": jsonable(objective_settings(objective)),
             "batch_size": t.batch_size, "micro_batches": micro.total, "parallel": t.parallel, "world": info.world}
 
     bar = tqdm(total=t.steps, initial=start, disable=not (info.main and t.progress),

@@ -52,7 +52,7 @@ def check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Modu
     now = {"seed": cfg.seed, "train.batch_size": cfg.train.batch_size, "model": model.config.to_dict(),
            "data": dataset_settings(cfg.data), "objective": objective_settings(objective)}
     for key, was in stored.items():
-        changed = difference(key, was, json.loads(json.dumps(now[key], default=str))) if was is not None else None
+        changed = difference(key, was, jsonable(now[key])) if was is not None else None
         if changed is not None:
             name, before, after = changed
             raise ConfigError(f"{ckpt} was trained with {name}={before}; resuming with {after} would not continue "
@@ -68,11 +68,16 @@ def check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Modu
     return meta
 
 
+def jsonable(value: Any) -> Any:
+    """``value`` as it reads back from a checkpoint's ``config.json`` (tuples as lists, others as text)."""
+    return json.loads(json.dumps(value, default=str))
+
+
 def _settings(canonical: Any, spec: Any) -> Any:
     """``canonical(spec)`` as JSON values, or None for a section a checkpoint records in a form this
     version does not read (not compared)."""
     try:
-        return json.loads(json.dumps(canonical(spec), default=str)) if isinstance(spec, dict) else None
+        return jsonable(canonical(spec)) if isinstance(spec, dict) else None
     except FastflowError:
         return None
 
