@@ -40,9 +40,9 @@ from typing import Any
 
 import torch
 
-from fastflow.pipelines.digits import eval_noise
-from fastflow.pipelines.slimflow import student_overrides
-from fastflow.pipelines.stages import DIGITS_SHAPE, train_stage
+from fastflow.recipes.digits import eval_noise
+from fastflow.recipes.slimflow import student_overrides
+from fastflow.recipes.stages import DIGITS_SHAPE, train_stage
 from fastflow.flow import generate
 from fastflow.metrics import digits_scores
 from fastflow.metrics.evaluate import mean_sd

@@ -111,7 +111,7 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every row, written to ``args.out`` after each model × batch × thread count (a crash keeps the rows so far)."""
     from fastflow.bench.artefacts import CallFloor
-    from fastflow.cli.common import device_name
+    from fastflow.utils.threads import device_name
     from fastflow.models import build_model, load_model
     from fastflow.models.presets import sample_shape
     from fastflow.utils.io import atomic_write_json
@@ -137,7 +137,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"{name}, batch {batch}, {threads} thread(s): {time.perf_counter() - t0:.0f}s", flush=True)
         fp32 = [b for b in args.backends if not b.endswith(("int8", "cpuk"))]  # a call floor has no UNet blocks
         shape = sample_shape(next(iter(models.values()))[0])  # the small model's, where overhead dominates
-        doc["call_floor"] += student_rows("call floor", CallFloor(), shape, 1, threads, fp32, args.iters, args.rounds)
+        doc["call_floor"] += student_rows("call floor", CallFloor(shape), shape, 1, threads, fp32, args.iters, args.rounds)
         atomic_write_json(args.out, doc)
     torch.set_num_threads(args.threads[0])
     if args.fgd and any(b.endswith("int8") for b in args.backends):

@@ -48,9 +48,9 @@ def test_call_floor_is_its_closed_form() -> None:
     from fastflow.metrics.cost import count_flops
 
     z = torch.randn(3, 1, 4, 4)
-    got = Generator(CallFloor(), 1)(z)
+    got = Generator(CallFloor(tuple(z.shape[1:])), 1)(z)
     torch.testing.assert_close(got, z + (1 - DEFAULT_EPS) * DEFAULT_EPS * z)
-    assert count_flops(CallFloor(), z) == 0
+    assert count_flops(CallFloor(tuple(z.shape[1:])), z) == 0
 
 
 @pytest.mark.parametrize("argv, match", [(["--quality-only"], "add --fgd"), (["--rounds", "0"], "--rounds"),
@@ -64,7 +64,7 @@ def test_bad_arguments_exit_2(capsys, argv, match) -> None:
 
 def test_cpu_name_gives_the_model_and_its_matrix_extensions(tmp_path) -> None:
     """What results record as the CPU: the first processor's model name and its matrix-relevant flags."""
-    from fastflow.cli.common import device_name
+    from fastflow.utils.threads import device_name
     from fastflow.utils.threads import cpu_name
 
     info = tmp_path / "cpuinfo"

@@ -215,12 +215,12 @@ def test_generator_backends_time_openvino_and_int8_against_eager() -> None:
         assert r["threads"] == torch.get_num_threads()
 
 
-# ~45 / ~120 s; make test validates a --prepack package (tests/test_export.py) and runs a --cpu-kernels
+# ~45 / ~120 s; make test validates a --prepack package (tests/test_export.py) and runs a --fused cpu
 # package in ctest (runner.cpuk-*)
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["prepack", "cpuk"])
 def test_package_rows_time_the_package_against_eager(kind) -> None:
-    """``aoti-<kind>`` and ``native-<kind>``: the ``fastflow-export --prepack`` / ``--cpu-kernels``
+    """``aoti-<kind>`` and ``native-<kind>``: the ``fastflow-export --prepack`` / ``--fused cpu``
     package from Python and from ``fastflow-run``, checked against eager; the runner's row carries its
     fastest call too."""
     from fastflow.bench.latency import find_runner

@@ -1,8 +1,8 @@
 """The embedded end-to-end demo (``make demo`` / ``fastflow demo``), CPU only: SlimFlow on digits
-(:mod:`fastflow.pipelines.slimflow`), and optionally InstaFlow on class-conditioned digits
-(:mod:`~fastflow.pipelines.instaflow`, ``--conditional``), OFTSR ×4 on photographs
-(:mod:`~fastflow.pipelines.oftsr`, ``--sr``) and MeanFlow at the SlimFlow route's compute
-(:mod:`~fastflow.pipelines.meanflow`, ``--methods slimflow,meanflow``), each in its own sub-directory. ``--seeds N`` repeats
+(:mod:`fastflow.recipes.slimflow`), and optionally InstaFlow on class-conditioned digits
+(:mod:`~fastflow.recipes.instaflow`, ``--conditional``), OFTSR ×4 on photographs
+(:mod:`~fastflow.recipes.oftsr`, ``--sr``) and MeanFlow at the SlimFlow route's compute
+(:mod:`~fastflow.recipes.meanflow`, ``--methods slimflow,meanflow``), each in its own sub-directory. ``--seeds N`` repeats
 each with seeds 0 … N−1: rows as mean ± sd, checks as seeds holding, orderings as paired gains."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from fastflow.pipelines import instaflow, meanflow, oftsr, slimflow
-from fastflow.pipelines.stages import run_each
+from fastflow.recipes import instaflow, meanflow, oftsr, slimflow
+from fastflow.recipes.stages import run_each
 
 
 def run(out: Path, seeds: Sequence[int], scale: float = 1.0, slimflow_run: bool = True, instaflow_run: bool = False,
         oftsr_run: bool = False, meanflow_run: bool = False, jobs: int = 1) -> None:
-    """The chosen pipelines, once (one seed: 0) or over ``seeds``. MeanFlow runs right after each
+    """The chosen recipes, once (one seed: 0) or over ``seeds``. MeanFlow runs right after each
     seed's SlimFlow run (its budget is that run's recorded CPU time), so a seed is finished before
     the next starts. ``jobs > 1`` runs that many seeds at once in worker processes."""
     many = len(seeds) > 1

@@ -55,7 +55,7 @@ def test_overrides_are_yaml_scalars() -> None:
     ("model.ch_mult=[1,0]", "ch_mult"),
     ("model.attn_resolutions=abc", "'model.attn_resolutions': expected tuple"),
     ("model.preset=nope", "unknown model preset"),
-    ("model.fused=maybe", "model.fused must be one of auto, on, off"),
+    ("model.fused=maybe", "model.fused must be one of auto, off, triton, cpu"),
     ("data={name: digits, size: abc}", "'data.size': expected int"),
     ("data={name: digits, bogus: 1}", "has no option"),
     ("data={name: [1]}", "unknown dataset"),
@@ -134,6 +134,6 @@ def test_an_empty_config_says_it_trains_on_defaults(tmp_path, capsys) -> None:
 
 
 def test_model_fused_is_stored_as_a_word() -> None:
-    assert load_config(None, ["model.preset=tiny", "model.fused=on"]).model["fused"] == "on"  # YAML reads on as True
+    assert load_config(None, ["model.preset=tiny", "model.fused=on"]).model["fused"] == "triton"  # YAML: on is True
 
 

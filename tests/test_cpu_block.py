@@ -198,7 +198,7 @@ def test_export_cpu_kernels_package(tmp_path) -> None:
     res = run_cli("-m", "fastflow.cli.export", str(_small_ckpt(tmp_path / "ckpt")), "--format", "pt2", "--cpu-kernels",
                   "--batch", "1", "-o", str(out), "--validate", "--report", str(report), timeout=600)
     assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]
-    assert read_pt2_spec(out).extra["fused"] == "cpu" and json.loads(report.read_text())["settings"]["fused"] == "cpu"
+    assert read_pt2_spec(out).fused == "cpu" and json.loads(report.read_text())["settings"]["fused"] == "cpu"
     with zipfile.ZipFile(out) as zf:
         code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
     assert code.count("aoti_torch_cpu_conv_block(") >= 12 and "aoti_torch_cpu_convolution(" not in code

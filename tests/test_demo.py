@@ -39,7 +39,7 @@ def test_over_seeds_in_worker_processes_equals_serial(tmp_path) -> None:
 
     from helpers import seeded_run
 
-    from fastflow.pipelines.stages import over_seeds
+    from fastflow.recipes.stages import over_seeds
 
     serial = over_seeds(seeded_run, tmp_path, [0, 1, 2], 2.0, ("method",))
     parallel = over_seeds(seeded_run, tmp_path, [0, 1, 2], 2.0, ("method",), jobs=2)
@@ -54,7 +54,7 @@ def test_meanflow_budget_fills_the_route_time() -> None:
     """The step count from the probe: start-up = the probe's time outside its logged steps, paid
     once more by the resumed run; the steady step time is the last interval's."""
     from fastflow.errors import ConfigError
-    from fastflow.pipelines.meanflow import fill_budget
+    from fastflow.recipes.meanflow import fill_budget
 
     records = [{"step": 50, "cpu_s_per_step": 0.2}, {"step": 100, "cpu_s_per_step": 0.1}]
     plan = fill_budget(100.0, 100, 25.0, records)  # 15 s in steps, 10 s start-up
@@ -70,7 +70,7 @@ def test_meanflow_budget_fills_the_route_time() -> None:
 def test_meanflow_budget_is_topped_up_from_the_time_spent() -> None:
     """A probe timed on a busy machine under-spends: the next segment's own step time and the CPU
     seconds actually spent extend the run until less than FILL_TOLERANCE of the budget is left."""
-    from fastflow.pipelines.meanflow import MAX_TOP_UPS, fill_budget, top_up
+    from fastflow.recipes.meanflow import MAX_TOP_UPS, fill_budget, top_up
 
     plan = fill_budget(100.0, 100, 25.0, [{"step": 50, "cpu_s_per_step": 0.2}, {"step": 100, "cpu_s_per_step": 0.1}])
     assert plan["segments"] == [750]
@@ -89,7 +89,7 @@ def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -
     """``fastflow demo --skip-main --conditional --sr --seeds 2`` at a tiny budget: each seed trains
     and scores its own models, and the aggregate rows are the per-seed mean ± sd."""
     from fastflow.cli.main import main
-    from fastflow.pipelines import digits, oftsr
+    from fastflow.recipes import digits, oftsr
 
     monkeypatch.setattr(digits, "N_EVAL", 40)
     monkeypatch.setattr(oftsr, "N_EVAL", 8)
@@ -134,7 +134,7 @@ def test_demo_slimflow_and_meanflow_end_to_end(tmp_path, monkeypatch, capsys) ->
     reported, the figures and the exported generator are written; each seed's MeanFlow trains for
     that seed's recorded route time, right after it, and both routes aggregate over the seeds."""
     from fastflow.cli.main import main
-    from fastflow.pipelines import digits, meanflow, slimflow
+    from fastflow.recipes import digits, meanflow, slimflow
 
     monkeypatch.setattr(digits, "N_EVAL", 40)
     route = meanflow.route_budget

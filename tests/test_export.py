@@ -150,7 +150,8 @@ def test_generator_spec_round_trips_and_rejects_malformed_metadata() -> None:
     from fastflow.export.spec import BatchRange, GeneratorSpec
 
     spec = GeneratorSpec("conditional", (1, 16, 16), BatchRange(1, 2, 8), "fp16", steps=2, num_classes=10,
-                         checkpoint_sha256="ab", extra={"note": "x"})
+                         checkpoint_sha256="ab", fused="op", prepack=True, quantize="int8",
+                         calibration_samples=16, cfg_scale=2.5)
     meta = spec.to_metadata()
     assert all(isinstance(v, str) for v in meta.values()) and meta["fastflow.inputs"] == "z,cond"
     assert GeneratorSpec.from_metadata(meta) == spec
@@ -180,7 +181,7 @@ def test_prepack_freezes_the_weights_into_the_package(tmp_path) -> None:
     res = _export(ckpt, "--format", "pt2", "--prepack", "--batch", "2", "-o", str(out), "--validate",
                   "--report", str(report))
     assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]
-    assert read_pt2_spec(out).extra["prepack"] == "on" and json.loads(report.read_text())["settings"]["prepack"]
+    assert read_pt2_spec(out).prepack and json.loads(report.read_text())["settings"]["prepack"]
     with zipfile.ZipFile(out) as zf:
         code = "".join(zf.read(n).decode() for n in zf.namelist() if n.endswith(".cpp"))
     assert "mkldnn__convolution_pointwise" in code and "aoti_torch_cpu_convolution(" not in code
@@ -292,19 +293,38 @@ def test_export_over_an_existing_package_on_a_full_disk_keeps_it(tmp_path, ckpt,
 def test_onnx_graph_batch_is_checked_against_the_contract(tmp_path, dim, batch, ok) -> None:
     """A graph whose batch a forward specialised (fixed where the range is dynamic, or another static
     batch) is refused before it is renamed into place."""
-    import onnx
-    from onnx import TensorProto, helper
-
     from fastflow.errors import ArtifactError
-    from fastflow.export.formats import _check_onnx_batch
-    from fastflow.export.spec import BatchRange
+    from fastflow.export.contract import check_onnx
+    from fastflow.export.spec import BatchRange, GeneratorSpec
 
-    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, [dim, 1, 4, 4])
-    y = helper.make_tensor_value_info("image", TensorProto.FLOAT, [dim, 1, 4, 4])
-    graph = helper.make_graph([helper.make_node("Identity", ["z"], ["image"])], "g", [z], [y])
-    onnx.save(helper.make_model(graph), str(tmp_path / "g.onnx"))
+    _identity_graph(tmp_path / "g.onnx", "z", onnx_type=1, dims=[dim, 1, 4, 4])
+    spec = GeneratorSpec("generator", (1, 4, 4), BatchRange(*batch))
     if ok:
-        _check_onnx_batch(tmp_path / "g.onnx", BatchRange(*batch))
+        check_onnx(tmp_path / "g.onnx", spec, ["z"])
     else:
         with pytest.raises(ArtifactError, match="specialised the batch"):
-            _check_onnx_batch(tmp_path / "g.onnx", BatchRange(*batch))
+            check_onnx(tmp_path / "g.onnx", spec, ["z"])
+
+
+def _identity_graph(path, name: str, onnx_type: int, dims: list) -> None:
+    import onnx
+    from onnx import helper
+
+    z = helper.make_tensor_value_info(name, onnx_type, dims)
+    y = helper.make_tensor_value_info("image", onnx_type, dims)
+    graph = helper.make_graph([helper.make_node("Identity", [name], ["image"])], "g", [z], [y])
+    onnx.save(helper.make_model(graph), str(path))
+
+
+@pytest.mark.parametrize("name, onnx_type, dims, match", [
+    ("x", 1, ["B", 1, 4, 4], "graph inputs"), ("z", 10, ["B", 1, 4, 4], "FLOAT16"),
+    ("z", 1, ["B", 1, 4, 5], "the contract says"), ("z", 1, ["B", 4, 4], "the contract says")])
+def test_onnx_graph_inputs_are_checked_against_the_contract(tmp_path, name, onnx_type, dims, match) -> None:
+    """Another input name, dtype or per-sample shape than the spec's is one ArtifactError line."""
+    from fastflow.errors import ArtifactError
+    from fastflow.export.contract import check_onnx
+    from fastflow.export.spec import BatchRange, GeneratorSpec
+
+    _identity_graph(tmp_path / "g.onnx", name, onnx_type, dims)
+    with pytest.raises(ArtifactError, match=match):
+        check_onnx(tmp_path / "g.onnx", GeneratorSpec("generator", (1, 4, 4), BatchRange(1, 2, 4)), ["z"])

@@ -25,20 +25,21 @@ from tests.helpers import run_cli, tiny_config, tiny_diffusers_unet
 pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpreter checks")
 
 
-def test_auto_is_off_on_cpu_and_says_why(monkeypatch, capsys) -> None:
+def test_auto_is_off_on_cpu_and_says_why(monkeypatch, capsys, tmp_path) -> None:
     monkeypatch.setattr(switch, "_said", set())  # the line is printed once per process
+    monkeypatch.setenv("FASTFLOW_CACHE", str(tmp_path))  # no user winners table
     m = build_model({"preset": "tiny"})
     d = apply(m, "auto", "cpu")
-    assert not d.active and "interpreter" in d.reason and not is_fused(m)
+    assert not d.active and d.path == "off" and "default for cpu" in d.reason and not is_fused(m)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    assert decide("auto", "cpu") == (False, "the kernels run on CUDA, this model is on cpu")
-    assert decide("off", "cpu") == (False, "asked for off")
-    with pytest.raises(MissingBackendError, match="fused=on: the kernels run on CUDA"):
+    assert decide("auto", "cpu")[0] == "off"
+    assert decide("off", "cpu") == ("off", "asked for off")
+    with pytest.raises(MissingBackendError, match="fused=triton: the kernels run on CUDA"):
         apply(m, "on", "cpu")
-    with pytest.raises(ConfigError, match="model.fused must be one of auto, on, off"):
+    with pytest.raises(ConfigError, match="model.fused must be one of auto, off, triton, cpu"):
         split_spec({"preset": "tiny", "fused": "yes"})
-    assert split_spec({"preset": "tiny", "fused": "on"}) == ({"preset": "tiny"}, "on")
-    assert "fused kernels off (fused=auto" in capsys.readouterr().err
+    assert split_spec({"preset": "tiny", "fused": "on"}) == ({"preset": "tiny"}, "triton")
+    assert "fused kernels: off (fused=auto" in capsys.readouterr().err
 
 
 def _perturbed(model: nn.Module) -> nn.Module:
@@ -113,8 +114,8 @@ def fused_run(tmp_path_factory):
 @pytest.mark.slow  # ~100 s: fused training under the Triton interpreter; the fused training-step tests stay in make test
 def test_fused_training_runs_end_to_end_and_samples_unfused(fused_run, tmp_path) -> None:
     run, res = fused_run
-    assert "fused kernels on (fused=on" in res.stderr and "FusedGroupNorm" in res.stderr
-    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["fused"] == "on"
+    assert "fused kernels: triton (fused=triton" in res.stderr and "FusedGroupNorm" in res.stderr
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["fused"] == "triton"
     outs = {}
     for mode in ("on", "off"):
         out = tmp_path / f"s-{mode}.npz"
@@ -131,10 +132,10 @@ def test_fused_on_without_a_kernel_device_is_one_line(tmp_path) -> None:
     run = train(tiny_config(tmp_path / "run", "train.steps=1", "train.batch_size=4", "train.sample_n=2"))
     env_off = {"TRITON_INTERPRET": "0"}
     r = run_cli("sample", str(run), "--n", "2", "--fused", "on", "--out", str(tmp_path / "x.png"), env=env_off)
-    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "fused=on" in r.stderr, r.stderr
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "fused=triton" in r.stderr, r.stderr
     assert not (tmp_path / "x.png").exists()
     r = run_cli("train", "digits", f"out_dir={tmp_path / 'r'}", "model.fused=maybe", env=env_off)
-    assert r.returncode == 2 and "model.fused must be one of auto, on, off" in r.stderr
+    assert r.returncode == 2 and "model.fused must be one of auto, off, triton, cpu" in r.stderr
 
 
 @pytest.mark.slow  # an AOTInductor compile; test_export's .pt2 test and the runner's ctest compile .pt2 in make test
@@ -148,7 +149,7 @@ def test_pt2_exported_fused_keeps_the_ops_and_equals_the_eager_generator(fused_r
     assert r.returncode == 0, r.stderr
     assert "validation passed" in r.stdout
     spec = read_pt2_spec(out)
-    assert spec.extra["fused"] == "op" and json.loads(report.read_text())["settings"]["fused"] == "op"
+    assert spec.fused == "op" and json.loads(report.read_text())["settings"]["fused"] == "op"
     from fastflow.export.generator import Generator
     from fastflow.models import load_model
 

@@ -17,7 +17,7 @@ LAYERS = [
     ["models"],
     ["objectives", "fused"],
     ["train", "pairs", "metrics", "export"],
-    ["bench", "pipelines"],
+    ["bench", "recipes"],
     ["demo"],
     ["cli"],
     ["__main__"],

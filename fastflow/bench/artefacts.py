@@ -3,30 +3,27 @@ against eager PyTorch (``max_abs_vs_eager``): the ONNX generator in ONNX Runtime
 ``onnxruntime`` student row) and in OpenVINO (``openvino``), the fp32 package (``aoti``,
 ``native``; ``benchmarks/cpu_roofline.py``) and its frozen, weight-prepacked form
 (``fastflow-export --prepack``: ``aoti-prepack``, ``native-prepack``), the package that calls the
-CPU block kernel (``--cpu-kernels``: ``aoti-cpuk``, ``native-cpuk``), and the int8 artefacts of
+CPU block kernel (``--fused cpu``: ``aoti-cpuk``, ``native-cpuk``), and the int8 artefacts of
 ``fastflow-export --quantize int8`` — ONNX Runtime's QDQ graph in ONNX Runtime and OpenVINO
 (``onnxruntime-int8``, ``openvino-int8``) and torchao's PT2E package from Python and from
 ``fastflow-run`` (``aoti-int8``, ``native-int8``). Calibration uses the generator's own inputs."""
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from fastflow.export.formats import build_onnx, build_pt2, load_onnx, load_openvino, load_pt2
+from fastflow.export import ExportOptions, export_checkpoint
+from fastflow.export.formats import load_onnx, load_openvino, load_pt2
 from fastflow.export.generator import Generator
-from fastflow.export.quantize import DEFAULT_CALIBRATION, calibration_inputs
-from fastflow.export.spec import BatchRange, GeneratorSpec
-from fastflow.fused.cpu_block import swap_cpu_blocks
-from fastflow.fused.runtime import kernels_in_export
+from fastflow.export.spec import BatchRange
 from fastflow.utils.timing import measure_latency
 
 #: backends that time the student's generator artefact only (one row each)
@@ -38,50 +35,40 @@ class CallFloor(nn.Module):
     r"""A velocity model with (almost) no work, :math:`v(x, t) = t\,x`, so that its one-step generator
     :math:`x_1 = z + (1-\epsilon)\,\epsilon z` takes and returns the student's tensors: timed on a
     backend, it measures that backend's fixed cost per call (binding inputs, allocating the output,
-    dispatch) — the floor under every latency of a model of that input and output size."""
+    dispatch) — the floor under every latency of a model of that input and output size. ``shape``:
+    one sample's, ``(dim,)`` or square ``(C, H, H)``."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(dim=shape[0]) if len(shape) == 1 else \
+            SimpleNamespace(in_channels=shape[0], resolution=shape[1])
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
         return t.view(-1, *[1] * (x.dim() - 1)) * x
 
 
-def fused_tag(fused: bool, device: torch.device) -> str:
-    """``fastflow.fused`` of a package (see ``fastflow-export --fused``)."""
-    return "off" if not fused else "triton" if device.type == "cuda" else "op"
-
-
 @dataclass
 class Artefacts:
     """The student's generator artefacts at the batch (and on the device) of ``z``, built on first use
-    in ``workdir``; ``fused``: the student carries the fused kernels and its package keeps them."""
+    in ``workdir``; ``fused``: the package keeps the Triton kernels (``--fused triton``)."""
 
-    student: nn.Module
+    student: nn.Module  # as built: the export swaps the kernels in
     z: Tensor
     workdir: Path
     fused: bool = False
     built: dict[str, Path] = field(default_factory=dict)
 
     def path(self, kind: str) -> Path:
-        """``onnx``, ``onnx-int8``, ``pt2``, ``pt2-prepack``, ``pt2-cpuk`` or ``pt2-int8``."""
+        """``onnx``, ``onnx-int8``, ``pt2``, ``pt2-prepack``, ``pt2-cpuk`` or ``pt2-int8``, made by
+        :func:`~fastflow.export.export_checkpoint` at the static batch of ``z``."""
         if kind not in self.built:
-            student, fused = self.student, fused_tag(self.fused, self.z.device)
-            if kind == "pt2-cpuk":
-                student, fused = copy.deepcopy(student), "cpu"
-                swap_cpu_blocks(student)
-            gen, b = Generator(student, 1).eval(), self.z.shape[0]
-            spec = GeneratorSpec("generator", tuple(self.z.shape[1:]), BatchRange(b, b, b), device=self.z.device.type,
-                                 extra={"fused": fused})
-            if kind == "pt2-prepack":
-                spec.extra["prepack"] = "on"
-            g = torch.Generator().manual_seed(1)
-            calib = calibration_inputs(lambda n: (torch.randn(n, *self.z.shape[1:], generator=g),),
-                                       DEFAULT_CALIBRATION, b) if kind.endswith("int8") else ()
-            name = f"student-generator{'-fused' if self.fused else ''}-{kind}"
-            path = self.workdir / f"{name}.{'pt2' if kind.startswith('pt2') else 'onnx'}"
-            with torch.no_grad(), kernels_in_export() if self.fused else nullcontext():
-                if kind.startswith("onnx"):
-                    build_onnx(gen, (self.z,), spec.batch, path, 19, "fp32", calib)
-                else:
-                    build_pt2(gen, (self.z,), spec, path, calib)
+            fmt, _, variant = kind.partition("-")
+            b = self.z.shape[0]
+            path = self.workdir / f"student-generator{'-fused' if self.fused else ''}-{kind}.{fmt}"
+            fused = "cpu" if variant == "cpuk" else "triton" if self.fused else "off"
+            export_checkpoint(self.student, ExportOptions(
+                format=fmt, output=path, batch=BatchRange(b, b, b), device=self.z.device, fused=fused,
+                prepack=variant == "prepack", quantize="int8" if variant == "int8" else "", seed=1), say=lambda _: None)
             self.built[kind] = path
         return self.built[kind]
 

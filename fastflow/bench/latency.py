@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from copy import deepcopy
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,15 +29,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastflow.bench.artefacts import GENERATOR_BACKENDS, NATIVE, Artefacts, fused_tag, generator_row
+from fastflow.bench.artefacts import GENERATOR_BACKENDS, NATIVE, Artefacts, generator_row
 from fastflow.bench.roofline import add_roofline, peaks
 from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.export import ExportOptions, export_checkpoint
 from fastflow.export.compile import CUDAGraphGenerator
-from fastflow.export.formats import load_onnx, load_pt2
+from fastflow.export.formats import FORMATS, load_onnx, load_pt2
 from fastflow.export.generator import Generator
+from fastflow.export.spec import BatchRange
 from fastflow.flow.sample import generate
-from fastflow.fused import apply as apply_fused, is_fused
-from fastflow.fused.runtime import kernels_in_export
+from fastflow.fused import apply as apply_fused
 from fastflow.metrics.cost import count_flops, count_params
 from fastflow.utils.images import save_figure
 from fastflow.utils.timing import measure_latency
@@ -60,9 +60,9 @@ def split_backend(backend: str) -> tuple[bool, str]:
 
 
 def fused_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with the fused kernels in (``fastflow.fused.apply(..., "on")``)."""
+    """A copy of ``model`` with the fused kernels in (``fastflow.fused.apply(..., "triton")``)."""
     copy = deepcopy(model)
-    apply_fused(copy, "on")
+    apply_fused(copy, "triton")
     return copy
 RUNNER_BUILD_PATH = Path(__file__).resolve().parents[2] / "build" / "kernels" / "fastflow-run"
 
@@ -92,60 +92,6 @@ def native_latency(runner: Path, package: Path, z: Tensor, iters: int, warmup: i
     return lat, torch.from_numpy(np.load(workdir / "native.npy"))
 
 
-class _Velocity(nn.Module):
-    """``(x, t) → v`` with both inputs as tensors (what the exported artefacts take)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.model(x, t)
-
-
-def _exported_velocity(model: nn.Module, backend: str, example: Tensor, workdir: Path) -> Callable[..., Tensor]:
-    """The velocity model as an ONNX Runtime session or an AOTInductor package, batch fixed."""
-    t = torch.full((example.shape[0],), 0.5, device=example.device)
-    vel = _Velocity(model).eval()
-    path = workdir / f"velocity-{id(model)}.{'onnx' if backend == 'onnxruntime' else 'pt2'}"
-    with torch.no_grad():
-        if backend == "onnxruntime":
-            import onnxruntime as ort
-
-            torch.onnx.export(vel, (example, t), str(path), dynamo=True, opset_version=19,
-                              input_names=["x", "t"], output_names=["v"], verbose=False)
-            sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-            return lambda x, t, cond=None: torch.from_numpy(
-                sess.run(None, {"x": x.cpu().numpy(), "t": t.cpu().numpy()})[0]).to(x.device)
-        fused = is_fused(model)
-        with kernels_in_export() if fused else nullcontext(), torch._functorch.config.patch(
-                decompose_custom_triton_ops=fused_tag(fused, example.device) != "op"):
-            torch._inductor.aoti_compile_and_package(torch.export.export(vel, (example, t)),
-                                                     package_path=str(path))
-        runner = torch._inductor.aoti_load_package(str(path))
-        return lambda x, t, cond=None: runner(x, t)
-
-
-def _backend_model(model: nn.Module, backend: str, example: Tensor, workdir: Path) -> Callable[..., Tensor]:
-    if backend in ("eager", "cudagraph"):
-        return model
-    if backend == "compiled":
-        return torch.compile(model, fullgraph=True, dynamic=False)
-    if backend in ("onnxruntime", "aoti"):
-        return _exported_velocity(model, backend, example, workdir)
-    raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
-
-
-def _sampler(model: Callable[..., Tensor], backend: str, solver: str, steps: int | None,
-             z: Tensor) -> Callable[[], Any]:
-    if backend == "cudagraph":
-        if solver != "euler":
-            raise ConfigError("cudagraph backend captures fixed-step Euler generators only")
-        return lambda g=CUDAGraphGenerator(Generator(model, steps).eval(), z): g(z)
-    kw = {"rtol": 1e-5, "atol": 1e-5} if solver == "rk45" else {}
-    return lambda: generate(model, z, solver, steps, **kw)
-
-
 @dataclass
 class _Suite:
     """What every backend's rows share: noise, models (plain and fused), costs, artefacts."""
@@ -158,6 +104,40 @@ class _Suite:
     iters: int
     warmup: int
     artefacts: dict[bool, Artefacts]  # fused? → the student's generator artefacts (built on first use)
+
+
+def _exported_velocity(model: nn.Module, backend: str, example: Tensor, workdir: Path,
+                       fused: bool) -> Callable[..., Tensor]:
+    """The velocity model (as built; ``fused``: with the Triton kernels kept) as an ONNX Runtime
+    session or an AOTInductor package at the batch of ``example``
+    (:func:`~fastflow.export.export_checkpoint` with ``velocity``)."""
+    fmt, b = ("onnx" if backend == "onnxruntime" else "pt2"), example.shape[0]
+    path = workdir / f"velocity-{id(model)}{'-fused' if fused else ''}.{fmt}"
+    export_checkpoint(model, ExportOptions(format=fmt, output=path, batch=BatchRange(b, b, b), device=example.device,
+                                           fused="triton" if fused else "off", velocity=True), say=lambda _: None)
+    run = FORMATS[fmt].load(path, example.device)
+    return lambda x, t, cond=None: run(x, t).to(x.device)
+
+
+def _backend_model(suite: _Suite, fused: bool, backend: str) -> tuple[Callable[..., Tensor], ...]:
+    """(student, teacher) as ``backend`` runs them."""
+    if backend in ("eager", "cudagraph"):
+        return suite.models[fused]
+    if backend == "compiled":
+        return tuple(torch.compile(m, fullgraph=True, dynamic=False) for m in suite.models[fused])
+    if backend in ("onnxruntime", "aoti"):
+        return tuple(_exported_velocity(m, backend, suite.z, suite.workdir, fused) for m in suite.models[False])
+    raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _sampler(model: Callable[..., Tensor], backend: str, solver: str, steps: int | None,
+             z: Tensor) -> Callable[[], Any]:
+    if backend == "cudagraph":
+        if solver != "euler":
+            raise ConfigError("cudagraph backend captures fixed-step Euler generators only")
+        return lambda g=CUDAGraphGenerator(Generator(model, steps).eval(), z): g(z)
+    kw = {"rtol": 1e-5, "atol": 1e-5} if solver == "rk45" else {}
+    return lambda: generate(model, z, solver, steps, **kw)
 
 
 def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: Sequence[str] = ("eager",),
@@ -183,7 +163,7 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
     workdir = Path(tempfile.mkdtemp(prefix="fastflow-bench-"))
     suite = _Suite(z, models, {"student": count_params(student), "teacher": count_params(teacher)},
                    {"student": count_flops(student, z), "teacher": count_flops(teacher, z)}, workdir, iters, warmup,
-                   {fused: Artefacts(models[fused][0], z, workdir, fused) for fused in models})
+                   {fused: Artefacts(student, z, workdir, fused) for fused in models})
     native = lambda pkg: native_latency(runner_path, pkg, z, iters, warmup, workdir)  # noqa: E731
     rows: list[dict[str, Any]] = []
     for backend in backends:
@@ -201,7 +181,7 @@ def _backend_rows(suite: _Suite, backend: str, euler_ns: Sequence[int], heun_ns:
     """One velocity call of each model, then every sampler of the plan, on one backend."""
     fused, base = split_backend(backend)
     z, dev, rows = suite.z, suite.z.device, []
-    s_m, t_m = (_backend_model(m, base, z, suite.workdir) for m in suite.models[fused])
+    s_m, t_m = _backend_model(suite, fused, base)
     t = torch.full((z.shape[0],), 0.5, device=dev)
     plan: list[tuple[str, Callable[..., Tensor], str, int | None]] = [("student", s_m, "euler", 1)]
     plan += [("teacher", t_m, "euler", n) for n in euler_ns]

@@ -53,10 +53,39 @@ def winners(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
                 data.get("group_norm", []) + data.get("attention", [])
         except (OSError, ValueError, AttributeError, TypeError) as e:
             raise ConfigError(f"{path}: not a bench JSON ({e})") from None
-        if rows and "path" in rows[0]:
+        if isinstance(data, dict) and data.get("bench") == "fused-paths":
+            out += _grouped(rows, "fused-paths", ("device_kind", "size", "verb", "solver", "steps", "batch"), "fused",
+                            "ms_per_item")
+        elif rows and "path" in rows[0]:
             out += _grouped(rows, "train", ("preset", "batch"), "path", "step_p50_ms")
         elif rows and "backend" in rows[0]:
             out += _grouped(rows, "latency", ("model", "solver", "steps"), "backend", "p50_ms")
         else:
             out += _kernel_cases(rows)
     return out
+
+
+def switch_table(cases: Sequence[dict[str, Any]], sources: Sequence[str]) -> dict[str, Any]:
+    """The table ``fused=auto`` reads (:mod:`fastflow.fused.auto`) from ``fused-paths`` cases: per
+    device kind and size class, the path with the smallest geometric mean time over the cases that
+    timed every path (each case's time per item)."""
+    import math
+
+    from fastflow.fused.auto import FORMAT, VERSION
+
+    groups: dict[tuple[str, str], list[dict[str, float]]] = {}
+    for c in cases:
+        if c["bench"] == "fused-paths":
+            groups.setdefault((c["device_kind"], c["size"]), []).append(c["times_ms"])
+    entries = []
+    for (device, size), times in groups.items():
+        paths = set.intersection(*(set(t) for t in times))
+        score = {p: sum(math.log(t[p]) for t in times) / len(times) for p in paths}
+        best = min(score, key=score.get)
+        runner_up = sorted(score.values())[1] if len(score) > 1 else None
+        entries.append({"device": device, "size": size, "path": best, "cases": len(times),
+                        "geomean_margin": math.exp(runner_up - score[best]) if runner_up is not None else None,
+                        "source": ", ".join(map(str, sources))})
+    if not entries:
+        raise ConfigError("no fused-paths rows in these JSONs (benchmarks/cpu_fused_paths.py writes them)")
+    return {"format": FORMAT, "version": VERSION, "entries": entries}

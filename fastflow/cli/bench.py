@@ -9,11 +9,12 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import (add_threads, choice_list, default_device, device_arg, device_name, int_list, nonneg_int,
+from fastflow.cli.common import (add_threads, choice_list, default_device, device_arg, int_list, nonneg_int,
                                  positive_int)
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.models.checkpoint import resolve_checkpoint
 from fastflow.models.presets import sample_shape
+from fastflow.utils.threads import device_name
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -82,6 +83,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "(what fused=auto is to be set from)")
     win.add_argument("json", nargs="+", help="JSON files written by fastflow bench kernels, train or latency")
     win.add_argument("--out", default="winners.json", help="output JSON")
+    win.add_argument("--switch-table", nargs="?", const="cache", default=None, metavar="PATH",
+                     help="also write the table fused=auto reads, from fused-paths rows (benchmarks/cpu_fused_paths.py): "
+                          "to PATH, or without PATH to the user cache ($FASTFLOW_CACHE/fused-winners.json), which "
+                          "wins over the table shipped with fastflow")
     win.set_defaults(fn=run_winners)
 
     thr = verbs.add_parser("threads", help="a demo training step at each CPU thread count, idle and next to a "
@@ -159,18 +164,29 @@ def run_memory(args: argparse.Namespace) -> int:
 
 
 def run_winners(args: argparse.Namespace) -> int:
-    from fastflow.bench.winners import winners
+    from fastflow.bench.winners import switch_table, winners
+    from fastflow.fused.auto import user_table
     from fastflow.utils.io import atomic_write_json, check_distinct, check_writable
     from fastflow.utils.table import format_table
 
-    check_distinct({"--out": args.out}, {f"--json[{i}]": p for i, p in enumerate(args.json)})
+    table_path = str(user_table()) if args.switch_table == "cache" else args.switch_table
+    check_distinct({"--out": args.out, "--switch-table": table_path},
+                   {f"--json[{i}]": p for i, p in enumerate(args.json)})
     check_writable(args.out)
+    if table_path:
+        check_writable(table_path)
     cases = winners(args.json)
+    table = switch_table(cases, args.json) if table_path else None
     print(format_table([{**c, "case": " ".join(str(c[k]) for k in c if k not in ("bench", "times_ms", "winner",
                                                                                "margin_over_next"))}
                         for c in cases], ["bench", "case", "winner", "margin_over_next"]))
     atomic_write_json(args.out, {"sources": args.json, "cases": cases})
     print(f"wrote {args.out}")
+    if table is not None:
+        atomic_write_json(table_path, table)
+        for e in table["entries"]:
+            print(f"fused=auto on {e['device']}, {e['size']} models: {e['path']}")
+        print(f"wrote {table_path}")
     return 0
 
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import torch
 
-from fastflow.errors import FastflowError
+from fastflow.errors import ConfigError, FastflowError
 from fastflow.fused.switch import MODES as FUSED_MODES
 from fastflow.utils.distributed import shutdown_distributed
-from fastflow.utils.threads import THREADS_ENV, configure_threads, cpu_name
+from fastflow.utils.threads import THREADS_ENV, configure_threads
 
 #: OS errors that are the user's path or machine, not a bug.
 _PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR, errno.ELOOP, errno.EROFS,
@@ -118,13 +118,26 @@ def add_sampling_args(p: argparse.ArgumentParser, solver: str, steps: int) -> No
     p.add_argument("--steps", type=positive_int, default=steps, help="steps for euler/heun/rk2")
 
 
-FUSED_HELP = ("Triton-fused GroupNorm/attention: auto (on with CUDA + Triton, else off), on (an error without "
-              "a kernel device; CPU only under TRITON_INTERPRET=1), off")
+FUSED_HELP = ("kernel path (fastflow.fused.apply): auto (the measured winner for this device kind and model size, "
+              "else triton on CUDA + Triton and off elsewhere; one line says which and why), off, triton "
+              "(Triton-fused GroupNorm/attention; on = triton; CPU only under TRITON_INTERPRET=1), cpu (the CPU "
+              "block kernel in every fastflow UNet; inference, fp32)")
+
+
+def fused_mode(text: str) -> str:
+    """``--fused``'s value: one of :data:`fastflow.fused.MODES` (``on`` = ``triton``)."""
+    from fastflow.fused.switch import check_mode
+
+    try:
+        return check_mode(text, "--fused")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--fused ")) from None
 
 
 def add_fused_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
-    """``--fused {auto,on,off}``: what :func:`fastflow.fused.apply` does to the model."""
-    p.add_argument("--fused", default="auto", choices=list(FUSED_MODES), help=FUSED_HELP + extra)
+    """``--fused {auto,off,triton,cpu}``: what :func:`fastflow.fused.apply` does to the model."""
+    p.add_argument("--fused", default="auto", type=fused_mode, metavar="{" + ",".join(FUSED_MODES) + "}",
+                   help=FUSED_HELP + extra + " (default: %(default)s)")
 
 
 def add_model_args(p: argparse.ArgumentParser, device: str | None = None, fused_extra: str = "") -> None:
@@ -147,14 +160,6 @@ def load_checkpoint(args: argparse.Namespace, fused: bool = True) -> tuple[Any, 
     if fused:
         apply(model, args.fused, args.device)
     return record, model
-
-
-def device_name(device: torch.device) -> str:
-    """What results files record as the device: the GPU's name, or the CPU (model, extensions) with the
-    thread count."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

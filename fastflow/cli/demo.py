@@ -1,4 +1,4 @@
-"""``fastflow demo``: the embedded pipelines on the CPU (SlimFlow on digits; ``--conditional``
+"""``fastflow demo``: the embedded recipes on the CPU (SlimFlow on digits; ``--conditional``
 InstaFlow, ``--sr`` OFTSR), once or over ``--seeds``."""
 
 from __future__ import annotations

@@ -56,7 +56,7 @@ def _eval_sr(args: argparse.Namespace, record: Any, model: torch.nn.Module, out:
     """τ sweep of an OFTSR student (PSNR, SSIM, HF-energy ratio), with the teacher's result."""
     from fastflow.errors import ConfigError
     from fastflow.metrics.sr_eval import save_sweep_plot
-    from fastflow.pipelines.oftsr import sweep_checkpoint
+    from fastflow.metrics.sr_eval import sweep_checkpoint
     from fastflow.utils.images import save_grid
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table

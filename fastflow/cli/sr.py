@@ -1,5 +1,5 @@
 """``fastflow sr STUDENT --input LR --tau T``: one-step super-resolution with an OFTSR student
-(:func:`fastflow.pipelines.oftsr.super_resolve`)."""
+(:func:`fastflow.metrics.sr_eval.super_resolve`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _read_input(src: Path, channels: int) -> torch.Tensor:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastflow.pipelines.oftsr import check_student, super_resolve
+    from fastflow.metrics.sr_eval import check_student, super_resolve
     from fastflow.utils.images import save_grid
     from fastflow.utils.io import check_distinct, check_writable
 

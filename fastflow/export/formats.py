@@ -12,7 +12,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,18 @@ from fastflow.export.package_check import check_package
 Runner = Callable[..., Tensor]  # run(*inputs) → image
 Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
 TRT_HINT = "pip install 'fastflow[tensorrt]' (torch-tensorrt matching your torch)"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildOptions:
+    """Settings some formats take: the ONNX opset and output name, TensorRT's optimisation level and
+    timing cache, and int8 calibration inputs (empty: no quantization; ``onnx`` and ``pt2`` only)."""
+
+    opset: int = 19
+    opt_level: int = 3
+    timing_cache: str | None = None
+    calibration: tuple[Example, ...] = ()
+    output_name: str = "image"
 
 
 def input_names(gen: nn.Module, example: Example) -> list[str]:
@@ -71,39 +83,22 @@ def _softmax_in_fp32(path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def build_onnx(gen: nn.Module, example: Example, batch: BatchRange, path: Path, opset: int,
-               dtype: str, calibration: Sequence[Example] = (), output_name: str = "image") -> None:
-    """ONNX through the dynamo exporter; ``calibration`` given: int8 QDQ (:mod:`~fastflow.export.quantize`)."""
+def build_onnx(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, options: BuildOptions) -> None:
+    """ONNX through the dynamo exporter; calibration inputs given: int8 QDQ (:mod:`~fastflow.export.quantize`)."""
     for mod in ("onnx", "onnxscript"):
         if importlib.util.find_spec(mod) is None:
             raise MissingBackendError(f"--format onnx needs {mod}: pip install onnx onnxscript onnxruntime")
 
     def export(to: Path) -> None:
-        torch.onnx.export(gen, example, str(to), dynamo=True, opset_version=opset,
-                          dynamic_shapes=_dynamic_shapes(example, batch), input_names=input_names(gen, example),
-                          output_names=[output_name], verbose=False)
-    if calibration:
-        fp32_onnx_then_int8(export, path, calibration, input_names(gen, example))
+        torch.onnx.export(gen, example, str(to), dynamo=True, opset_version=options.opset,
+                          dynamic_shapes=_dynamic_shapes(example, spec.batch), input_names=input_names(gen, example),
+                          output_names=[options.output_name], verbose=False)
+    if options.calibration:
+        fp32_onnx_then_int8(export, path, options.calibration, input_names(gen, example))
     else:
         export(path)
-        if dtype == "fp16":
+        if spec.dtype == "fp16":
             _softmax_in_fp32(path)
-    _check_onnx_batch(path, batch)
-
-
-def _check_onnx_batch(path: Path, batch: BatchRange) -> None:
-    """Every graph input's batch dimension as the contract says: symbolic for a batch range, the
-    batch for a static one. A forward that specialises the batch (``len()`` of a tensor under
-    torch.export) yields a graph that runs at one batch only: refused before it is renamed into place."""
-    import onnx
-
-    for i in onnx.load(str(path), load_external_data=False).graph.input:
-        dims = i.type.tensor_type.shape.dim
-        fixed = dims[0].dim_value if dims and dims[0].HasField("dim_value") else None
-        if dims and (fixed is not None if batch.dynamic else fixed != batch.min):
-            raise ArtifactError(f"{path.name}: input {i.name!r} has batch {fixed if fixed is not None else 'symbolic'}"
-                                f", the contract says {batch.min}..{batch.max}: the model's forward specialised the "
-                                "batch (len() of a tensor?); not written")
 
 
 def load_onnx(path: Path, device: torch.device) -> Runner:
@@ -145,8 +140,9 @@ def load_openvino(path: Path, device: torch.device) -> Runner:
     return run
 
 
-def build_ep(gen: nn.Module, example: Example, batch: BatchRange, path: Path) -> None:
-    torch.export.save(_exported(gen, example, batch), str(path))
+def build_ep(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, options: BuildOptions) -> None:
+    """A ``torch.export`` program (fused ops kept as the registered fastflow ops)."""
+    torch.export.save(_exported(gen, example, spec.batch), str(path))
 
 
 def _register_fused_ops() -> None:
@@ -168,26 +164,25 @@ def _aoti_configs(spec: GeneratorSpec) -> dict[str, Any]:
     return {"aot_inductor.metadata": spec.to_metadata(), "aot_inductor.check_lowerbound": False}
 
 
-def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path,
-              calibration: Sequence[Example] = ()) -> None:
-    """An AOTInductor package; ``calibration`` given: int8 through torchao PT2E, compiled with freezing
-    (:mod:`~fastflow.export.quantize`) and marked ``spec.extra["prepack"] = "on"``. That mark
-    (``fastflow-export --prepack``) freezes an fp32 package too: weights constant-folded and prepacked for oneDNN at build time instead
-    of reordered on every call — faster for compute-bound CPU generators, slower for tiny ones, whose
-    small oneDNN calls then cost more than the reorder saved (``benchmarks/NOTES.md``)."""
-    if calibration:
-        gen = quantize_module(gen, example, calibration)
-        spec.extra["prepack"] = "on"  # freezing is what packs the int8 weights; the spec says so
+def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, options: BuildOptions) -> None:
+    """An AOTInductor package; calibration inputs given: int8 through torchao PT2E, compiled with
+    freezing (:mod:`~fastflow.export.quantize`; the spec says ``prepack``). ``spec.prepack``
+    (``fastflow-export --prepack``) freezes an fp32 package too: weights constant-folded and prepacked
+    for oneDNN at build time instead of reordered on every call — faster for compute-bound CPU
+    generators, slower for tiny ones, whose small oneDNN calls then cost more than the reorder saved
+    (``benchmarks/NOTES.md``)."""
+    if options.calibration:
+        gen = quantize_module(gen, example, options.calibration)
     ep = _exported(gen, example, spec.batch)
     # fused "op": keep the fastflow ops opaque (the package calls the registered ops; CPU under the
     # interpreter). On CUDA ("triton") Inductor compiles the ops' Triton kernels into the package.
-    opaque = torch._functorch.config.patch(decompose_custom_triton_ops=spec.extra.get("fused") != "op")
+    opaque = torch._functorch.config.patch(decompose_custom_triton_ops=spec.fused != "op")
     # Packaged in the temp dir, then copied: PyTorch's zip writer aborts the process (an exception in
     # its destructor) when the disk fills; a Python copy fails with a plain ENOSPC instead.
     with opaque, tempfile.TemporaryDirectory(prefix="fastflow-pt2-") as tmp:
         package = Path(tmp) / path.name
-        configs = {**_aoti_configs(spec), "freezing": spec.extra.get("prepack") == "on"}
-        if spec.extra.get("fused") == "cpu":  # calls the CPU block kernel's C shim
+        configs = {**_aoti_configs(spec), "freezing": spec.prepack}
+        if spec.fused == "cpu":  # calls the CPU block kernel's C shim
             configs.update(cpu_block.aoti_configs(spec.batch.min == spec.batch.max))
         torch._inductor.aoti_compile_and_package(ep, package_path=str(package), inductor_configs=configs)
         shutil.copyfile(package, path)
@@ -217,11 +212,11 @@ def load_pt2(path: Path, device: torch.device) -> Runner:
     if spec is not None and spec.device != device.type:
         raise ArtifactError(f"{path} was compiled for {spec.device}, not {device.type}")
     os.environ["AOTI_RUNTIME_CHECK_INPUTS"] = "1"
-    if spec is not None and spec.extra.get("backend") == "tensorrt":
+    if spec is not None and spec.backend == "tensorrt":
         _import_torch_tensorrt()  # registers the TensorRT engine op the package calls
-    if spec is not None and spec.extra.get("fused") == "op":
+    if spec is not None and spec.fused == "op":
         _register_fused_ops()
-    if spec is not None and spec.extra.get("fused") == "cpu":
+    if spec is not None and spec.fused == "cpu":
         cpu_block.load()  # the C shim the package calls
     try:
         runner = torch._inductor.aoti_load_package(str(path))
@@ -276,8 +271,7 @@ def engine_sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def build_engine(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, opt_level: int,
-                 timing_cache: str | None) -> None:
+def build_engine(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, options: BuildOptions) -> None:
     """A serialized TensorRT engine (plan: ``trtexec --loadEngine``, the TensorRT runtime, Triton
     Inference Server) with one optimisation profile min/opt/max over the batch, and a sidecar
     ``PATH.json`` naming its I/O tensors, their shape ranges and dtypes, the spec and versions."""
@@ -287,7 +281,7 @@ def build_engine(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Pa
     example = tuple(x.cuda() for x in example)
     plan = tt.dynamo.convert_exported_program_to_serialized_trt_engine(
         _exported(gen.cuda(), example, spec.batch), arg_inputs=_trt_inputs(example, spec),
-        **_trt_settings(spec, opt_level, timing_cache))
+        **_trt_settings(spec, options.opt_level, options.timing_cache))
     path.write_bytes(plan)
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(plan)
     io = []
@@ -304,8 +298,8 @@ def build_engine(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Pa
 
     atomic_write_json(engine_sidecar(path), {
         "format": "fastflow-tensorrt-engine", "metadata": spec.to_metadata(), "io": io,
-        "tensorrt": trt.__version__, "torch_tensorrt": tt.__version__, "timing_cache": timing_cache,
-        "optimization_level": opt_level})
+        "tensorrt": trt.__version__, "torch_tensorrt": tt.__version__, "timing_cache": options.timing_cache,
+        "optimization_level": options.opt_level})
 
 
 def load_engine(path: Path, device: torch.device) -> Runner:
@@ -343,53 +337,37 @@ def load_engine(path: Path, device: torch.device) -> Runner:
     return run
 
 
-def build_trt_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, opt_level: int,
-                  timing_cache: str | None) -> None:
+def build_trt_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, options: BuildOptions) -> None:
     """TensorRT engines inside an AOTInductor ``.pt2`` (run by ``fastflow-run`` when it links
-    ``libtorchtrt_runtime``), with the same metadata and input checks as ``--format pt2``."""
+    ``libtorchtrt_runtime``), with the same metadata and input checks as ``--format pt2``; the spec
+    says ``backend="tensorrt"`` (set by :func:`~fastflow.export.api.export_checkpoint` for this format)."""
     tt = _import_torch_tensorrt()
-    spec = dataclasses.replace(spec, extra={**spec.extra, "backend": "tensorrt"})
     example = tuple(x.cuda() for x in example)
     trt_gm = tt.dynamo.compile(_exported(gen.cuda(), example, spec.batch), arg_inputs=_trt_inputs(example, spec),
-                               **_trt_settings(spec, opt_level, timing_cache))
+                               **_trt_settings(spec, options.opt_level, options.timing_cache))
     tt.save(trt_gm, str(path), output_format="aot_inductor", retrace=True, arg_inputs=list(example),
             dynamic_shapes=_dynamic_shapes(example, spec.batch), inductor_configs=_aoti_configs(spec))
 
 
 @dataclasses.dataclass(frozen=True)
-class BuildOptions:
-    """Settings some formats take: the ONNX opset and output name, TensorRT's optimisation level and
-    timing cache, and int8 calibration inputs (empty: no quantization; ``onnx`` and ``pt2`` only)."""
-
-    opset: int = 19
-    opt_level: int = 3
-    timing_cache: str | None = None
-    calibration: tuple[Example, ...] = ()
-    output_name: str = "image"
-
-
-@dataclasses.dataclass(frozen=True)
 class Format:
-    """How an artefact format is built from a generator and run."""
+    """How an artefact format is built from a generator and run, and its file extension."""
 
     build: Callable[[nn.Module, Example, GeneratorSpec, Path, BuildOptions], None]
     load: Callable[[Path, torch.device], Runner]
+    extension: str
     gpu_only: bool
     help: str
-    kernels: bool = False  # keeps the fused ops' Triton kernels (--fused on); else the reference decomposition
+    kernels: bool = False  # keeps fastflow's kernels (fused ops, CPU block kernel); else the reference decomposition
 
 
 #: format name → how it is built and run (the one list ``fastflow-export --format`` offers)
 FORMATS: dict[str, Format] = {
-    "onnx": Format(lambda g, e, s, p, o: build_onnx(g, e, s.batch, p, o.opset, s.dtype, o.calibration, o.output_name),
-                   load_onnx, False,
+    "onnx": Format(build_onnx, load_onnx, ".onnx", False,
                    "ONNX with dynamic batch, GroupNorm and softmax in fp32, run by ONNX Runtime"),
-    "pt2": Format(lambda g, e, s, p, o: build_pt2(g, e, s, p, o.calibration), load_pt2, False,
+    "pt2": Format(build_pt2, load_pt2, ".pt2", False,
                   "AOTInductor package with input checks and metadata (fastflow-run runs it)", kernels=True),
-    "ep": Format(lambda g, e, s, p, o: build_ep(g, e, s.batch, p), load_ep, False, "torch.export program",
-                 kernels=True),
-    "engine": Format(lambda g, e, s, p, o: build_engine(g, e, s, p, o.opt_level, o.timing_cache), load_engine, True,
-                     "serialized TensorRT plan (+ PATH.json sidecar)"),
-    "trt-pt2": Format(lambda g, e, s, p, o: build_trt_pt2(g, e, s, p, o.opt_level, o.timing_cache), load_pt2, True,
-                      "TensorRT inside a .pt2"),
+    "ep": Format(build_ep, load_ep, ".ep", False, "torch.export program", kernels=True),
+    "engine": Format(build_engine, load_engine, ".plan", True, "serialized TensorRT plan (+ PATH.json sidecar)"),
+    "trt-pt2": Format(build_trt_pt2, load_pt2, ".pt2", True, "TensorRT inside a .pt2"),
 }

@@ -79,3 +79,20 @@ class SRGenerator(nn.Module):
 
     def forward(self, lq: Tensor, noise: Tensor, tau: Tensor) -> Tensor:
         return sr_one_step(self.model, lq, tau, self.sigma_p, noise)
+
+
+class Velocity(nn.Module):
+    """The velocity field alone, ``(x, t) → v(x, t)`` (``--velocity``: a sampler of one's own drives it)."""
+
+    input_names = ("x", "t")
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def config(self):  # noqa: ANN201 - the wrapped model's config
+        return self.model.config
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.model(x, t)

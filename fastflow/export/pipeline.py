@@ -22,14 +22,14 @@ import torch
 from torch import Tensor, nn
 
 from fastflow.errors import ConfigError
+from fastflow.export.contract import check_artefact
 from fastflow.export.formats import FORMATS, BuildOptions
 from fastflow.export.generator import TextGenerator
+from fastflow.export.options import ExportOptions, ExportResult
 from fastflow.export.spec import DTYPES, GeneratorSpec
 from fastflow.models.diffusers_dir import decode_latents
 
 FORMAT, VERSION = "fastflow-pipeline", 1
-CHAIN = ("text_encoder", "generator", "vae_decoder")
-EXTENSIONS = {"onnx": ".onnx", "pt2": ".pt2", "ep": ".ep", "engine": ".plan", "trt-pt2": ".pt2"}
 OUTPUTS = {"text_encoder": "emb", "generator": "latent", "vae_decoder": "image"}
 Inputs = Callable[[int], tuple[Tensor, ...]]
 
@@ -120,7 +120,8 @@ def _io(c: Component, example: tuple[Tensor, ...]) -> dict[str, Any]:
 def export_pipeline(comps: list[Component], out: str | Path, fmt: str, options: BuildOptions,
                     source: Path | None, settings: dict[str, Any]) -> dict[str, Any]:
     """Build every component into the new directory ``out`` (atomic: built beside it, renamed when
-    complete), copy the tokenizer, write ``pipeline.json``; return that manifest."""
+    complete), each checked against its contract (:mod:`~fastflow.export.contract`), copy the
+    tokenizer, write ``pipeline.json``; return that manifest."""
     from fastflow.utils.io import atomic_write_json, disk_errors, staged_dir
 
     manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "artefact_format": fmt, **settings,
@@ -128,9 +129,12 @@ def export_pipeline(comps: list[Component], out: str | Path, fmt: str, options: 
     with staged_dir(out) as stage, disk_errors(out), torch.no_grad():
         for c in comps:
             example = c.inputs_for(c.spec.batch.opt)
-            file, t0 = c.name + EXTENSIONS[fmt], time.perf_counter()
+            file, t0 = c.name + FORMATS[fmt].extension, time.perf_counter()
             FORMATS[fmt].build(c.module, example, c.spec, stage / file, replace(options, output_name=OUTPUTS[c.name]))
-            manifest["components"][c.name] = {"file": file, "kind": c.spec.kind, **_io(c, example),
+            io = _io(c, example)
+            check_artefact(fmt, stage / file, c.spec, c.module.input_names[: len(example)], c.inputs_for,
+                           tuple(io["outputs"][0]["shape"][1:]))
+            manifest["components"][c.name] = {"file": file, "kind": c.spec.kind, **io,
                                               "batch": vars(c.spec.batch), "spec": c.spec.to_dict(),
                                               "build_seconds": round(time.perf_counter() - t0, 3)}
         if source is not None and "text_encoder" in manifest["components"]:
@@ -198,3 +202,43 @@ def validate_pipeline(comps: list[Component], directory: str | Path, device: tor
                                   [(z, text)], atol, rtol)
     report["passed"] = all(r["passed"] for r in report.values() if isinstance(r, dict))
     return report
+
+
+def export_text_pipeline(src: Any, o: ExportOptions, say: Callable[[str], None]) -> ExportResult:
+    """``export_checkpoint`` with ``pipeline``: one artefact per component of a text student
+    (``src``: :class:`~fastflow.export.api.Source`), then validated and timed each as asked."""
+    from fastflow.export.api import kernel_model, latency, versions
+    from fastflow.models.presets import sample_shape
+    from fastflow.utils.threads import device_name
+
+    if src.kind != "token" and getattr(src.model, "table", None) is None:
+        raise ConfigError(f"--pipeline exports text-conditioned students (a diffusers text model with a prompt table, "
+                          f"or a token-conditioned UNet); this one is {src.kind}: export it without --pipeline")
+    exported, fused = kernel_model(src.model, o, say)
+    spec = GeneratorSpec(kind="generator", sample_shape=tuple(sample_shape(src.model)), batch=o.batch, dtype=o.dtype,
+                         steps=o.steps, device=o.device.type, checkpoint_sha256=src.digest, fused=fused,
+                         cfg_scale=o.cfg)
+    comps = components(exported, spec, o.cfg, o.context_length, o.seed, o.components)
+    source = Path(src.model.config.path).expanduser() if src.arch == "sd" else None
+    t0 = time.perf_counter()
+    manifest = export_pipeline(comps, o.output, o.format, BuildOptions(o.opset, o.opt_level, o.timing_cache), source,
+                               {"checkpoint": src.checkpoint or None, "checkpoint_sha256": src.digest,
+                                "steps": o.steps, "cfg_scale": o.cfg, "dtype": o.dtype,
+                                "device": device_name(o.device), "fused": fused, "versions": versions()})
+    sizes = {f.name: f.stat().st_size for f in sorted(o.output.iterdir()) if f.is_file()}
+    report: dict[str, Any] = {**manifest, "build_seconds": time.perf_counter() - t0, "file_bytes": sizes}
+    say(f"built {o.output}: {', '.join(manifest['chain'])} ({sum(sizes.values()) / 1e6:.2f} MB) "
+        f"in {report['build_seconds']:.1f}s")
+    main = next((c for c in comps if c.name == "generator"), comps[0])
+    result = ExportResult(o.output, main.spec, report, manifest=manifest)
+    if o.validate:
+        report["validation"] = val = validate_pipeline(comps, o.output, o.device, o.atol, o.rtol)
+        for name in [n for n in (*manifest["chain"], "chain") if n in val]:
+            v = val[name]
+            say(f"validation {name}: {'passed' if v['passed'] else 'FAILED'}, max abs "
+                f"{v.get('max_abs_err', float('nan')):.3g}")
+        result.passed = bool(val["passed"])
+    runners = load_pipeline(o.output, o.device) if o.iters else {}
+    report["latency_ms"] = {c.name: latency(runners[c.name], c.inputs_for(c.spec.batch.opt), o.device, o.iters, say,
+                                            c.name) for c in comps if o.iters}
+    return result

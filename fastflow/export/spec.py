@@ -8,7 +8,8 @@ Inputs by generator kind (``B`` = batch, ``S`` = sample shape, e.g. ``(1, 16, 16
 
 - ``generator``: ``z [B, *S]`` in the artefact's dtype;
 - ``conditional``: ``z [B, *S]`` and ``cond [B]`` int64 class labels in ``[0, num_classes)``;
-- ``sr`` (OFTSR student): ``lq [B, *S]``, ``noise [B, *S]``, ``tau [B]`` float32 in ``[0, 1]``.
+- ``sr`` (OFTSR student): ``lq [B, *S]``, ``noise [B, *S]``, ``tau [B]`` float32 in ``[0, 1]``;
+- ``velocity`` (the velocity field alone, for a sampler of one's own): ``x [B, *S]``, ``t [B]`` float32.
 
 Components of a text-to-image pipeline (``fastflow-export --pipeline``; ``(L,)`` and ``(L, D)`` are ``cond_shape``):
 
@@ -20,7 +21,7 @@ Components of a text-to-image pipeline (``fastflow-export --pipeline``; ``(L,)``
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -28,10 +29,13 @@ from torch import Tensor
 from fastflow.errors import ArtifactError, ShapeError
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-INPUTS = {"generator": ("z",), "conditional": ("z", "cond"), "sr": ("lq", "noise", "tau"),
+INPUTS = {"generator": ("z",), "conditional": ("z", "cond"), "sr": ("lq", "noise", "tau"), "velocity": ("x", "t"),
           "text_encoder": ("tokens",), "text_generator": ("z", "emb"), "vae_decoder": ("latent",)}
 PREFIX = "fastflow."
 VERSION = 1
+#: what an artefact runs for the fused ops: ``off`` (PyTorch's reference decomposition), ``op``
+#: (calls the registered fastflow ops), ``triton`` (Triton kernels compiled in), ``cpu`` (the CPU block kernel)
+FUSED = ("off", "op", "triton", "cpu")
 
 
 @dataclass(frozen=True)
@@ -59,8 +63,14 @@ class GeneratorSpec:
     num_classes: int = 0  # label classes; a text encoder's vocabulary size
     device: str = "cpu"
     checkpoint_sha256: str = ""
-    extra: dict[str, str] = field(default_factory=dict)
     cond_shape: tuple[int, ...] = ()  # per-sample shape of tokens (L,) or text embeddings (L, D)
+    fused: str = "off"  # one of FUSED
+    prepack: bool = False  # weights frozen and prepacked for oneDNN (int8 packages always)
+    quantize: str = ""  # "" or "int8"
+    calibration_samples: int = 0  # int8: inputs the ranges were calibrated on
+    backend: str = ""  # "" or "tensorrt" (engines inside a .pt2)
+    sigma_p: float = 0.0  # sr: noise of OFTSR's start state
+    cfg_scale: float = 1.0  # text_generator: classifier-free guidance inside
 
     def __post_init__(self) -> None:
         if self.kind not in INPUTS:
@@ -78,6 +88,11 @@ class GeneratorSpec:
         want = {"text_encoder": 1, "text_generator": 2}.get(self.kind, 0)
         if len(self.cond_shape) != want:
             raise ArtifactError(f"a {self.kind} has a {want}-D cond_shape, got {self.cond_shape}")
+        if self.fused not in FUSED or self.quantize not in ("", "int8") or self.backend not in ("", "tensorrt") \
+                or self.calibration_samples < 0 or not 0 <= self.sigma_p < 1:
+            raise ArtifactError(f"need fused in {FUSED}, quantize '' or int8, backend '' or tensorrt, "
+                                f"calibration_samples >= 0 and sigma_p in [0, 1); got {self.fused!r}, "
+                                f"{self.quantize!r}, {self.backend!r}, {self.calibration_samples}, {self.sigma_p}")
 
     @property
     def inputs(self) -> tuple[str, ...]:
@@ -89,9 +104,12 @@ class GeneratorSpec:
                 "sample_shape": ",".join(map(str, self.sample_shape)), "batch_min": str(self.batch.min),
                 "batch_opt": str(self.batch.opt), "batch_max": str(self.batch.max), "dtype": self.dtype,
                 "steps": str(self.steps), "num_classes": str(self.num_classes), "device": self.device,
-                "checkpoint_sha256": self.checkpoint_sha256, **self.extra}
-        if self.cond_shape:
-            meta["cond_shape"] = ",".join(map(str, self.cond_shape))
+                "checkpoint_sha256": self.checkpoint_sha256, "fused": self.fused}
+        optional = {"cond_shape": ",".join(map(str, self.cond_shape)), "prepack": "on" if self.prepack else "",
+                    "quantize": self.quantize, "calibration_samples": str(self.calibration_samples or ""),
+                    "backend": self.backend, "sigma_p": repr(self.sigma_p) if self.kind == "sr" else "",
+                    "cfg_scale": repr(self.cfg_scale) if self.cfg_scale != 1.0 else ""}
+        meta.update({k: v for k, v in optional.items() if v})
         return {PREFIX + k: v for k, v in meta.items()}
 
     @classmethod
@@ -105,15 +123,16 @@ class GeneratorSpec:
                 raise ArtifactError(f"{source}: made by a newer fastflow (metadata version "
                                     f"{meta[PREFIX + 'version']} > {VERSION})")
             own.pop("inputs", None)  # derived from kind
-            known = {"kind", "sample_shape", "batch_min", "batch_opt", "batch_max", "dtype", "steps",
-                     "num_classes", "device", "checkpoint_sha256", "cond_shape"}
             cond = own.get("cond_shape", "")
             return cls(kind=own["kind"], sample_shape=tuple(int(s) for s in own["sample_shape"].split(",")),
                        batch=BatchRange(int(own["batch_min"]), int(own["batch_opt"]), int(own["batch_max"])),
                        dtype=own["dtype"], steps=int(own["steps"]), num_classes=int(own["num_classes"]),
                        device=own["device"], checkpoint_sha256=own["checkpoint_sha256"],
-                       extra={k: v for k, v in own.items() if k not in known},
-                       cond_shape=tuple(int(c) for c in cond.split(",")) if cond else ())
+                       cond_shape=tuple(int(c) for c in cond.split(",")) if cond else (),
+                       fused=own.get("fused", "off"), prepack=own.get("prepack") == "on",
+                       quantize=own.get("quantize", ""), calibration_samples=int(own.get("calibration_samples", 0)),
+                       backend=own.get("backend", ""), sigma_p=float(own.get("sigma_p", 0.0)),
+                       cfg_scale=float(own.get("cfg_scale", 1.0)))
         except (KeyError, ValueError) as e:
             raise ArtifactError(f"{source}: malformed fastflow metadata ({type(e).__name__}: {e})") from None
 
@@ -133,7 +152,7 @@ class GeneratorSpec:
         if not self.batch.min <= b <= self.batch.max:
             raise ShapeError(f"batch {b} is outside the artefact's range {self.batch.min}..{self.batch.max}")
         for name, x in zip(self.inputs, inputs):
-            if name in ("cond", "tau"):
+            if name in ("cond", "tau", "t"):
                 want, dtype = (b,), torch.int64 if name == "cond" else torch.float32
             elif name in ("tokens", "emb"):
                 want, dtype = (b, *self.cond_shape), torch.int64 if name == "tokens" else DTYPES[self.dtype]

@@ -33,5 +33,5 @@ def sr_one_step(model: Callable[..., Tensor], lq: Tensor, tau: float | Tensor, s
     """The student's one-step output at knob ``τ`` (a float or a ``[B]`` tensor):
     ``x̂(τ) = x0 + u_θ(x0, τ | lq)``."""
     x0 = sr_start(lq, sigma_p, noise)
-    t = tau if isinstance(tau, Tensor) else torch.full((len(lq),), float(tau), device=lq.device)
+    t = tau if isinstance(tau, Tensor) else torch.full((lq.shape[0],), float(tau), device=lq.device)
     return x0 + model(x0, t, {"image": lq})

@@ -1,12 +1,12 @@
 """The CPU block kernel: a UNet ResBlock's two 3×3 convolutions with GroupNorm + SiLU (+ resampling)
-fused in front and the bias, time embedding and residual fused behind (``csrc/conv_block.cpp``; the
-op and its C shim in ``csrc/conv_block_op.cpp``).
+fused in front and the bias, time embedding and residual fused behind (``kernels/cpu/conv_block.cpp``; the
+op and its C shim in ``kernels/cpu/conv_block_op.cpp``; packaged as ``fastflow/fused/csrc``, a link to it).
 
 For batch-1 inference on CPUs, where a small one-step student is bound by per-op overhead and by
 GEMM libraries' use of 8–64 channels. Inference only (fp32, NCHW, no autograd). Three layers, as
 for the Triton kernels: the op (:func:`conv_block`, reference :func:`conv_block_ref`), the module
-(:class:`CpuResBlock`, a drop-in ``ResBlock``), and the swap (:func:`swap_cpu_blocks`; the
-``--cpu-kernels`` flag of ``fastflow-export`` and the ``*-cpuk`` benchmark backends).
+(:class:`CpuResBlock`, a drop-in ``ResBlock``), and the swap (:func:`swap_cpu_blocks`, what
+``fastflow.fused.apply(model, "cpu")`` — ``--fused cpu`` — calls; the ``*-cpuk`` benchmark backends).
 
 The op is compiled from source on first use (``torch.utils.cpp_extension``, cached; needs a C++
 compiler, as AOTInductor does) and carries a C shim, so an AOTInductor package calls it directly
@@ -239,6 +239,13 @@ class CpuAttention(Attention):
 def _is_conv3x3(m: nn.Module) -> bool:
     return (type(m) is nn.Conv2d and m.kernel_size == (3, 3) and m.padding == (1, 1) and m.stride == (1, 1)
             and m.dilation == (1, 1) and m.groups == 1)
+
+
+def has_unet(model: nn.Module) -> bool:
+    """Whether ``model`` holds a fastflow ``UNet`` (what :func:`swap_cpu_blocks` puts the kernel into)."""
+    from fastflow.models.unet import UNet
+
+    return any(isinstance(m, UNet) for m in model.modules())
 
 
 def swap_cpu_blocks(model: nn.Module) -> SwapReport:

@@ -5,8 +5,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
@@ -33,27 +32,12 @@ def _kernels_run_on(x: Tensor) -> bool:
     return x.is_cuda or (x.device.type == "cpu" and interpreting())
 
 
-_in_export = {"kernels": False}
-
-
-@contextmanager
-def kernels_in_export() -> Iterator[None]:
-    """Within: graphs being exported keep the fused ops as their ``triton_op`` (AOTInductor compiles
-    the Triton kernels into a ``.pt2``; an ``ep`` program calls the registered op). Outside, an
-    export takes the reference decomposition (ONNX, TensorRT)."""
-    before = _in_export["kernels"]
-    _in_export["kernels"] = True
-    try:
-        yield
-    finally:
-        _in_export["kernels"] = before
-
-
 def kernel_device(x: Tensor) -> bool:
-    """Whether the kernels should take ``x``: Triton is there, no graph is being exported (unless
-    within :func:`kernels_in_export`), and ``x`` lives where they run (CUDA, or CPU under the
-    interpreter)."""
-    return TRITON and (_in_export["kernels"] or not torch.compiler.is_exporting()) and _kernels_run_on(x)
+    """Whether the kernels should take ``x``: Triton is there and ``x`` lives where they run (CUDA,
+    or CPU under the interpreter). A graph being exported keeps them as the registered op too: what
+    an artefact carries is decided by what :func:`fastflow.export.export_checkpoint` swaps in (formats
+    that cannot keep the kernels get the unswapped model), not by a flag around the export."""
+    return TRITON and _kernels_run_on(x)
 
 
 def next_pow2(n: int) -> int:

@@ -1,14 +1,16 @@
-"""``apply(model, mode)``: the one switch that puts the fused kernels into a model — what
-``model.fused`` (training) and ``--fused`` (sample, eval, pairs, sr, export, bench) call on every
+"""``apply(model, mode)``: the one switch that puts fastflow's kernels into a model — what
+``model.fused`` (training) and ``--fused`` (sample, eval, sr, pairs, export, bench) call on every
 model they get, fastflow UNets and diffusers UNets alike.
 
-Modes: ``off`` leaves the model as it is; ``on`` swaps the fused modules in (:func:`swap`) and is
-an error where the kernels cannot run; ``auto`` is ``on`` where they run as compiled GPU code
-(CUDA with Triton) and ``off`` elsewhere. The Triton interpreter (``TRITON_INTERPRET=1``, tests)
-counts as a kernel device for ``on`` only: ``auto`` never picks the interpreter. The decision is
-printed once per process as one line (what and why), and what was swapped as counts by kind.
-Swapping keeps every parameter and state-dict key, so a checkpoint trained fused loads unfused and
-the reverse.
+Modes (:data:`MODES`): ``off`` leaves the model as it is; ``triton`` swaps the Triton-fused
+GroupNorm/attention modules in (:func:`swap`; ``on`` is an alias) and is an error where they cannot
+run; ``cpu`` swaps the CPU block kernel into every fastflow UNet (:mod:`fastflow.fused.cpu_block`;
+inference only, so training refuses it); ``auto`` picks one of those from the measured winners table
+(:mod:`fastflow.fused.auto`) for the device kind and the model's size class. The Triton interpreter
+(``TRITON_INTERPRET=1``, tests) counts as a kernel device for ``triton`` only: ``auto`` never picks
+the interpreter. The decision is printed once per process as one line (which path and why), and
+what was swapped as counts by kind. Swapping keeps every parameter and state-dict key, so a
+checkpoint trained fused loads unfused and the reverse.
 """
 
 from __future__ import annotations
@@ -27,31 +29,38 @@ from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGrou
 from fastflow.fused.runtime import TRITON, interpreting
 from fastflow.fused.swap import SwapReport, swap
 
-MODES = ("auto", "on", "off")
+MODES = ("auto", "off", "triton", "cpu")
+ALIASES = {"on": "triton"}  # the older spelling of triton
 _said: set[str] = set()
 
 
 @dataclass(frozen=True)
 class FusedDecision:
-    """What :func:`apply` did: ``active`` (kernels swapped in), the mode asked and the reason."""
+    """What :func:`apply` did: the mode asked, the ``path`` taken (``off``, ``triton`` or ``cpu``),
+    why, and what was swapped."""
 
     mode: str
-    active: bool
+    path: str
     reason: str
     report: SwapReport | None = None
 
+    @property
+    def active(self) -> bool:
+        """Whether kernels were swapped in."""
+        return self.path != "off"
+
     def line(self) -> str:
-        state = "on" if self.active else "off"
-        return f"fused kernels {state} (fused={self.mode}: {self.reason})"
+        return f"fused kernels: {self.path} (fused={self.mode}: {self.reason})"
 
 
 def check_mode(mode: object, key: str = "fused") -> str:
-    """``mode`` as one of :data:`MODES` (YAML 1.1 reads an unquoted ``on``/``off`` as a boolean:
-    taken as ``on``/``off``), else :class:`ConfigError` naming ``key``."""
+    """``mode`` as one of :data:`MODES` (``on`` is ``triton``; YAML 1.1 reads an unquoted
+    ``on``/``off`` as a boolean: taken as ``triton``/``off``), else :class:`ConfigError` naming ``key``."""
     if isinstance(mode, bool):
-        return "on" if mode else "off"
+        return "triton" if mode else "off"
+    mode = ALIASES.get(mode, mode) if isinstance(mode, str) else mode
     if mode not in MODES:
-        raise ConfigError(f"{key} must be one of {', '.join(MODES)}, got {mode!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(MODES)} (on = triton), got {mode!r}")
     return str(mode)
 
 
@@ -85,17 +94,29 @@ def _model_device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def decide(mode: str, device: torch.device | str) -> tuple[bool, str]:
-    """``(active, reason)`` for ``mode`` on ``device``; ``on`` without a kernel device raises
-    :class:`MissingBackendError` (one line)."""
+def decide(mode: str, device: torch.device | str, params: int = 0, inference: bool = True) -> tuple[str, str]:
+    """``(path, reason)`` for ``mode`` on ``device`` for a model of ``params`` parameters;
+    ``inference=False`` (training) refuses ``cpu`` and keeps ``auto`` off it. ``triton`` without a
+    kernel device raises :class:`MissingBackendError`, ``cpu`` off the CPU or in training
+    :class:`ConfigError` (one line each)."""
+    from fastflow.fused.auto import auto_path
+
+    mode, device = check_mode(mode), torch.device(device)
     compiled, interpreted, why = kernel_runtime(device)
-    if check_mode(mode) == "off":
-        return False, "asked for off"
-    if mode == "on":
+    if mode == "off":
+        return "off", "asked for off"
+    if mode == "triton":
         if not (compiled or interpreted):
-            raise MissingBackendError(f"fused=on: {why}; use fused=auto or fused=off")
-        return True, why
-    return compiled, f"{why}; auto does not pick the interpreter, fused=on does" if interpreted else why
+            raise MissingBackendError(f"fused=triton: {why}; use fused=auto or fused=off")
+        return "triton", why
+    if mode == "cpu":
+        if not inference:
+            raise ConfigError("fused=cpu: the CPU block kernel is inference-only (no autograd); train with "
+                              "fused=auto, off or triton")
+        if device.type != "cpu":
+            raise ConfigError(f"fused=cpu: the CPU block kernel runs on the CPU, this model is on {device.type}")
+        return "cpu", "asked for the CPU block kernel"
+    return auto_path(device.type, params, inference, compiled, why)
 
 
 def _summary(report: SwapReport) -> str:
@@ -111,11 +132,23 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def apply(model: nn.Module, mode: str = "auto", device: torch.device | str | None = None) -> FusedDecision:
-    """Apply ``mode`` to ``model`` in place (``device``: where it runs; default its parameters').
-    Returns the :class:`FusedDecision`; prints it and the swap counts once per process."""
-    active, reason = decide(mode, _model_device(model) if device is None else device)
-    decision = FusedDecision(mode, active, reason, swap(model) if active else None)
+def apply(model: nn.Module, mode: str = "auto", device: torch.device | str | None = None,
+          inference: bool = True, params: int | None = None) -> FusedDecision:
+    """Apply ``mode`` to ``model`` in place (``device``: where it runs, default its parameters';
+    ``inference=False`` for a model being trained; ``params``: the size ``auto`` classifies, default
+    the model's). Returns the :class:`FusedDecision`; prints it and the swap counts once per process."""
+    from fastflow.fused.cpu_block import has_unet, swap_cpu_blocks
+
+    size = sum(p.numel() for p in model.parameters()) if params is None else params
+    mode = check_mode(mode)
+    path, reason = decide(mode, _model_device(model) if device is None else device, size, inference)
+    if path == "cpu" and not has_unet(model):
+        if mode == "cpu":
+            raise ConfigError("fused=cpu: this model has no fastflow UNet blocks to put the CPU block kernel into; "
+                              "use fused=off")
+        path, reason = "off", f"{reason}; but this model has no fastflow UNet blocks"
+    report = swap(model) if path == "triton" else swap_cpu_blocks(model) if path == "cpu" else None
+    decision = FusedDecision(mode, path, reason, report)
     _say(decision.line())
     if decision.report is not None:
         _say(f"fused: swapped {_summary(decision.report)}")

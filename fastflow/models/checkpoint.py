@@ -6,7 +6,7 @@ Checkpoints written before digests load with a one-time warning.
 
 :func:`read_record` reads what a checkpoint *is* — architecture, conditioning kind, classes,
 training objective, OFTSR's ``sigma_p`` and scale, digests — once, into a typed
-:class:`CheckpointRecord` that the CLI, export and pipelines use instead of guessing."""
+:class:`CheckpointRecord` that the CLI, export and recipes use instead of guessing."""
 
 from __future__ import annotations
 

@@ -177,6 +177,9 @@ def check_sections(cfg: TrainConfig) -> None:
     schemas (the model config, the dataset's constructor, the objective's options) before
     anything is built or written; ``model.fused`` is stored as the word (YAML reads on/off as booleans)."""
     spec, fused = split_spec(cfg.model)
+    if fused == "cpu":
+        raise ConfigError("model.fused=cpu: the CPU block kernel is inference-only (no autograd); train with "
+                          "model.fused=auto, off or triton (sample, eval, sr, pairs and export take --fused cpu)")
     model_config(spec)
     if "fused" in cfg.model:
         cfg.model["fused"] = fused

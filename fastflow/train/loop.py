@@ -181,7 +181,7 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
               "on digits it diverged at 999 and trained at 1 (model.t_scale=1)", file=sys.stderr)
     if isinstance(getattr(objective, "teacher", None), nn.Module):  # frozen, replicated on every rank
         check_teacher(model, objective.teacher)
-        apply_fused(objective.teacher, fused, info.device)
+        apply_fused(objective.teacher, fused, info.device, inference=False)
 
     start = 0
     ckpt = latest_checkpoint(run)  # a looping symlink or a corrupted `latest` is an error, not "none"

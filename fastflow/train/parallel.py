@@ -114,23 +114,25 @@ def build(spec: dict[str, Any], fused: str, info: DistInfo, seed: int, shard: di
         model = build_model(spec)
         check(model)
         model.to(info.device)
-        apply_fused(model, fused, info.device)
+        apply_fused(model, fused, info.device, inference=False)
         if shard is not None:
             shard_model(model, shard)
         return model
     with torch.device("meta"):
         model = build_model(spec)
     check(model)
+    params = sum(p.numel() for p in model.parameters())  # one decision for every unit (auto sizes the model)
+    swap = lambda m: apply_fused(m, fused, info.device, inference=False, params=params)  # noqa: E731
     if shard is None:
         _materialise(model, seed, "", info.device)
-        apply_fused(model, fused, info.device)
+        swap(model)
         return model
     from torch.distributed.fsdp import fully_shard
 
     _, outer = units(model)
     for name, unit in outer:
         _materialise(unit, seed, name, info.device)
-        apply_fused(unit, fused, info.device)
+        swap(unit)
         fully_shard(unit, **shard)
     rest = _outside(model, [n for n, _ in outer])
     for _, m in rest:
@@ -139,7 +141,7 @@ def build(spec: dict[str, Any], fused: str, info: DistInfo, seed: int, shard: di
         reset_module(m, seed, name)
     for _, m in rest:
         m._apply(lambda t: t.to(info.device), recurse=False)
-    apply_fused(model, fused, info.device)
+    swap(model)
     fully_shard(model, **shard)
     return model
 

@@ -47,6 +47,14 @@ def cpu_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
     return f"{info.get('model name', platform.machine())}, {isa or 'no AVX2'}"
 
 
+def device_name(device: torch.device) -> str:
+    """What results files record as the device: the GPU's name, or the CPU (model, extensions) with the
+    thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({cpu_name()}, {torch.get_num_threads()} threads)"
+
+
 def default_threads() -> int:
     return max(1, available_cores() - 1)
 

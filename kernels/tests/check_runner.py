@@ -177,8 +177,8 @@ def int8_package(package: Path, got: torch.Tensor, eager: torch.Tensor) -> None:
     generator's (the step, not ``x1``: the noise passed through would hide the network's error)."""
     from fastflow.export.formats import read_pt2_spec
 
-    extra = read_pt2_spec(package).extra
-    assert extra["quantize"] == "int8" and extra["prepack"] == "on", extra  # frozen: what packs the int8 weights
+    spec = read_pt2_spec(package)
+    assert spec.quantize == "int8" and spec.prepack, spec  # frozen: what packs the int8 weights
     with zipfile.ZipFile(package) as zf:
         code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
     assert "qconv" in code, "no int8 convolution in the package's wrapper"
@@ -188,11 +188,11 @@ def int8_package(package: Path, got: torch.Tensor, eager: torch.Tensor) -> None:
 
 
 def cpuk_package(package: Path) -> None:
-    """The ``--cpu-kernels`` package says so and calls the kernel's C shim directly, every 3×3 and
+    """The ``--fused cpu`` package says so and calls the kernel's C shim directly, every 3×3 and
     1×1 convolution of the UNet through it (no ATen convolution left)."""
     from fastflow.export.formats import read_pt2_spec
 
-    assert read_pt2_spec(package).extra["fused"] == "cpu"
+    assert read_pt2_spec(package).fused == "cpu"
     with zipfile.ZipFile(package) as zf:
         code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
     assert "aoti_torch_cpu_conv_block(" in code and "aoti_torch_cpu_convolution(" not in code

@@ -1,7 +1,7 @@
 """ctest fixture: four tiny generator packages exported by ``fastflow-export --format pt2``
 (unconditional, class-conditional, OFTSR super-resolution, MeanFlow two-time; batch 1..4), the
 unconditional one also as int8 (``--quantize int8``, batch 2), the class-conditional one through the CPU
-block kernel (``--cpu-kernels``), plus input files and broken packages
+block kernel (``--fused cpu``), plus input files and broken packages
 for the bad-input cases. Usage: ``make_fixtures.py OUTDIR``."""
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def main(out: Path) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     procs.append(subprocess.Popen(  # the class-conditional generator through the CPU block kernel
         [sys.executable, "-m", "fastflow.cli.export", str(out / "ckpt-cond"), "--format", "pt2", "-o",
-         str(out / "cpuk.pt2"), "--cpu-kernels", "--min-batch", "1", "--max-batch", "4", "--threads", "1"],
+         str(out / "cpuk.pt2"), "--fused", "cpu", "--min-batch", "1", "--max-batch", "4", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     failed = [(p.args, p.communicate()[0]) for p in procs if p.wait() != 0]
     for args, log in failed:

@@ -23,9 +23,9 @@ from typing import Any
 
 from fastflow.errors import ConfigError
 from fastflow.models import load_model
-from fastflow.pipelines import digits, slimflow
-from fastflow.pipelines.report import ResultRow, print_table, report_seeds, sample_rows_figure
-from fastflow.pipelines.stages import budget, log, over_seeds, stage_seconds, timed, train_stage
+from fastflow.recipes import digits, slimflow
+from fastflow.recipes.report import ResultRow, print_table, report_seeds, sample_rows_figure
+from fastflow.recipes.stages import budget, log, over_seeds, stage_seconds, timed, train_stage
 from fastflow.train.logger import read_log
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json, read_json

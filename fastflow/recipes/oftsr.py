@@ -19,19 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from fastflow.data import build_dataset
-from fastflow.errors import ConfigError
-from fastflow.flow.sr import DEFAULT_SIGMA_P, sr_one_step
+from fastflow.flow.sr import DEFAULT_SIGMA_P
 from fastflow.metrics.evaluate import mean_sd
 from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
-from fastflow.fused import apply as apply_fused
 from fastflow.models import load_model
-from fastflow.models.checkpoint import CheckpointRecord
-from fastflow.pipelines.report import print_checks, report_seeds, strip_figure
-from fastflow.pipelines.stages import budget, log, over_seeds, train_stage
+from fastflow.recipes.report import print_checks, report_seeds, strip_figure
+from fastflow.recipes.stages import budget, log, over_seeds, train_stage
 from fastflow.utils.io import atomic_write_json
 from fastflow.utils.table import format_table
 
@@ -138,39 +133,3 @@ def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1
           f"{'<' if abs(gap[0]) + gap[1] < 0.5 else '≥'} 0.5 dB)")
     print(f"wrote {out}/tau_sweep.png, results-seeds.json (each seed's run, strip included, under {out}/seed-S)")
     return result
-
-
-def check_student(record: CheckpointRecord) -> int:
-    """Refuse a checkpoint that is not an OFTSR student; its scale."""
-    if not record.oftsr_student or record.sr_scale is None:
-        raise ConfigError(f"{record.path} is not an OFTSR student (objective {record.objective!r})")
-    return record.sr_scale
-
-
-def sweep_checkpoint(record: CheckpointRecord, model: nn.Module, n: int, taus: Sequence[float],
-                     device: torch.device, fused: str = "auto") -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
-    """The τ sweep of an OFTSR student on the first ``n`` images of its training data, with its
-    teacher's result, the teacher run with the fused mode ``fused`` (``fastflow eval``)."""
-    if record.sr_scale is None:
-        raise ConfigError(f"{record.path}: an image-conditioned model without SR training metadata")
-    if record.objective != "oftsr":
-        raise ConfigError(f"{record.path} is an SR teacher; evaluate the OFTSR student distilled from it")
-    data = build_dataset(record.data_config)
-    b = data.get(torch.arange(min(n, len(data))))
-    teacher = load_model(record.teacher, device=device)
-    apply_fused(teacher, fused, device)
-    return tau_sweep(model, b.x.to(device), b.image.to(device), record.sigma_p, taus, teacher=teacher)
-
-
-def super_resolve(record: CheckpointRecord, model: nn.Module, y: torch.Tensor, tau: float,
-                  noise_seed: int) -> torch.Tensor:
-    """Upscale low-resolution images ``y`` [N, C, h, w] in one step at knob ``tau`` (``fastflow sr``)."""
-    scale, c, res = check_student(record), model.config.in_channels, model.config.resolution
-    if y.dim() != 4 or y.shape[1] != c or y.shape[-1] * scale != res or y.shape[-2] * scale != res:
-        raise ConfigError(f"input must be low-resolution [N, {c}, {res // scale}, {res // scale}] for this model "
-                          f"(×{scale} to {res}×{res}), got {list(y.shape)}")
-    device = next(model.parameters()).device
-    lq = F.interpolate(y, scale_factor=scale, mode="bicubic", align_corners=False).to(device)
-    noise = torch.randn(lq.shape, generator=torch.Generator().manual_seed(noise_seed)).to(device)
-    with torch.no_grad():
-        return sr_one_step(model, lq, tau, record.sigma_p, noise)

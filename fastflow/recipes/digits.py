@@ -1,5 +1,5 @@
-"""Scoring on the embedded digits, shared by the SlimFlow and InstaFlow pipelines: one
-:class:`~fastflow.pipelines.report.ResultRow` per model × solver (digits FD, class coverage,
+"""Scoring on the embedded digits, shared by the SlimFlow and InstaFlow recipes: one
+:class:`~fastflow.recipes.report.ResultRow` per model × solver (digits FD, class coverage,
 label accuracy for conditional models, batch-1 latency, parameters)."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from fastflow.flow import generate
 from fastflow.metrics import digits_scores
 from fastflow.metrics.cost import count_params
 from fastflow.metrics.digits import classify
-from fastflow.pipelines.report import ResultRow
-from fastflow.pipelines.stages import DIGITS_SHAPE, log
+from fastflow.recipes.report import ResultRow
+from fastflow.recipes.stages import DIGITS_SHAPE, log
 from fastflow.utils.timing import measure_latency
 
 #: samples per scored row

@@ -20,9 +20,9 @@ import torch
 
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, generate_pairs
-from fastflow.pipelines import digits
-from fastflow.pipelines.report import ResultRow, find, print_checks, print_table, report_seeds, sample_rows_figure
-from fastflow.pipelines.stages import DIGITS_SHAPE, budget, log, over_seeds, train_stage
+from fastflow.recipes import digits
+from fastflow.recipes.report import ResultRow, find, print_checks, print_table, report_seeds, sample_rows_figure
+from fastflow.recipes.stages import DIGITS_SHAPE, budget, log, over_seeds, train_stage
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
 

@@ -32,10 +32,10 @@ from fastflow.metrics.cost import count_params
 from fastflow.metrics.evaluate import mean_sd
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, generate_pairs
-from fastflow.pipelines import digits
-from fastflow.pipelines.report import (ResultRow, find, latency_quality_plot, print_checks, print_table,
+from fastflow.recipes import digits
+from fastflow.recipes.report import (ResultRow, find, latency_quality_plot, print_checks, print_table,
                                        report_seeds, sample_rows_figure)
-from fastflow.pipelines.stages import DIGITS_SHAPE, budget, log, over_seeds, timed, train_stage
+from fastflow.recipes.stages import DIGITS_SHAPE, budget, log, over_seeds, timed, train_stage
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
 from fastflow.utils.timing import measure_latency
@@ -115,16 +115,16 @@ def export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> tuple[ResultRo
     """The one-step generator in ONNX (dynamic batch), checked against PyTorch; its row and
     whether it validated (None when ONNX Runtime is missing)."""
     from fastflow.errors import MissingBackendError
-    from fastflow.export.formats import build_onnx, load_onnx
-    from fastflow.export.generator import Generator
+    from fastflow.export import ExportOptions, Generator, export_checkpoint
+    from fastflow.export.formats import load_onnx
     from fastflow.export.spec import BatchRange
     from fastflow.export.validate import compare
 
     log("[6/6] exporting the FGD one-step generator to ONNX and validating it with ONNX Runtime")
     gen = Generator(model, 1).eval()
     try:
-        with torch.no_grad():
-            build_onnx(gen, (z[:1],), BatchRange(1, 1, len(z)), path, opset=19, dtype="fp32")
+        export_checkpoint(model, ExportOptions(format="onnx", output=path, batch=BatchRange(1, 1, len(z)),
+                                               fused="off"), say=lambda _: None)
         run_onnx = load_onnx(path, torch.device("cpu"))
     except MissingBackendError as e:
         log(f"  skipped: {e}")

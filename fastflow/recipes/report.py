@@ -1,6 +1,6 @@
 """Pipeline results: the typed :class:`ResultRow`, and what turns rows into tables, JSON records
 and PNG figures. Display labels ("digits FD", "latency ms (b=1)") exist only here, at print and
-write time; the pipelines name rows by method, solver and CFG scale."""
+write time; the recipes name rows by method, solver and CFG scale."""
 
 from __future__ import annotations
 
