@@ -1,6 +1,6 @@
 """The CPU block kernel (``fastflow.fused.cpu_block``): the op against its float64 reference on
 fresh random inputs over every prologue/epilogue option, input layout, batch/thread split, and odd
-channel and pixel counts; typed errors; the module swap against the unswapped UNet; ``--cpu-kernels``."""
+channel and pixel counts; typed errors; the module swap against the unswapped UNet; ``--fused cpu`` exports."""
 
 import copy
 import json
@@ -185,9 +185,9 @@ def _small_ckpt(path):
     return path
 
 
-@pytest.mark.slow  # ~55 s; make test exports and runs a --cpu-kernels package in ctest (runner.cpuk-*)
+@pytest.mark.slow  # ~55 s; make test exports and runs a --fused cpu package in ctest (runner.cpuk-*)
 def test_export_cpu_kernels_package(tmp_path) -> None:
-    """``fastflow-export --cpu-kernels``: a package that calls the kernel's C shim for every
+    """``fastflow-export --fused cpu``: a package that calls the kernel's C shim for every
     convolution and C++ GEMM templates, not ATen, for the linears and attention products (at a
     static batch), validates against PyTorch and records ``fused: cpu``."""
     import zipfile
@@ -195,8 +195,8 @@ def test_export_cpu_kernels_package(tmp_path) -> None:
     from fastflow.export.formats import read_pt2_spec
 
     out, report = tmp_path / "g.pt2", tmp_path / "r.json"
-    res = run_cli("-m", "fastflow.cli.export", str(_small_ckpt(tmp_path / "ckpt")), "--format", "pt2", "--cpu-kernels",
-                  "--batch", "1", "-o", str(out), "--validate", "--report", str(report), timeout=600)
+    res = run_cli("-m", "fastflow.cli.export", str(_small_ckpt(tmp_path / "ckpt")), "--format", "pt2", "--fused",
+                  "cpu", "--batch", "1", "-o", str(out), "--validate", "--report", str(report), timeout=600)
     assert res.returncode == 0 and "validation passed" in res.stdout, res.stderr[-3000:]
     assert read_pt2_spec(out).fused == "cpu" and json.loads(report.read_text())["settings"]["fused"] == "cpu"
     with zipfile.ZipFile(out) as zf:
@@ -208,6 +208,6 @@ def test_export_cpu_kernels_package(tmp_path) -> None:
 @pytest.mark.parametrize("bad", [["--format", "onnx"], ["--format", "pt2", "--dtype", "fp16"],
                                  ["--format", "pt2", "--prepack"], ["--format", "pt2", "--quantize", "int8"]])
 def test_export_cpu_kernels_refusals_exit_2(tmp_path, bad) -> None:
-    res = run_cli("-m", "fastflow.cli.export", str(_small_ckpt(tmp_path / "ckpt")), "--cpu-kernels", *bad,
+    res = run_cli("-m", "fastflow.cli.export", str(_small_ckpt(tmp_path / "ckpt")), "--fused", "cpu", *bad,
                   "-o", str(tmp_path / "x.pt2"))
-    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--cpu-kernels" in res.stderr, res.stderr
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and "--fused cpu" in res.stderr, res.stderr

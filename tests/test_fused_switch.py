@@ -128,3 +128,16 @@ def test_winners_write_the_switch_table(tmp_path) -> None:
     r = run_cli("bench", "winners", str(tmp_path / "bad.json"), "--out", str(tmp_path / "w2.json"),
                 "--switch-table", str(tmp_path / "t2.json"))
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+
+
+def test_latency_suite_times_the_cpu_kernel_path(ckpt) -> None:
+    """``fastflow bench latency --backends cpuk``: the eager models with the CPU block kernel in."""
+    from fastflow.bench.latency import latency_suite, split_backend
+    from fastflow.models import load_model
+
+    assert split_backend("cpuk") == ("cpu", "eager") and split_backend("fused+aoti") == ("triton", "aoti")
+    m = load_model(ckpt)
+    rows = latency_suite(m, m, torch.randn(2, 1, 8, 8), backends=("eager", "cpuk"), euler_ns=(2,), heun_ns=(),
+                         rk45=False, iters=2, warmup=1)
+    got = {(r["backend"], r["solver"], r.get("steps")) for r in rows}
+    assert {("cpuk", "call", None), ("cpuk", "euler", 1), ("cpuk", "euler", 2)} <= got

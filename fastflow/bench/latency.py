@@ -48,21 +48,27 @@ EULER_NS = (1, 2, 4, 8, 16, 32, 64)
 
 #: the same paths with the Triton-fused GroupNorm/attention swapped in (CUDA; CPU only under the interpreter)
 FUSED_BACKENDS = ("fused", "fused+compiled", "fused+cudagraph", "fused+aoti")
-BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti", "native", *FUSED_BACKENDS, *GENERATOR_BACKENDS)
+#: eager with the CPU block kernel swapped in (``--fused cpu``; CPU, inference)
+CPU_KERNEL_BACKENDS = ("cpuk",)
+BACKENDS = ("eager", "compiled", "cudagraph", "onnxruntime", "aoti", "native", *FUSED_BACKENDS, *CPU_KERNEL_BACKENDS,
+            *GENERATOR_BACKENDS)
+#: backend prefix → the kernel path (fastflow.fused.apply mode) its models run
+PATHS = {"fused": "triton", "cpuk": "cpu"}
 
 
-def split_backend(backend: str) -> tuple[bool, str]:
-    """``"fused+compiled"`` → ``(True, "compiled")``, ``"fused"`` → ``(True, "eager")``."""
-    if backend == "fused":
-        return True, "eager"
-    fused, _, base = backend.rpartition("+")
-    return fused == "fused", base
+def split_backend(backend: str) -> tuple[str, str]:
+    """The kernel path and the base backend: ``"fused+compiled"`` → ``("triton", "compiled")``,
+    ``"fused"`` → ``("triton", "eager")``, ``"cpuk"`` → ``("cpu", "eager")``, ``"aoti"`` → ``("off", "aoti")``."""
+    if backend in PATHS:
+        return PATHS[backend], "eager"
+    prefix, _, base = backend.rpartition("+")
+    return PATHS.get(prefix, "off"), base
 
 
-def fused_copy(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` with the fused kernels in (``fastflow.fused.apply(..., "triton")``)."""
+def kernel_copy(model: nn.Module, path: str) -> nn.Module:
+    """A copy of ``model`` with the kernels of ``path`` in (``fastflow.fused.apply``)."""
     copy = deepcopy(model)
-    apply_fused(copy, "triton")
+    apply_fused(copy, path)
     return copy
 RUNNER_BUILD_PATH = Path(__file__).resolve().parents[2] / "build" / "kernels" / "fastflow-run"
 
@@ -97,13 +103,13 @@ class _Suite:
     """What every backend's rows share: noise, models (plain and fused), costs, artefacts."""
 
     z: Tensor
-    models: dict[bool, tuple[nn.Module, nn.Module]]  # fused? → (student, teacher)
+    models: dict[str, tuple[nn.Module, nn.Module]]  # kernel path → (student, teacher)
     params: dict[str, int]
     flops: dict[str, int]  # per batched call
     workdir: Path
     iters: int
     warmup: int
-    artefacts: dict[bool, Artefacts]  # fused? → the student's generator artefacts (built on first use)
+    artefacts: dict[str, Artefacts]  # kernel path → the student's generator artefacts (built on first use)
 
 
 def _exported_velocity(model: nn.Module, backend: str, example: Tensor, workdir: Path,
@@ -119,14 +125,15 @@ def _exported_velocity(model: nn.Module, backend: str, example: Tensor, workdir:
     return lambda x, t, cond=None: run(x, t).to(x.device)
 
 
-def _backend_model(suite: _Suite, fused: bool, backend: str) -> tuple[Callable[..., Tensor], ...]:
-    """(student, teacher) as ``backend`` runs them."""
+def _backend_model(suite: _Suite, path: str, backend: str) -> tuple[Callable[..., Tensor], ...]:
+    """(student, teacher) as ``backend`` runs them with the kernels of ``path``."""
     if backend in ("eager", "cudagraph"):
-        return suite.models[fused]
+        return suite.models[path]
     if backend == "compiled":
-        return tuple(torch.compile(m, fullgraph=True, dynamic=False) for m in suite.models[fused])
+        return tuple(torch.compile(m, fullgraph=True, dynamic=False) for m in suite.models[path])
     if backend in ("onnxruntime", "aoti"):
-        return tuple(_exported_velocity(m, backend, suite.z, suite.workdir, fused) for m in suite.models[False])
+        return tuple(_exported_velocity(m, backend, suite.z, suite.workdir, path == "triton")
+                     for m in suite.models["off"])
     raise ConfigError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
 
 
@@ -144,31 +151,32 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
                   euler_ns: Sequence[int] = EULER_NS, heun_ns: Sequence[int] = (4,), rk45: bool = True,
                   iters: int = 20, warmup: int = 3, runner: str | None = None) -> list[dict[str, Any]]:
     """Latency rows for every (model, backend, solver) of the suite at the batch of ``z``; the
-    ``fused*`` backends time copies of the models with the fused kernels swapped in, the
+    ``fused*`` backends time copies of the models with the Triton kernels swapped in, ``cpuk`` with
+    the CPU block kernel, the
     :data:`~fastflow.bench.artefacts.GENERATOR_BACKENDS` the student's generator artefacts. Every
     row carries its roofline fields against the matrix-multiply rate measured first
     (:mod:`fastflow.bench.roofline`)."""
     unknown = [b for b in backends if b not in BACKENDS]
     if unknown:
         raise ConfigError(f"unknown backend {unknown[0]!r}; choose from {', '.join(BACKENDS)}")
-    on_cpu = [b for b in backends if b in GENERATOR_BACKENDS or b == "onnxruntime"]
+    on_cpu = [b for b in backends if b in GENERATOR_BACKENDS or b in CPU_KERNEL_BACKENDS or b == "onnxruntime"]
     if on_cpu and z.device.type != "cpu":
         raise ConfigError(f"backend {on_cpu[0]} runs on the CPU (--device cpu)")
     peak = peaks(z.device, int8=any(b.endswith("int8") for b in backends))
     runner_path = find_runner(runner) if set(NATIVE) & set(backends) else None
     student, teacher = student.eval(), teacher.eval()
-    models = {False: (student, teacher)}
-    if any(split_backend(b)[0] for b in backends):
-        models[True] = (fused_copy(student), fused_copy(teacher))
+    models = {"off": (student, teacher)}
+    for path in {split_backend(b)[0] for b in backends} - {"off"}:
+        models[path] = (kernel_copy(student, path), kernel_copy(teacher, path))
     workdir = Path(tempfile.mkdtemp(prefix="fastflow-bench-"))
     suite = _Suite(z, models, {"student": count_params(student), "teacher": count_params(teacher)},
                    {"student": count_flops(student, z), "teacher": count_flops(teacher, z)}, workdir, iters, warmup,
-                   {fused: Artefacts(student, z, workdir, fused) for fused in models})
+                   {path: Artefacts(student, z, workdir, path == "triton") for path in models if path != "cpu"})
     native = lambda pkg: native_latency(runner_path, pkg, z, iters, warmup, workdir)  # noqa: E731
     rows: list[dict[str, Any]] = []
     for backend in backends:
         if backend == "native" or backend in GENERATOR_BACKENDS:
-            rows.append(generator_row(suite.artefacts[False], backend, suite.flops["student"],
+            rows.append(generator_row(suite.artefacts["off"], backend, suite.flops["student"],
                                       suite.params["student"], iters, warmup, native))
         else:
             rows += _backend_rows(suite, backend, euler_ns, heun_ns, rk45)
@@ -179,9 +187,9 @@ def latency_suite(student: nn.Module, teacher: nn.Module, z: Tensor, backends: S
 def _backend_rows(suite: _Suite, backend: str, euler_ns: Sequence[int], heun_ns: Sequence[int],
                   rk45: bool) -> list[dict[str, Any]]:
     """One velocity call of each model, then every sampler of the plan, on one backend."""
-    fused, base = split_backend(backend)
+    path, base = split_backend(backend)
     z, dev, rows = suite.z, suite.z.device, []
-    s_m, t_m = _backend_model(suite, fused, base)
+    s_m, t_m = _backend_model(suite, path, base)
     t = torch.full((z.shape[0],), 0.5, device=dev)
     plan: list[tuple[str, Callable[..., Tensor], str, int | None]] = [("student", s_m, "euler", 1)]
     plan += [("teacher", t_m, "euler", n) for n in euler_ns]
@@ -196,9 +204,9 @@ def _backend_rows(suite: _Suite, backend: str, euler_ns: Sequence[int], heun_ns:
                          "params": suite.params[who], **lat.to_dict()})
         for who, m, solver, steps in plan:
             if base == "aoti" and who == "student":  # the package fastflow-run runs too
-                fn = suite.artefacts[fused].runner("pt2", load_pt2)
+                fn = suite.artefacts[path].runner("pt2", load_pt2)
             elif base == "onnxruntime" and who == "student":  # the generator ONNX (the sampler inside)
-                fn = suite.artefacts[False].runner("onnx", load_onnx)
+                fn = suite.artefacts["off"].runner("onnx", load_onnx)
             else:
                 fn = _sampler(m, base, solver, steps, z)
             if solver == "rk45":

@@ -214,7 +214,7 @@ def run_latency(args: argparse.Namespace) -> int:
     if sample_shape(teacher) != shape:
         raise ConfigError(f"student and teacher sample shapes differ: {shape} vs {sample_shape(teacher)}")
     z = torch.randn(args.batch, *shape, device=device)
-    backends = _runnable(args.backends, device, lambda b: bool(split_backend(b)[0]), "backend")
+    backends = _runnable(args.backends, device, lambda b: split_backend(b)[0] == "triton", "backend")
     rows = latency_suite(student, teacher, z, backends, euler_ns=args.euler,
                          iters=args.iters, rk45=not args.no_rk45, runner=args.runner)
     for r in rows:

@@ -111,10 +111,17 @@ def options(args: argparse.Namespace):  # noqa: ANN201 - ExportOptions (imported
         timing_cache=args.timing_cache, report=args.report)
 
 
+def _digits_scores(images):  # noqa: ANN001, ANN202 - Tensor → dict | None
+    """The digits FD and coverage of 16×16 one-channel generators (int8's quality report); None otherwise."""
+    from fastflow.metrics import digits_scores
+
+    return digits_scores(images) if tuple(images.shape[1:]) == (1, 16, 16) else None
+
+
 def run(args: argparse.Namespace) -> int:
     from fastflow.export import export_checkpoint
 
-    result = export_checkpoint(args.ckpt, options(args))
+    result = export_checkpoint(args.ckpt, options(args), scores=_digits_scores)
     return 0 if result.passed else 1
 
 

@@ -34,6 +34,7 @@ from fastflow.utils.threads import device_name
 
 Inputs = Callable[[int], tuple[Tensor, ...]]  # batch size → fixed-seed example inputs
 Say = Callable[[str], None]
+Scores = Callable[[Tensor], "dict[str, float] | None"]  # images → quality metrics (None: not for these)
 
 
 @dataclass
@@ -152,9 +153,12 @@ def _inputs(spec: GeneratorSpec, seed: int) -> Inputs:
     return inputs_for
 
 
-def export_checkpoint(source: str | Path | nn.Module, options: ExportOptions, say: Say = print) -> ExportResult:
+def export_checkpoint(source: str | Path | nn.Module, options: ExportOptions, say: Say = print,
+                      scores: Scores | None = None) -> ExportResult:
     """Build the artefact ``options`` describe from ``source`` (see the module docstring); ``say``
-    takes the progress lines. Raises :class:`~fastflow.errors.FastflowError` subclasses (one line)."""
+    takes the progress lines; ``scores(images)`` (a model's own quality metric, e.g. the digits FD;
+    None where it does not apply) joins int8's quality report. Raises
+    :class:`~fastflow.errors.FastflowError` subclasses (one line)."""
     from fastflow.models.presets import sample_shape
     from fastflow.utils.io import atomic_write_json, disk_errors, staged_artifact
 
@@ -192,7 +196,7 @@ def export_checkpoint(source: str | Path | nn.Module, options: ExportOptions, sa
         say(f"built {o.output} ({o.output.stat().st_size / 1e6:.2f} MB) in {build_s:.1f}s")
         report = _report(src, o, spec, build_s, input_names(gen, example))
         result = ExportResult(o.output, spec, report)
-        _check(result, o, reference, inputs_for, example, say)
+        _check(result, o, reference, inputs_for, example, say, scores)
     if o.report is not None:
         atomic_write_json(o.report, result.report)
         say(f"wrote {o.report}")
@@ -226,7 +230,7 @@ def _report(src: Source, o: ExportOptions, spec: GeneratorSpec, build_s: float, 
 
 
 def _check(result: ExportResult, o: ExportOptions, reference: nn.Module, inputs_for: Inputs,
-           example: tuple[Tensor, ...], say: Say) -> None:
+           example: tuple[Tensor, ...], say: Say, scores: Scores | None) -> None:
     """Validation against eager, int8's quality cost and the timing, as the options ask."""
     from fastflow.export.validate import compare, int8_quality
 
@@ -240,10 +244,8 @@ def _check(result: ExportResult, o: ExportOptions, reference: nn.Module, inputs_
             f", mean abs {val.get('mean_abs_err', float('nan')):.3g}, max rel {val.get('max_rel_err', float('nan')):.3g}"
             f", NaN/Inf {val.get('nan_inf_count', 0)} (atol {o.atol}, rtol {o.rtol}, batches {sizes})")
     if o.quantize:
-        from fastflow.metrics import digits_scores
-
-        digits = spec.kind in ("generator", "conditional") and tuple(spec.sample_shape) == (1, 16, 16)
-        report["int8"] = q = int8_quality(reference, runner, spec, inputs_for, scores=digits_scores if digits else None)
+        images = spec.kind in ("generator", "conditional")
+        report["int8"] = q = int8_quality(reference, runner, spec, inputs_for, scores=scores if images else None)
         say(f"int8 vs fp32 on {q['samples']} samples: max |Δ| {q['max_abs_err']:.3g}, PSNR {q['psnr_db']:.1f} dB"
             + (f", digits FD {q['fd_fp32']:.2f} → {q['fd_int8']:.2f} ({100 * q['fd_rel_change']:+.1f} %)"
                if "fd_int8" in q else ""))

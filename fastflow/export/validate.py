@@ -51,10 +51,10 @@ QUALITY_SAMPLES = 1000
 
 def int8_quality(reference: Callable[..., Tensor], candidate: Callable[..., Tensor], spec: GeneratorSpec,
                  inputs_for: Callable[[int], tuple[Tensor, ...]], samples: int = QUALITY_SAMPLES,
-                 scores: Callable[[Tensor], dict[str, float]] | None = None) -> dict[str, Any]:
+                 scores: Callable[[Tensor], dict[str, float] | None] | None = None) -> dict[str, Any]:
     """What quantization costs, on the same inputs: max/mean |Δ| and PSNR of the int8 output against
     fp32 (images in [−1, 1], peak-to-peak 2); with ``scores`` (the model's own metric, e.g.
-    ``fastflow.metrics.digits_scores``) also its ``fd`` and ``coverage`` for both
+    ``fastflow.metrics.digits_scores``; None from it: not for these images) also its ``fd`` and ``coverage`` for both
     (``fd_rel_change``: int8 over fp32, minus 1)."""
     ref, got = [], []
     for start in range(0, samples, spec.batch.max):
@@ -69,8 +69,9 @@ def int8_quality(reference: Callable[..., Tensor], candidate: Callable[..., Tens
     out: dict[str, Any] = {"samples": len(a), "max_abs_err": float((a - b).abs().max()),
                            "mean_abs_err": float((a - b).abs().mean()),
                            "psnr_db": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
-    if scores is not None:
-        fp32, int8 = scores(a), scores(b)
+    fp32 = scores(a) if scores is not None else None
+    if fp32 is not None:
+        int8 = scores(b)
         out.update(fd_fp32=fp32["fd"], fd_int8=int8["fd"], fd_rel_change=int8["fd"] / fp32["fd"] - 1,
                    coverage_fp32=fp32["coverage"], coverage_int8=int8["coverage"])
     return out

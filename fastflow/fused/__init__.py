@@ -3,12 +3,12 @@
 Per op: a reference (``reference.py``), the Triton kernels with their ``torch.library``
 registration (``groupnorm.py``, ``attention.py``), a function that picks one (``ops.py``) and a
 module (``modules.py``). ``swap(model)`` puts the modules into a model and reports what changed;
-``apply(model, mode)`` is the one switch (``auto``/``on``/``off``) every path that runs a model calls.
+``apply(model, mode)`` is the one switch (``auto``/``off``/``triton``/``cpu``) every path that runs a model calls.
 Importing this package does not import Triton; the kernels load on first use.
 
 ``cpu_block`` is the CPU counterpart for small students at small batches: a C++ op fusing a UNet
 block's GroupNorm + SiLU + resampling + convolution + embedding + residual (inference, fp32), put
-into a model by ``cpu_block.swap_cpu_blocks`` and into packages by ``fastflow-export --cpu-kernels``.
+into a model by ``cpu_block.swap_cpu_blocks`` and into packages by ``fastflow-export --fused cpu`` (both through ``apply(model, "cpu")``).
 """
 
 from fastflow.fused.switch import MODES, FusedDecision, apply, check_mode, decide, is_fused, split_spec

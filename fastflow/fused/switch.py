@@ -147,7 +147,14 @@ def apply(model: nn.Module, mode: str = "auto", device: torch.device | str | Non
             raise ConfigError("fused=cpu: this model has no fastflow UNet blocks to put the CPU block kernel into; "
                               "use fused=off")
         path, reason = "off", f"{reason}; but this model has no fastflow UNet blocks"
-    report = swap(model) if path == "triton" else swap_cpu_blocks(model) if path == "cpu" else None
+    report = swap(model) if path == "triton" else None
+    if path == "cpu":
+        try:
+            report = swap_cpu_blocks(model)  # builds the kernel on first use
+        except MissingBackendError as e:
+            if mode == "cpu":
+                raise
+            path, reason = "off", f"{reason}; but {e}"
     decision = FusedDecision(mode, path, reason, report)
     _say(decision.line())
     if decision.report is not None:

@@ -3,38 +3,73 @@
 #include <ATen/Parallel.h>
 
 #include <iostream>
+#include <map>
 #include <optional>
 
 #include "error.h"
+#include "json.h"
 #include "npy.h"
 
 namespace fastflow {
 namespace {
 
+// The components pipeline.json names (the contract fastflow.export.pipeline writes and Python reads).
 struct Parts {
   std::string dir;
+  std::map<std::string, std::string> files;  // component → file inside dir
   Spec generator;
   std::optional<Spec> text_encoder, vae_decoder;
-  std::string path(const std::string& name) const { return dir + "/" + name + ".pt2"; }
+  std::string path(const std::string& name) const {
+    const auto it = files.find(name);
+    return it == files.end() ? std::string() : dir + "/" + it->second;
+  }
 };
 
-std::optional<Spec> optional_part(const Parts& p, const std::string& name) {
-  if (!is_file(p.path(name))) return std::nullopt;
-  Spec s = read_spec(p.path(name));
-  if (s.kind != name) throw InputError(p.path(name) + ": holds a " + s.kind + ", not a " + name);
-  return s;
+// A component's file: a plain name inside the directory (no separator, not "." or "..").
+std::string component_file(const Json& c, const std::string& name, const std::string& manifest) {
+  const Json* file = c.get("file");
+  if (!file || file->type != Json::Type::String || file->string.empty() || file->string == "." ||
+      file->string == ".." || file->string.find('/') != std::string::npos ||
+      file->string.find('\0') != std::string::npos)
+    throw InputError(manifest + ": component '" + name + "' must name a file inside the pipeline directory");
+  return file->string;
 }
 
 Parts read_parts(const std::string& dir) {
-  Parts p{dir, {}, std::nullopt, std::nullopt};
-  if (!is_file(p.path("generator")))
-    throw InputError(dir + ": not a pipeline directory (no generator.pt2; export one with fastflow-export --format "
+  const std::string manifest = dir + "/pipeline.json";
+  if (!is_file(manifest))
+    throw InputError(dir + ": not a pipeline directory (no pipeline.json; export one with fastflow-export --format "
                      "pt2 --pipeline)");
-  p.generator = read_spec(p.path("generator"));
-  if (p.generator.kind != "text_generator")
-    throw InputError(p.path("generator") + ": holds a " + p.generator.kind + ", not a text_generator");
-  p.text_encoder = optional_part(p, "text_encoder");
-  p.vae_decoder = optional_part(p, "vae_decoder");
+  const Json m = read_json(manifest);
+  const Json *format = m.get("format"), *version = m.get("version"), *artefacts = m.get("artefact_format"),
+             *chain = m.get("chain"), *comps = m.get("components");
+  if (!format || format->type != Json::Type::String || format->string != "fastflow-pipeline" || !version ||
+      version->type != Json::Type::Number || version->number < 1 || version->number > 1)
+    throw InputError(manifest + ": not a fastflow pipeline of version <= 1");
+  if (!artefacts || artefacts->type != Json::Type::String || artefacts->string != "pt2")
+    throw InputError(manifest + ": fastflow-run runs .pt2 pipelines; this one is " +
+                     (artefacts && artefacts->type == Json::Type::String ? artefacts->string : "of no known format"));
+  if (!chain || chain->type != Json::Type::Array || chain->array.empty() || !comps ||
+      comps->type != Json::Type::Object || chain->array.size() != comps->object.size())
+    throw InputError(manifest + ": malformed manifest (chain and components must agree)");
+  Parts p{dir, {}, {}, std::nullopt, std::nullopt};
+  const std::map<std::string, std::string> kinds = {
+      {"text_encoder", "text_encoder"}, {"generator", "text_generator"}, {"vae_decoder", "vae_decoder"}};
+  for (const Json& entry : chain->array) {
+    const Json* c = entry.type == Json::Type::String ? comps->get(entry.string) : nullptr;
+    if (!c || !kinds.count(entry.string) || p.files.count(entry.string))
+      throw InputError(manifest + ": malformed manifest (chain names an unknown or repeated component)");
+    p.files[entry.string] = component_file(*c, entry.string, manifest);
+    const std::string path = p.path(entry.string);
+    if (!is_file(path)) throw InputError(manifest + ": names " + p.files[entry.string] + ", which is missing");
+    Spec s = read_spec(path);
+    if (s.kind != kinds.at(entry.string))
+      throw InputError(path + ": holds a " + s.kind + ", not a " + kinds.at(entry.string));
+    if (entry.string == "generator") p.generator = s;
+    else if (entry.string == "text_encoder") p.text_encoder = s;
+    else p.vae_decoder = s;
+  }
+  if (!p.files.count("generator")) throw InputError(manifest + ": the chain has no generator");
   return p;
 }
 
@@ -96,13 +131,15 @@ int run_pipeline(const Options& o) {
   if (o.tokens.empty() == o.emb.empty())
     throw InputError("a pipeline takes exactly one of --tokens IDS.npy (from `fastflow prompts --ids`) or --emb EMB.npy");
   if (!o.tokens.empty() && !p.text_encoder)
-    throw InputError(o.package + " has no text_encoder.pt2: give --emb EMB.npy");
+    throw InputError(o.package + " has no text_encoder (pipeline.json): give --emb EMB.npy");
   const std::string device = o.device.empty() ? p.generator.device : o.device;
   const int64_t channels = p.vae_decoder ? 3 : p.generator.sample_shape.at(0);
   if (!o.png.empty() && channels != 1 && channels != 3)
     throw InputError("--png needs 1 or 3 channels; this pipeline ends in " + std::to_string(channels) +
-                     " (no vae_decoder.pt2)");
-  check_outputs(o, {p.path("text_encoder"), p.path("generator"), p.path("vae_decoder"), o.input, o.emb, o.tokens});
+                     " (no vae_decoder in pipeline.json)");
+  std::vector<std::string> inputs = {o.input, o.emb, o.tokens};
+  for (const auto& [name, file] : p.files) inputs.push_back(p.path(name));
+  check_outputs(o, inputs);
   at::set_num_threads(static_cast<int>(o.threads));
 
   at::Tensor text = o.tokens.empty() ? read_embeddings(o.emb, p.generator) : read_tokens(o.tokens, *p.text_encoder);

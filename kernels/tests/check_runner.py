@@ -72,6 +72,15 @@ BAD = {  # case: (package, runner args, a word the message must contain)
     "bad-flipped-so": ("flipped-so.pt2", [], "CRC-32"),
     "bad-meta-batch": ("lying-batch.pt2", ["--batch", "8"], "its compiled code refused"),
     "bad-meta-shape": ("lying-shape.pt2", [], "its compiled code refused"),
+    "bad-pipe-escape": ("pipe-escape", ["--emb", "{fx}/emb.npy"], "must name a file inside"),
+    "bad-pipe-onnx": ("pipe-onnx", ["--emb", "{fx}/emb.npy"], "runs .pt2 pipelines"),
+    "bad-pipe-version": ("pipe-version", ["--emb", "{fx}/emb.npy"], "version <= 1"),
+    "bad-pipe-garbage": ("pipe-garbage", ["--emb", "{fx}/emb.npy"], "malformed JSON"),
+    "bad-pipe-deep": ("pipe-deep", ["--emb", "{fx}/emb.npy"], "nesting deeper"),
+    "bad-pipe-missing-file": ("pipe-missing-file", ["--emb", "{fx}/emb.npy"], "which is missing"),
+    "bad-pipe-unknown-component": ("pipe-unknown-component", ["--emb", "{fx}/emb.npy"], "unknown or repeated"),
+    "bad-pipe-no-manifest": ("pipe-no-manifest", ["--emb", "{fx}/emb.npy"], "no pipeline.json"),
+    "bad-pipe-wrong-kind": ("pipe-wrong-kind", ["--emb", "{fx}/emb.npy"], "not a text_generator"),
 }
 SKIP = 77  # ctest's SKIP_RETURN_CODE
 
@@ -199,6 +208,23 @@ def cpuk_package(package: Path) -> None:
     assert "aoti_torch_proxy_executor_call_function" not in code  # the C shim, not a boxed call
 
 
+def pipeline(runner: str, fx: Path, tmp: Path) -> None:
+    """A pipeline whose generator file is renamed: the runner finds it through pipeline.json and
+    chains what Python's loader chains, bit for bit."""
+    from fastflow.export.pipeline import chain, load_pipeline
+
+    res = subprocess.run([runner, str(fx / "pipe-renamed"), "--emb", str(fx / "emb.npy"), "--seed", "3", "--out",
+                          str(tmp / "out.npy")], capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, f"exit {res.returncode}: {res.stderr}"
+    got = torch.from_numpy(np.load(tmp / "out.npy"))
+    torch.set_num_threads(1)
+    torch.manual_seed(3)
+    z = torch.randn(2, 1, 8, 8)
+    want = chain(load_pipeline(fx / "pipe-renamed", torch.device("cpu")), z, torch.from_numpy(np.load(fx / "emb.npy")))
+    assert torch.equal(got, want), f"C++ != Python chain: max |Δ| {float((got - want).abs().max()):.3g}"
+    print(f"pipeline-renamed: C++ == Python chain bit for bit, shape {tuple(got.shape)}")
+
+
 def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:
     pkg, args, word = BAD[case]
     res = subprocess.run([runner, str(fx / pkg), "--out", str(tmp / "out.npy"), *fill(args, fx, tmp)],
@@ -221,12 +247,14 @@ def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:
 
 def main() -> None:
     if sys.argv[1:] == ["--list"]:  # the ctest cases (CMake reads them at configure time)
-        print(";".join([*GOOD, *BAD, "full-disk"]))
+        print(";".join([*GOOD, *BAD, "full-disk", "pipeline-renamed"]))
         return
     runner, fx, case = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     with tempfile.TemporaryDirectory() as tmp:
         if case == "full-disk":
             full_disk(runner, fx, Path(tmp))
+        elif case == "pipeline-renamed":
+            pipeline(runner, fx, Path(tmp))
         else:
             (good if case in GOOD else bad)(runner, fx, case, Path(tmp))
 

@@ -1,12 +1,14 @@
 """ctest fixture: four tiny generator packages exported by ``fastflow-export --format pt2``
 (unconditional, class-conditional, OFTSR super-resolution, MeanFlow two-time; batch 1..4), the
 unconditional one also as int8 (``--quantize int8``, batch 2), the class-conditional one through the CPU
-block kernel (``--fused cpu``), plus input files and broken packages
-for the bad-input cases. Usage: ``make_fixtures.py OUTDIR``."""
+block kernel (``--fused cpu``), a token-conditioned UNet's text pipeline (``--pipeline``, its
+generator alone) with renamed and hostile ``pipeline.json`` copies, plus input files and broken
+packages for the bad-input cases. Usage: ``make_fixtures.py OUTDIR``."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -62,6 +64,15 @@ def main(out: Path) -> None:
         [sys.executable, "-m", "fastflow.cli.export", str(out / "ckpt-cond"), "--format", "pt2", "-o",
          str(out / "cpuk.pt2"), "--fused", "cpu", "--min-batch", "1", "--max-batch", "4", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    torch.manual_seed(7)  # a token-conditioned UNet's text pipeline: its generator alone, with CFG inside
+    model = build_model({**TINY, "context_dim": 4})
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    save_model(out / "ckpt-token", model, model)
+    procs.append(subprocess.Popen(
+        [sys.executable, "-m", "fastflow.cli.export", str(out / "ckpt-token"), "--format", "pt2", "--pipeline",
+         "-o", str(out / "pipe"), "--context-length", "3", "--cfg", "1.5", "--min-batch", "1", "--max-batch", "2",
+         "--iters", "0", "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     failed = [(p.args, p.communicate()[0]) for p in procs if p.wait() != 0]
     for args, log in failed:
         print(" ".join(map(str, args)), "\n", log[-3000:], file=sys.stderr)
@@ -89,6 +100,36 @@ def main(out: Path) -> None:
     flipped[so.header_offset + 30 + len(so.filename) + len(so.extra) + so.file_size // 2] ^= 0xFF
     (out / "flipped-so.pt2").write_bytes(bytes(flipped))
     _edit_metadata(out / "uncond.pt2", out / "lying-shape.pt2", {"fastflow.sample_shape": "1,16,16"})
+    np.save(out / "emb.npy", torch.randn(2, 3, 4, generator=g).numpy())
+    pipelines(out)
+
+
+def pipelines(out: Path) -> None:
+    """The token pipeline with its generator renamed (pipeline.json says where: the runner follows it),
+    and copies whose pipeline.json lies, escapes or breaks."""
+    manifest = json.loads((out / "pipe" / "pipeline.json").read_text())
+
+    def variant(name: str, edit: Callable[[dict], object], file: str = "generator.pt2") -> None:
+        d = out / name
+        d.mkdir()
+        shutil.copyfile(out / "pipe" / "generator.pt2", d / file)
+        m = json.loads(json.dumps(manifest))
+        text = edit(m)
+        (d / "pipeline.json").write_text(text if isinstance(text, str) else json.dumps(m))
+
+    variant("pipe-renamed", lambda m: m["components"]["generator"].update(file="g.pt2"), "g.pt2")
+    variant("pipe-escape", lambda m: m["components"]["generator"].update(file="../uncond.pt2"))
+    variant("pipe-onnx", lambda m: m.update(artefact_format="onnx"))
+    variant("pipe-version", lambda m: m.update(version=2))
+    variant("pipe-garbage", lambda m: '{"format": "fastflow-pipeline", "version": 1,')
+    variant("pipe-deep", lambda m: "[" * 100000 + "]" * 100000)
+    variant("pipe-missing-file", lambda m: m["components"]["generator"].update(file="gone.pt2"))
+    variant("pipe-unknown-component", lambda m: (m["chain"].append("upscaler"),
+                                                 m["components"].update(upscaler={"file": "generator.pt2"})))
+    variant("pipe-no-manifest", lambda m: "")
+    (out / "pipe-no-manifest" / "pipeline.json").unlink()
+    variant("pipe-wrong-kind", lambda m: None)
+    shutil.copyfile(out / "uncond.pt2", out / "pipe-wrong-kind" / "generator.pt2")
 
 
 def _edit_metadata(src: Path, dst: Path, edits: dict[str, str]) -> None:
