@@ -72,6 +72,22 @@ def _sample(ckpt: Path, fused: str, count: int, batch: int) -> tuple[float, torc
     return time.perf_counter() - t0, x, params
 
 
+def rk45_own_error(ckpt: Path, n: int = 64) -> dict[str, float]:
+    """How far RK45 at the pairs' tolerance (1e-5) lies from a 1e-7 solve, and how far it moves when
+    the noise moves by one part in 10⁷ (eager both): the scale the CPU kernel's RK45 pairs are judged
+    on (adaptive steps turn a 1e-7 difference in v into different accepted steps)."""
+    from fastflow.flow import generate
+    from fastflow.models import load_model
+
+    m = load_model(ckpt)
+    z = torch.randn(n, 1, 16, 16, generator=torch.Generator().manual_seed(0))
+    ref = generate(m, z, "rk45", None, rtol=1e-5, atol=1e-5).x
+    tight = generate(m, z, "rk45", None, rtol=1e-7, atol=1e-7).x
+    nudged = generate(m, z * (1 + 1e-7), "rk45", None, rtol=1e-5, atol=1e-5).x
+    return {"rk45_1e-5_vs_1e-7": float((ref - tight).abs().max()),
+            "rk45_noise_nudged_1e-7": float((ref - nudged).abs().max())}
+
+
 def measure(teacher: Path, student: Path, work: Path) -> tuple[list[dict[str, Any]], dict[str, float]]:
     from fastflow.fused.auto import size_class
 
@@ -114,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
            "commit": commit or None, "command": " ".join(sys.argv),
            "models": {"teacher": str(args.teacher or f"configs/digits.yaml trained {args.train_steps} steps"),
                       "student": str(args.student or f"digits-small trained {args.train_steps} steps")},
-           "rows": rows, "max_abs_cpu_vs_off": agreement}
+           "rows": rows, "max_abs_cpu_vs_off": agreement, "eager_rk45_sensitivity": rk45_own_error(teacher)}
     atomic_write_json(args.out, doc)
     print(json.dumps(agreement))
     print(f"wrote {args.out}")

@@ -26,8 +26,7 @@ pytestmark = pytest.mark.skipif(torch.cuda.is_available(), reason="CPU interpret
 
 
 def test_auto_is_off_on_cpu_and_says_why(monkeypatch, capsys, tmp_path) -> None:
-    monkeypatch.setattr(switch, "_said", set())  # the line is printed once per process
-    monkeypatch.setenv("FASTFLOW_CACHE", str(tmp_path))  # no user winners table
+    monkeypatch.setattr(switch, "_said", set())  # the line is printed once per process (the session's table: empty)
     m = build_model({"preset": "tiny"})
     d = apply(m, "auto", "cpu")
     assert not d.active and d.path == "off" and "default for cpu" in d.reason and not is_fused(m)

@@ -94,9 +94,21 @@ def test_auto_reads_the_users_winners_table(tmp_path, monkeypatch, capsys) -> No
     assert size_class(4_000_000) == "small" and size_class(4_000_001) == "large"
 
 
-def test_the_shipped_table_is_valid() -> None:
-    if SHIPPED.is_file():
-        check_table(json.loads(SHIPPED.read_text()), str(SHIPPED))
+def test_the_shipped_table_is_measured_and_picks_the_cpu_kernel_for_small_cpu_models(tmp_path, monkeypatch) -> None:
+    """``fastflow/fused/winners.json`` is what ``fastflow bench winners --switch-table`` made of
+    ``benchmarks/results/cpu-fused-paths.json``; without a user table, auto follows it."""
+    from pathlib import Path
+
+    from fastflow.bench.winners import switch_table, winners
+
+    shipped = check_table(json.loads(SHIPPED.read_text()), str(SHIPPED))
+    results = Path(__file__).resolve().parents[1] / "benchmarks/results/cpu-fused-paths.json"
+    remade = switch_table(winners([results]), ["benchmarks/results/cpu-fused-paths.json"])["entries"]
+    assert [(e["device"], e["size"], e["path"]) for e in shipped] == [(e["device"], e["size"], e["path"])
+                                                                      for e in remade]
+    monkeypatch.setenv("FASTFLOW_CACHE", str(tmp_path))  # no user table: the shipped one
+    want = next(e["path"] for e in shipped if e["device"] == "cpu" and e["size"] == "small")
+    assert auto_path("cpu", 200_000, True, False, "")[0] == want == "cpu"
 
 
 @settings(max_examples=80, deadline=None, derandomize=True)
