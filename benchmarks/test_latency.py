@@ -140,13 +140,13 @@ def _tiny_random() -> tuple[torch.nn.Module, torch.Tensor]:
 @pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("aoti", marks=pytest.mark.slow)])
 def test_exported_backends_give_the_same_samples(backend) -> None:
     pytest.importorskip("onnxruntime")
-    from fastflow.bench.latency import _backend_model
+    from fastflow.bench.latency import _exported_velocity
 
     m, z = _tiny_random()
     import tempfile
     from pathlib import Path
 
-    vel = _backend_model(m, backend, z, Path(tempfile.mkdtemp()))
+    vel = _exported_velocity(m, backend, z, Path(tempfile.mkdtemp()), fused=False)
     with torch.no_grad():
         ref = generate(m, z, "euler", 3).x
     assert torch.allclose(generate(vel, z, "euler", 3).x, ref, atol=1e-4)

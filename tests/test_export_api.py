@@ -36,7 +36,8 @@ def test_nothing_outside_export_builds_an_artefact() -> None:
 
 
 def test_no_spec_patching_and_no_global_export_flag() -> None:
-    assert _grep(r"\.extra\[[^]]*\] *=|\.extra\.update\(|kernels_in_export|_in_export\b", "*.py") == []
+    patched = r"\.extra\[[^]]*\] *=|\.extra\.update\(|kernels_in_export|_in_export\b"
+    assert _grep(patched, "*.py", ":!tests/test_export_api.py") == []
     cli = (ROOT / "fastflow/cli/export.py").read_text()
     assert not re.search(r"\.build\(|\.load\(|compare\(|staged_artifact|torch\.", cli)  # parses and prints only
 
@@ -190,3 +191,14 @@ def test_a_model_in_memory_exports_without_a_checkpoint(tmp_path) -> None:
     assert r.passed and r.spec.checkpoint_sha256 == "" and r.report["validation"]["max_abs_err"] < 1e-4
     with pytest.raises(ConfigError, match="velocity"):
         export_checkpoint(_model("sr")[0], ExportOptions(format="onnx", output=tmp_path / "v.onnx", velocity=True))
+
+
+def test_a_swapped_model_is_refused_as_a_source(tmp_path) -> None:
+    """Kernels come from ``ExportOptions.fused`` (and so reach the contract), not from a swapped model."""
+    from fastflow.fused import apply
+
+    model, _ = _model("unconditional")
+    apply(model, "triton", "cpu")
+    with pytest.raises(ConfigError, match="model as built"):
+        export_checkpoint(model, ExportOptions(format="onnx", output=tmp_path / "g.onnx"))
+    assert not (tmp_path / "g.onnx").exists()

@@ -248,13 +248,15 @@ def test_reference_path_compiles_fullgraph_on_cpu(monkeypatch) -> None:
     torch.testing.assert_close(torch.compile(m, fullgraph=True)(x), m(x))
 
 
-def test_swapped_unet_exports_through_the_reference() -> None:
-    """Under torch.export the modules take the reference: the program has no fastflow ops."""
+def test_swapped_unet_exports_with_its_kernels() -> None:
+    """What was swapped in is what an export carries (no flag around the export decides): the
+    program calls the fastflow ops and equals eager; an unswapped model exports the reference."""
     m = build_model({"preset": "tiny"}).eval()
-    swap(m)
     x, t = torch.randn(2, 3, 8, 8), torch.rand(2)
+    assert "fastflow" not in str(torch.export.export(m, (x, t)).graph)
+    swap(m)
     ep = torch.export.export(m, (x, t))
-    assert "fastflow" not in str(ep.graph)
+    assert "torch.ops.fastflow" in str(ep.graph)
     with torch.no_grad():
         torch.testing.assert_close(ep.module()(x, t), m(x, t), atol=1e-4, rtol=1e-4)
 

@@ -58,7 +58,7 @@ def test_int8_onnx_runs_in_onnxruntime_and_openvino_close_to_fp32(tmp_path, ckpt
     assert q["samples"] == 1000 and q["max_abs_err"] > 0 and q["psnr_db"] > 30
     assert {"fd_fp32", "fd_int8", "coverage_fp32", "coverage_int8"} <= set(q)  # a 16×16 digit generator
     assert q["fd_rel_change"] == pytest.approx(q["fd_int8"] / q["fd_fp32"] - 1)
-    assert rep["spec"]["extra"]["quantize"] == "int8" and rep["spec"]["extra"]["calibration_samples"] == "32"
+    assert rep["spec"]["quantize"] == "int8" and rep["spec"]["calibration_samples"] == 32 and rep["spec"]["prepack"]
     assert "int8 vs fp32 on 1000 samples" in res.stdout
     # Only convolutions and weight MatMuls are quantized: attention's two products take float inputs,
     # no Gemm (time embedding) reads a dequantized weight, GroupNorm statistics and softmax run in float,

@@ -62,9 +62,13 @@ def versions() -> dict[str, str | None]:
 
 
 def _source(source: str | Path | nn.Module, o: ExportOptions) -> Source:
+    from fastflow.fused import is_swapped
     from fastflow.models.presets import model_kind
 
     if isinstance(source, nn.Module):
+        if is_swapped(source):
+            raise ConfigError("export_checkpoint takes a model as built (no kernels swapped in): ask for them with "
+                              "ExportOptions.fused, which also records them in the artefact's contract")
         model = source.to(o.device).eval()
         kind = model_kind(getattr(model, "config", None))
         return Source(model, kind, int(getattr(getattr(model, "config", None), "num_classes", 0) or 0))
@@ -105,8 +109,10 @@ def kernel_model(model: nn.Module, o: ExportOptions, say: Say) -> tuple[nn.Modul
             "decomposition of the fused ops")
         return model, "off"
     fused = copy.deepcopy(model)
-    apply(fused, o.fused, o.device, params=params)
-    if path == "cpu":
+    done = apply(fused, o.fused, o.device, params=params).path  # auto may still fall back to off
+    if done == "off":
+        return model, "off"
+    if done == "cpu":
         return fused, "cpu"
     return fused, "triton" if o.device.type == "cuda" and o.format == "pt2" else "op"
 

@@ -11,11 +11,12 @@ block's GroupNorm + SiLU + resampling + convolution + embedding + residual (infe
 into a model by ``cpu_block.swap_cpu_blocks`` and into packages by ``fastflow-export --fused cpu`` (both through ``apply(model, "cpu")``).
 """
 
-from fastflow.fused.switch import MODES, FusedDecision, apply, check_mode, decide, is_fused, split_spec
+from fastflow.fused.switch import MODES, FusedDecision, apply, check_mode, decide, is_fused, is_swapped, split_spec
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm
 from fastflow.fused.ops import attention, group_norm
 from fastflow.models.reference import attention_ref, group_norm_ref
 from fastflow.fused.swap import SwapReport, swap
 
 __all__ = ["MODES", "FusedAttention", "FusedAttnProcessor", "FusedDecision", "FusedGroupNorm", "SwapReport", "apply",
-           "attention", "attention_ref", "check_mode", "decide", "group_norm", "group_norm_ref", "is_fused", "split_spec", "swap"]
+           "attention", "attention_ref", "check_mode", "decide", "group_norm", "group_norm_ref", "is_fused", "is_swapped", "split_spec",
+           "swap"]

@@ -162,6 +162,13 @@ def apply(model: nn.Module, mode: str = "auto", device: torch.device | str | Non
     return decision
 
 
+def is_swapped(model: nn.Module) -> bool:
+    """Whether :func:`apply` put any kernels into ``model`` (Triton modules or the CPU block kernel)."""
+    from fastflow.fused.cpu_block import CpuConv3x3, CpuResBlock
+
+    return is_fused(model) or any(isinstance(m, (CpuResBlock, CpuConv3x3)) for m in model.modules())
+
+
 def is_fused(model: nn.Module) -> bool:
     """Whether any fused module (or diffusers processor) is in ``model``."""
     return any(isinstance(m, (FusedGroupNorm, FusedAttention)) or
