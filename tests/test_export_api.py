@@ -202,3 +202,24 @@ def test_a_swapped_model_is_refused_as_a_source(tmp_path) -> None:
     with pytest.raises(ConfigError, match="model as built"):
         export_checkpoint(model, ExportOptions(format="onnx", output=tmp_path / "g.onnx"))
     assert not (tmp_path / "g.onnx").exists()
+
+
+def test_onnx_is_one_file_unless_asked(tmp_path) -> None:
+    """A graph that fits is one self-contained ``.onnx`` (copied alone, it loads); ``external_data``
+    puts the weights in ``NAME.data``."""
+    pytest.importorskip("onnxscript")
+    import shutil
+
+    model, _ = _model("unconditional")
+    one = export_checkpoint(model, ExportOptions(format="onnx", output=tmp_path / "a" / "g.onnx", fused="off"),
+                            say=lambda _: None)
+    assert sorted(p.name for p in one.path.parent.iterdir()) == ["g.onnx"]
+    (tmp_path / "moved").mkdir()
+    shutil.copy(one.path, tmp_path / "moved" / "g.onnx")
+    z = torch.randn(2, 1, 8, 8)
+    FORMATS["onnx"].load(tmp_path / "moved" / "g.onnx", torch.device("cpu"))(z)
+    two = export_checkpoint(model, ExportOptions(format="onnx", output=tmp_path / "b" / "g.onnx", fused="off",
+                                                 external_data=True), say=lambda _: None)
+    assert sorted(p.name for p in two.path.parent.iterdir()) == ["g.onnx", "g.onnx.data"]
+    with pytest.raises(ConfigError, match="--external-data"):
+        ExportOptions(format="pt2", output=tmp_path / "c.pt2", external_data=True)

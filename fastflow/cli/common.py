@@ -28,7 +28,12 @@ _PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EI
 
 
 class Parser(argparse.ArgumentParser):
-    """``argparse`` with one-line errors (``PROG: error: …``, exit 2) instead of usage + error."""
+    """``argparse`` with one-line errors (``PROG: error: …``, exit 2) instead of usage + error, and
+    every option's default in ``--help``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
@@ -137,7 +142,7 @@ def fused_mode(text: str) -> str:
 def add_fused_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
     """``--fused {auto,off,triton,cpu}``: what :func:`fastflow.fused.apply` does to the model."""
     p.add_argument("--fused", default="auto", type=fused_mode, metavar="{" + ",".join(FUSED_MODES) + "}",
-                   help=FUSED_HELP + extra + " (default: %(default)s)")
+                   help=FUSED_HELP + extra)
 
 
 def add_model_args(p: argparse.ArgumentParser, device: str | None = None, fused_extra: str = "") -> None:
@@ -160,6 +165,13 @@ def load_checkpoint(args: argparse.Namespace, fused: bool = True) -> tuple[Any, 
     if fused:
         apply(model, args.fused, args.device)
     return record, model
+
+
+def add_version(p: argparse.ArgumentParser) -> None:
+    """``--version``: fastflow's version and the torch it runs on."""
+    from fastflow import __version__
+
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__} (torch {torch.__version__})")
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:

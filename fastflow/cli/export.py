@@ -12,8 +12,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastflow.cli.common import (Parser, add_model_args, add_threads, finite_float, nonneg_float, nonneg_int,
-                                 positive_int, run_cli)
+from fastflow.cli.common import (Parser, add_model_args, add_threads, add_version, finite_float, nonneg_float,
+                                 nonneg_int, positive_int, run_cli)
 from fastflow.export.formats import FORMATS
 from fastflow.export.options import CHAIN
 
@@ -42,6 +42,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of weights and inputs")
     p.add_argument("--steps", type=positive_int, default=1, help="Euler steps inside the generator")
     p.add_argument("--opset", type=positive_int, default=19, help="ONNX opset (>= 18)")
+    p.add_argument("--external-data", action="store_true",
+                   help="onnx: weights in OUTPUT.data beside the graph (which then must travel with it); without it "
+                        "the graph is one self-contained file unless it is past ONNX's 2 GiB limit")
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file")
     p.add_argument("--opt-level", type=nonneg_int, default=3, help="TensorRT builder optimisation level")
     p.add_argument("--quantize", choices=["int8"], default=None,
@@ -77,7 +80,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="fastflow-export", description=__doc__.splitlines()[0])
+    p = Parser(prog="fastflow-export", description=" ".join(__doc__.split("\n\n")[0].split()))
+    add_version(p)
     add_arguments(p)
     return p
 
@@ -108,7 +112,7 @@ def options(args: argparse.Namespace):  # noqa: ANN201 - ExportOptions (imported
         calibrate=args.calibrate or 0, velocity=args.velocity, pipeline=args.pipeline, cfg=args.cfg,
         components=args.components, context_length=args.context_length, validate=args.validate, atol=args.atol,
         rtol=args.rtol, iters=args.iters, seed=args.seed, opset=args.opset, opt_level=args.opt_level,
-        timing_cache=args.timing_cache, report=args.report)
+        timing_cache=args.timing_cache, report=args.report, external_data=args.external_data)
 
 
 def _digits_scores(images):  # noqa: ANN001, ANN202 - Tensor → dict | None

@@ -9,13 +9,14 @@ from collections.abc import Sequence
 
 from fastflow.cli import bench, checkpoint, demo, export, export_diffusers, pairs, prompts, sample, sr, train
 from fastflow.cli import eval as eval_
-from fastflow.cli.common import Parser, run_cli
+from fastflow.cli.common import Parser, add_version, run_cli
 
 VERBS = (train, sample, pairs, prompts, eval_, sr, bench, export, export_diffusers, checkpoint, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="fastflow", description="One-step generators from rectified flows.")
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
     for verb in VERBS:
         verb.add_parser(sub)

@@ -195,8 +195,8 @@ def export_checkpoint(source: str | Path | nn.Module, options: ExportOptions, sa
         with torch.no_grad():
             out_shape = tuple(gen(*example).shape[1:])
             with staged_artifact(o.output) as staged, disk_errors(o.output):
-                FORMATS[o.format].build(gen, example, spec, staged, BuildOptions(o.opset, o.opt_level, o.timing_cache,
-                                                                                 calibration))
+                FORMATS[o.format].build(gen, example, spec, staged, BuildOptions(
+                    o.opset, o.opt_level, o.timing_cache, calibration, external_data=o.external_data))
                 check_artefact(o.format, staged, spec, input_names(gen, example), inputs_for, out_shape)
         build_s = time.perf_counter() - t0
         say(f"built {o.output} ({o.output.stat().st_size / 1e6:.2f} MB) in {build_s:.1f}s")

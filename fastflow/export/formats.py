@@ -41,6 +41,7 @@ class BuildOptions:
     timing_cache: str | None = None
     calibration: tuple[Example, ...] = ()
     output_name: str = "image"
+    external_data: bool = False  # ONNX: weights in NAME.data even when the graph fits in one file
 
 
 def input_names(gen: nn.Module, example: Example) -> list[str]:
@@ -99,6 +100,30 @@ def build_onnx(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path
         export(path)
         if spec.dtype == "fp16":
             _softmax_in_fp32(path)
+    _onnx_layout(path, options.external_data)
+
+
+#: an ONNX protobuf holds at most 2 GiB: larger graphs keep their weights in ``NAME.data``
+ONNX_PROTO_LIMIT = 2**31 - 2**24
+
+
+def _onnx_layout(path: Path, external: bool) -> None:
+    """One self-contained ``.onnx`` file whenever the graph fits in a protobuf (the exporter writes its
+    weights to ``NAME.data`` beside it even for tiny models: copied alone, such a graph does not load);
+    ``external``, or past 2 GiB, one ``NAME.data`` file that must travel with it."""
+    import onnx
+
+    data = path.with_name(path.name + ".data")
+    size = path.stat().st_size + (data.stat().st_size if data.exists() else 0)
+    if not external and size >= ONNX_PROTO_LIMIT:
+        return  # the exporter's layout: external data is the only one that fits
+    model = onnx.load(str(path))  # with its external data
+    if external:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name)  # tensors over 1 KiB: small constants (axes, shapes) stay inline
+    else:
+        onnx.save_model(model, str(path))
+        data.unlink(missing_ok=True)
 
 
 def load_onnx(path: Path, device: torch.device) -> Runner:

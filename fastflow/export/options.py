@@ -25,8 +25,9 @@ class ExportOptions:
     :func:`fastflow.fused.apply`), oneDNN ``prepack``, int8 ``quantize`` with ``calibrate`` samples
     (0: the default), the ``velocity`` field instead of the generator, a ``pipeline`` of
     ``components`` with CFG scale ``cfg``, ``validate`` against eager within ``atol``/``rtol``,
-    ``iters`` timed calls, the inputs' ``seed``, ONNX ``opset``, TensorRT's ``opt_level`` and
-    ``timing_cache``, and a JSON ``report`` path."""
+    ``iters`` timed calls, the inputs' ``seed``, ONNX ``opset`` (and ``external_data``: weights in
+    ``NAME.data`` even when the graph fits in one file), TensorRT's ``opt_level`` and ``timing_cache``,
+    and a JSON ``report`` path."""
 
     format: str
     output: Path
@@ -53,6 +54,7 @@ class ExportOptions:
     opt_level: int = 3
     timing_cache: str | None = None
     report: Path | None = None
+    external_data: bool = False
 
     def __post_init__(self) -> None:
         from fastflow.export.formats import FORMATS, TRT_HINT
@@ -95,6 +97,8 @@ class ExportOptions:
         if self.fused == "cpu" and (self.format != "pt2" or self.device.type != "cpu" or self.dtype != "fp32"):
             raise ConfigError("--fused cpu is the fp32 CPU block kernel: use it with --format pt2 --device cpu "
                               "--dtype fp32")
+        if self.external_data and self.format != "onnx":
+            raise ConfigError("--external-data lays out ONNX weights: use it with --format onnx")
         if self.fused == "cpu" and (self.quantize or self.prepack):
             raise ConfigError("--fused cpu replaces the convolutions --quantize/--prepack would change: use one")
 

@@ -6,7 +6,8 @@ file, inputs, outputs, shapes, dtypes, batch profile, the checkpoint's digest an
 
 Chain: ``tokens → text_encoder → emb``; ``(z, emb) → generator → latent``; ``latent → vae_decoder →
 image``. A fastflow token-conditioned UNet (pixel space, no text encoder of its own) exports its
-generator alone. ONNX components keep their weights in one external-data file each.
+generator alone. An ONNX component is one file when it fits in a protobuf (< 2 GiB), else (or with
+``external_data``) its weights are in one ``NAME.data`` file beside it.
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ def export_text_pipeline(src: Any, o: ExportOptions, say: Callable[[str], None])
     comps = components(exported, spec, o.cfg, o.context_length, o.seed, o.components)
     source = Path(src.model.config.path).expanduser() if src.arch == "sd" else None
     t0 = time.perf_counter()
-    manifest = export_pipeline(comps, o.output, o.format, BuildOptions(o.opset, o.opt_level, o.timing_cache), source,
+    options = BuildOptions(o.opset, o.opt_level, o.timing_cache, external_data=o.external_data)
+    manifest = export_pipeline(comps, o.output, o.format, options, source,
                                {"checkpoint": src.checkpoint or None, "checkpoint_sha256": src.digest,
                                 "steps": o.steps, "cfg_scale": o.cfg, "dtype": o.dtype,
                                 "device": device_name(o.device), "fused": fused, "versions": versions()})

@@ -4,6 +4,7 @@
 #include <c10/util/Exception.h>
 #include <torch/cuda.h>
 #include <torch/utils.h>
+#include <torch/version.h>
 
 #include <sched.h>
 #include <sys/stat.h>
@@ -29,7 +30,7 @@ namespace {
 constexpr const char* kUsage =
     "usage: fastflow-run PACKAGE.pt2 --out OUT.npy [--batch B] [--seed S | --input NOISE.npy]\n"
     "                    [--label K] [--tau T] [--lq LQ.npy] [--png GRID.png] [--threads N]\n"
-    "                    [--iters N] [--warmup N] [--timing-json F] [--device cpu|cuda] [--info]\n"
+    "                    [--iters N] [--warmup N] [--timing-json F] [--device cpu|cuda] [--info] [--version]\n"
     "       fastflow-run PIPELINE_DIR --out OUT.npy (--tokens IDS.npy | --emb EMB.npy) [--batch B]\n"
     "                    [--seed S | --input NOISE.npy] [--png GRID.png] [--threads N] [--iters N] ...\n"
     "  a pipeline directory (fastflow-export --format pt2 --pipeline) chains text_encoder.pt2 →\n"
@@ -76,6 +77,10 @@ Options parse_args(int argc, char** argv) {
     const std::string a = argv[i];
     if (a == "-h" || a == "--help") {
       std::cout << kUsage;
+      std::exit(0);
+    }
+    if (a == "--version") {  // fastflow's version (pyproject.toml, through CMake) and the libtorch it links
+      std::cout << "fastflow-run " << FASTFLOW_VERSION << " (libtorch " << TORCH_VERSION << ")\n";
       std::exit(0);
     }
     if (a == "--info") {
