@@ -19,15 +19,16 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip install -e ".[$(EXTRAS)]"
 	touch $@
 
-demo: $(VENV)/.installed
+demo: native
 	$(BIN)/fastflow demo --out demo_out
 
 # The native runner (kernels/, CMakeLists.txt) with the venv's CMake and Ninja (dev extra), against
-# the venv's libtorch.
+# the venv's libtorch; linked into the venv's bin, so that `fastflow-run` is on the venv's PATH.
 native: $(VENV)/.installed
 	$(BIN)/cmake -S . -B $(BUILD) -G Ninja -DCMAKE_MAKE_PROGRAM=$(abspath $(BIN)/ninja) \
 		-DPython3_EXECUTABLE=$(abspath $(BIN)/python)
 	$(BIN)/cmake --build $(BUILD)
+	ln -sf $(abspath $(BUILD))/kernels/fastflow-run $(BIN)/fastflow-run
 
 # `make test` leaves out the tests marked slow (method-quality claims trained for minutes on the
 # CPU); `make test-all` runs them too. pytest's exit 5 (nothing collected) fails either.

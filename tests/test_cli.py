@@ -56,3 +56,17 @@ def test_every_verb_is_a_module_and_every_option_has_help() -> None:
                for p in parsers(root) for a in p._actions
                if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
     assert not missing, missing
+    for root in (build_parser(), export.build_parser()):  # every help page renders and shows the defaults
+        for p in parsers(root):
+            assert p.formatter_class is argparse.ArgumentDefaultsHelpFormatter, p.prog
+            p.format_help()
+    assert "(default: 16)" in build_parser()._subparsers._group_actions[0].choices["sample"].format_help()
+    assert export.build_parser().description.endswith("2 bad input or a missing backend.")
+
+
+def test_every_tool_answers_version() -> None:
+    import fastflow
+
+    for args in (["--version"], ["-m", "fastflow.cli.export", "--version"]):
+        r = run_cli(*args)
+        assert r.returncode == 0 and fastflow.__version__ in r.stdout and "torch" in r.stdout, r

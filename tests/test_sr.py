@@ -171,8 +171,19 @@ def test_sr_cli_and_tau_sweep_eval(tmp_path) -> None:
                                        f"objective={{name: oftsr, teacher: '{teacher}'}}"]))
     np.savez(tmp_path / "lr.npz", x=np.random.rand(3, 1, 8, 8).astype(np.float32) * 2 - 1)
     res = run_cli("sr", str(student), "--input", str(tmp_path / "lr.npz"), "--tau", "0.3", "--out",
-                  str(tmp_path / "sr.png"))
+                  str(tmp_path / "sr.png"), "--grid", str(tmp_path / "grid.png"))
     assert res.returncode == 0 and "NFE=1" in res.stdout, res.stderr
+    from PIL import Image
+
+    for i in range(3):  # one PNG per input at the model's resolution (8×8 ×2 → 16×16), plus the display grid
+        assert Image.open(tmp_path / f"sr-{i:03d}.png").size == (16, 16)
+    assert Image.open(tmp_path / "grid.png").size[0] > 16
+    res = run_cli("sr", str(student), "--input", str(tmp_path / "lr.npz"), "--tau", "0.3", "--out",
+                  str(tmp_path / "sr.npz"))
+    x = np.load(tmp_path / "sr.npz")["x"]
+    assert res.returncode == 0 and x.shape == (3, 1, 16, 16)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "sr-001.png")),
+                          ((np.clip(x[1, 0], -1, 1) + 1) * 127.5).round().astype(np.uint8))
     res = run_cli("sr", str(teacher), "--input", str(tmp_path / "lr.npz"))
     assert res.returncode == 2 and "not an OFTSR student" in res.stderr
     res = run_cli("eval", str(student), "--n", "16", "--taus", "0.1,0.9", "--json", str(tmp_path / "e.json"))

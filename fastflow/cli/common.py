@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -180,9 +182,24 @@ def add_threads(p: argparse.ArgumentParser) -> None:
                         "this process may use, at least 1)")
 
 
+#: upstream messages a user can do nothing about, kept out of the CLI's output: (logger, level)
+QUIET_LOGGERS = (("torch.onnx._internal.exporter._registration", logging.ERROR),)  # "torchvision is not installed"
+#: (category, message regex) of upstream warnings the CLI does not show
+QUIET_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
+
+
+def quiet_upstream() -> None:
+    """Silence :data:`QUIET_LOGGERS` and :data:`QUIET_WARNINGS` (the CLI only: library users keep them)."""
+    for name, level in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(level)
+    for category, message in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+
+
 def run_cli(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Call ``fn(args)`` with the thread setting applied, behind the error boundary."""
+    """Call ``fn(args)`` with the thread setting applied and upstream noise silenced, behind the error boundary."""
     try:
+        quiet_upstream()
         configure_threads(getattr(args, "threads", None))
         return fn(args)
     except FastflowError as e:

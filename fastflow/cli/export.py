@@ -18,6 +18,11 @@ from fastflow.export.formats import FORMATS
 from fastflow.export.options import CHAIN
 
 
+DESCRIPTION = ("Export a checkpoint's generator (or a text-to-image pipeline, one artefact per component): build "
+               "the artefact, check it against its contract, optionally validate it against PyTorch, time it and "
+               "report. Exit 0 success, 1 validation failed, 2 bad input or a missing backend.")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
     p.add_argument("--format", required=True, choices=list(FORMATS),
@@ -80,7 +85,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="fastflow-export", description=" ".join(__doc__.split("\n\n")[0].split()))
+    p = Parser(prog="fastflow-export", description=DESCRIPTION)
     add_version(p)
     add_arguments(p)
     return p

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(fn=run)
 
 
+def _rk45_progress() -> Callable[[int, int], None]:
+    """A bar of RK45's batched calls (over all batches) with the samples still integrating."""
+    bar, last = tqdm(desc="rk45", unit="call", leave=False), [0]
+
+    def hear(nfe: int, active: int) -> None:
+        bar.update(nfe - last[0] if nfe >= last[0] else nfe)  # a new batch starts its count again
+        last[0] = nfe
+        bar.set_postfix(active=active, refresh=False)
+    return hear
+
+
 def run(args: argparse.Namespace) -> int:
     from fastflow.flow.sample import generate
     from fastflow.utils.images import save_samples
@@ -70,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cfg != 1.0 and cond is None:
         raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional model (this one is unconditional)")
     kwargs: dict = {"rtol": args.rtol, "atol": args.atol} if args.solver == "rk45" else {}
+    if args.solver == "rk45":  # adaptive: say how far it got (calls so far, samples still integrating)
+        kwargs["progress"] = _rk45_progress()
     if args.solver == "rk2":
         kwargs["r"] = args.r
     g = torch.Generator().manual_seed(args.seed)

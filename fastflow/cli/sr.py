@@ -20,7 +20,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scale", type=int, default=None, help="the student's trained scale (checked when given)")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the start state's noise")
     add_model_args(p)
-    p.add_argument("--out", default="sr.png", help="output PNG grid")
+    p.add_argument("--out", default="sr.png",
+                   help="the images at the model's resolution: a .png (several inputs: OUT-000.png, OUT-001.png, …) "
+                        "or an .npz with x [N, C, H, W] in [−1, 1]")
+    p.add_argument("--grid", default=None, help="also a display grid (bordered, enlarged) as this PNG")
     add_threads(p)
     p.set_defaults(fn=run)
 
@@ -40,17 +43,27 @@ def _read_input(src: Path, channels: int) -> torch.Tensor:
     return rgb[:channels][None].float() / 127.5 - 1.0
 
 
+def _outputs(out: Path, n: int) -> list[Path]:
+    """Where the images go: ``out`` itself (one image, or an ``.npz``), else one numbered PNG each."""
+    if out.suffix.lower() == ".npz" or n == 1:
+        return [out]
+    return [out.with_name(f"{out.stem}-{i:03d}{out.suffix}") for i in range(n)]
+
+
 def run(args: argparse.Namespace) -> int:
     from fastflow.metrics.sr_eval import check_student, super_resolve
-    from fastflow.utils.images import save_grid
-    from fastflow.utils.io import check_distinct, check_writable
+    from fastflow.utils.images import save_grid, save_image
+    from fastflow.utils.io import atomic_savez, check_distinct, check_writable
 
-    if Path(args.out).suffix.lower() != ".png":
-        raise ConfigError(f"--out must be a .png file, got {args.out!r}")
+    out = Path(args.out)
+    if out.suffix.lower() not in (".png", ".npz") or (args.grid and Path(args.grid).suffix.lower() != ".png"):
+        raise ConfigError(f"--out must be a .png or .npz file and --grid a .png, got {args.out!r}, {args.grid!r}")
     if not 0.0 <= args.tau <= 1.0:
         raise ConfigError("--tau must be in [0, 1]")
-    check_distinct({"--out": args.out}, {"--input": args.input})
+    check_distinct({"--out": args.out, "--grid": args.grid}, {"--input": args.input})
     check_writable(args.out)
+    if args.grid:
+        check_writable(args.grid)
     record, model = load_checkpoint(args)
     scale = check_student(record)
     if args.scale is not None and args.scale != scale:
@@ -58,6 +71,16 @@ def run(args: argparse.Namespace) -> int:
     x = super_resolve(record, model, _read_input(Path(args.input), model.config.in_channels), args.tau, args.seed)
     if not torch.isfinite(x).all():
         raise SolverError("the student produced NaN or Inf values; no image written")
-    save_grid(x, args.out, upscale=max(1, 128 // model.config.resolution))
-    print(f"wrote {args.out}: {len(x)} image(s) ×{scale}, tau={args.tau}, NFE=1")
+    paths = _outputs(out, len(x))
+    check_distinct({f"image {i}": p for i, p in enumerate(paths)}, {"--input": args.input, "--grid": args.grid})
+    if out.suffix.lower() == ".npz":
+        atomic_savez(out, x=x.float().cpu().numpy())
+    else:
+        for image, path in zip(x, paths):
+            save_image(image, path)
+    if args.grid:
+        save_grid(x, args.grid, upscale=max(1, 128 // model.config.resolution))
+    shown = str(paths[0]) if len(paths) == 1 else f"{paths[0]} … {paths[-1].name}"
+    print(f"wrote {shown}{' and ' + args.grid if args.grid else ''}: {len(x)} image(s) "
+          f"{x.shape[-2]}×{x.shape[-1]} (×{scale}), tau={args.tau}, NFE=1")
     return 0

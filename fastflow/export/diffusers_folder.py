@@ -37,7 +37,8 @@ def scheduler_config(num_train_timesteps: int) -> dict[str, Any]:
     """DPM-Solver++ order 1 on flow sigmas: Euler on fastflow's grid (module docstring)."""
     return {"num_train_timesteps": num_train_timesteps, "use_flow_sigmas": True, "flow_shift": 1.0,
             "prediction_type": "flow_prediction", "solver_order": 1, "algorithm_type": "dpmsolver++",
-            "final_sigmas_type": "zero", "lower_order_final": True}
+            "final_sigmas_type": "zero", "lower_order_final": True,
+            "steps_offset": 1}  # what Stable Diffusion's pipeline expects (else a warning on every load); unused by linspace spacing
 
 
 def flow_denoiser(model: nn.Module) -> nn.Module:

@@ -156,14 +156,15 @@ def _rms(x: Tensor) -> Tensor:
 
 def rk45(velocity: Velocity, x0: Tensor, rtol: float = 1e-5, atol: float = 1e-5,
          t0: float = DEFAULT_EPS, t1: float = 1.0, intermediates: bool = False,
-         max_calls: int = 10_000) -> SolveResult:
+         max_calls: int = 10_000, progress: Callable[[int, int], None] | None = None) -> SolveResult:
     """Adaptive Dormand–Prince with scipy's ``RK45`` step control, one step size per sample.
 
     Samples that reached ``t1`` are frozen; when ``velocity`` has ``select(idx)`` (as
     :class:`~fastflow.flow.guidance.GuidedVelocity` does) later calls evaluate only the samples
     still integrating. ``nfe`` counts batched calls, ``sample_nfe`` the calls each sample took
     part in (the number scipy would report for it alone).
-    Error control runs in float64 whatever the state dtype.
+    Error control runs in float64 whatever the state dtype. ``progress(nfe, active)``, if given, hears
+    after every step how many batched calls were spent and how many samples still integrate.
     """
     if rtol <= 0 or atol <= 0:
         raise ConfigError(f"rk45 needs rtol, atol > 0, got {rtol}, {atol}")
@@ -228,6 +229,8 @@ def rk45(velocity: Velocity, x0: Tensor, rtol: float = 1e-5, atol: float = 1e-5,
         ks.append(k7)
         nfe += 6
         sample_nfe += 6 * active.long()
+        if progress is not None:
+            progress(nfe, int(active.sum()))
         err = hb * sum(e * k for e, k in zip(_E, ks))
         scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
         err_norm = _rms(err / scale)

@@ -9,9 +9,12 @@ predicted-class histogram: 1 when all ten digits appear equally often) and a con
 
 from __future__ import annotations
 
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from fastflow.errors import ShapeError
 from fastflow.metrics.frechet import frechet_distance, gaussian_stats
@@ -51,7 +54,7 @@ def _train(epochs: int = 30, seed: int = 0) -> DigitsClassifier:
     torch.manual_seed(seed)
     model = DigitsClassifier()
     opt = torch.optim.Adam(model.parameters(), lr=2e-3)
-    for _ in range(epochs):
+    for _ in tqdm(range(epochs), desc="digits classifier", unit="epoch", leave=False):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x), 64):
             idx = perm[i:i + 64]
@@ -76,6 +79,8 @@ def classifier() -> DigitsClassifier:
         if path.is_file():
             load_weights(model, path)
         else:
+            print(f"training the digits classifier for FD/coverage once (about a minute on 2 cores; cached in {path})",
+                  file=sys.stderr)
             threads = torch.get_num_threads()
             torch.set_num_threads(TRAIN_THREADS)  # the same weights whatever thread count the caller uses
             try:

@@ -119,10 +119,10 @@ def _generate(teacher: Teacher, root: Path, n: int, sample_shape: Sequence[int],
     mine = [k for k in range(info.rank, n_shards, info.world)
             if not _complete(root / shard_name(k))]
     store = getattr(torch, dtype)
-    bar = tqdm(total=len(mine), disable=not (progress and info.main), desc=f"pairs (rank {info.rank})",
-               unit="shard")
+    todo = sum(min(shard_size, n - k * shard_size) for k in mine)  # counted per pair: a shard can take minutes
+    bar = tqdm(total=todo, disable=not (progress and info.main), desc=f"pairs (rank {info.rank})", unit="pair")
     done_pairs, t0 = 0, time.perf_counter()
-    for k in mine:
+    for j, k in enumerate(mine, 1):
         count = min(shard_size, n - k * shard_size)
         z, label = shard_inputs(seed, k, count, sample_shape, teacher.num_classes)
         xs, nfes = [], []
@@ -134,6 +134,7 @@ def _generate(teacher: Teacher, root: Path, n: int, sample_shape: Sequence[int],
                 raise DataError(f"teacher produced non-finite samples in shard {k}")
             xs.append(x.float().cpu())
             nfes.append(nfe.float().cpu())
+            bar.update(len(zb))
         tensors = {"z": z.to(store), "x": torch.cat(xs).to(store)}
         if label is not None:
             tensors["label"] = label
@@ -143,8 +144,7 @@ def _generate(teacher: Teacher, root: Path, n: int, sample_shape: Sequence[int],
                 {name: t.numpy() for name, t in tensors.items()})})
         done_pairs += count
         rate = done_pairs / (time.perf_counter() - t0)
-        bar.update(1)
-        bar.set_postfix(pairs_per_s=f"{rate:.1f}", nfe=f"{nfe_mean:.1f}")
+        bar.set_postfix(pairs_per_s=f"{rate:.1f}", nfe=f"{nfe_mean:.1f}", shards=f"{j}/{len(mine)}")
     bar.close()
     elapsed = time.perf_counter() - t0
     barrier(info)

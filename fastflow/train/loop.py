@@ -205,6 +205,8 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
             print(f"resuming {run} from step {start} ({ckpt.name})")
     elif cfg.train.init_from:
         _init_from(cfg.train.init_from, model, ema)
+        if info.main:
+            print(f"initialised from {resolve_checkpoint(cfg.train.init_from)} (its EMA weights where it has them)")
     if start >= cfg.train.steps:
         if info.main:
             print(f"{run}: already trained to step {start} (train.steps={cfg.train.steps})")
@@ -283,7 +285,7 @@ def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset
                 rec.update(lr=lr, ema_decay=decay, samples_per_s=(n - n_last) * t.batch_size / (now - t_last),
                            cpu_s_per_step=(cpu - cpu_last) / (n - n_last))
                 logger.log(n, rec)
-                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "mse") if k in rec})  # mse: MeanFlow's weighted loss is ~1
                 t_last, cpu_last = now, cpu
             sums, n_last = {}, n
 

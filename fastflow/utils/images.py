@@ -38,6 +38,14 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, pad: i
     return Path(path)
 
 
+def save_image(x: torch.Tensor, path: str | Path) -> Path:
+    """One image ``[C, H, W]`` in [−1, 1] as a PNG at its own resolution (no border, no enlarging)."""
+    im = to_uint8(x[None])[0]
+    img = Image.fromarray(im[:, :, 0] if im.shape[-1] == 1 else im)
+    atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
+    return Path(path)
+
+
 def save_scatter(points: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
                  title: str = "") -> Path:
     """Scatter plot of 2-D samples (optionally over reference data) as PNG."""

@@ -247,7 +247,7 @@ def bad(runner: str, fx: Path, case: str, tmp: Path) -> None:
 
 def main() -> None:
     if sys.argv[1:] == ["--list"]:  # the ctest cases (CMake reads them at configure time)
-        print(";".join([*GOOD, *BAD, "full-disk", "pipeline-renamed"]))
+        print(";".join([*GOOD, *BAD, "full-disk", "pipeline-renamed", "version"]))
         return
     runner, fx, case = sys.argv[1], Path(sys.argv[2]), sys.argv[3]
     with tempfile.TemporaryDirectory() as tmp:
@@ -255,6 +255,13 @@ def main() -> None:
             full_disk(runner, fx, Path(tmp))
         elif case == "pipeline-renamed":
             pipeline(runner, fx, Path(tmp))
+        elif case == "version":  # fastflow's version and the libtorch the runner links
+            import fastflow
+
+            res = subprocess.run([runner, "--version"], capture_output=True, text=True, timeout=60)
+            want = f"fastflow-run {fastflow.__version__} (libtorch {torch.__version__.split('+')[0]})"
+            assert res.returncode == 0 and res.stdout.strip() == want, (res.stdout, want)
+            print(res.stdout.strip())
         else:
             (good if case in GOOD else bad)(runner, fx, case, Path(tmp))
 
