@@ -178,3 +178,24 @@ def test_digits_are_scikit_learns_without_importing_it() -> None:
     ref = F.interpolate(torch.from_numpy(d.images).float().unsqueeze(1) / 16.0, size=(16, 16), mode="bilinear",
                         align_corners=False) * 2 - 1
     assert torch.equal(x, ref.clamp(-1, 1)) and torch.equal(y, torch.from_numpy(d.target).long())
+
+
+def test_own_images_train_with_the_folder_config_and_a_mismatch_names_the_keys(tmp_path) -> None:
+    """``fastflow train folder data.root=DIR``: the documented way to train on one's own images; a model
+    that does not fit the images says which keys to change."""
+    from PIL import Image
+
+    from helpers import run_cli
+
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)).save(tmp_path / "imgs" / f"{i}.png")
+    small = ["model.resolution=8", "model.channels=8", "model.ch_mult=[1]", "model.num_res_blocks=1",
+             "model.attn_resolutions=[]", "train.steps=1", "train.batch_size=2", "train.progress=false",
+             "train.sample_every=0", "train.sample_n=1", "train.tensorboard=false"]
+    r = run_cli("train", "folder", f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'imgs'}",
+                "data.resolution=8", *small)
+    assert r.returncode == 0, r.stderr[-2000:]
+    r = run_cli("train", "folder", f"out_dir={tmp_path / 'bad'}", f"data.root={tmp_path / 'imgs'}", *small)
+    assert r.returncode == 2 and "model.in_channels and model.resolution" in r.stderr and "data.resolution" in r.stderr

@@ -43,7 +43,10 @@ def check_model_data(model: nn.Module, data: Dataset) -> None:
     cfg = model.config
     shape, want = data.sample_shape, sample_shape(model)
     if shape != want:
-        raise ConfigError(f"model expects samples of shape {want}, the data gives {shape}")
+        keys = ("model.in_channels and model.resolution (or data.channels and data.resolution, for an image "
+                "folder)" if len(shape) == 3 and len(want) == 3 else "model.dim (or the data)")
+        raise ConfigError(f"model expects samples of shape {want}, the data gives {shape}: make them agree through "
+                          f"{keys}")
     if cfg.num_classes and data.num_classes > cfg.num_classes:
         raise ConfigError(f"model has num_classes={cfg.num_classes}, the data has {data.num_classes} classes")
     if cfg.num_classes and not data.num_classes:
