@@ -70,3 +70,25 @@ def test_every_tool_answers_version() -> None:
     for args in (["--version"], ["-m", "fastflow.cli.export", "--version"]):
         r = run_cli(*args)
         assert r.returncode == 0 and fastflow.__version__ in r.stdout and "torch" in r.stdout, r
+
+
+def test_config_show_resolves_every_default_and_the_reference_is_current(tmp_path) -> None:
+    """``fastflow config show``: the preset expanded, the data set's and objective's defaults filled in,
+    overrides applied; ``docs/config.md`` is what ``fastflow config doc`` prints (regenerate it when a
+    schema changes); a bad key is one line, exit 2."""
+    from pathlib import Path
+
+    import yaml
+
+    from fastflow.cli.config import reference
+
+    r = run_cli("config", "show", "digits", "train.steps=7", "model.fused=off")
+    assert r.returncode == 0, r.stderr
+    cfg = yaml.safe_load(r.stdout)
+    assert cfg["train"]["steps"] == 7 and cfg["model"]["arch"] == "unet" and cfg["model"]["channels"] == 16
+    assert cfg["model"]["fused"] == "off" and cfg["data"] == {"name": "digits", "size": 16}
+    assert cfg["objective"]["name"] == "rf" and cfg["objective"]["time"]["kind"] == "uniform"
+    doc = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+    assert doc.read_text() == reference(), "docs/config.md is stale: fastflow config doc > docs/config.md"
+    r = run_cli("config", "show", "digits", "train.stpes=7")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "stpes" in r.stderr, r.stderr

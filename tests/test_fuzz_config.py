@@ -18,7 +18,7 @@ from fastflow.fused import split_spec
 from fastflow.models.mlp import MLPConfig
 from fastflow.models.presets import build_model
 from fastflow.models.unet import UNetConfig
-from fastflow.objectives import _OPTIONS, build_objective
+from fastflow.objectives import OPTIONS, build_objective
 from fastflow.train.config import TrainConfig, load_config
 from tests.fuzz import BOUNDED, cli_outcome, examples, override_texts, schema_keys
 from tests.helpers import TINY_DIGITS
@@ -34,7 +34,7 @@ def _cases() -> list[tuple[list[str], str]]:
     for name in DATASETS:
         params = [p for p in inspect.signature(dataset_class(name).__init__).parameters if p != "self"]
         cases += [([*TINY_DIGITS, f"data.name={name}"], f"data.{p}") for p in params]
-    for name, options in _OPTIONS.items():
+    for name, options in OPTIONS.items():
         cases += [([*TINY_DIGITS, f"objective.name={name}"], f"objective.{k}") for k in options]
     return cases
 
@@ -96,3 +96,17 @@ def test_hostile_yaml_config_files_are_valid_or_one_line(tmp_path_factory, text,
     path = tmp_path_factory.mktemp("yaml") / "c.yaml"
     path.write_bytes(text.encode("utf-8", "surrogateescape") if "\xff" not in text else b"\xff\xfe{")
     cli_outcome(lambda: load_config(path, []), capsys)
+
+
+@examples(60)
+@given(case=st.integers(0, len(CASES) - 1), text=override_texts)
+def test_config_show_of_hostile_values_is_valid_or_one_line(case, text, capsys) -> None:
+    """``fastflow config show`` resolves what ``train`` would: any override ends in YAML or one line."""
+    import argparse
+
+    from fastflow.cli.config import run
+
+    base, key = CASES[case]
+    if key.startswith("objective.teacher") or key.startswith("data."):  # loads checkpoints / walks folders
+        return
+    cli_outcome(lambda: run(argparse.Namespace(config=None, overrides=[*base, f"{key}={text}"])), capsys)

@@ -37,7 +37,7 @@ from fastflow.utils.schema import coerce
 
 _TIME = str | dict
 #: objective name → option → type (checked by :func:`objective_options`)
-_OPTIONS: dict[str, dict[str, Any]] = {
+OPTIONS: dict[str, dict[str, Any]] = {
     "rf": {"time": _TIME, "distance": str, "cond_drop": float},
     "reflow": {"time": _TIME, "distance": str, "cond_drop": float, "anneal": str | float},
     "distill": {"distance": str, "k": int, "eps": float},
@@ -73,13 +73,13 @@ def objective_options(spec: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     time sampler, annealing schedule and distance name validated; nothing is loaded."""
     spec = dict(spec)
     name = spec.pop("name", "rf")
-    if not isinstance(name, str) or name not in _OPTIONS:
-        raise ConfigError(f"unknown objective {name!r}; choose from {sorted(_OPTIONS)}")
-    unknown = set(spec) - set(_OPTIONS[name])
+    if not isinstance(name, str) or name not in OPTIONS:
+        raise ConfigError(f"unknown objective {name!r}; choose from {sorted(OPTIONS)}")
+    unknown = set(spec) - set(OPTIONS[name])
     if unknown:
         raise ConfigError(f"objective {name} has no option(s) {sorted(unknown)}; "
-                          f"it takes {sorted(_OPTIONS[name])}")
-    opts = {k: coerce(v, _OPTIONS[name][k], f"objective.{k}") for k, v in spec.items()}
+                          f"it takes {sorted(OPTIONS[name])}")
+    opts = {k: coerce(v, OPTIONS[name][k], f"objective.{k}") for k, v in spec.items()}
     for k, v in opts.items():
         ok, valid = _RANGES.get(k, (lambda _: True, ""))
         if not ok(v):

@@ -223,4 +223,25 @@ def dump_config(cfg: TrainConfig) -> str:
     return yaml.safe_dump(plain(cfg.to_dict()), sort_keys=False)
 
 
-__all__ = ["LoopConfig", "OptimConfig", "TrainConfig", "apply_override", "dump_config", "load_config"]
+def resolved(cfg: TrainConfig) -> dict[str, Any]:
+    """The whole configuration a run would use, every default filled in: the loop and optimiser
+    sections, the model's architecture (a preset expanded) with its kernel path, the data set's
+    constructor arguments and the objective's settings (``fastflow config show``). Building the
+    objective loads its teacher, if it has one."""
+    from fastflow.data import dataset_settings
+    from fastflow.fused.switch import split_spec
+    from fastflow.models.presets import model_config, resolve_spec
+    from fastflow.objectives import build_objective
+    from fastflow.objectives.base import objective_settings
+
+    spec, fused = split_spec(cfg.model)
+    arch_config = model_config(spec)[1]
+    model = {"arch": resolve_spec(spec)[0], "fused": fused, **dataclasses.asdict(arch_config)}
+    objective = build_objective(cfg.objective, num_classes=int(getattr(arch_config, "num_classes", 0) or 0))
+    out = cfg.to_dict()
+    out.update(model=model, data=dataset_settings(cfg.data),
+               objective={"name": cfg.objective.get("name", "rf"), **objective_settings(objective)})
+    return out
+
+
+__all__ = ["LoopConfig", "OptimConfig", "TrainConfig", "apply_override", "dump_config", "load_config", "resolved"]
