@@ -111,33 +111,21 @@ def seeded_run(out: Path, scale: float, seed: int = 0) -> dict:
             "checks": {"positive": True}, "pid": os.getpid()}
 
 
-def tiny_sd_folder(root: Path, text_dim: int = 32) -> Path:
+def tiny_sd_folder(root: Path) -> Path:
     """A complete tiny SD-1.x-style diffusers folder (UNet, DDIM scheduler, VAE, CLIP tokenizer and
-    text encoder) from tiny configs through :func:`~fastflow.models.diffusers_dir.random_sd_folder`."""
-    from fastflow.models.diffusers_dir import random_sd_folder
+    text encoder): what ``fastflow tiny-sd`` writes (``fastflow/configs/sd-tiny``)."""
+    from fastflow.models.diffusers_dir import TINY_CONFIGS, random_sd_folder
 
-    return random_sd_folder(root, tiny_sd_configs(root.parent / f".{root.name}-configs", text_dim))
+    return random_sd_folder(root, TINY_CONFIGS)
 
 
-def tiny_sd_configs(configs: Path, text_dim: int = 32) -> Path:
-    """Tiny stand-ins of ``fastflow/configs/sd15`` (unet/vae/text_encoder/scheduler JSON) in ``configs``."""
-    import json
+def tiny_sd_configs(configs: Path) -> Path:
+    """A copy of the tiny stand-ins of ``fastflow/configs/sd15`` in ``configs`` (to edit)."""
+    import shutil
 
-    configs.mkdir(parents=True, exist_ok=True)
-    unet = tiny_diffusers_unet(text_dim).config
-    tiny = {
-        "unet": {**dict(unet), "_class_name": "UNet2DConditionModel"},
-        "vae": {"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3, "latent_channels": 4,
-                "down_block_types": ["DownEncoderBlock2D"], "up_block_types": ["UpDecoderBlock2D"],
-                "block_out_channels": [32], "norm_num_groups": 8, "sample_size": 8},
-        "scheduler": {"_class_name": "DDIMScheduler", "beta_schedule": "scaled_linear", "beta_start": 0.00085,
-                      "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": True, "steps_offset": 1},
-        "text_encoder": {"vocab_size": 54, "hidden_size": text_dim, "intermediate_size": 37, "num_hidden_layers": 2,
-                         "num_attention_heads": 4, "max_position_embeddings": 16, "bos_token_id": 0,
-                         "eos_token_id": 1, "pad_token_id": 1},
-    }
-    for name, cfg in tiny.items():
-        (configs / f"{name}.json").write_text(json.dumps(cfg))
+    from fastflow.models.diffusers_dir import TINY_CONFIGS
+
+    shutil.copytree(TINY_CONFIGS, configs, dirs_exist_ok=True)
     return configs
 
 

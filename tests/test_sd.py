@@ -194,3 +194,18 @@ def test_cli_sd_pairs_to_2rf_student_to_samples(sd_dir, tmp_path, capsys) -> Non
     assert main(["pairs", "--sd", str(tmp_path / "missing"), "--prompts", str(table), "--count", "2",
                  "--out", str(tmp_path / "p2")]) == 2
     assert "diffusers weights not found" in capsys.readouterr().err
+
+
+def test_tiny_sd_command_makes_the_sd_path_runnable(tmp_path) -> None:
+    """``fastflow tiny-sd DIR`` writes the folder the tests use (``fastflow/configs/sd-tiny``); prompts and
+    teacher pairs run on it; an existing non-empty target is one line, exit 2."""
+    from fastflow.cli.main import main
+
+    sd = tmp_path / "sd"
+    assert main(["tiny-sd", str(sd)]) == 0
+    assert {p.name for p in sd.iterdir()} >= {"unet", "vae", "text_encoder", "tokenizer", "scheduler"}
+    (tmp_path / "p.txt").write_text("a cat\na red dog\n")
+    assert main(["prompts", str(sd), str(tmp_path / "p.txt"), "--out", str(tmp_path / "t.safetensors")]) == 0
+    assert main(["pairs", "--sd", str(sd), "--prompts", str(tmp_path / "t.safetensors"), "--solver", "euler",
+                 "--steps", "2", "--count", "2", "--out", str(tmp_path / "pairs"), "--quiet"]) == 0
+    assert main(["tiny-sd", str(sd)]) == 2

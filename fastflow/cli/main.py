@@ -7,11 +7,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastflow.cli import bench, checkpoint, config, demo, export, export_diffusers, pairs, prompts, sample, sr, train
+from fastflow.cli import (bench, checkpoint, config, demo, export, export_diffusers, pairs, prompts, sample, sr,
+                          tiny_sd, train)
 from fastflow.cli import eval as eval_
 from fastflow.cli.common import Parser, add_version, run_cli
 
-VERBS = (train, config, sample, pairs, prompts, eval_, sr, bench, export, export_diffusers, checkpoint, demo)
+VERBS = (train, config, sample, pairs, prompts, eval_, sr, bench, export, export_diffusers, checkpoint, tiny_sd, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -137,6 +137,8 @@ def decode_latents(vae: nn.Module, latents: Tensor) -> Tensor:
 
 #: SD-1.5's UNet, VAE, CLIP text encoder and scheduler configs (diffusers/transformers config classes)
 SD15_CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "sd15"
+#: SD-1.x's structure at toy size (8×8 latents, 2-layer text encoder): ``fastflow tiny-sd``
+TINY_CONFIGS = SD15_CONFIGS.with_name("sd-tiny")
 
 
 def _stand_in_tokenizer(out: Path, max_length: int) -> None:
