@@ -76,12 +76,13 @@ def test_hostile_options_are_one_typed_line(tmp_path, bad, word) -> None:
        steps=st.integers(-2, 3), fused=st.sampled_from(["auto", "off", "on", "triton", "cpu", "", "ON"]),
        quantize=st.sampled_from(["", "int8", "x"]), prepack=st.booleans(), pipeline=st.booleans(),
        cfg=st.floats(allow_nan=True, allow_infinity=True, width=32), calibrate=st.integers(-1, 4),
-       velocity=st.booleans())
+       velocity=st.booleans(), external=st.booleans())
 def test_options_construct_or_refuse_in_one_typed_line(fmt, dtype, steps, fused, quantize, prepack, pipeline, cfg,
-                                                        calibrate, velocity) -> None:
+                                                        calibrate, velocity, external) -> None:
     try:
         o = ExportOptions(format=fmt, output=Path("g"), dtype=dtype, steps=steps, fused=fused, quantize=quantize,
-                          prepack=prepack, pipeline=pipeline, cfg=cfg, calibrate=calibrate, velocity=velocity)
+                          prepack=prepack, pipeline=pipeline, cfg=cfg, calibrate=calibrate, velocity=velocity,
+                          external_data=external)
     except FastflowError as e:
         assert "\n" not in str(e)
         return

@@ -89,3 +89,29 @@ def test_oftsr_student_super_resolves_an_image(tmp_path) -> None:
     torch.testing.assert_close(out.images, want)
     with pytest.raises(ConfigError, match="tau"):
         pipe(image=lr, tau=2.0)
+
+
+def test_hostile_call_arguments_are_one_typed_line(tmp_path) -> None:
+    """Any mix of n, steps, label, prompt, cfg, tau and output_type: images, or one FastflowError line."""
+    from hypothesis import given, settings, strategies as st
+
+    from fastflow.errors import FastflowError
+
+    path, _ = _ckpt(tmp_path, "c", num_classes=3)
+    pipe = FlowPipeline.from_pretrained(path, fused="off")
+    junk = st.one_of(st.none(), st.integers(-3, 5), st.lists(st.integers(-1, 3), max_size=4), st.text(max_size=3),
+                     st.floats(allow_nan=True))
+
+    @settings(max_examples=60, deadline=None, derandomize=True)
+    @given(n=st.integers(-1, 3), steps=st.integers(-1, 3), label=junk, prompt=junk, cfg=st.floats(0, 3),
+           output_type=st.sampled_from(["pil", "np", "pt", "latent", "gif", ""]), solver=st.sampled_from(
+               [None, "euler", "heun", "rk45", "one_step", "magic"]))
+    def prop(n, steps, label, prompt, cfg, output_type, solver) -> None:
+        try:
+            out = pipe(n=n, steps=steps, label=label, prompt=prompt, cfg=cfg, output_type=output_type, solver=solver)
+        except FastflowError as e:
+            assert "\n" not in str(e)
+            return
+        assert len(out.images) == n
+
+    prop()
