@@ -218,3 +218,21 @@ def test_lpips_path_with_random_backbone() -> None:
     loss, _ = obj(model, batch, 0)
     loss.backward()
     assert all(p.grad is not None for p in model.conv_out.parameters())
+
+
+def test_every_objective_declares_its_preview_steps(tmp_path) -> None:
+    """Training previews sample as the trained model is meant to: one-step students at one step, k-step
+    distillation at k, flows at ``train.sample_steps`` (None); the grid carries its solver as a caption."""
+    from PIL import Image
+
+    from fastflow.objectives import OPTIONS
+    from fastflow.utils.images import save_samples
+
+    want = {"rf": None, "reflow": None, "sr": None, "distill": 2, "meanflow": 1}
+    for name in OPTIONS:
+        if name in want:
+            spec = {"name": name, **({"k": 2} if name == "distill" else {})}
+            assert build_objective(spec).preview_steps == want[name], name
+    x = torch.rand(4, 1, 16, 16) * 2 - 1
+    plain, captioned = save_samples(x, tmp_path / "a.png"), save_samples(x, tmp_path / "b.png", title="Euler 1")
+    assert Image.open(captioned).size[1] == Image.open(plain).size[1] + 16

@@ -13,6 +13,10 @@ from fastflow.data.base import Batch
 
 
 class Objective(Protocol):
+    #: the steps a model trained by this objective samples with (its training previews): 1 for one-step
+    #: students, k for k-step distillation; None: a flow, previewed at ``train.sample_steps``
+    preview_steps: int | None
+
     def __call__(self, model: nn.Module, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         ...
 

@@ -31,6 +31,11 @@ def on_grid_state(z: Tensor, x1: Tensor, t: Tensor, eps: float) -> Tensor:
 class Distill:
     distance: Distance = l2
     k: int = 1
+
+    @property
+    def preview_steps(self) -> int:
+        """A k-step student is previewed at its k steps."""
+        return self.k
     eps: float = DEFAULT_EPS
     num_classes: int = 0
 

@@ -88,6 +88,7 @@ def joint_jvp_works(model: nn.Module) -> bool:
 
 @dataclass
 class MeanFlow:
+    preview_steps: ClassVar[int | None] = 1  # one average-velocity step
     """The MeanFlow objective (module docstring). Needs a two-time model (``model.times: 2``)."""
 
     model_times: ClassVar[int] = 2

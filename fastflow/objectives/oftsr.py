@@ -24,6 +24,7 @@ with :math:`t \sim U(t_\min, t_\max - \Delta)`, :math:`t_\min = 0.01`, :math:`t_
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -62,6 +63,7 @@ class SRFlow(RectifiedFlow):
 
 @dataclass
 class OFTSRDistill:
+    preview_steps: ClassVar[int | None] = None  # previewed through sample_inputs at train.sample_steps
     teacher: nn.Module = field(default=None)  # type: ignore[assignment]
     sigma_p: float = DEFAULT_SIGMA_P
     distance: Distance = l2

@@ -10,6 +10,7 @@ Reflow and Annealing Reflow (``reflow.py``) differ only in where ``z`` comes fro
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +25,7 @@ from fastflow.objectives.distances import Distance, l2
 
 @dataclass
 class RectifiedFlow:
+    preview_steps: ClassVar[int | None] = None  # a flow: previewed at train.sample_steps
     """1-RF on data batches. Labels are passed to class-conditional models (``num_classes``),
     dropped to the null label with probability ``cond_drop``."""
 

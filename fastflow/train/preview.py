@@ -23,7 +23,7 @@ class PreviewGrids:
     def __init__(self, cfg: TrainConfig, model: nn.Module, data: Dataset, objective: Any,
                  device: torch.device) -> None:
         n = cfg.train.sample_n
-        self.steps = cfg.train.sample_steps
+        self.steps = objective.preview_steps or cfg.train.sample_steps  # a one-step student at one step
         self.z: Tensor | None = None
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
@@ -43,7 +43,7 @@ class PreviewGrids:
             return
         x = viewable(model, generate(model, self.z, "euler", self.steps, cond=self.cond).x)
         if save:
-            save_samples(x, path, self.reference, title=f"step {step}, Euler {self.steps}")
+            save_samples(x, path, self.reference, title=f"step {step}, Euler {self.steps} (NFE {self.steps})")
 
 
 def data_is_points(data: Dataset) -> bool:

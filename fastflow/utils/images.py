@@ -21,8 +21,9 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, pad: int = 1,
-              upscale: int = 1) -> Path:
-    """Tile a batch of images into one PNG (``upscale`` enlarges small images, nearest)."""
+              upscale: int = 1, caption: str = "") -> Path:
+    """Tile a batch of images into one PNG (``upscale`` enlarges small images, nearest; ``caption``: a
+    line of text in a white band above the grid)."""
     imgs = to_uint8(x)
     b, h, w, c = imgs.shape
     nrow = nrow or math.ceil(math.sqrt(b))
@@ -34,8 +35,22 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, pad: i
     img = Image.fromarray(grid[:, :, 0] if c == 1 else grid)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.Resampling.NEAREST)
+    if caption:
+        img = _captioned(img, caption)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
     return Path(path)
+
+
+def _captioned(img: Image.Image, caption: str) -> Image.Image:
+    """``img`` below a white band holding ``caption`` (PIL's built-in font: nothing to install)."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width = max(img.width, int(ImageDraw.Draw(img).textlength(caption, font=font)) + 8)
+    out = Image.new(img.mode, (width, img.height + 16), 255 if img.mode == "L" else (255, 255, 255))
+    out.paste(img, (0, 16))
+    ImageDraw.Draw(out).text((4, 2), caption, fill=0 if img.mode == "L" else (0, 0, 0), font=font)
+    return out
 
 
 def save_image(x: torch.Tensor, path: str | Path) -> Path:
@@ -79,7 +94,7 @@ def save_samples(x: torch.Tensor, path: str | Path, reference: torch.Tensor | No
                  title: str = "") -> Path:
     """Images ``[B, C, H, W]`` → grid PNG; points ``[B, 2]`` → scatter PNG."""
     if x.dim() == 4:
-        return save_grid(x, path, upscale=max(1, 64 // x.shape[-1]))
+        return save_grid(x, path, upscale=max(1, 64 // x.shape[-1]), caption=title)
     if x.dim() == 2 and x.shape[1] == 2:
         return save_scatter(x, path, reference, title)
     raise ShapeError(f"cannot draw samples of shape {tuple(x.shape)}")
