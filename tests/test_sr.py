@@ -151,6 +151,9 @@ def test_sr_teacher_and_oftsr_student_train_through_the_loop(tmp_path) -> None:
     student = train(load_config(None, [*common, f"out_dir={tmp_path / 'student'}",
                                        f"objective={{name: oftsr, teacher: '{teacher}'}}"]))
     assert latest_checkpoint(student).name == "step-00000003"
+    from fastflow.objectives.oftsr import OFTSRDistill  # the student is previewed at its one-step map
+
+    assert (student / "samples" / "step-00000003.png").is_file() and OFTSRDistill.preview_steps == 1
 
 
 def test_sr_cli_and_tau_sweep_eval(tmp_path) -> None:
@@ -191,6 +194,10 @@ def test_sr_cli_and_tau_sweep_eval(tmp_path) -> None:
     rows = json.loads((tmp_path / "e.json").read_text())["rows"]
     assert [r["tau"] for r in rows] == [None, 0.1, 0.9, None] and all("psnr" in r for r in rows)
     assert (tmp_path / "e.png").is_file() and (tmp_path / "e-samples.png").is_file()
+    from PIL import Image
+
+    strip = Image.open(tmp_path / "e-samples.png")  # rows lq, tau=0.1, tau=0.9, teacher, hr, labelled on the left
+    assert strip.size[1] == 5 * (16 + 1) * 4 + 4 and strip.size[0] > 8 * 17 * 4 + 4
 
 
 @pytest.mark.slow  # ~4.5 min on 2 cores: make test-all

@@ -12,6 +12,7 @@ import argparse
 import errno
 import logging
 import math
+import os
 import sys
 import warnings
 from collections.abc import Callable
@@ -183,13 +184,21 @@ def add_threads(p: argparse.ArgumentParser) -> None:
 
 
 #: upstream messages a user can do nothing about, kept out of the CLI's output: (logger, level)
-QUIET_LOGGERS = (("torch.onnx._internal.exporter._registration", logging.ERROR),)  # "torchvision is not installed"
+QUIET_LOGGERS = (("torch.onnx._internal.exporter._registration", logging.ERROR),  # "torchvision is not installed"
+                 ("torchao", logging.ERROR),  # "Failed to load …/_C_*.so" (torchao's CUDA extensions on a CPU torch)
+                 ("torch.utils._pytree", logging.ERROR))  # torchao's register_constant() deprecation
+#: upstream verbosity variables the CLI sets when the user has not: diffusers' and transformers' warnings
+#: ("Unable to import `torchao` Tensor objects") and their weight loading/saving bars
+QUIET_ENV = (("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
 #: (category, message regex) of upstream warnings the CLI does not show
 QUIET_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
 
 
 def quiet_upstream() -> None:
-    """Silence :data:`QUIET_LOGGERS` and :data:`QUIET_WARNINGS` (the CLI only: library users keep them)."""
+    """Silence :data:`QUIET_LOGGERS`, :data:`QUIET_ENV` and :data:`QUIET_WARNINGS` (the CLI only: library
+    users keep them; a variable the user set wins)."""
+    for name, value in QUIET_ENV:
+        os.environ.setdefault(name, value)
     for name, level in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(level)
     for category, message in QUIET_WARNINGS:

@@ -70,8 +70,9 @@ def _eval_sr(args: argparse.Namespace, record: Any, model: torch.nn.Module, out:
     print(format_table(rows, ["method", "tau", "NFE", "psnr", "ssim", "hf_ratio"]))
     atomic_write_json(out, {"checkpoint": str(record.path), "rows": rows})
     save_sweep_plot(rows, str(out.with_suffix(".png")))
-    strip = torch.cat([x[:8].cpu() for x in samples.values()])
-    save_grid(strip, out.with_name(out.stem + "-samples.png"), nrow=8, upscale=4)
+    k = min(8, args.n)  # one row per method, at most 8 images each
+    strip = torch.cat([x[:k].cpu() for x in samples.values()])
+    save_grid(strip, out.with_name(out.stem + "-samples.png"), nrow=k, upscale=4, row_labels=list(samples))
     print(f"wrote {out}, {out.with_suffix('.png')}, {out.with_name(out.stem + '-samples.png')} "
           f"(rows: {', '.join(samples)})")
     return 0

@@ -123,9 +123,7 @@ def round_trip(folder: str | Path, model: nn.Module, n: int = 2, seed: int = 0, 
     if cfg_scale != 1.0 and (cfg_scale < 1.0 or pipeline != "StableDiffusionPipeline"):
         raise ConfigError(f"--cfg {cfg_scale:g}: diffusers applies classifier-free guidance only above 1 and only in "
                           "text pipelines; compare at 1 (no guidance) or a scale > 1 with a text model")
-    pipe = diffusers_module().DiffusionPipeline.from_pretrained(folder, local_files_only=True,
-                                                                torch_dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = _quiet_load(folder)
     r = model.config.resolution
     z = torch.randn(n, model.config.in_channels, r, r, generator=torch.Generator().manual_seed(seed))
     if pipeline == "StableDiffusionPipeline":
@@ -143,3 +141,17 @@ def round_trip(folder: str | Path, model: nn.Module, n: int = 2, seed: int = 0, 
     return {"pipeline": pipeline, "compared": "latents" if pipeline == "StableDiffusionPipeline" else "images",
             "samples": n, "steps": steps, "cfg_scale": cfg_scale, "max_abs_err": float(err.max()),
             "mean_abs_err": float(err.mean())}
+
+
+def _quiet_load(folder: str | Path) -> Any:
+    """``DiffusionPipeline.from_pretrained(folder)`` (float32, as saved) without its loading bar."""
+    dlog = diffusers_module().utils.logging
+    was_on = dlog.is_progress_bar_enabled()
+    dlog.disable_progress_bar()
+    try:
+        pipe = diffusers_module().DiffusionPipeline.from_pretrained(folder, local_files_only=True)
+    finally:
+        if was_on:
+            dlog.enable_progress_bar()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

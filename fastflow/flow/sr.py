@@ -32,6 +32,10 @@ def sr_one_step(model: Callable[..., Tensor], lq: Tensor, tau: float | Tensor, s
                 noise: Tensor | None = None) -> Tensor:
     """The student's one-step output at knob ``τ`` (a float or a ``[B]`` tensor):
     ``x̂(τ) = x0 + u_θ(x0, τ | lq)``."""
-    x0 = sr_start(lq, sigma_p, noise)
+    return sr_map(model, sr_start(lq, sigma_p, noise), lq, tau)
+
+
+def sr_map(model: Callable[..., Tensor], x0: Tensor, lq: Tensor, tau: float | Tensor) -> Tensor:
+    """The one-step map from a given start ``x0``: ``x0 + u_θ(x0, τ | lq)``."""
     t = tau if isinstance(tau, Tensor) else torch.full((lq.shape[0],), float(tau), device=lq.device)
     return x0 + model(x0, t, {"image": lq})

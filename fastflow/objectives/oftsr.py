@@ -33,7 +33,7 @@ from fastflow.data.base import Batch
 from fastflow.errors import DataError
 from fastflow.flow.guidance import Cond
 from fastflow.flow.path import expand_t, predict_x1
-from fastflow.flow.sr import DEFAULT_SIGMA_P, sr_start
+from fastflow.flow.sr import DEFAULT_SIGMA_P, sr_map, sr_start
 from fastflow.objectives.distances import Distance, l2
 from fastflow.objectives.rf import RectifiedFlow
 
@@ -63,7 +63,8 @@ class SRFlow(RectifiedFlow):
 
 @dataclass
 class OFTSRDistill:
-    preview_steps: ClassVar[int | None] = None  # previewed through sample_inputs at train.sample_steps
+    preview_steps: ClassVar[int | None] = 1  # a one-step student, previewed by :meth:`preview`
+    preview_tau: ClassVar[float] = 0.5  # the knob of training previews (``fastflow sr``'s default)
     teacher: nn.Module = field(default=None)  # type: ignore[assignment]
     sigma_p: float = DEFAULT_SIGMA_P
     distance: Distance = l2
@@ -71,6 +72,15 @@ class OFTSRDistill:
     t_min: float = 0.01
     t_max: float = 0.99
     weights: tuple[float, float, float] = (1.0, 0.1, 0.01)  # distill, boundary, align
+
+    def sample_inputs(self, batch: Batch) -> tuple[Tensor, Cond]:
+        """Start states and conditions for preview grids of the student."""
+        lq = _lq(batch)
+        return sr_start(lq, self.sigma_p), {"image": lq}
+
+    def preview(self, model: nn.Module, x0: Tensor, cond: Cond) -> tuple[Tensor, str]:
+        """The student's one-step output at :attr:`preview_tau` from the preview starts, and its caption."""
+        return sr_map(model, x0, cond["image"], self.preview_tau), f"one step at τ = {self.preview_tau:g} (NFE 1)"
 
     def teacher_v(self, x: Tensor, t: Tensor, lq: Tensor) -> Tensor:
         return self.teacher(x, t, {"image": lq})

@@ -25,6 +25,7 @@ class PreviewGrids:
         n = cfg.train.sample_n
         self.steps = objective.preview_steps or cfg.train.sample_steps  # a one-step student at one step
         self.z: Tensor | None = None
+        self.preview = getattr(objective, "preview", None)
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
             make = getattr(objective, "sample_inputs", None)
@@ -41,9 +42,13 @@ class PreviewGrids:
         """Sample and (when ``save``) write the grid; under FSDP2 every rank samples, rank 0 saves."""
         if self.z is None:  # the objective defines no preview for an image-conditioned model
             return
-        x = viewable(model, generate(model, self.z, "euler", self.steps, cond=self.cond).x)
+        if self.preview is not None:  # the objective's own sampler (e.g. OFTSR's one-step map at a knob)
+            x, how = self.preview(model, self.z, self.cond)
+        else:
+            x, how = generate(model, self.z, "euler", self.steps, cond=self.cond).x, \
+                f"Euler {self.steps} (NFE {self.steps})"
         if save:
-            save_samples(x, path, self.reference, title=f"step {step}, Euler {self.steps} (NFE {self.steps})")
+            save_samples(viewable(model, x), path, self.reference, title=f"step {step}, {how}")
 
 
 def data_is_points(data: Dataset) -> bool:

@@ -21,9 +21,10 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, pad: int = 1,
-              upscale: int = 1, caption: str = "") -> Path:
+              upscale: int = 1, caption: str = "", row_labels: list[str] | None = None) -> Path:
     """Tile a batch of images into one PNG (``upscale`` enlarges small images, nearest; ``caption``: a
-    line of text in a white band above the grid)."""
+    line of text in a white band above the grid; ``row_labels``: one name per row, in a white column
+    to its left)."""
     imgs = to_uint8(x)
     b, h, w, c = imgs.shape
     nrow = nrow or math.ceil(math.sqrt(b))
@@ -35,10 +36,28 @@ def save_grid(x: torch.Tensor, path: str | Path, nrow: int | None = None, pad: i
     img = Image.fromarray(grid[:, :, 0] if c == 1 else grid)
     if upscale > 1:
         img = img.resize((img.width * upscale, img.height * upscale), Image.Resampling.NEAREST)
+    if row_labels:
+        if len(row_labels) != ncol:
+            raise ShapeError(f"{len(row_labels)} row labels for a grid of {ncol} rows")
+        img = _labelled(img, row_labels, [(pad + r * (h + pad)) * upscale + h * upscale // 2 for r in range(ncol)])
     if caption:
         img = _captioned(img, caption)
     atomic_write(path, lambda tmp: img.save(tmp, format="PNG"))
     return Path(path)
+
+
+def _labelled(img: Image.Image, labels: list[str], centres: list[int]) -> Image.Image:
+    """``img`` right of a white column holding ``labels[i]`` centred at height ``centres[i]``."""
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default()
+    width = max(int(ImageDraw.Draw(img).textlength(t, font=font)) for t in labels) + 8
+    out = Image.new(img.mode, (img.width + width, img.height), 255 if img.mode == "L" else (255, 255, 255))
+    out.paste(img, (width, 0))
+    draw = ImageDraw.Draw(out)
+    for text, y in zip(labels, centres):
+        draw.text((4, y - 5), text, fill=0 if img.mode == "L" else (0, 0, 0), font=font)
+    return out
 
 
 def _captioned(img: Image.Image, caption: str) -> Image.Image:
@@ -90,11 +109,17 @@ def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     return Path(path)
 
 
+def display_upscale(width: int) -> int:
+    """How much a grid of ``width``-pixel images is enlarged (nearest) to be seen: to about 64 pixels
+    (``fastflow-run --png`` enlarges the same way)."""
+    return max(1, 64 // width)
+
+
 def save_samples(x: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
                  title: str = "") -> Path:
     """Images ``[B, C, H, W]`` → grid PNG; points ``[B, 2]`` → scatter PNG."""
     if x.dim() == 4:
-        return save_grid(x, path, upscale=max(1, 64 // x.shape[-1]), caption=title)
+        return save_grid(x, path, upscale=display_upscale(x.shape[-1]), caption=title)
     if x.dim() == 2 and x.shape[1] == 2:
         return save_scatter(x, path, reference, title)
     raise ShapeError(f"cannot draw samples of shape {tuple(x.shape)}")

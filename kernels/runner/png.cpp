@@ -79,15 +79,18 @@ void write_png_grid(const std::string& path, const at::Tensor& images) {
       std::copy(line, line + w * c, dst);
     }
   }
+  // Enlarged like fastflow.utils.images.save_samples: nearest, by max(1, 64 / W).
+  const int64_t s = std::max<int64_t>(1, 64 / w), sw = gw * s;
   std::vector<uint8_t> raw;
-  raw.reserve(static_cast<std::size_t>(gh * (gw * c + 1)));
-  for (int64_t y = 0; y < gh; ++y) {
+  raw.reserve(static_cast<std::size_t>(gh * s * (sw * c + 1)));
+  for (int64_t y = 0; y < gh * s; ++y) {
     raw.push_back(0);  // filter: none
-    raw.insert(raw.end(), grid.begin() + y * gw * c, grid.begin() + (y + 1) * gw * c);
+    const uint8_t* line = grid.data() + (y / s) * gw * c;
+    for (int64_t x = 0; x < sw; ++x) raw.insert(raw.end(), line + (x / s) * c, line + (x / s + 1) * c);
   }
   std::vector<uint8_t> ihdr;
-  put32(ihdr, static_cast<uint32_t>(gw));
-  put32(ihdr, static_cast<uint32_t>(gh));
+  put32(ihdr, static_cast<uint32_t>(sw));
+  put32(ihdr, static_cast<uint32_t>(gh * s));
   ihdr.insert(ihdr.end(), {8, static_cast<uint8_t>(c == 1 ? 0 : 2), 0, 0, 0});
   std::string f("\x89PNG\r\n\x1a\n", 8);
   chunk(f, "IHDR", ihdr);

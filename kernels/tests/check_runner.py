@@ -21,7 +21,7 @@ from PIL import Image
 from fastflow.export.formats import load_pt2
 from fastflow.export.generator import Generator, SRGenerator
 from fastflow.models import load_model
-from fastflow.utils.images import save_grid
+from fastflow.utils.images import display_upscale, save_grid
 
 GOOD = {  # case: (package, runner args); the Python inputs are rebuilt from the args
     "uncond-batch1": ("uncond", ["--seed", "3", "--batch", "1"]),
@@ -170,8 +170,8 @@ def good(runner: str, fx: Path, case: str, tmp: Path) -> None:
         err = float((got - eager).abs().max())
         assert err <= 1e-5, f"C++ vs eager max |Δ| {err:.3g} > 1e-5"
         print(f"{case}: C++ == Python AOTI bit for bit, eager max |Δ| {err:.2g}, shape {tuple(got.shape)}")
-    if "--png" in args:  # the grid is the one fastflow.utils.images.save_grid makes
-        save_grid(got, tmp / "py.png")
+    if "--png" in args:  # the grid is the one fastflow.utils.images.save_grid makes, enlarged the same way
+        save_grid(got, tmp / "py.png", upscale=display_upscale(got.shape[-1]))
         a, b = np.asarray(Image.open(tmp / "grid.png")), np.asarray(Image.open(tmp / "py.png"))
         assert a.shape == b.shape and (a == b).all(), "PNG grid differs from save_grid's"
     if "--timing-json" in args:
