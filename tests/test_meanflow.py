@@ -130,6 +130,51 @@ def test_class_conditional_guidance_is_folded_into_the_target() -> None:
     assert torch.allclose(mixed, torch.where(keep, 2.0 * v - v_null, v), atol=1e-6)
 
 
+@pytest.mark.parametrize("kappa", [0.0, 0.5])
+def test_cfg_target_ignores_dropout_and_is_the_authors_formula(kappa) -> None:
+    """With dropout 0.1 in train mode, the guided velocity is the authors' ``ω·v + κ·u(·|c) + (1 − ω − κ)·u(·|∅)``
+    with their ``train=False`` velocities: two computations equal, equal to a float64 reimplementation in the
+    authors' time (t' = 1 − s, interval [t_start, t_end]), and every submodule left in its own mode."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model({"preset": "tiny", "in_channels": 1, "resolution": 8, "times": 2, "num_classes": 3,
+                         "dropout": 0.1}).train()
+    with torch.no_grad():  # a zero-initialised output layer would make every velocity 0
+        model.conv_out.weight.normal_(std=0.3)
+    model.time_mlp.eval()  # a submodule in its own mode stays so
+    x_s, v = torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8)
+    s = torch.tensor([0.05, 0.2, 0.4, 0.5, 0.6, 0.8, 0.9, 0.3])
+    label = torch.tensor([0, 1, 2, 3, 0, 1, 3, 2])  # 3: dropped
+    obj = MeanFlow(num_classes=3, cfg_scale=1.5, kappa=kappa, cfg_interval=(0.1, 0.85))
+    got, again = obj.guided_velocity(model, x_s, s, v, label), obj.guided_velocity(model, x_s, s, v, label)
+    assert torch.equal(got, again)
+    assert model.training and not model.time_mlp.training and model.conv_in.training
+
+    ref = copy.deepcopy(model).double().eval()
+    with torch.no_grad():
+        u = lambda y: ref(x_s.double(), s.double(), y, t_end=s.double())  # noqa: E731
+        v_uncond, v_cond = u(torch.full_like(label, 3)), u(label)
+    t_theirs = 1.0 - s.double()
+    inside = ((t_theirs >= 1 - 0.85) & (t_theirs <= 1 - 0.1))[:, None, None, None]
+    omega = torch.where(inside, 1.5, 1.0).double()
+    kap = torch.where(inside, kappa, 0.0).double()
+    guided = omega * v.double() + (1 - omega - kap) * v_uncond + kap * v_cond
+    want = torch.where((label != 3)[:, None, None, None], guided, v.double())
+    assert torch.allclose(got.double(), want, atol=1e-5, rtol=1e-5), (got.double() - want).abs().max()
+    with_dropout = model(x_s, s, torch.full_like(label, 3), t_end=s)  # train mode does draw dropout here
+    assert not torch.equal(with_dropout, model(x_s, s, torch.full_like(label, 3), t_end=s))
+
+
+def test_meanflow_guidance_options_are_checked() -> None:
+    obj = build_objective({"name": "meanflow", "kappa": 0.5, "cfg_interval": [0.0, 0.7], "cfg_scale": 1.0})
+    assert obj.kappa == 0.5 and obj.cfg_interval == (0.0, 0.7)
+    for bad, match in (({"kappa": 1.0}, "kappa must be in"), ({"cfg_interval": [0.8, 0.2]}, "cfg_interval"),
+                       ({"cfg_interval": [0.0]}, "cfg_interval")):
+        with pytest.raises(ConfigError, match=match):
+            build_objective({"name": "meanflow", **bad})
+
+
 def test_two_time_models_sample_and_one_time_checkpoints_load_as_before(tmp_path) -> None:
     torch.manual_seed(0)
     two = build_model({"preset": "tiny", "in_channels": 1, "resolution": 8, "times": 2}).eval()

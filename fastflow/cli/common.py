@@ -30,12 +30,22 @@ _PATH_ERRNOS = {errno.ENOENT, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EI
                 errno.ENOSPC, errno.EDQUOT, errno.EEXIST, errno.ENAMETOOLONG, errno.EXDEV, errno.EBUSY, errno.EIO}
 
 
+class _Defaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``, unless its help already says it or it is a plain switch."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if "default" in text or (action.nargs == 0 and action.default in (False, None)):
+            return text
+        return super()._get_help_string(action)
+
+
 class Parser(argparse.ArgumentParser):
     """``argparse`` with one-line errors (``PROG: error: …``, exit 2) instead of usage + error, and
     every option's default in ``--help``."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+        kwargs.setdefault("formatter_class", _Defaults)
         super().__init__(*args, **kwargs)
 
     def error(self, message: str) -> None:  # type: ignore[override]

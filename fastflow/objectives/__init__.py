@@ -47,7 +47,7 @@ OPTIONS: dict[str, dict[str, Any]] = {
     "oftsr": {"distance": str, "teacher": str, "teacher_weights": str, "sigma_p": float, "delta": float,
               "t_min": float, "t_max": float, "weights": tuple[float, float, float]},
     "meanflow": {"time": _TIME, "ratio": float, "weight_p": float, "weight_c": float, "cond_drop": float,
-                 "cfg_scale": float},
+                 "cfg_scale": float, "kappa": float, "cfg_interval": tuple[float, float]},
 }
 #: option → (valid?, what valid means)
 _RANGES: dict[str, tuple[Any, str]] = {
@@ -65,6 +65,8 @@ _RANGES: dict[str, tuple[Any, str]] = {
     "ratio": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
     "weight_p": (lambda v: v >= 0.0, ">= 0"),
     "weight_c": (lambda v: v > 0.0, "> 0"),
+    "kappa": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "cfg_interval": (lambda v: 0.0 <= v[0] <= v[1] <= 1.0, "[lo, hi] with 0 <= lo <= hi <= 1"),
 }
 
 
@@ -110,7 +112,8 @@ def build_objective(spec: dict[str, Any], num_classes: int = 0,
     if name == "meanflow":
         return MeanFlow(time=o.get("time", DEFAULT_TIME), ratio=o.get("ratio", 0.25), weight_p=o.get("weight_p", 1.0),
                         weight_c=o.get("weight_c", 1e-3), num_classes=num_classes, cond_drop=o.get("cond_drop", 0.0),
-                        cfg_scale=o.get("cfg_scale", 1.0))
+                        cfg_scale=o.get("cfg_scale", 1.0), kappa=o.get("kappa", 0.0),
+                        cfg_interval=o.get("cfg_interval", (0.0, 1.0)))
     if name == "sr":
         return SRFlow(time=o.get("time", build_time_sampler("uniform")), distance=distance,
                       sigma_p=o.get("sigma_p", DEFAULT_SIGMA_P))

@@ -4,6 +4,8 @@ detached scalar tensors (no host sync per step; the loop averages them at log ti
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Protocol
 
 import torch
@@ -35,6 +37,19 @@ def objective_settings(objective: Any) -> dict[str, Any]:
         return v if v is None or isinstance(v, (bool, int, float, str)) else repr(v)
 
     return {"objective": type(objective).__name__, **plain(objective)}
+
+
+@contextmanager
+def evaluation_mode(model: nn.Module) -> Iterator[None]:
+    """``model`` in evaluation mode (no dropout; every stochastic layer deterministic) for the ``with``
+    body, each submodule's own mode restored after it."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
 
 
 def drop_labels(label: Tensor | None, num_classes: int, p: float) -> Tensor | None:
