@@ -122,6 +122,8 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("sr-grid-is-the-output", [*SR_RUN, "--grid", "{s}/new/sr.png"], "names the same file"),
     ("tiny-sd-into-a-file", ["tiny-sd", "{s}/nan.npz"], "not an empty directory"),
     ("tiny-sd-negative-seed", ["tiny-sd", "{s}/new/sd", "--seed", "-1"], "--seed"),
+    ("checkpoint-info-missing", ["checkpoint", "info", "{s}/missing"], "missing"),
+    ("checkpoint-info-flipped-config", ["checkpoint", "info", "{s}/nan.npz", "--verify"], "nan.npz"),
     ("config-show-unknown-key", ["config", "show", "digits", "train.stepz=1"], "stepz"),
     ("config-show-missing-file", ["config", "show", "{s}/nope.yaml"], "nope.yaml"),
     ("export-velocity-of-a-class-model-steps", ["export", *EXPORT, "--velocity", "--steps", "2"], "--velocity"),

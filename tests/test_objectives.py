@@ -167,17 +167,24 @@ def toy_pairs(tmp_path_factory):
         torch.nn.init.normal_(p, std=0.3)
     generate_pairs(FlowTeacher(teacher, solver="euler", steps=8), root, n=512, sample_shape=(2,),
                    shard_size=256, progress=False)
-    return PairDataset(str(root)), teacher
+    from fastflow.models import save_model
+
+    return PairDataset(str(root)), str(save_model(tmp_path_factory.mktemp("teacher"), teacher))
 
 
 @pytest.mark.parametrize("spec", [{"name": "reflow"}, {"name": "reflow", "anneal": "linear_100"},
                                   {"name": "distill"}, {"name": "distill", "k": 2},
                                   {"name": "fgd"}, {"name": "fgd", "strict": True, "distance": "pseudo_huber"}])
 def test_objectives_decrease_their_loss(toy_pairs, spec) -> None:
+    """Each case is built from its config as a user's would be (FGD's teacher from its checkpoint), and
+    computes with what its id names (the objective's settings say so) before it trains."""
+    from fastflow.objectives.base import objective_settings
+
     data, teacher = toy_pairs
     torch.manual_seed(0)
-    obj = build_objective(spec) if spec["name"] != "fgd" else FlowGuidedDistill(
-        teacher=teacher, strict=spec.get("strict", False))
+    obj = build_objective({**spec, "teacher": teacher} if spec["name"] == "fgd" else spec)
+    settings = objective_settings(obj)
+    assert settings["distance"] == spec.get("distance", "l2") and settings.get("strict", False) == spec.get("strict", False)
     losses = fit(obj, build_model({"preset": "toy2d", "hidden": 64}), BatchStream(data, 128), 200)
     assert sum(losses[-20:]) < 0.6 * sum(losses[:20]), (losses[:3], losses[-3:])
 

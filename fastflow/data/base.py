@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dataclasses import dataclass
 
 import torch
@@ -40,6 +42,11 @@ class Dataset:
     @property
     def sample_shape(self) -> tuple[int, ...]:
         return tuple(self.get(torch.zeros(1, dtype=torch.long)).x.shape[1:])
+
+    def provenance(self) -> dict[str, Any] | None:
+        """What these data are, by content, for a student's lineage (``fastflow checkpoint info``);
+        None for data built in or generated from the config (the config names them)."""
+        return None
 
 
 class ArrayDataset(Dataset):

@@ -8,12 +8,14 @@ sequential read of the pairs); shards written before digests load with a one-tim
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import logging
 import re
 import struct
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -79,6 +81,16 @@ def _check_manifest(root: Path, m: object) -> list[str]:
 def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
     """Map every tensor of a safetensors file (bf16 is not mappable by numpy: store F32/F16),
     checked against the ``sha256`` of its metadata."""
+    return _mapped(path)[0]
+
+
+def shard_digest(path: Path) -> str | None:
+    """The SHA-256 of a shard's tensors, checked against the file's content (None: a shard written
+    before digests); a modified file is a :class:`DataError`."""
+    return _mapped(path)[1]
+
+
+def _mapped(path: Path) -> tuple[dict[str, np.memmap], str | None]:
     try:
         with open(path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
@@ -110,14 +122,20 @@ def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
             log.warning("%s: shards written before SHA-256 digests; their data cannot be verified", path.parent)
     elif tensors_digest(out) != want:
         raise DataError(f"{path}: SHA-256 mismatch with the shard's metadata (corrupted or modified file)")
-    return out
+    return out, want
+
+
+def pairs_identity(settings: dict[str, Any], digests: dict[str, str | None]) -> str:
+    """One SHA-256 naming a set of pairs: its generation settings and every shard's digest."""
+    text = json.dumps(settings, sort_keys=True) + "".join(f"\n{k}:{v}" for k, v in sorted(digests.items()))
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 class PairDataset(Dataset):
     """Pairs ``(z, x)`` (+ labels) from ``fastflow pairs``; ``get`` returns ``Batch(x, label, z)``."""
 
     def __init__(self, root: str) -> None:
-        r = Path(root)
+        self.root = r = Path(root)
         mpath = r / MANIFEST
         if not mpath.is_file():
             raise DataError(f"{root}: no {MANIFEST} (generate pairs with `fastflow pairs`)")
@@ -126,7 +144,10 @@ class PairDataset(Dataset):
         missing = [s for s in names if not (r / s).is_file() or (r / s).is_symlink()]
         if missing:
             raise DataError(f"{root}: shard {missing[0]} is missing or not a regular file")
-        self.shards = [memmap_safetensors(r / s) for s in names]
+        mapped = [_mapped(r / s) for s in names]
+        self.shards = [m for m, _ in mapped]
+        #: each shard's SHA-256 (its checked metadata), by file name: what a student records of its pairs
+        self.digests = {name: sha for name, (_, sha) in zip(names, mapped)}
         counts = [len(s["z"]) for s in self.shards]
         if counts != self.manifest["shard_counts"]:
             raise DataError(f"{root}: shard sizes {counts} disagree with the manifest")
@@ -135,6 +156,13 @@ class PairDataset(Dataset):
         if not isinstance(classes, int) or isinstance(classes, bool) or classes < 0:
             raise DataError(f"{root}: {MANIFEST} settings.num_classes must be an integer >= 0, got {classes!r}")
         self.num_classes = classes
+
+    def provenance(self) -> dict[str, Any]:
+        """``{kind, root, identity, shards, teacher}``: the root, :func:`pairs_identity`, each shard's
+        digest, and the teacher as the manifest names it (checked by :func:`check_provenance`)."""
+        return {"kind": "pairs", "root": str(self.root.resolve()),
+                "identity": pairs_identity(self.manifest["settings"], self.digests),
+                "shards": self.digests, "teacher": self.manifest["settings"].get("teacher")}
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -157,3 +185,30 @@ class PairDataset(Dataset):
         z = torch.from_numpy(np.concatenate(zs)[inverse])
         label = torch.from_numpy(np.concatenate(ls)[inverse]) if ls else None
         return Batch(x, label, z)
+
+
+def check_provenance(rec: dict[str, Any]) -> tuple[str, str]:
+    """``(status, detail)`` of a :meth:`PairDataset.provenance` record against the disk now: ``ok``,
+    ``missing`` (the root is gone) or ``changed`` (naming the shards that differ)."""
+    root = Path(str(rec.get("root")))
+    if not root.is_dir():
+        return "missing", f"{root} is not on disk"
+    recorded = rec.get("shards")
+    if not isinstance(recorded, dict) or not all(isinstance(k, str) and "/" not in k for k in recorded):
+        return "changed", "the recorded shard list is malformed"
+    now: dict[str, str | None] = {}
+    for name in sorted(recorded):
+        try:
+            now[name] = shard_digest(root / name) if (root / name).is_file() else "missing"
+        except DataError:
+            now[name] = "modified"
+    changed = [name for name in now if now[name] != recorded[name]]
+    if changed:
+        return "changed", f"{', '.join(changed[:5])}{' …' if len(changed) > 5 else ''} differ from the pairs trained on"
+    try:
+        current = pairs_identity(read_json(root / MANIFEST, DataError).get("settings"), now)
+    except (DataError, OSError, TypeError, AttributeError) as e:
+        return "changed", f"manifest unreadable ({e})"
+    if current != rec.get("identity"):
+        return "changed", "the manifest's generation settings differ from the pairs trained on"
+    return "ok", f"{len(recorded)} shards as trained on"

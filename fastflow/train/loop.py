@@ -29,6 +29,7 @@ from fastflow.train.dcp import load_sharded, save_sharded
 from fastflow.train.ema import EMA
 from fastflow.train.logger import Logger, truncate_log
 from fastflow.train.parallel import build, checkpoint_activations, fsdp_kwargs
+from fastflow.train.lineage import record_lineage
 from fastflow.train.preview import PreviewGrids
 from fastflow.train.resume import check_resumable, check_run_dir, difference, jsonable
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -263,7 +264,8 @@ def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset
     meta = {"dataset": cfg.data.get("name"), "objective": cfg.objective.get("name", "rf"),
             "data_config": cfg.data, "objective_config": cfg.objective, "seed": cfg.seed,
             "objective_settings": jsonable(objective_settings(objective)),
-            "batch_size": t.batch_size, "micro_batches": micro.total, "parallel": t.parallel, "world": info.world}
+            "batch_size": t.batch_size, "micro_batches": micro.total, "parallel": t.parallel, "world": info.world,
+            "lineage": record_lineage(cfg, data)}
 
     bar = tqdm(total=t.steps, initial=start, disable=not (info.main and t.progress),
                dynamic_ncols=True, desc="train", mininterval=0.2 if sys.stderr.isatty() else 15.0)
