@@ -42,7 +42,7 @@ def _pairs(ckpt: Path, fused: str, solver: str, steps: int | None, count: int, b
            work: Path) -> tuple[float, torch.Tensor, int]:
     from fastflow.fused import apply
     from fastflow.pairs import FlowTeacher, generate_pairs
-    from fastflow.pairs.dataset import PairDataset
+    from fastflow.data.pairs import PairDataset
     from fastflow.models.presets import sample_shape
 
     teacher = FlowTeacher.from_checkpoint(ckpt, solver=solver, steps=steps)

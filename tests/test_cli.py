@@ -58,8 +58,11 @@ def test_every_verb_is_a_module_and_every_option_has_help() -> None:
     assert not missing, missing
     for root in (build_parser(), export.build_parser()):  # every help page renders and shows the defaults
         for p in parsers(root):
-            assert p.formatter_class is argparse.ArgumentDefaultsHelpFormatter, p.prog
+            assert issubclass(p.formatter_class, argparse.ArgumentDefaultsHelpFormatter), p.prog
             p.format_help()
+            twice = [a.dest for a in p._actions  # "(default: %(default)s)" names it twice, once more is a repeat
+                     if (p._get_formatter()._get_help_string(a) or "").count("default") > 2]
+            assert not twice, (p.prog, twice)  # a help text that names its default gets no second one
     assert "(default: 16)" in build_parser()._subparsers._group_actions[0].choices["sample"].format_help()
     assert export.build_parser().description.endswith("2 bad input or a missing backend.")
 

@@ -45,7 +45,7 @@ def test_sample_with_the_cpu_kernel_equals_eager(ckpt, tmp_path) -> None:
 
 
 def test_pairs_with_the_cpu_kernel_equal_eager(ckpt, tmp_path) -> None:
-    from fastflow.pairs.dataset import PairDataset
+    from fastflow.data.pairs import PairDataset
 
     xs = {}
     for mode in ("off", "cpu"):

@@ -5,6 +5,7 @@ own sub-package or from a lower layer, never from its own layer's siblings or fr
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 PKG = Path(__file__).resolve().parents[1] / "fastflow"
@@ -23,6 +24,8 @@ LAYERS = [
     ["__main__"],
 ]
 RANK = {name: i for i, layer in enumerate(LAYERS) for name in layer}
+#: a module written as a string for a lazy import (``importlib``): it counts as an import
+MODULE_STRING = re.compile(r"fastflow(\.\w+)+:\w+")
 
 
 def _unit(path: Path) -> str:
@@ -53,6 +56,8 @@ def _imported_units(path: Path) -> list[tuple[int, str]]:
                 else "fastflow.__init__" for a in node.names]  # a submodule, or a name of the root
         elif isinstance(node, ast.ImportFrom) and node.level:
             raise AssertionError(f"{path}:{node.lineno}: relative import; write fastflow.… in full")
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and MODULE_STRING.fullmatch(node.value):
+            names = [node.value.split(":")[0]]  # a registry's "fastflow.x.y:Name", imported on use
         out += [(node.lineno, n.split(".")[1]) for n in names if n.startswith("fastflow.")]
     return out
 
@@ -71,3 +76,21 @@ def test_no_import_climbs_or_crosses_a_layer() -> None:
                 bad.append(f"{path.relative_to(PKG.parent)}:{line}: {src} (layer {RANK[src]}) imports {dst} "
                            f"(layer {RANK[dst]})")
     assert not bad, "imports that climb:\n" + "\n".join(bad)
+
+
+def test_objectives_state_their_contract_and_know_no_parallel_wrapper() -> None:
+    """The loop and the previews ask an objective only what :class:`Objective` declares (no ``getattr`` on
+    it), every registered objective has each member, and no objective imports ``torch.distributed``."""
+    from fastflow.objectives import OBJECTIVES
+    from fastflow.objectives.base import Objective
+
+    members = [m for m in ("preview_steps", "model_times", "frozen", "sample_inputs", "preview", "bind", "__call__")
+               if m in Objective.__dict__ or m in Objective.__annotations__]
+    assert len(members) == 7
+    assert all(hasattr(cls, m) or m in cls.__dataclass_fields__ for cls in OBJECTIVES.values() for m in members)
+    probes = [f"{p.relative_to(PKG.parent)}" for p in (PKG / "train").glob("*.py")
+              if re.search(r"getattr\(objective", p.read_text())]
+    assert not probes, probes
+    wrappers = [f"{p.relative_to(PKG.parent)}" for p in (PKG / "objectives").glob("*.py")
+                if "torch.distributed" in p.read_text() or "activation_checkpointing" in p.read_text()]
+    assert not wrappers, wrappers

@@ -52,7 +52,7 @@ def test_verify_names_a_changed_shard_and_changed_weights(family, tmp_path, caps
 
     from safetensors.torch import load_file, save_file
 
-    from fastflow.pairs.writer import tensors_digest
+    from fastflow.data.pairs import tensors_digest
 
     pairs = family["pairs"]
     shard = pairs / "shard-00002.safetensors"

@@ -35,7 +35,6 @@ def run(args: argparse.Namespace) -> int:
 
 def run_info(args: argparse.Namespace) -> int:
     from fastflow.models.checkpoint import resolve_checkpoint, weights_source
-    from fastflow.pairs.dataset import check_provenance
     from fastflow.train.lineage import chain, lineage_of, verify
 
     d = resolve_checkpoint(args.path)
@@ -50,7 +49,7 @@ def run_info(args: argparse.Namespace) -> int:
     for link in chain(d):
         line = "  " * (link.depth + 1) + link.describe()
         if args.verify:
-            status, detail = check_provenance(link.record) if link.role == "pairs" else verify(link)
+            status, detail = verify(link)
             changed |= status == "changed"
             line += f": {status} ({detail})"
         print(line)

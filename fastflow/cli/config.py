@@ -4,6 +4,7 @@ filled in, as YAML (the keys and values ``fastflow train`` takes; ``docs/config.
 from __future__ import annotations
 
 import argparse
+import json
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -36,7 +37,9 @@ def reference() -> str:
 
     from fastflow.data import DATASETS, dataset_class
     from fastflow.models.presets import ARCHS, PRESETS
-    from fastflow.objectives import OPTIONS
+    from fastflow.objectives import OBJECTIVES
+    from fastflow.objectives.base import plain
+    from fastflow.objectives.options import default_of, options_of
     from fastflow.train.config import LoopConfig, OptimConfig, TrainConfig
 
     def fields(cls: type) -> list[str]:
@@ -67,11 +70,13 @@ def reference() -> str:
                 f"`{'(required)' if p.default is inspect.Parameter.empty else repr(p.default)}` |"
                 for k, p in sig.parameters.items() if k != "self"]
         out += ["", f"### `data.name: {name}`", "", "| key | type | default |", "|---|---|---|", *rows]
-    out += ["", "## `objective`", "", "`objective.name` picks the objective; its options are checked against this "
-            "table (`fastflow config show` prints their defaults)."]
-    for name, options in OPTIONS.items():
-        out += ["", f"### `objective.name: {name}`", "", "| key | type |", "|---|---|",
-                *[f"| `{k}` | `{_type(t)}` |" for k, t in options.items()]]
+    out += ["", "## `objective`", "", "`objective.name` picks the objective; its options are its dataclass's option "
+            "fields (`fastflow/objectives/options.py`: type, range and default stated once), checked against this "
+            "table."]
+    for name, cls in OBJECTIVES.items():
+        rows = [f"| `{k}` | `{_type(tp)}` | {'(required)' if opt.required else f'`{json.dumps(plain(default_of(f)))}`'} |"
+                for k, (f, opt, tp) in options_of(cls).items()]
+        out += ["", f"### `objective.name: {name}`", "", "| key | type | default |", "|---|---|---|", *rows]
     return "\n".join(out) + "\n"
 
 

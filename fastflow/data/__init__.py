@@ -9,14 +9,14 @@ from fastflow.data.base import ArrayDataset, Batch, BatchStream, Dataset
 from fastflow.errors import ConfigError
 from fastflow.utils.schema import check_kwargs
 
-#: name → "module:Class", imported on use (``pairs`` lives above this package).
+#: name → "module:Class", imported on use.
 DATASETS: dict[str, str] = {
     "digits": "fastflow.data.digits:DigitsDataset",
     "toy2d": "fastflow.data.toy2d:Toy2DDataset",
     "folder": "fastflow.data.folder:ImageFolderDataset",
     "npz": "fastflow.data.npz:NpzDataset",
     "cifar10": "fastflow.data.cifar10:Cifar10Dataset",
-    "pairs": "fastflow.pairs.dataset:PairDataset",
+    "pairs": "fastflow.data.pairs:PairDataset",
     "sr": "fastflow.data.sr:SRDataset",
     "photos": "fastflow.data.photos:PhotoCrops",
 }
@@ -54,4 +54,4 @@ def build_dataset(spec: dict[str, Any]) -> Dataset:
     return cls(**kwargs)
 
 
-__all__ = ["DATASETS", "dataset_options", "dataset_settings", "ArrayDataset", "Batch", "BatchStream", "Dataset", "build_dataset"]
+__all__ = ["DATASETS", "dataset_class", "dataset_options", "dataset_settings", "ArrayDataset", "Batch", "BatchStream", "Dataset", "build_dataset"]

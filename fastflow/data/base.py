@@ -48,6 +48,12 @@ class Dataset:
         None for data built in or generated from the config (the config names them)."""
         return None
 
+    @classmethod
+    def check_provenance(cls, record: dict[str, Any]) -> tuple[str, str]:
+        """``(status, detail)`` of a :meth:`provenance` record against the disk now: ``ok``,
+        ``missing`` or ``changed``; ``n/a`` where these data cannot be checked."""
+        return "n/a", f"{cls.__name__} records nothing to check"
+
 
 class ArrayDataset(Dataset):
     """In-memory data: ``uint8`` images (scaled to [−1, 1] per batch) or float arrays."""

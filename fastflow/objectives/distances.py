@@ -10,10 +10,12 @@ r"""Per-sample distances ``d(a, b) → [B]`` used by every objective.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
 from fastflow.errors import ConfigError
+from fastflow.objectives.options import option
 
 Distance = Callable[[Tensor, Tensor], Tensor]
 
@@ -50,3 +52,8 @@ def build_distance(name: str) -> Distance:
 
         return LPIPSDistance(net="alex" if name == "lpips_alex" else "vgg")
     return DISTANCES[name]
+
+
+def distance_option(default: Distance = l2) -> Any:
+    """The ``distance`` option of an objective: a name in the config, the function on the objective."""
+    return option(default, type=str, valid=lambda name: check_distance(name) is None, build=build_distance)

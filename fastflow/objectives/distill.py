@@ -19,7 +19,9 @@ from fastflow.data.base import Batch
 from fastflow.errors import DataError
 from fastflow.flow.path import interpolate, predict_x1
 from fastflow.flow.time import DEFAULT_EPS, TimeSampler
-from fastflow.objectives.distances import Distance, l2
+from fastflow.objectives.base import ObjectiveDefaults
+from fastflow.objectives.distances import Distance, distance_option
+from fastflow.objectives.options import option
 
 
 def on_grid_state(z: Tensor, x1: Tensor, t: Tensor, eps: float) -> Tensor:
@@ -28,16 +30,16 @@ def on_grid_state(z: Tensor, x1: Tensor, t: Tensor, eps: float) -> Tensor:
 
 
 @dataclass
-class Distill:
-    distance: Distance = l2
-    k: int = 1
+class Distill(ObjectiveDefaults):
+    distance: Distance = distance_option()
+    k: int = option(1, valid=lambda k: k >= 1, means=">= 1")
+    eps: float = option(DEFAULT_EPS, valid=lambda e: 0.0 <= e < 1.0, means="in [0, 1)")
+    num_classes: int = 0  # from the model, not the config
 
     @property
-    def preview_steps(self) -> int:
+    def preview_steps(self) -> int:  # type: ignore[override]
         """A k-step student is previewed at its k steps."""
         return self.k
-    eps: float = DEFAULT_EPS
-    num_classes: int = 0
 
     def pairs(self, batch: Batch) -> tuple[Tensor, Tensor]:
         if batch.z is None:

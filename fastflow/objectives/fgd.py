@@ -19,7 +19,8 @@ student in one call.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -28,15 +29,21 @@ from fastflow.data.base import Batch
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.flow.path import expand_t, predict_x1
 from fastflow.objectives.distill import Distill
+from fastflow.objectives.options import option, teacher_option, weights_option
 
 
 @dataclass
 class FlowGuidedDistill(Distill):
-    teacher: nn.Module = field(default=None)  # type: ignore[assignment]
-    lam: float = 1.0
-    strict: bool = False
+    hidden_options: ClassVar[tuple[str, ...]] = ("k",)  # one-step only
+    teacher: nn.Module = teacher_option()
+    teacher_weights: str = weights_option()
+    lam: float = option(1.0, valid=lambda v: v >= 0.0, means=">= 0")
+    strict: bool = option(False)
     t_range: tuple[float, float] = (0.2, 0.8)
-    cfg_scale: float = 1.0
+    cfg_scale: float = option(1.0, valid=lambda v: v >= 0.0, means=">= 0")
+
+    def frozen(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
 
     def guidance_target(self, z: Tensor, v_s: Tensor, t: Tensor, cond: Tensor | None) -> Tensor:
         """``x̂1`` from fresh noise ``z`` given the student's first-step velocity ``v_s``."""

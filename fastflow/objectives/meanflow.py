@@ -49,19 +49,21 @@ ours) — and the digits results in ``docs/meanflow.md`` were measured with it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
-from torch.distributed.fsdp import FSDPModule
 
 from fastflow.data.base import Batch
 from fastflow.flow.path import expand_t, interpolate, velocity_target
 from fastflow.flow.time import TimeSampler
-from fastflow.objectives.base import drop_labels, evaluation_mode
+from fastflow.objectives.base import LoopSupport, ObjectiveDefaults, drop_labels, evaluation_mode
+from fastflow.objectives.options import option
+from fastflow.objectives.rf import cond_drop_option, time_option
 
 #: the paper's ImageNet times, in fastflow's convention (its CIFAR-10 choice (-2, 2) is loc 2, scale 2)
 DEFAULT_TIME = TimeSampler(kind="logit_normal", loc=0.4, scale=1.0, eps=0.0)
@@ -92,29 +94,27 @@ def meanflow_target(u_of: Callable[[Tensor, Tensor], Tensor], x_s: Tensor, s: Te
     return u, (v + expand_t(t - s, v) * du_ds).detach()
 
 
-def joint_jvp_works(model: nn.Module) -> bool:
-    """Whether one forward-mode pass can also record the graph for the backward pass. Not under FSDP2
-    (it wraps each sharded block's inputs in an autograd Function without a forward-mode rule) nor with
-    activation checkpointing (the recomputation is not replayed with dual tensors)."""
-    inner = getattr(model, "module", model)  # DDP
-    return not isinstance(inner, FSDPModule) and not getattr(inner, "activation_checkpointing", False)
-
-
 @dataclass
-class MeanFlow:
-    preview_steps: ClassVar[int | None] = 1  # one average-velocity step
+class MeanFlow(ObjectiveDefaults):
     """The MeanFlow objective (module docstring). Needs a two-time model (``model.times: 2``)."""
 
+    preview_steps: ClassVar[int | None] = 1  # one average-velocity step
     model_times: ClassVar[int] = 2
-    time: TimeSampler = field(default_factory=lambda: DEFAULT_TIME)
-    ratio: float = 0.25
-    weight_p: float = 1.0
-    weight_c: float = 1e-3
-    num_classes: int = 0
-    cond_drop: float = 0.0
-    cfg_scale: float = 1.0
-    kappa: float = 0.0
-    cfg_interval: tuple[float, float] = (0.0, 1.0)
+    time: TimeSampler = time_option(DEFAULT_TIME)
+    ratio: float = option(0.25, valid=lambda v: 0.0 <= v <= 1.0, means="in [0, 1]")
+    weight_p: float = option(1.0, valid=lambda v: v >= 0.0, means=">= 0")
+    weight_c: float = option(1e-3, valid=lambda v: v > 0.0, means="> 0")
+    num_classes: int = 0  # from the model, not the config
+    cond_drop: float = cond_drop_option()
+    cfg_scale: float = option(1.0, valid=lambda v: v >= 0.0, means=">= 0")
+    kappa: float = option(0.0, valid=lambda v: 0.0 <= v < 1.0, means="in [0, 1)")
+    cfg_interval: tuple[float, float] = option((0.0, 1.0), valid=lambda v: 0.0 <= v[0] <= v[1] <= 1.0,
+                                               means="[lo, hi] with 0 <= lo <= hi <= 1")
+    #: one forward-mode pass gives the prediction and the target (the loop says: :meth:`bind`)
+    joint_jvp: bool = dataclasses.field(default=True, compare=False)
+
+    def bind(self, support: LoopSupport) -> MeanFlow:
+        return dataclasses.replace(self, joint_jvp=support.joint_jvp)
 
     def guided_velocity(self, model: nn.Module, x_s: Tensor, s: Tensor, v: Tensor, label: Tensor | None) -> Tensor:
         r""":math:`\tilde v` (module docstring): ``v`` mixed with the model's own velocities, evaluated
@@ -141,7 +141,7 @@ class MeanFlow:
         v = self.guided_velocity(model, x_s, s, velocity_target(z, x1), label)
 
         u_of = lambda x, s_: model(x, s_, label, t_end=t)  # noqa: E731
-        if not joint_jvp_works(model):
+        if not self.joint_jvp:
             # the (detached) target from a JVP pass without grad, then the prediction from a plain pass
             # with the same random draws (dropout): the same u and target, one more forward pass
             with torch.random.fork_rng(devices=[x_s.device] if x_s.is_cuda else []), torch.no_grad():

@@ -23,8 +23,8 @@ with :math:`t \sim U(t_\min, t_\max - \Delta)`, :math:`t_\min = 0.01`, :math:`t_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -34,8 +34,15 @@ from fastflow.errors import DataError
 from fastflow.flow.guidance import Cond
 from fastflow.flow.path import expand_t, predict_x1
 from fastflow.flow.sr import DEFAULT_SIGMA_P, sr_map, sr_start
-from fastflow.objectives.distances import Distance, l2
+from fastflow.objectives.base import ObjectiveDefaults
+from fastflow.objectives.distances import Distance, distance_option
+from fastflow.objectives.options import option, teacher_option, weights_option
 from fastflow.objectives.rf import RectifiedFlow
+
+
+def sigma_p_option() -> Any:
+    """``sigma_p``: the noise of the start state ``x0``."""
+    return option(DEFAULT_SIGMA_P, valid=lambda v: 0.0 <= v < 1.0, means="in [0, 1)")
 
 
 def _lq(batch: Batch) -> Tensor:
@@ -48,7 +55,8 @@ def _lq(batch: Batch) -> Tensor:
 class SRFlow(RectifiedFlow):
     """The OFTSR teacher: flow matching from the noised degraded image to the HR image."""
 
-    sigma_p: float = DEFAULT_SIGMA_P
+    hidden_options: ClassVar[tuple[str, ...]] = ("cond_drop",)  # conditioned on an image, not a label
+    sigma_p: float = sigma_p_option()
 
     def source(self, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         return sr_start(_lq(batch), self.sigma_p), {}
@@ -62,16 +70,22 @@ class SRFlow(RectifiedFlow):
 
 
 @dataclass
-class OFTSRDistill:
+class OFTSRDistill(ObjectiveDefaults):
+    checks: ClassVar = ((lambda o: o["t_min"] < o["t_max"], "objective.t_min must be below objective.t_max"),)
     preview_steps: ClassVar[int | None] = 1  # a one-step student, previewed by :meth:`preview`
     preview_tau: ClassVar[float] = 0.5  # the knob of training previews (``fastflow sr``'s default)
-    teacher: nn.Module = field(default=None)  # type: ignore[assignment]
-    sigma_p: float = DEFAULT_SIGMA_P
-    distance: Distance = l2
-    delta: float = 0.05
-    t_min: float = 0.01
-    t_max: float = 0.99
-    weights: tuple[float, float, float] = (1.0, 0.1, 0.01)  # distill, boundary, align
+    teacher: nn.Module = teacher_option()
+    teacher_weights: str = weights_option()
+    sigma_p: float = sigma_p_option()
+    distance: Distance = distance_option()
+    delta: float = option(0.05, valid=lambda v: 0.0 < v < 1.0, means="in (0, 1)")
+    t_min: float = option(0.01, valid=lambda v: 0.0 <= v < 1.0, means="in [0, 1)")
+    t_max: float = option(0.99, valid=lambda v: 0.0 < v <= 1.0, means="in (0, 1]")
+    weights: tuple[float, float, float] = option((1.0, 0.1, 0.01), valid=lambda w: min(w) >= 0.0,
+                                                 means="[distill, boundary, align], each >= 0")
+
+    def frozen(self) -> dict[str, nn.Module]:
+        return {"teacher": self.teacher}
 
     def sample_inputs(self, batch: Batch) -> tuple[Tensor, Cond]:
         """Start states and conditions for preview grids of the student."""

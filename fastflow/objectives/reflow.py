@@ -10,20 +10,22 @@ plain reflow.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from fastflow.data.base import Batch
 from fastflow.errors import DataError
-from fastflow.objectives.annealing import BetaSchedule
+from fastflow.objectives.annealing import BetaSchedule, parse_schedule
+from fastflow.objectives.options import option
 from fastflow.objectives.rf import RectifiedFlow
 
 
 @dataclass
 class Reflow(RectifiedFlow):
-    beta: BetaSchedule = field(default_factory=BetaSchedule)
+    beta: BetaSchedule = option(factory=BetaSchedule, key="anneal", type=str | float,
+                                valid=lambda spec: parse_schedule(spec) is not None, build=parse_schedule)
 
     def source(self, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         if batch.z is None:

@@ -9,8 +9,8 @@ Reflow and Annealing Reflow (``reflow.py``) differ only in where ``z`` comes fro
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -18,21 +18,33 @@ from torch import Tensor, nn
 from fastflow.data.base import Batch
 from fastflow.flow.guidance import Cond
 from fastflow.flow.path import interpolate, velocity_target
-from fastflow.flow.time import TimeSampler
-from fastflow.objectives.base import drop_labels
-from fastflow.objectives.distances import Distance, l2
+from fastflow.flow.time import TimeSampler, build_time_sampler
+from fastflow.objectives.base import ObjectiveDefaults, drop_labels
+from fastflow.objectives.distances import Distance, distance_option
+from fastflow.objectives.options import option
+
+
+def time_option(default: TimeSampler | None = None) -> Any:
+    """The ``time`` option: a law's name or mapping in the config (``fastflow.flow.time``), the sampler here."""
+    return option(factory=lambda: default or TimeSampler(), type=str | dict,
+                  valid=lambda spec: build_time_sampler(spec) is not None, build=build_time_sampler)
+
+
+def cond_drop_option() -> Any:
+    """``cond_drop``: the probability that a label is replaced by the null label (CFG training)."""
+    return option(0.0, valid=lambda p: 0.0 <= p < 1.0, means="in [0, 1)")
 
 
 @dataclass
-class RectifiedFlow:
-    preview_steps: ClassVar[int | None] = None  # a flow: previewed at train.sample_steps
+class RectifiedFlow(ObjectiveDefaults):
     """1-RF on data batches. Labels are passed to class-conditional models (``num_classes``),
     dropped to the null label with probability ``cond_drop``."""
 
-    time: TimeSampler = field(default_factory=TimeSampler)
-    distance: Distance = l2
-    num_classes: int = 0
-    cond_drop: float = 0.0
+    preview_steps: ClassVar[int | None] = None  # a flow: previewed at train.sample_steps
+    time: TimeSampler = time_option()
+    distance: Distance = distance_option()
+    num_classes: int = 0  # from the model, not the config
+    cond_drop: float = cond_drop_option()
 
     def source(self, batch: Batch, step: int) -> tuple[Tensor, dict[str, Tensor]]:
         """The noise end ``z`` coupled with ``batch.x``: independent fresh noise for 1-RF."""

@@ -1,6 +1,6 @@
-"""Teacher pair generation (sharded, resumable) and the memory-mapped pair dataset."""
+"""Teacher pair generation (sharded, resumable); the pairs' format and dataset are ``fastflow.data.pairs``."""
 
-from fastflow.pairs.dataset import PairDataset
+from fastflow.data.pairs import PairDataset
 from fastflow.pairs.teacher import CallableTeacher, FlowTeacher
 from fastflow.pairs.writer import generate_pairs
 

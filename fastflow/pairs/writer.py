@@ -20,19 +20,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from torch import Tensor
 from tqdm import tqdm
 
 from fastflow import __version__
+from fastflow.data.pairs import MANIFEST, tensors_digest
 from fastflow.errors import DataError
 from fastflow.utils.distributed import DistInfo, barrier
 from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json, remove_stale_temps, temp_name
 from fastflow.utils.lock import directory_lock
 
-MANIFEST = "manifest.json"
 
 
 class Teacher(Protocol):
@@ -41,16 +40,6 @@ class Teacher(Protocol):
     def identity(self) -> dict[str, Any]: ...
 
     def __call__(self, z: Tensor, cond: Tensor | None = None) -> tuple[Tensor, Tensor]: ...
-
-
-def tensors_digest(arrays: dict[str, Any]) -> str:
-    """SHA-256 over the arrays' bytes in name order: stored in a shard's own metadata (written
-    inside the same atomic rename) and recomputed from the memory maps by ``PairDataset``."""
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        h.update(name.encode())
-        h.update(memoryview(np.ascontiguousarray(arrays[name])).cast("B"))
-    return h.hexdigest()
 
 
 def shard_name(k: int) -> str:

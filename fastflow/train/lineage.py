@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fastflow.data import Dataset
-from fastflow.errors import CheckpointError
+from fastflow.data import Dataset, dataset_class
+from fastflow.errors import CheckpointError, ConfigError
 from fastflow.models.checkpoint import read_config, resolve_checkpoint, weights_source
 from fastflow.train.config import TrainConfig
 from fastflow.utils.io import file_digest
@@ -102,9 +102,14 @@ def chain(path: str | Path, depth: int = 0, seen: set[tuple[int, int]] | None = 
 
 
 def verify(link: Link) -> tuple[str, str]:
-    """``(status, detail)`` of a checkpoint link against the disk now: ``ok``, ``missing`` or ``changed``
-    (``n/a`` for a teacher that is not a checkpoint). Data links are checked by their dataset
-    (pairs: :func:`fastflow.pairs.dataset.check_provenance`)."""
+    """``(status, detail)`` of a link against the disk now: ``ok``, ``missing`` or ``changed``
+    (``n/a`` for a teacher that is not a checkpoint). A data link is checked by the dataset class
+    of its ``kind`` (:meth:`~fastflow.data.base.Dataset.check_provenance`)."""
+    if link.role not in ("teacher", "init_from", "pairs teacher"):
+        try:
+            return dataset_class(link.record.get("kind")).check_provenance(link.record)
+        except ConfigError:
+            return "n/a", f"data of an unknown kind {link.record.get('kind')!r}"
     if "checkpoint" not in link.record:
         return "n/a", "not a checkpoint"
     rec = link.record

@@ -28,7 +28,7 @@ from fastflow.train.config import TrainConfig, dump_config
 from fastflow.train.dcp import load_sharded, save_sharded
 from fastflow.train.ema import EMA
 from fastflow.train.logger import Logger, truncate_log
-from fastflow.train.parallel import build, checkpoint_activations, fsdp_kwargs
+from fastflow.train.parallel import build, checkpoint_activations, fsdp_kwargs, loop_support
 from fastflow.train.lineage import record_lineage
 from fastflow.train.preview import PreviewGrids
 from fastflow.train.resume import check_resumable, check_run_dir, difference, jsonable
@@ -177,15 +177,16 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
                            eps=cfg.optim.eps, weight_decay=cfg.optim.weight_decay)
     objective = build_objective(cfg.objective, num_classes=model.config.num_classes,
                                 device=info.device)
-    times = getattr(objective, "model_times", 1)
+    times = objective.model_times
     if times != 1 and getattr(model.config, "times", 1) != times:
         raise ConfigError(f"objective {cfg.objective.get('name')} needs a model with model.times: {times}")
     if times == 2 and model.config.t_scale > 10 and info.main:
         print(f"note: model.t_scale={model.config.t_scale:g}: MeanFlow's JVP target differentiates the time features; "
               "on digits it diverged at 999 and trained at 1 (model.t_scale=1)", file=sys.stderr)
-    if isinstance(getattr(objective, "teacher", None), nn.Module):  # frozen, replicated on every rank
-        check_teacher(model, objective.teacher)
-        apply_fused(objective.teacher, fused, info.device, inference=False)
+    for frozen in objective.frozen().values():  # replicated on every rank
+        check_teacher(model, frozen)
+        apply_fused(frozen, fused, info.device, inference=False)
+    objective = objective.bind(loop_support(cfg.train.parallel, cfg.train.activation_checkpointing))
 
     start = 0
     ckpt = latest_checkpoint(run)  # a looping symlink or a corrupted `latest` is an error, not "none"

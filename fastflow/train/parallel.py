@@ -32,6 +32,7 @@ from fastflow.fused import apply as apply_fused
 from fastflow.models.init import init_weights, reset_module
 from fastflow.models.presets import build_model, resolve_spec
 from fastflow.models.unet import UNet
+from fastflow.objectives.base import LoopSupport
 from fastflow.utils.distributed import DistInfo
 
 PARALLEL = ("ddp", "fsdp2")
@@ -79,7 +80,6 @@ def checkpoint_activations(model: nn.Module) -> int:
                           "checkpoint (fastflow UNets and diffusers denoisers do)")
     for _, m in outer:
         m.forward = functools.partial(_checkpointed, m.forward)
-    model.activation_checkpointing = True  # read by objectives that differentiate forward (MeanFlow)
     return len(outer)
 
 
@@ -176,3 +176,10 @@ def check_options(parallel: str, precision: str, activation_checkpointing: str, 
                           f"got {activation_checkpointing!r}")
     if grad_accum < 1:
         raise ConfigError(f"train.grad_accum must be >= 1, got {grad_accum}")
+
+
+def loop_support(parallel: str, activation_checkpointing: str) -> LoopSupport:
+    """What this run's model wrapping offers objectives: a joint forward-mode pass except under FSDP2
+    (its sharded blocks' autograd Functions have no forward-mode rule) and with activation
+    checkpointing (its recomputation is not replayed with dual tensors)."""
+    return LoopSupport(joint_jvp=parallel != "fsdp2" and activation_checkpointing != "blocks")

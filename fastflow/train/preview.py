@@ -25,13 +25,12 @@ class PreviewGrids:
         n = cfg.train.sample_n
         self.steps = objective.preview_steps or cfg.train.sample_steps  # a one-step student at one step
         self.z: Tensor | None = None
-        self.preview = getattr(objective, "preview", None)
+        self.objective = objective
         with torch.random.fork_rng():
             torch.manual_seed(cfg.seed)
-            make = getattr(objective, "sample_inputs", None)
-            if make is not None:
-                z, self.cond = make(data.get(torch.arange(min(n, len(data)))).to(device))
-                self.z = z
+            made = objective.sample_inputs(data.get(torch.arange(min(n, len(data)))).to(device))
+            if made is not None:
+                self.z, self.cond = made
             elif model_kind(model.config) != "image":
                 self.z = torch.randn(n, *data.sample_shape).to(device)
                 k = model.config.num_classes
@@ -42,11 +41,9 @@ class PreviewGrids:
         """Sample and (when ``save``) write the grid; under FSDP2 every rank samples, rank 0 saves."""
         if self.z is None:  # the objective defines no preview for an image-conditioned model
             return
-        if self.preview is not None:  # the objective's own sampler (e.g. OFTSR's one-step map at a knob)
-            x, how = self.preview(model, self.z, self.cond)
-        else:
-            x, how = generate(model, self.z, "euler", self.steps, cond=self.cond).x, \
-                f"Euler {self.steps} (NFE {self.steps})"
+        own = self.objective.preview(model, self.z, self.cond)  # e.g. OFTSR's one-step map at a knob
+        x, how = own if own is not None else (generate(model, self.z, "euler", self.steps, cond=self.cond).x,
+                                               f"Euler {self.steps} (NFE {self.steps})")
         if save:
             save_samples(viewable(model, x), path, self.reference, title=f"step {step}, {how}")
 

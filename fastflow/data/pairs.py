@@ -1,4 +1,5 @@
-"""``PairDataset``: teacher pairs read through memory maps, never loaded whole into RAM.
+"""Teacher pairs on disk: the shard format (``fastflow.pairs`` writes it) and ``PairDataset``, which
+reads the pairs through memory maps, never loaded whole into RAM.
 
 A safetensors file is an 8-byte header length, a JSON header with each tensor's dtype, shape
 and byte offsets, then the raw data; each tensor becomes a read-only ``numpy.memmap``. Every
@@ -22,16 +23,26 @@ import torch
 
 from fastflow.data.base import Batch, Dataset
 from fastflow.errors import DataError
-from fastflow.pairs.writer import MANIFEST, tensors_digest
 from fastflow.utils.io import read_json
 
 log = logging.getLogger("fastflow.pairs")
 _warned_legacy: set[Path] = set()
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "I32": np.int32}
+MANIFEST = "manifest.json"
 SHARD_NAME = re.compile(r"shard-\d{5,}\.safetensors")
 #: safetensors' own bound on a header's size (100 MB)
 MAX_HEADER = 100_000_000
+
+
+def tensors_digest(arrays: dict[str, Any]) -> str:
+    """SHA-256 over the arrays' bytes in name order: stored in a shard's own metadata (written
+    inside the same atomic rename) and recomputed from the memory maps by ``PairDataset``."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(memoryview(np.ascontiguousarray(arrays[name])).cast("B"))
+    return h.hexdigest()
 
 
 def _tensor_info(path: Path, name: str, info: object, data_len: int) -> tuple[np.dtype, tuple[int, ...], int]:
@@ -164,6 +175,10 @@ class PairDataset(Dataset):
                 "identity": pairs_identity(self.manifest["settings"], self.digests),
                 "shards": self.digests, "teacher": self.manifest["settings"].get("teacher")}
 
+    @classmethod
+    def check_provenance(cls, record: dict[str, Any]) -> tuple[str, str]:
+        return _check_provenance(record)
+
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
@@ -187,7 +202,7 @@ class PairDataset(Dataset):
         return Batch(x, label, z)
 
 
-def check_provenance(rec: dict[str, Any]) -> tuple[str, str]:
+def _check_provenance(rec: dict[str, Any]) -> tuple[str, str]:
     """``(status, detail)`` of a :meth:`PairDataset.provenance` record against the disk now: ``ok``,
     ``missing`` (the root is gone) or ``changed`` (naming the shards that differ)."""
     root = Path(str(rec.get("root")))
