@@ -198,3 +198,19 @@ def test_a_malformed_pairs_directory_is_refused_without_reading_outside_it(tmp_p
         _lying_header(root / "shard-00000.safetensors", edit)
     with pytest.raises(DataError, match=words):
         PairDataset(str(root))
+
+
+def test_rk45_teacher_reports_progress_within_a_batch(tmp_path) -> None:
+    """A batch of RK45 can take minutes: the teacher's ``progress`` hook hears every batched call
+    (``fastflow pairs`` shows it as a second bar), the samples still integrating never above the batch."""
+    torch.manual_seed(0)
+    model = build_model({"preset": "toy2d", "hidden": 16}).eval()
+    heard: list[tuple[int, int]] = []
+    teacher = FlowTeacher(model=model, solver="rk45", rtol=1e-3, atol=1e-3,
+                          progress=lambda nfe, active: heard.append((nfe, active)))
+    manifest = generate_pairs(teacher, tmp_path / "p", n=12, sample_shape=(2,), shard_size=12, batch_size=6,
+                              progress=False)
+    assert heard and all(0 <= active <= 6 for _, active in heard)
+    restarts = sum(1 for a, b in zip(heard, heard[1:]) if b[0] < a[0])
+    assert restarts == 1 and max(nfe for nfe, _ in heard) >= manifest["mean_nfe"]  # two batches, counted from 0 each
+    assert teacher.identity() == FlowTeacher(model=model, solver="rk45", rtol=1e-3, atol=1e-3).identity()

@@ -250,3 +250,17 @@ def _first_line(e: BaseException) -> str:
 def _fail(prog: str, message: str) -> int:
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
     return 2
+
+
+def rk45_bar() -> Callable[[int, int], None]:
+    """A progress bar of RK45's batched calls (over all batches) with the samples still integrating:
+    the ``progress`` hook of :func:`fastflow.flow.solvers.rk45` (a batch can take minutes on a CPU)."""
+    from tqdm import tqdm
+
+    bar, last = tqdm(desc="rk45", unit="call", leave=False), [0]
+
+    def hear(nfe: int, active: int) -> None:
+        bar.update(nfe - last[0] if nfe >= last[0] else nfe)  # a new batch starts its count again
+        last[0] = nfe
+        bar.set_postfix(active=active, refresh=False)
+    return hear

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from fastflow.cli.common import (add_fused_arg, add_threads, device_arg, finite_float, nonneg_int, positive_float,
+from fastflow.cli.common import (add_fused_arg, rk45_bar, add_threads, device_arg, finite_float, nonneg_int, positive_float,
                                  positive_int)
 from fastflow.errors import ConfigError
 from fastflow.fused import apply as apply_fused
@@ -86,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     if args.cfg != 1.0 and not teacher.num_classes:
         raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional teacher (this one is unconditional)")
     apply_fused(teacher.model, args.fused, device)
+    if args.solver == "rk45" and not args.quiet and info.main:
+        teacher.progress = rk45_bar()  # a batch of RK45 can take minutes: its calls are counted too
     t0 = time.perf_counter()
     manifest = generate_pairs(teacher, args.out, args.count, sample_shape(teacher.model),
                               shard_size=args.shard_size, seed=args.seed, batch_size=args.batch_size, device=device,

@@ -5,14 +5,13 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastflow.cli.common import (add_model_args, add_sampling_args, add_threads, finite_float, load_checkpoint,
+from fastflow.cli.common import (add_model_args, rk45_bar, add_sampling_args, add_threads, finite_float, load_checkpoint,
                                  nonneg_int, positive_float, positive_int)
 from fastflow.errors import ConfigError
 from fastflow.models.presets import sample_shape, viewable
@@ -38,17 +37,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="samples.png", help="grid.png or samples.npz")
     add_threads(p)
     p.set_defaults(fn=run)
-
-
-def _rk45_progress() -> Callable[[int, int], None]:
-    """A bar of RK45's batched calls (over all batches) with the samples still integrating."""
-    bar, last = tqdm(desc="rk45", unit="call", leave=False), [0]
-
-    def hear(nfe: int, active: int) -> None:
-        bar.update(nfe - last[0] if nfe >= last[0] else nfe)  # a new batch starts its count again
-        last[0] = nfe
-        bar.set_postfix(active=active, refresh=False)
-    return hear
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional model (this one is unconditional)")
     kwargs: dict = {"rtol": args.rtol, "atol": args.atol} if args.solver == "rk45" else {}
     if args.solver == "rk45":  # adaptive: say how far it got (calls so far, samples still integrating)
-        kwargs["progress"] = _rk45_progress()
+        kwargs["progress"] = rk45_bar()
     if args.solver == "rk2":
         kwargs["r"] = args.r
     g = torch.Generator().manual_seed(args.seed)

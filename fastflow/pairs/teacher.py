@@ -29,6 +29,8 @@ class FlowTeacher:
     atol: float = 1e-5
     cfg_scale: float = 1.0
     source: dict[str, Any] = field(default_factory=dict)
+    #: hears RK45's progress within a batch, ``(nfe, samples still integrating)`` (e.g. ``cli.common.rk45_bar``)
+    progress: Callable[[int, int], None] | None = None
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, device: str | torch.device = "cpu",
@@ -50,7 +52,7 @@ class FlowTeacher:
     @torch.no_grad()
     def __call__(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         """``(x, per-sample NFE)`` for noise ``z``."""
-        kw = {"rtol": self.rtol, "atol": self.atol} if self.solver == "rk45" else {}
+        kw = {"rtol": self.rtol, "atol": self.atol, "progress": self.progress} if self.solver == "rk45" else {}
         res = generate(self.model, z, self.solver, self.steps, cond=cond, cfg_scale=self.cfg_scale, **kw)
         nfe = res.sample_nfe if res.sample_nfe is not None else torch.full((len(z),), res.nfe)
         return res.x, nfe
