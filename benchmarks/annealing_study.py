@@ -49,7 +49,7 @@ from fastflow.metrics.evaluate import mean_sd
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, PairDataset, generate_pairs
 from fastflow.train.state import latest_checkpoint
-from fastflow.utils.images import save_figure
+from fastflow.utils.images import pyplot, save_figure
 from fastflow.utils.io import atomic_write_json, read_json
 from fastflow.utils.table import format_table
 
@@ -154,10 +154,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in summary["rows"] if r["schedule"] != "reflow"]
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2))

@@ -35,12 +35,12 @@ import torch
 
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.utils.cache import cache_dir
+from fastflow.utils.dtypes import DTYPES
 from fastflow.utils.io import atomic_write_json
 
 #: arch → (GPU, SM count); shared memory limits are in :mod:`fastflow.fused.tuning`
 ARCHS = {80: ("A100", 108), 90: ("H100", 132), 100: ("B200", 148)}
 KERNEL_KEYS = {"fwd_kernel": "fwd", "bwd_dq_kernel": "dq", "bwd_dkdv_kernel": "dkdv"}
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 HEAD_DIMS = (40, 64, 80, 128, 160)
 ATTN_LENGTHS = ((256, 256), (1024, 1024), (4096, 4096), (1024, 77), (4096, 77))
 OPS = ("gn", "attn")

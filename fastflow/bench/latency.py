@@ -40,7 +40,7 @@ from fastflow.export.spec import BatchRange
 from fastflow.flow.sample import generate
 from fastflow.fused import apply as apply_fused
 from fastflow.metrics.cost import count_flops, count_params
-from fastflow.utils.images import save_figure
+from fastflow.utils.images import pyplot, save_figure
 from fastflow.utils.timing import measure_latency
 
 EULER_NS = (1, 2, 4, 8, 16, 32, 64)
@@ -241,10 +241,7 @@ def speedup_check(rows: list[dict[str, Any]], backend: str = "eager") -> list[di
 
 
 def save_plot(rows: list[dict[str, Any]], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8), dpi=110)
     for i, backend in enumerate(dict.fromkeys(r["backend"] for r in rows)):

@@ -12,6 +12,7 @@ import torch
 from fastflow.cli.common import (add_threads, choice_list, default_device, device_arg, int_list, nonneg_int,
                                  positive_int)
 from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.utils.dtypes import DTYPES
 from fastflow.models.checkpoint import resolve_checkpoint
 from fastflow.models.presets import sample_shape
 from fastflow.utils.threads import device_name
@@ -44,7 +45,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     kern = verbs.add_parser("kernels", help="fused GroupNorm+SiLU and attention vs eager, compiled and SDPA (GPU)")
     kern.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
-    kern.add_argument("--dtype", default="fp16", choices=["fp16", "bf16", "fp32"], help="input dtype")
+    kern.add_argument("--dtype", default="fp16", choices=list(DTYPES), help="input dtype")
     kern.add_argument("--backward", action="store_true", help="time attention forward + backward")
     kern.add_argument("--quick", action="store_true", help="tiny shape set (plumbing check)")
     _device_out(kern, "kernels.json", run_kernels)
@@ -52,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     code = verbs.add_parser("codegen", help="compile every fused kernel × config for sm_80/90/100 (no GPU needed): "
                             "registers, spills, shared memory")
     code.add_argument("--arch", default="80,90", help="comma list of 80, 90, 100")
-    code.add_argument("--dtype", type=choice_list("fp16", "bf16", "fp32"), default="fp16,bf16",
+    code.add_argument("--dtype", type=choice_list(*DTYPES), default="fp16,bf16",
                       help="comma list of fp16, bf16, fp32")
     code.add_argument("--ops", type=choice_list("gn", "attn"), default="gn,attn", help="comma list of gn, attn")
     code.add_argument("--all-configs", action="store_true", help="also compile the configs the pruning removes")
@@ -251,7 +252,7 @@ def run_kernels(args: argparse.Namespace) -> int:
     if device.type != "cuda" and not (args.quick and interpreting()):
         raise ConfigError("fastflow bench kernels needs a CUDA GPU (on CPU only --quick under TRITON_INTERPRET=1, "
                           "which checks the plumbing, not the speed)")
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     res = kernel_suite(device, dtype, tuple(args.ops), quick=args.quick, backward=args.backward)
     if res["group_norm"]:
         print(format_table(res["group_norm"], ["shape", "fused_ms", "eager_ms", "fused_GBps", "copy_GBps",

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from fastflow.errors import ConfigError, FastflowError
+from fastflow.flow.solvers import SOLVERS
 from fastflow.fused.switch import MODES as FUSED_MODES
 from fastflow.utils.distributed import shutdown_distributed
 from fastflow.utils.threads import THREADS_ENV, configure_threads
@@ -126,13 +127,12 @@ def _number(text: str, kind: type) -> Any:
 
 
 #: the ODE solvers a checkpoint is sampled with
-SOLVERS = ["one_step", "euler", "heun", "rk2", "rk45"]
 
 
 def add_sampling_args(p: argparse.ArgumentParser, solver: str, steps: int) -> None:
     """The checkpoint argument, ``--solver`` and ``--steps`` of the verbs that sample a checkpoint."""
     p.add_argument("ckpt", help="checkpoint directory, or run directory (latest checkpoint)")
-    p.add_argument("--solver", default=solver, choices=SOLVERS, help="ODE solver (one_step: x + (1 − ε)·v)")
+    p.add_argument("--solver", default=solver, choices=list(SOLVERS), help="ODE solver (one_step: x + (1 − ε)·v)")
     p.add_argument("--steps", type=positive_int, default=steps, help="steps for euler/heun/rk2")
 
 
@@ -199,7 +199,8 @@ QUIET_LOGGERS = (("torch.onnx._internal.exporter._registration", logging.ERROR),
                  ("torch.utils._pytree", logging.ERROR))  # torchao's register_constant() deprecation
 #: upstream verbosity variables the CLI sets when the user has not: diffusers' and transformers' warnings
 #: ("Unable to import `torchao` Tensor objects") and their weight loading/saving bars
-QUIET_ENV = (("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_VERBOSITY", "error"), ("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
+QUIET_ENV = (("DIFFUSERS_VERBOSITY", "error"), ("TRANSFORMERS_VERBOSITY", "error"),
+             ("HF_HUB_DISABLE_PROGRESS_BARS", "1"))
 #: (category, message regex) of upstream warnings the CLI does not show
 QUIET_WARNINGS = ((FutureWarning, r"`isinstance\(treespec, LeafSpec\)` is deprecated"),)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +39,7 @@ def reference() -> str:
     from fastflow.data import DATASETS, dataset_class
     from fastflow.models.presets import ARCHS, PRESETS
     from fastflow.objectives import OBJECTIVES
-    from fastflow.objectives.base import plain
-    from fastflow.objectives.options import default_of, options_of
+    from fastflow.objectives.options import options_of
     from fastflow.train.config import LoopConfig, OptimConfig, TrainConfig
 
     def fields(cls: type) -> list[str]:
@@ -74,10 +74,17 @@ def reference() -> str:
             "fields (`fastflow/objectives/options.py`: type, range and default stated once), checked against this "
             "table."]
     for name, cls in OBJECTIVES.items():
-        rows = [f"| `{k}` | `{_type(tp)}` | {'(required)' if opt.required else f'`{json.dumps(plain(default_of(f)))}`'} |"
-                for k, (f, opt, tp) in options_of(cls).items()]
+        rows = [f"| `{k}` | `{_type(tp)}` | {_default(opt.required, f)} |" for k, (f, opt, tp) in options_of(cls).items()]
         out += ["", f"### `objective.name: {name}`", "", "| key | type | default |", "|---|---|---|", *rows]
     return "\n".join(out) + "\n"
+
+
+def _default(required: bool, field: Any) -> str:
+    """An objective option's default as table text: its JSON form, or ``(required)``."""
+    from fastflow.objectives.base import plain
+    from fastflow.objectives.options import default_of
+
+    return "(required)" if required else f"`{json.dumps(plain(default_of(field)))}`"
 
 
 def _type(t: object) -> str:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from fastflow.cli.common import (Parser, add_model_args, add_threads, add_version, finite_float, nonneg_float,
                                  nonneg_int, positive_int, run_cli)
+from fastflow.utils.dtypes import DTYPES
 from fastflow.export.formats import FORMATS
 from fastflow.export.options import CHAIN
 
@@ -44,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-batch", type=positive_int, default=1, help="smallest batch of a dynamic batch range")
     p.add_argument("--opt-batch", type=positive_int, default=None, help="batch to optimise for (default: max)")
     p.add_argument("--max-batch", type=positive_int, default=8, help="largest batch of a dynamic batch range")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"], help="dtype of weights and inputs")
+    p.add_argument("--dtype", default="fp32", choices=list(DTYPES), help="dtype of weights and inputs")
     p.add_argument("--steps", type=positive_int, default=1, help="Euler steps inside the generator")
     p.add_argument("--opset", type=positive_int, default=19, help="ONNX opset (>= 18)")
     p.add_argument("--external-data", action="store_true",

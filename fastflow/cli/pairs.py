@@ -9,9 +9,10 @@ from pathlib import Path
 
 import torch
 
-from fastflow.cli.common import (add_fused_arg, rk45_bar, add_threads, device_arg, finite_float, nonneg_int, positive_float,
-                                 positive_int)
+from fastflow.cli.common import (add_fused_arg, add_threads, device_arg, finite_float, nonneg_int, positive_float,
+                                 positive_int, rk45_bar)
 from fastflow.errors import ConfigError
+from fastflow.flow.solvers import SOLVERS
 from fastflow.fused import apply as apply_fused
 from fastflow.models.checkpoint import resolve_checkpoint
 from fastflow.models.presets import sample_shape
@@ -31,7 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=positive_int, required=True, help="number of pairs")
     p.add_argument("--shard-size", type=positive_int, default=1000, help="pairs per shard file")
     p.add_argument("--batch-size", type=positive_int, default=256, help="teacher batch size")
-    p.add_argument("--solver", default="rk45", choices=["euler", "heun", "rk2", "rk45"], help="the teacher's ODE solver")
+    p.add_argument("--solver", default="rk45", choices=[s for s in SOLVERS if s != "one_step"],
+                   help="the teacher's ODE solver")
     p.add_argument("--steps", type=positive_int, default=100, help="steps for euler/heun/rk2")
     p.add_argument("--rtol", type=positive_float, default=1e-5, help="rk45 relative tolerance")
     p.add_argument("--atol", type=positive_float, default=1e-5, help="rk45 absolute tolerance")

@@ -12,7 +12,8 @@ from fastflow.cli.common import nonneg_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tiny-sd", help="write a random tiny SD-style diffusers folder (try the SD path without weights)")
+    p = sub.add_parser("tiny-sd",
+                       help="write a random tiny SD-style diffusers folder (try the SD path without weights)")
     p.add_argument("out", help="a new directory")
     p.add_argument("--seed", type=nonneg_int, default=0, help="seed of the random weights")
     p.set_defaults(fn=run)

@@ -29,7 +29,8 @@ from fastflow.export.contract import check_artefact
 from fastflow.export.formats import FORMATS, BuildOptions, input_names
 from fastflow.export.generator import Generator, SRGenerator, Velocity
 from fastflow.export.options import ExportOptions, ExportResult
-from fastflow.export.spec import DTYPES, GeneratorSpec
+from fastflow.export.spec import GeneratorSpec
+from fastflow.utils.dtypes import DTYPES
 from fastflow.utils.threads import device_name
 
 Inputs = Callable[[int], tuple[Tensor, ...]]  # batch size → fixed-seed example inputs

@@ -16,7 +16,8 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import ArtifactError, FastflowError
-from fastflow.export.spec import DTYPES, GeneratorSpec
+from fastflow.export.spec import GeneratorSpec
+from fastflow.utils.dtypes import DTYPES
 
 #: artefacts up to this size (with their data files) are also called at the batch range's ends
 SMALL_BYTES = 256 * 2**20

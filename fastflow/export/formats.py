@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from fastflow.errors import ArtifactError, DTypeError, MissingBackendError
 from fastflow.export.quantize import fp32_onnx_then_int8, quantize_module
-from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
+from fastflow.export.spec import BatchRange, GeneratorSpec
+from fastflow.utils.dtypes import DTYPES
 from fastflow.fused import cpu_block
 from fastflow.export.package_check import check_package
 

@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 from fastflow.errors import ConfigError, MissingBackendError
-from fastflow.export.spec import DTYPES, BatchRange, GeneratorSpec
+from fastflow.export.spec import BatchRange, GeneratorSpec
+from fastflow.utils.dtypes import DTYPES
 from fastflow.fused.switch import check_mode
 
 #: what a text-to-image pipeline is built of, in chain order

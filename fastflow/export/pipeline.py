@@ -27,7 +27,8 @@ from fastflow.export.contract import check_artefact
 from fastflow.export.formats import FORMATS, BuildOptions
 from fastflow.export.generator import TextGenerator
 from fastflow.export.options import ExportOptions, ExportResult
-from fastflow.export.spec import DTYPES, GeneratorSpec
+from fastflow.export.spec import GeneratorSpec
+from fastflow.utils.dtypes import DTYPES
 from fastflow.models.diffusers_dir import decode_latents
 
 FORMAT, VERSION = "fastflow-pipeline", 1

@@ -27,8 +27,8 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import ArtifactError, ShapeError
+from fastflow.utils.dtypes import DTYPES
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 INPUTS = {"generator": ("z",), "conditional": ("z", "cond"), "sr": ("lq", "noise", "tau"), "velocity": ("x", "t"),
           "text_encoder": ("tokens",), "text_generator": ("z", "emb"), "vae_decoder": ("latent",)}
 PREFIX = "fastflow."

@@ -3,7 +3,6 @@ quality cost of an int8 artefact."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +11,7 @@ from torch import Tensor
 
 from fastflow.errors import ArtifactError
 from fastflow.export.spec import GeneratorSpec
+from fastflow.utils.images import psnr_db
 
 
 def compare(reference: Callable[..., Tensor], candidate: Callable[..., Tensor],
@@ -68,7 +68,7 @@ def int8_quality(reference: Callable[..., Tensor], candidate: Callable[..., Tens
     mse = float(((a.clamp(-1, 1) - b.clamp(-1, 1)) ** 2).mean())
     out: dict[str, Any] = {"samples": len(a), "max_abs_err": float((a - b).abs().max()),
                            "mean_abs_err": float((a - b).abs().mean()),
-                           "psnr_db": 10 * math.log10(4.0 / mse) if mse > 0 else math.inf}
+                           "psnr_db": psnr_db(mse)}
     fp32 = scores(a) if scores is not None else None
     if fp32 is not None:
         int8 = scores(b)

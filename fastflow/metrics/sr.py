@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastflow.errors import ShapeError
+from fastflow.utils.images import psnr_db
 
-DATA_RANGE = 2.0
 
 
 def _check(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
@@ -30,7 +30,7 @@ def psnr(x: Tensor, ref: Tensor) -> Tensor:
     """Per-image PSNR in dB ``[B]``."""
     x, ref = _check(x, ref)
     mse = (x - ref).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(DATA_RANGE**2 / mse.clamp(min=1e-20))
+    return psnr_db(mse.clamp(min=1e-20))
 
 
 def _gaussian_window(size: int = 11, sigma: float = 1.5) -> Tensor:

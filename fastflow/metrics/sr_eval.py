@@ -20,7 +20,7 @@ from fastflow.models import load_model
 from fastflow.models.checkpoint import CheckpointRecord
 from fastflow.metrics.sr import sr_scores
 from fastflow.flow.sr import sr_one_step, sr_start
-from fastflow.utils.images import save_figure
+from fastflow.utils.images import pyplot, save_figure
 
 TAUS = (0.01, 0.25, 0.5, 0.75, 0.99)
 
@@ -54,10 +54,7 @@ def tau_sweep(student: nn.Module, hr: Tensor, lq: Tensor, sigma_p: float, taus: 
 def save_sweep_plot(rows: list[dict[str, Any]], path: str) -> None:
     """PSNR and HF ratio against τ, the τ-free rows (input, teacher) as lines; a ``KEY_sd`` (rows
     averaged over seeds) draws error bars / bands."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     sweep = [r for r in rows if r["tau"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)

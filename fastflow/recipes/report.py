@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from fastflow.metrics.evaluate import mean_sd
-from fastflow.utils.images import save_figure, to_uint8
+from fastflow.utils.images import pyplot, save_figure, to_uint8
 from fastflow.utils.io import atomic_write_json
 from fastflow.utils.table import format_table
 
@@ -99,18 +99,9 @@ def report_seeds(out: Path, result: dict[str, Any], title: str, fields: Sequence
                                                  "beyond one sd", "intervals apart"]))
 
 
-def _pyplot():  # noqa: ANN202 - the module, headless
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def latency_quality_plot(rows: Sequence[ResultRow], path: Path) -> None:
     """Latency and digits FD against NFE, a line per method."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110)
     for i, m in enumerate(dict.fromkeys(r.method for r in rows)):
         rs = [r for r in rows if r.method == m]
@@ -127,7 +118,7 @@ def latency_quality_plot(rows: Sequence[ResultRow], path: Path) -> None:
 
 def sample_rows_figure(samples: dict[str, torch.Tensor], path: Path, per_row: int = 16) -> None:
     """A strip of ``per_row`` grey samples per labelled entry."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(len(samples), 1, figsize=(per_row * 0.6, len(samples) * 0.95), dpi=110)
     for ax, (label, x) in zip(axes, samples.items()):
         imgs = np.pad(to_uint8(x[:per_row])[..., 0], ((0, 0), (0, 0), (1, 1)), constant_values=255)
@@ -140,7 +131,7 @@ def sample_rows_figure(samples: dict[str, torch.Tensor], path: Path, per_row: in
 
 def strip_figure(columns: dict[str, torch.Tensor], path: Path, n: int = 6) -> None:
     """``n`` images, one per row; a column per labelled method (nearest-neighbour enlarged)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(n, len(columns), figsize=(1.3 * len(columns), 1.3 * n + 0.3), dpi=110)
     for j, (label, x) in enumerate(columns.items()):
         imgs = to_uint8(x[:n])

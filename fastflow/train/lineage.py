@@ -3,8 +3,8 @@
 A run writes ``meta.lineage`` into each checkpoint's ``config.json``, the exact inputs beside their
 paths:
 
-- ``pairs`` (``data.name: pairs``; :meth:`~fastflow.data.base.Dataset.provenance`): the pairs' root, their identity (SHA-256 over the generation
-  settings and every shard's digest), each shard's digest, and the teacher that made them as the
+- ``pairs`` (``data.name: pairs``; :meth:`~fastflow.data.base.Dataset.provenance`): the pairs'
+  root, their identity (SHA-256 over the generation settings and every shard's digest), each shard's digest, and the teacher that made them as the
   pairs' manifest names it (checkpoint, weights file, SHA-256);
 - ``teacher``: the objective's frozen network (FGD's guide, OFTSR's teacher): checkpoint, weights
   file, SHA-256 of those weights;
@@ -46,7 +46,8 @@ def record_lineage(cfg: TrainConfig, data: Dataset) -> dict[str, Any]:
     if source is not None:
         out[source["kind"]] = source
     if cfg.objective.get("teacher"):
-        out["teacher"] = checkpoint_link(str(cfg.objective["teacher"]), str(cfg.objective.get("teacher_weights", "ema")))
+        weights = str(cfg.objective.get("teacher_weights", "ema"))
+        out["teacher"] = checkpoint_link(str(cfg.objective["teacher"]), weights)
     if cfg.train.init_from:
         out["init_from"] = checkpoint_link(cfg.train.init_from, "ema")
     return out
@@ -63,10 +64,12 @@ class Link:
     def describe(self) -> str:
         r = self.record
         if self.role == "pairs":
-            return f"pairs: {r.get('root')} (identity {str(r.get('identity'))[:12]}, {len(r.get('shards') or {})} shards)"
+            shards = r.get("shards")
+            count = len(shards) if isinstance(shards, dict) else "?"
+            return f"pairs: {r.get('root')} (identity {str(r.get('identity'))[:12]}, {count} shards)"
         if "checkpoint" in r:
             return f"{self.role}: {r['checkpoint']} ({r.get('weights')} {str(r.get('sha256'))[:12]})"
-        return f"{self.role}: {r.get('kind', 'unknown')} {r.get('name', '')} (not a checkpoint: nothing to check)".rstrip()
+        return f"{self.role}: {r.get('kind', 'unknown')} {r.get('name', '')} (not a checkpoint: nothing to check)"
 
 
 def lineage_of(path: str | Path) -> dict[str, Any] | None:

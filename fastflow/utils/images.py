@@ -1,4 +1,4 @@
-"""PNG output: image grids and 2-D scatter plots."""
+"""Images in [−1, 1]: their PSNR, and PNG output (image grids, 2-D scatter plots, figures)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,17 @@ from PIL import Image
 
 from fastflow.errors import ShapeError
 from fastflow.utils.io import atomic_write
+
+
+#: the value range of fastflow's images, [−1, 1]
+DATA_RANGE = 2.0
+
+
+def psnr_db(mse: Any) -> Any:
+    """PSNR in dB of images in [−1, 1] from their mean squared error (a float or a tensor; 0 → inf)."""
+    if isinstance(mse, torch.Tensor):
+        return 10 * torch.log10(DATA_RANGE**2 / mse)
+    return 10 * math.log10(DATA_RANGE**2 / mse) if mse > 0 else math.inf
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -80,13 +91,20 @@ def save_image(x: torch.Tensor, path: str | Path) -> Path:
     return Path(path)
 
 
-def save_scatter(points: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
-                 title: str = "") -> Path:
-    """Scatter plot of 2-D samples (optionally over reference data) as PNG."""
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the headless Agg backend (no display needed): every figure's entry."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_scatter(points: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
+                 title: str = "") -> Path:
+    """Scatter plot of 2-D samples (optionally over reference data) as PNG."""
+    plt = pyplot()
 
     fig, ax = plt.subplots(figsize=(4, 4), dpi=100)
     if reference is not None:
@@ -102,10 +120,8 @@ def save_scatter(points: torch.Tensor, path: str | Path, reference: torch.Tensor
 
 def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     """Write a matplotlib figure as PNG (atomically: never a half-written image) and close it."""
-    import matplotlib.pyplot as plt
-
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", **kwargs))
-    plt.close(fig)
+    pyplot().close(fig)
     return Path(path)
 
 

@@ -1,0 +1,28 @@
+"""One helper per small concept (issue 45): each row's second form is gone from the tree, so a newcomer
+finds the canonical one by searching. A row names the pattern of a hand-written copy and its one home."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+#: (concept, regex of a copy, the one file allowed to hold it)
+ROWS = [
+    ("headless matplotlib", r"matplotlib\.use\(", "fastflow/utils/images.py"),
+    ("dtype names", r'"fp16":\s*torch\.float16', "fastflow/utils/dtypes.py"),
+    ("PSNR", r"log10\(", "fastflow/utils/images.py"),
+    ("solver names", r'"heun",\s*"rk2"', "fastflow/flow/solvers.py"),
+]
+
+
+def _sources() -> list[Path]:
+    return [p for d in ("fastflow", "benchmarks", "kernels") for p in (ROOT / d).rglob("*.py")]
+
+
+@pytest.mark.parametrize("concept,pattern,home", ROWS, ids=[r[0] for r in ROWS])
+def test_one_home(concept: str, pattern: str, home: str) -> None:
+    found = sorted(str(p.relative_to(ROOT)) for p in _sources() if re.search(pattern, p.read_text()))
+    assert found == [home], f"{concept}: written in {found}; use the helper in {home}"
