@@ -15,6 +15,8 @@ ROWS = [
     ("dtype names", r'"fp16":\s*torch\.float16', "fastflow/utils/dtypes.py"),
     ("PSNR", r"log10\(", "fastflow/utils/images.py"),
     ("solver names", r'"heun",\s*"rk2"', "fastflow/flow/solvers.py"),
+    ("per-sample NFE, else the batch's", r"sample_nfe is not None", "fastflow/flow/solvers.py"),
+    ("MeanFlow takes no CFG", r"guidance trained in", "fastflow/flow/sample.py"),
 ]
 
 

@@ -211,7 +211,7 @@ def _backend_rows(suite: _Suite, backend: str, euler_ns: Sequence[int], heun_ns:
                 fn = _sampler(m, base, solver, steps, z)
             if solver == "rk45":
                 res = generate(m, z, "rk45", None, rtol=1e-5, atol=1e-5)
-                nfe, calls = float(res.sample_nfe.float().mean()), res.nfe
+                nfe, calls = float(res.per_sample_nfe().mean()), res.nfe
             else:
                 nfe = float(steps if solver == "euler" else 2 * steps - 1)
                 calls = int(nfe)

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from fastflow.errors import ConfigError
 from fastflow.flow.guidance import cfg_velocity
-from fastflow.flow.sample import is_two_time
+from fastflow.flow.sample import check_mean_flow_cfg, is_two_time
 from fastflow.flow.solvers import time_grid
 from fastflow.flow.time import DEFAULT_EPS
 from fastflow.flow.sr import sr_one_step
@@ -30,8 +30,7 @@ class Generator(nn.Module):
     def __init__(self, model: nn.Module, steps: int = 1, t0: float | None = None, cfg_scale: float = 1.0) -> None:
         super().__init__()
         self.model, self.steps, self.two_time, self.cfg_scale = model, steps, is_two_time(model), cfg_scale
-        if self.two_time and cfg_scale != 1.0:
-            raise ConfigError("a MeanFlow model has its guidance trained in: export it with CFG scale 1")
+        check_mean_flow_cfg(model, cfg_scale)
         self.grid = time_grid(steps, (0.0 if self.two_time else DEFAULT_EPS) if t0 is None else t0, 1.0)
 
     @property

@@ -22,14 +22,20 @@ def is_two_time(model: object) -> bool:
     return getattr(getattr(model, "config", None), "times", 1) == 2
 
 
+def check_mean_flow_cfg(model: Callable[..., Tensor], cfg_scale: float) -> None:
+    """A MeanFlow (two-time) model stepped on its average velocity has its guidance trained in: a CFG
+    scale other than 1 is a :class:`~fastflow.errors.ConfigError` (sampling and export say it alike)."""
+    if is_two_time(model) and cfg_scale != 1.0:
+        raise ConfigError("a MeanFlow model has its guidance trained in (objective.cfg_scale): use CFG scale 1 "
+                          "(to sample guided: a multi-stage solver, heun or rk45, on its instantaneous velocity)")
+
+
 @torch.no_grad()
 def generate(model: Callable[..., Tensor], z: Tensor, solver: str = "euler", steps: int | None = None,
              cond: Cond = None, cfg_scale: float = 1.0, **solver_kwargs: Any) -> SolveResult:
     """Integrate ``model``'s velocity (guided with ``cfg_scale`` when ``cond`` is given) from ``z``."""
     if is_two_time(model) and solver in ("one_step", "euler"):
-        if cfg_scale != 1.0:
-            raise ConfigError("a MeanFlow model has its guidance trained in (objective.cfg_scale); sample it with "
-                              "cfg 1, or with a multi-stage solver (heun, rk45) on its instantaneous velocity")
+        check_mean_flow_cfg(model, cfg_scale)
         if solver == "euler" and steps is None:
             raise ConfigError("solver 'euler' needs steps")
         return mean_flow(lambda x, t, t_end: model(x, t, cond, t_end=t_end), z, 1 if solver == "one_step" else steps,

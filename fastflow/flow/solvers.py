@@ -52,6 +52,12 @@ class SolveResult:
     times: list[Tensor] | None = None
     sample_nfe: Tensor | None = field(default=None, repr=False)  # rk45: calls per sample
 
+    def per_sample_nfe(self) -> Tensor:
+        """Velocity calls per sample ``[B]`` (float): rk45's own count, else the batch's ``nfe`` for each."""
+        if self.sample_nfe is not None:
+            return self.sample_nfe.float()
+        return torch.full((self.x.shape[0],), float(self.nfe), device=self.x.device)
+
 
 def _check(x: Tensor, what: str) -> Tensor:
     """Fail on NaN/Inf (one host sync: fixed-step solvers check only their result, since a

@@ -52,7 +52,7 @@ def evaluate(model: nn.Module, solver: str = "euler", steps: int | None = 1, n: 
     for zb in z.split(batch_size):
         res = generate(model, zb.to(dev), solver, steps, **kw)
         xs.append(res.x.float().cpu())
-        nfes.append(res.sample_nfe.float().cpu() if res.sample_nfe is not None else torch.full((len(zb),), float(res.nfe)))
+        nfes.append(res.per_sample_nfe().cpu())
     sample_s = time.perf_counter() - t0
     x = torch.cat(xs)
     out: dict[str, Any] = {"solver": solver, "steps": steps, "n": n, "nfe": float(torch.cat(nfes).mean())}

@@ -54,8 +54,7 @@ class FlowTeacher:
         """``(x, per-sample NFE)`` for noise ``z``."""
         kw = {"rtol": self.rtol, "atol": self.atol, "progress": self.progress} if self.solver == "rk45" else {}
         res = generate(self.model, z, self.solver, self.steps, cond=cond, cfg_scale=self.cfg_scale, **kw)
-        nfe = res.sample_nfe if res.sample_nfe is not None else torch.full((len(z),), res.nfe)
-        return res.x, nfe
+        return res.x, res.per_sample_nfe()
 
 
 @dataclass

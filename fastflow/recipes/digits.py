@@ -31,7 +31,7 @@ def score(method: str, model: nn.Module, z: torch.Tensor, solver: str, steps: in
     scale ``cfg``) and score the samples; the row and the samples."""
     kw = {"rtol": rk45_tol, "atol": rk45_tol} if solver == "rk45" else {}
     res = generate(model, z, solver, steps, cond=labels, cfg_scale=cfg, **kw)
-    nfe = float(res.sample_nfe.float().mean()) if res.sample_nfe is not None else float(res.nfe)
+    nfe = float(res.per_sample_nfe().mean())
     z1, c1 = z[:1], None if labels is None else labels[:1]
     lat = measure_latency(lambda: generate(model, z1, solver, steps, cond=c1, cfg_scale=cfg, **kw), warmup=2,
                           iters=5 if solver == "rk45" else 20)
