@@ -183,3 +183,14 @@ def test_rk45_subset_evaluation_matches_full_batch() -> None:
     a, b = rk45(guided, x0), rk45(plain, x0)
     assert torch.allclose(a.x, b.x, atol=1e-12) and torch.equal(a.sample_nfe, b.sample_nfe)
     assert int(a.sample_nfe.min()) < a.nfe  # samples finished at different times
+
+
+def test_options_for_gives_each_solver_only_what_it_takes() -> None:
+    from fastflow.flow.solvers import options_for
+
+    opts = dict(rtol=1e-3, atol=1e-4, progress=None, r=0.5)
+    assert options_for("rk45", **opts) == {"rtol": 1e-3, "atol": 1e-4}
+    assert options_for("rk2", **opts) == {"r": 0.5}
+    assert options_for("euler", **opts) == {} and options_for("one_step", **opts) == {}
+    with pytest.raises(ConfigError, match="unknown solver"):
+        options_for("rk4", **opts)

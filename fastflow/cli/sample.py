@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fastflow.flow.sample import generate
+    from fastflow.flow.solvers import options_for
     from fastflow.utils.images import save_samples
     from fastflow.utils.io import atomic_savez, check_fits_in_memory, check_writable
 
@@ -69,11 +70,8 @@ def run(args: argparse.Namespace) -> int:
         cond = torch.arange(args.n) % cfg.num_classes
     if args.cfg != 1.0 and cond is None:
         raise ConfigError(f"--cfg {args.cfg}: guidance needs a conditional model (this one is unconditional)")
-    kwargs: dict = {"rtol": args.rtol, "atol": args.atol} if args.solver == "rk45" else {}
-    if args.solver == "rk45":  # adaptive: say how far it got (calls so far, samples still integrating)
-        kwargs["progress"] = rk45_bar()
-    if args.solver == "rk2":
-        kwargs["r"] = args.r
+    kwargs = options_for(args.solver, rtol=args.rtol, atol=args.atol, r=args.r,  # rk45 says how far it got
+                         progress=rk45_bar() if args.solver == "rk45" else None)
     g = torch.Generator().manual_seed(args.seed)
     z = torch.randn(args.n, *shape, generator=g)  # the same noise for any --batch-size
     xs, nfe = [], 0

@@ -24,9 +24,11 @@ the number of steps (one step: :math:`x_1 = x_0 + u(x_0, 0, 1)`).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -266,6 +268,16 @@ SOLVERS: dict[str, Callable[..., SolveResult]] = {
     "rk2": rk2,
     "rk45": rk45,
 }
+
+
+def options_for(solver: str, **options: Any) -> dict[str, Any]:
+    """The ``options`` that ``solver`` takes (by its signature: rk45's ``rtol``, ``atol``, ``progress``,
+    ``max_calls``; rk2's ``r``), the others and the ``None`` ones dropped: callers state options once,
+    whatever the solver, and each solver's defaults apply to what they leave out."""
+    if solver not in SOLVERS:
+        raise ConfigError(f"unknown solver {solver!r}; choose from {sorted(SOLVERS)}")
+    takes = inspect.signature(SOLVERS[solver]).parameters
+    return {k: v for k, v in options.items() if k in takes and v is not None}
 
 
 def solve(name: str, velocity: Velocity, x0: Tensor, steps: int | None = None,

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from fastflow.flow.guidance import Cond
 from fastflow.flow.sample import generate
+from fastflow.flow.solvers import options_for
 from fastflow.models.checkpoint import load_model, read_config, resolve_checkpoint, weights_source
 
 
@@ -46,13 +47,13 @@ class FlowTeacher:
         return getattr(self.model.config, "num_classes", 0)
 
     def identity(self) -> dict[str, Any]:
-        kw = {"rtol": self.rtol, "atol": self.atol} if self.solver == "rk45" else {"steps": self.steps}
+        kw = options_for(self.solver, rtol=self.rtol, atol=self.atol) or {"steps": self.steps}
         return {"kind": "flow", **self.source, "solver": self.solver, **kw, "cfg_scale": self.cfg_scale}
 
     @torch.no_grad()
     def __call__(self, z: Tensor, cond: Cond = None) -> tuple[Tensor, Tensor]:
         """``(x, per-sample NFE)`` for noise ``z``."""
-        kw = {"rtol": self.rtol, "atol": self.atol, "progress": self.progress} if self.solver == "rk45" else {}
+        kw = options_for(self.solver, rtol=self.rtol, atol=self.atol, progress=self.progress)
         res = generate(self.model, z, self.solver, self.steps, cond=cond, cfg_scale=self.cfg_scale, **kw)
         return res.x, res.per_sample_nfe()
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from fastflow.flow import generate
+from fastflow.flow.solvers import options_for
 from fastflow.metrics import digits_scores
 from fastflow.metrics.cost import count_params
 from fastflow.metrics.digits import classify
@@ -29,7 +30,7 @@ def score(method: str, model: nn.Module, z: torch.Tensor, solver: str, steps: in
           rk45_tol: float = 1e-3) -> tuple[ResultRow, torch.Tensor]:
     """Sample ``model`` from ``z`` with ``solver`` (``labels``: a class-conditional model at CFG
     scale ``cfg``) and score the samples; the row and the samples."""
-    kw = {"rtol": rk45_tol, "atol": rk45_tol} if solver == "rk45" else {}
+    kw = options_for(solver, rtol=rk45_tol, atol=rk45_tol)
     res = generate(model, z, solver, steps, cond=labels, cfg_scale=cfg, **kw)
     nfe = float(res.per_sample_nfe().mean())
     z1, c1 = z[:1], None if labels is None else labels[:1]
