@@ -9,7 +9,7 @@ from fastflow.cli.common import add_threads, choice_list, positive_float, positi
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, ~20 minutes on 2 cores)")
+    p = sub.add_parser("demo", help="the embedded SlimFlow pipeline on digits (CPU, 20 to 50 minutes on 2 cores)")
     p.add_argument("--out", default="demo_out", help="output directory (every stage resumes from it)")
     p.add_argument("--scale", type=positive_float, default=1.0,
                    help="multiply every training budget and the pair count (e.g. 4 for a longer run)")

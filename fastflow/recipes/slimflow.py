@@ -153,8 +153,8 @@ def checks_of(rows: list[ResultRow], straight: dict[str, float]) -> dict[str, bo
 def run(out: Path, scale: float = 1.0, teacher_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
     """The whole pipeline; ``seed`` seeds every training run, the pairs and the scoring noise."""
     out.mkdir(parents=True, exist_ok=True)
-    log(f"SlimFlow on digits (seed {seed}) in {out}: 6 stages, about {20 * scale:.0f} min at one thread on a 2-core "
-        "x86 CPU (measured: docs/slimflow.md); rerun the same command to resume after an interruption")
+    log(f"SlimFlow on digits (seed {seed}) in {out}: 6 stages, {20 * scale:.0f} to {50 * scale:.0f} min at one thread "
+        "on this project's 2-core x86 CPUs (docs/slimflow.md); rerun the same command to resume after an interruption")
     seconds: dict[str, float] = {}
     t_start = t0 = time.perf_counter()
 
