@@ -89,12 +89,6 @@ def _check_manifest(root: Path, m: object) -> list[str]:
     return shards
 
 
-def memmap_safetensors(path: Path) -> dict[str, np.memmap]:
-    """Map every tensor of a safetensors file (bf16 is not mappable by numpy: store F32/F16),
-    checked against the ``sha256`` of its metadata."""
-    return _mapped(path)[0]
-
-
 def shard_digest(path: Path) -> str | None:
     """The SHA-256 of a shard's tensors, checked against the file's content (None: a shard written
     before digests); a modified file is a :class:`DataError`."""
@@ -102,6 +96,8 @@ def shard_digest(path: Path) -> str | None:
 
 
 def _mapped(path: Path) -> tuple[dict[str, np.memmap], str | None]:
+    """Every tensor of a shard mapped (bf16 is not mappable by numpy: store F32/F16), checked against
+    the ``sha256`` of its metadata; and that digest (None: written before digests)."""
     try:
         with open(path, "rb") as f:
             (header_len,) = struct.unpack("<Q", f.read(8))
