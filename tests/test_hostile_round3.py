@@ -254,6 +254,25 @@ def test_resume_accepts_the_same_settings_spelled_otherwise(tmp_path) -> None:
         train(tiny_config(run, "train.steps=3", "objective.cond_drop=0.1"), resume=True)
 
 
+def test_resume_of_a_checkpoint_written_before_an_option_existed(tmp_path) -> None:
+    """A checkpoint that does not record an option added since (MeanFlow's ``kappa``, ``cfg_interval``)
+    continues when the option is at its default, and is refused when the resumed config sets it."""
+    import json
+
+    from fastflow.train.state import latest_checkpoint
+
+    mf = ["objective={name: meanflow}", "model.times=2", "model.t_scale=1"]
+    run = train(tiny_config(tmp_path / "run", *mf, "train.steps=1"))
+    cfg_path = latest_checkpoint(run) / "config.json"
+    cfg = json.loads(cfg_path.read_text())
+    for key in ("kappa", "cfg_interval"):  # as the version before these options wrote it
+        del cfg["meta"]["objective_settings"][key]
+    cfg_path.write_text(json.dumps(cfg))
+    with pytest.raises(ConfigError, match=r"objective.kappa=\(unset\); resuming with 0.5"):
+        train(tiny_config(run, *mf, "train.steps=2", "objective.kappa=0.5"), resume=True)
+    train(tiny_config(run, *mf, "train.steps=2"), resume=True)
+
+
 @pytest.mark.parametrize("argv,resume", [(["train", "--resume", "c.yaml", "x=1"], "yes"),
                                          (["train", "c.yaml", "--resume", "auto"], "auto"),
                                          (["train", "--resume", "auto", "c.yaml"], "auto"),

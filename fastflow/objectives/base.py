@@ -88,6 +88,14 @@ def objective_settings(objective: Any) -> dict[str, Any]:
     return {"objective": type(objective).__name__, **plain(objective)}
 
 
+def setting_defaults(objective: Any) -> dict[str, Any]:
+    """Each setting's default (as JSON values): what an option added after a checkpoint was written
+    must equal for that checkpoint's run to continue unchanged (``train.resume``)."""
+    from fastflow.objectives.options import default_of
+
+    return {f.name: plain(default_of(f)) for f in dataclasses.fields(objective) if f.compare}
+
+
 def plain(v: Any) -> Any:
     """A field's value as JSON: dataclasses as their compared fields, functions and networks by name."""
     if dataclasses.is_dataclass(v) and not isinstance(v, type):

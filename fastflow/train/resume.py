@@ -17,7 +17,7 @@ from fastflow.data import dataset_settings
 from fastflow.errors import ConfigError, FastflowError
 from fastflow.models.checkpoint import read_config
 from fastflow.models.sharded import is_sharded
-from fastflow.objectives.base import objective_settings
+from fastflow.objectives.base import objective_settings, setting_defaults
 from fastflow.train.config import TrainConfig
 from fastflow.utils.distributed import DistInfo
 
@@ -51,6 +51,7 @@ def check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Modu
               "data": _settings(dataset_settings, meta.get("data_config")), "objective": meta.get("objective_settings")}
     now = {"seed": cfg.seed, "train.batch_size": cfg.train.batch_size, "model": model.config.to_dict(),
            "data": dataset_settings(cfg.data), "objective": objective_settings(objective)}
+    now["objective"] = _unrecorded_defaults_dropped(stored["objective"], jsonable(now["objective"]), objective)
     for key, was in stored.items():
         changed = difference(key, was, jsonable(now[key])) if was is not None else None
         if changed is not None:
@@ -66,6 +67,15 @@ def check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Modu
               f"this run uses {split}: same global batches, different noise draws; training continues, "
               "not bit-exactly", file=sys.stderr)
     return meta
+
+
+def _unrecorded_defaults_dropped(was: Any, now: dict[str, Any], objective: Any) -> dict[str, Any]:
+    """``now`` less the settings a checkpoint does not record (options added since it was written) that
+    are at their defaults: those runs continue unchanged (e.g. MeanFlow's ``kappa`` 0 and ``cfg_interval``)."""
+    if not isinstance(was, dict):
+        return now
+    defaults = jsonable(setting_defaults(objective))
+    return {k: v for k, v in now.items() if k in was or k not in defaults or v != defaults[k]}
 
 
 def jsonable(value: Any) -> Any:
