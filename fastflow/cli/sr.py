@@ -52,7 +52,7 @@ def _outputs(out: Path, n: int) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     from fastflow.metrics.sr_eval import check_student, super_resolve
-    from fastflow.utils.images import save_grid, save_image
+    from fastflow.utils.images import display_upscale, save_grid, save_image
     from fastflow.utils.io import atomic_savez, check_distinct, check_writable
 
     out = Path(args.out)
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         for image, path in zip(x, paths):
             save_image(image, path)
     if args.grid:
-        save_grid(x, args.grid, upscale=max(1, 128 // model.config.resolution))
+        save_grid(x, args.grid, upscale=display_upscale(model.config.resolution, target=128))
     shown = str(paths[0]) if len(paths) == 1 else f"{paths[0]} … {paths[-1].name}"
     print(f"wrote {shown}{' and ' + args.grid if args.grid else ''}: {len(x)} image(s) "
           f"{x.shape[-2]}×{x.shape[-1]} (×{scale}), tau={args.tau}, NFE=1")

@@ -125,10 +125,10 @@ def save_figure(fig: Any, path: str | Path, **kwargs: Any) -> Path:
     return Path(path)
 
 
-def display_upscale(width: int) -> int:
-    """How much a grid of ``width``-pixel images is enlarged (nearest) to be seen: to about 64 pixels
-    (``fastflow-run --png`` enlarges the same way)."""
-    return max(1, 64 // width)
+def display_upscale(width: int, target: int = 64) -> int:
+    """How much a grid of ``width``-pixel images is enlarged (nearest) to be seen: to about ``target``
+    pixels (``fastflow-run --png`` enlarges the same way)."""
+    return max(1, target // width)
 
 
 def save_samples(x: torch.Tensor, path: str | Path, reference: torch.Tensor | None = None,
