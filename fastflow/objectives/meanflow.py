@@ -121,10 +121,13 @@ class MeanFlow(ObjectiveDefaults):
         without dropout, for samples that keep their label and whose ``s`` lies in ``cfg_interval``."""
         if label is None or (self.cfg_scale == 1.0 and self.kappa == 0.0):
             return v
-        b, null = len(s), torch.full_like(label, self.num_classes)
+        null = torch.full_like(label, self.num_classes)
         with torch.no_grad(), evaluation_mode(model):
-            both = model(torch.cat([x_s, x_s]), torch.cat([s, s]), torch.cat([null, label]), t_end=torch.cat([s, s]))
-        v_null, v_cond = both[:b], both[b:]
+            if self.kappa == 0.0:  # the conditional velocity has weight 0: one plain call
+                v_null, v_cond = model(x_s, s, null, t_end=s), torch.zeros_like(v)
+            else:  # both in one call on a doubled batch
+                v_null, v_cond = model(torch.cat([x_s, x_s]), torch.cat([s, s]), torch.cat([null, label]),
+                                       t_end=torch.cat([s, s])).chunk(2)
         lo, hi = self.cfg_interval
         on = (label != self.num_classes) & (s >= lo) & (s <= hi)
         omega = expand_t(torch.where(on, self.cfg_scale, 1.0).to(v.dtype), v)
