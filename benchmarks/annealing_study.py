@@ -40,14 +40,14 @@ from typing import Any
 
 import torch
 
-from fastflow.recipes.digits import eval_noise
-from fastflow.recipes.slimflow import student_overrides
-from fastflow.recipes.stages import DIGITS_SHAPE, train_stage
 from fastflow.flow import generate
 from fastflow.metrics import digits_scores
 from fastflow.metrics.evaluate import mean_sd
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, PairDataset, generate_pairs
+from fastflow.recipes.digits import eval_noise
+from fastflow.recipes.slimflow import student_overrides
+from fastflow.recipes.stages import DIGITS_SHAPE, train_stage
 from fastflow.train.state import latest_checkpoint
 from fastflow.utils.images import pyplot, save_figure
 from fastflow.utils.io import atomic_write_json, read_json
@@ -138,7 +138,7 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
             for key in ("val_fd", "val_mse", "eval_fd"):
                 row[key], row[f"{key}_sd"] = mean_sd([r[key] for r in rs])
             for key in ("val", "eval"):
-                gains = [b[f"{key}_fd"] - r[f"{key}_fd"] for b, r in zip(base, rs)]
+                gains = [b[f"{key}_fd"] - r[f"{key}_fd"] for b, r in zip(base, rs, strict=False)]
                 row[f"{key}_gain"], row[f"{key}_gain_sd"] = mean_sd(gains)
                 row[f"{key}_gain_per_seed"] = gains
             row["eval_gain_seeds"] = sum(g > 0 for g in row["eval_gain_per_seed"])

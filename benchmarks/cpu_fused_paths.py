@@ -33,17 +33,19 @@ def _train(out: Path, preset_args: list[str], steps: int) -> Path:
     from fastflow.train import train
     from fastflow.train.config import load_config
 
-    cfg = load_config(Path(__file__).parents[1] / "fastflow" / "configs" / "digits.yaml", [f"out_dir={out}", f"train.steps={steps}", f"train.ckpt_every={steps}",
-                                 "train.sample_every=0", *preset_args])
+    cfg = load_config(
+        Path(__file__).parents[1] / "fastflow" / "configs" / "digits.yaml",
+        [f"out_dir={out}", f"train.steps={steps}", f"train.ckpt_every={steps}", "train.sample_every=0", *preset_args],
+    )
     return train(cfg)
 
 
 def _pairs(ckpt: Path, fused: str, solver: str, steps: int | None, count: int, batch: int,
            work: Path) -> tuple[float, torch.Tensor, int]:
-    from fastflow.fused import apply
-    from fastflow.pairs import FlowTeacher, generate_pairs
     from fastflow.data.pairs import PairDataset
+    from fastflow.fused import apply
     from fastflow.models.presets import sample_shape
+    from fastflow.pairs import FlowTeacher, generate_pairs
 
     teacher = FlowTeacher.from_checkpoint(ckpt, solver=solver, steps=steps)
     apply(teacher.model, fused, "cpu")

@@ -57,11 +57,12 @@ def student_rows(name: str, student: torch.nn.Module, shape: tuple[int, ...], ba
     flops, params = count_flops(student, z), count_params(student)
     rates, sweeps = [], []
     for _ in range(rounds):
-        torch.compiler.reset()  # the compiled row compiles afresh: this script's many models and shapes would hit the recompile limit
+        # the compiled row compiles afresh: this script's many models and shapes would hit the recompile limit
+        torch.compiler.reset()
         rates.append(peaks(torch.device("cpu"), int8=any(b.endswith("int8") for b in backends)))
         sweeps.append([generator_row(art, b, flops, params, per_round, warmup, native) for b in backends])
     peak = {**rates[0], **{k: max(r[k] for r in rates) for k in ("fp32_gflops", "int8_gops") if k in rates[0]}}
-    rows = [merge_rounds(list(col)) for col in zip(*sweeps)]
+    rows = [merge_rounds(list(col)) for col in zip(*sweeps, strict=False)]
     add_roofline(rows, peak)
     return [{**r, "model": name, "batch": batch, "threads": threads, "fp32_peak_gflops": peak["fp32_gflops"],
              "int8_peak_gops": peak.get("int8_gops"), "fp32_peak_rounds_gflops": [r["fp32_gflops"] for r in rates]}
@@ -99,8 +100,11 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
     spec = GeneratorSpec("generator", (1, 16, 16), BatchRange(8, 8, 8))
     g = torch.Generator().manual_seed(2024)
     out = {}
-    for name, kind, load in (("onnxruntime-int8", "onnx-int8", load_onnx), ("openvino-int8", "onnx-int8", load_openvino),
-                             ("aoti-int8", "pt2-int8", load_pt2)):
+    for name, kind, load in (
+        ("onnxruntime-int8", "onnx-int8", load_onnx),
+        ("openvino-int8", "onnx-int8", load_openvino),
+        ("aoti-int8", "pt2-int8", load_pt2),
+    ):
         run = load(art.path(kind), torch.device("cpu"))
         g.manual_seed(2024)
         out[name] = int8_quality(Generator(student, 1).eval(), run, spec,
@@ -111,10 +115,10 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every row, written to ``args.out`` after each model × batch × thread count (a crash keeps the rows so far)."""
     from fastflow.bench.artefacts import CallFloor
-    from fastflow.utils.threads import device_name
     from fastflow.models import build_model, load_model
     from fastflow.models.presets import sample_shape
     from fastflow.utils.io import atomic_write_json
+    from fastflow.utils.threads import device_name
 
     torch.manual_seed(0)
     models = {} if args.preset == "none" else {
@@ -137,7 +141,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                 print(f"{name}, batch {batch}, {threads} thread(s): {time.perf_counter() - t0:.0f}s", flush=True)
         fp32 = [b for b in args.backends if not b.endswith(("int8", "cpuk"))]  # a call floor has no UNet blocks
         shape = sample_shape(next(iter(models.values()))[0])  # the small model's, where overhead dominates
-        doc["call_floor"] += student_rows("call floor", CallFloor(shape), shape, 1, threads, fp32, args.iters, args.rounds)
+        doc["call_floor"] += student_rows(
+            "call floor", CallFloor(shape), shape, 1, threads, fp32, args.iters, args.rounds
+        )
         atomic_write_json(args.out, doc)
     torch.set_num_threads(args.threads[0])
     if args.fgd and any(b.endswith("int8") for b in args.backends):
@@ -170,9 +176,11 @@ def table(doc: dict[str, Any]) -> str:
     :class:`~fastflow.bench.artefacts.CallFloor` generator)."""
     lines = _timing_table(doc["rows"])
     for name, q in doc.get("int8_quality", {}).items():
-        lines.append(f"\n{name}: digits FD {q['fd_fp32']:.2f} (fp32) → {q['fd_int8']:.2f} "
-                     f"({100 * q['fd_rel_change']:+.1f} %), coverage {q['coverage_fp32']:.3f} → {q['coverage_int8']:.3f}, "
-                     f"max |Δ| {q['max_abs_err']:.3g} on {q['samples']} samples")
+        lines.append(
+            f"\n{name}: digits FD {q['fd_fp32']:.2f} (fp32) → {q['fd_int8']:.2f} "
+            f"({100 * q['fd_rel_change']:+.1f} %), coverage {q['coverage_fp32']:.3f} → {q['coverage_int8']:.3f}, "
+            f"max |Δ| {q['max_abs_err']:.3g} on {q['samples']} samples"
+        )
     floor = {(r["backend"], r["threads"]): r["p50_ms"] * 1e3 for r in doc.get("call_floor", [])}
     threads = sorted({t for _, t in floor})
     if not floor:
@@ -193,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int_list, default=[1, 2])
     p.add_argument("--backends", type=choice_list(*BACKENDS), default=BACKENDS)
     p.add_argument("--iters", type=positive_int, default=200, help="timed calls per row of the small models")
-    p.add_argument("--preset", default="slim-15.7m", help="the random-weight student timed beside --fgd ('none': only --fgd)")
+    p.add_argument(
+        "--preset", default="slim-15.7m", help="the random-weight student timed beside --fgd ('none': only --fgd)"
+    )
     p.add_argument("--iters-large", type=positive_int, default=20, help="timed calls per row of --preset")
     p.add_argument("--rounds", type=positive_int, default=3,
                    help="interleaved sweeps over the backends the calls are split into")

@@ -1,7 +1,6 @@
 """The annealing study's bookkeeping: paired gains and a choice made on validation scores only."""
 
 import pytest
-
 from annealing_study import main, summarize
 
 

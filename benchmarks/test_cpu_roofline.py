@@ -20,14 +20,39 @@ import cpu_roofline  # noqa: E402
 
 def test_rows_floor_and_table(tmp_path, capsys) -> None:
     out = tmp_path / "r.json"
-    assert cpu_roofline.main(["--preset", "tiny", "--backends", "eager,onnxruntime", "--batch", "1,2",
-                              "--threads", "1", "--iters", "4", "--iters-large", "4", "--rounds", "2", "--out", str(out)]) == 0
+    assert (
+        cpu_roofline.main(
+            [
+                "--preset",
+                "tiny",
+                "--backends",
+                "eager,onnxruntime",
+                "--batch",
+                "1,2",
+                "--threads",
+                "1",
+                "--iters",
+                "4",
+                "--iters-large",
+                "4",
+                "--rounds",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(out.read_text())
     assert [(r["batch"], r["backend"]) for r in doc["rows"]] == [(1, "eager"), (1, "onnxruntime"), (2, "eager"),
                                                                  (2, "onnxruntime")]
     for r in doc["rows"]:
         assert r["model"] == "tiny (random)" and r["threads"] == 1 and r["max_abs_vs_eager"] < 1e-4
-        assert r["calls"] == 4 and len(r["p50_rounds_ms"]) == 2 and r["p50_ms"] == pytest.approx(sum(r["p50_rounds_ms"]) / 2)
+        assert (
+            r["calls"] == 4
+            and len(r["p50_rounds_ms"]) == 2
+            and r["p50_ms"] == pytest.approx(sum(r["p50_rounds_ms"]) / 2)
+        )
         assert r["fp32_peak_gflops"] == max(r["fp32_peak_rounds_gflops"]) and 0 < r["min_ms"] <= r["p50_ms"]
         assert r["gflop_per_s"] * r["p50_ms"] * 1e6 == pytest.approx(r["flops"])
         assert r["fraction_of_peak"] == pytest.approx(r["gflop_per_s"] / r["fp32_peak_gflops"])
@@ -53,9 +78,16 @@ def test_call_floor_is_its_closed_form() -> None:
     assert count_flops(CallFloor(tuple(z.shape[1:])), z) == 0
 
 
-@pytest.mark.parametrize("argv, match", [(["--quality-only"], "add --fgd"), (["--rounds", "0"], "--rounds"),
-                                         (["--iters", "-1"], "--iters"),
-                                         (["--batch", "0"], "--batch"), (["--backends", "eager,tensorrt"], "--backends")])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--quality-only"], "add --fgd"),
+        (["--rounds", "0"], "--rounds"),
+        (["--iters", "-1"], "--iters"),
+        (["--batch", "0"], "--batch"),
+        (["--backends", "eager,tensorrt"], "--backends"),
+    ],
+)
 def test_bad_arguments_exit_2(capsys, argv, match) -> None:
     with pytest.raises(SystemExit) as e:
         cpu_roofline.main(argv)
@@ -64,8 +96,7 @@ def test_bad_arguments_exit_2(capsys, argv, match) -> None:
 
 def test_cpu_name_gives_the_model_and_its_matrix_extensions(tmp_path) -> None:
     """What results record as the CPU: the first processor's model name and its matrix-relevant flags."""
-    from fastflow.utils.threads import device_name
-    from fastflow.utils.threads import cpu_name
+    from fastflow.utils.threads import cpu_name, device_name
 
     info = tmp_path / "cpuinfo"
     cpu = "processor\t: {}\nmodel name\t: Fake CPU\nflags\t\t: fpu sse avx2 fma avx512f amx_int8 {}\n"

@@ -87,7 +87,7 @@ def test_one_step_cost_is_one_student_call_and_euler_n_is_n_teacher_calls(models
     for who, m, solver, steps, nfe in (("student", s, "euler", 1, 1), ("teacher", t, "euler", 4, 4),
                                        ("teacher", t, "euler", 16, 16), ("teacher", t, "heun", 4, 7)):
         calls = []
-        hook = m.register_forward_pre_hook(lambda mod, args: calls.append(args[0].shape[0]))
+        hook = m.register_forward_pre_hook(lambda mod, args, calls=calls: calls.append(args[0].shape[0]))
         try:
             with FlopCounterMode(display=False) as counter:
                 res = generate(m, z, solver, steps)

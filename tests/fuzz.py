@@ -12,7 +12,8 @@ from collections.abc import Callable
 from typing import Any
 
 import yaml
-from hypothesis import HealthCheck, settings, strategies as st
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
 
 from fastflow.cli.common import run_cli
 

@@ -2,11 +2,10 @@
 
 import numpy as np
 import pytest
+from helpers import run_cli
 from PIL import Image
 
 from fastflow.models import build_model, save_model
-
-from helpers import run_cli
 
 
 @pytest.fixture(scope="module")

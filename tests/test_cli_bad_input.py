@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import TINY_DIGITS, run_cli
 from PIL import Image
 
 from fastflow.cli import export as export_cli
@@ -24,8 +25,6 @@ from fastflow.models import build_model, save_model
 from fastflow.pairs import CallableTeacher, generate_pairs
 from fastflow.train import load_config, train
 from fastflow.utils.io import file_digest
-
-from helpers import TINY_DIGITS, run_cli
 
 SR = ["model.arch=unet", "model.in_channels=1", "model.cond_channels=1", "model.resolution=16", "model.channels=8",
       "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[8]",
@@ -106,10 +105,17 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("pairs-flipped-teacher", [PAIRS[0], "{s}/ck_flipped", *PAIRS[2:]], "SHA-256 mismatch"),
     ("bench-flipped-student", [*LATENCY, "--student", "{s}/ck_flipped"], "SHA-256 mismatch"),
     ("train-resume-flipped-state", [*TRAIN, "out_dir={s}/run_flipped", "--resume"], "state.pt: SHA-256 mismatch"),
-    ("train-init-from-flipped", [*TRAIN, "out_dir={s}/new/run", "train.init_from={s}/ck_flipped"],
-     "SHA-256 mismatch"),
-    ("train-flipped-pair-shard", [*TRAIN, "out_dir={s}/new/run", "data={{name: pairs, root: '{s}/pairs_flipped'}}",
-                                  "objective={{name: distill}}"], "shard-00000.safetensors"),
+    ("train-init-from-flipped", [*TRAIN, "out_dir={s}/new/run", "train.init_from={s}/ck_flipped"], "SHA-256 mismatch"),
+    (
+        "train-flipped-pair-shard",
+        [
+            *TRAIN,
+            "out_dir={s}/new/run",
+            "data={{name: pairs, root: '{s}/pairs_flipped'}}",
+            "objective={{name: distill}}",
+        ],
+        "shard-00000.safetensors",
+    ),
     # 2. sr checks its input and output like sample
     ("sr-nan-input", SR_RUN, "NaN or Inf"),
     ("sr-complex-input", [*SR_RUN[:3], "{s}/complex.npz", *SR_RUN[4:]], "real numbers"),
@@ -127,10 +133,16 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("config-show-unknown-key", ["config", "show", "digits", "train.stepz=1"], "stepz"),
     ("config-show-missing-file", ["config", "show", "{s}/nope.yaml"], "nope.yaml"),
     ("export-velocity-of-a-class-model-steps", ["export", *EXPORT, "--velocity", "--steps", "2"], "--velocity"),
-    ("export-external-data-pt2", ["export", "{s}/ck", "--format", "pt2", "-o", "{s}/new/g.pt2", "--external-data"],
-     "--external-data"),
-    ("bench-winners-table-is-input", ["bench", "winners", "{s}/nan.npz", "--out", "{s}/new/w.json", "--switch-table",
-                                      "{s}/nan.npz"], "names the same file"),
+    (
+        "export-external-data-pt2",
+        ["export", "{s}/ck", "--format", "pt2", "-o", "{s}/new/g.pt2", "--external-data"],
+        "--external-data",
+    ),
+    (
+        "bench-winners-table-is-input",
+        ["bench", "winners", "{s}/nan.npz", "--out", "{s}/new/w.json", "--switch-table", "{s}/nan.npz"],
+        "names the same file",
+    ),
     ("sr-out-dir", [*SR_RUN[:5], "{s}/dir.png"], "is a directory"),
     # 3. resume: symlink loop, unreadable/corrupted `latest`, refused pickle in one line
     ("train-resume-symlink-loop", [*TRAIN, "out_dir={s}/run_loop", "--resume"], "looping symlink"),
@@ -145,14 +157,22 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("train-out-dir-is-file", [*TRAIN, "out_dir={s}/afile"], "is not a directory"),
     ("train-out-dir-under-file", [*TRAIN, "out_dir={s}/afile/run"], "cannot write to directory"),
     ("train-out-dir-under-proc", [*TRAIN, "out_dir=/proc/fastflow-run"], "cannot write to directory"),
-    ("train-npz-0-samples", [*TRAIN, "out_dir={s}/new/run", "data={{name: npz, path: '{s}/empty.npz'}}"],
-     "non-empty"),
-    ("train-folder-resolution-0", [*TRAIN, "out_dir={s}/new/run", "data={{name: folder, root: '{s}/images', "
-                                   "resolution: 0, channels: 1}}"], "data.resolution"),
-    ("train-folder-resolution-neg", [*TRAIN, "out_dir={s}/new/run", "data={{name: folder, root: '{s}/images', "
-                                     "resolution: -4, channels: 1}}"], "data.resolution"),
-    ("train-folder-resolution-abc", [*TRAIN, "out_dir={s}/new/run", "data={{name: folder, root: '{s}/images', "
-                                     "resolution: abc, channels: 1}}"], "data.resolution"),
+    ("train-npz-0-samples", [*TRAIN, "out_dir={s}/new/run", "data={{name: npz, path: '{s}/empty.npz'}}"], "non-empty"),
+    (
+        "train-folder-resolution-0",
+        [*TRAIN, "out_dir={s}/new/run", "data={{name: folder, root: '{s}/images', resolution: 0, channels: 1}}"],
+        "data.resolution",
+    ),
+    (
+        "train-folder-resolution-neg",
+        [*TRAIN, "out_dir={s}/new/run", "data={{name: folder, root: '{s}/images', resolution: -4, channels: 1}}"],
+        "data.resolution",
+    ),
+    (
+        "train-folder-resolution-abc",
+        [*TRAIN, "out_dir={s}/new/run", "data={{name: folder, root: '{s}/images', resolution: abc, channels: 1}}"],
+        "data.resolution",
+    ),
     ("sample-out-is-dir", [*SAMPLE[:5], "{s}/dir.png"], "is a directory"),
     ("sample-out-under-file", [*SAMPLE[:5], "{s}/afile/o.png"], "afile is a file, not a directory"),
     ("sample-device-bogus", [*SAMPLE, "--device", "bogus"], "unknown device 'bogus'"),
@@ -176,7 +196,11 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("sample-cfg-unconditional", [*SAMPLE, "--cfg", "3"], "needs a conditional model"),
     ("pairs-cfg-unconditional", [*PAIRS, "--cfg", "3"], "needs a conditional teacher"),
     ("sample-label-unconditional", [*SAMPLE, "--label", "3"], "not class-conditional"),
-    ("sample-label-out-of-range", [*SAMPLE[:1], "{s}/ck_cond", *SAMPLE[2:], "--label", "12"], "--label must be in [0, 10)"),
+    (
+        "sample-label-out-of-range",
+        [*SAMPLE[:1], "{s}/ck_cond", *SAMPLE[2:], "--label", "12"],
+        "--label must be in [0, 10)",
+    ),
     ("sample-truncated", [*SAMPLE[:1], "{s}/ck_truncated", *SAMPLE[2:], "--weights", "model"], "truncated"),
     ("sample-out-jpg", [*SAMPLE[:5], "{s}/new/o.jpg"], "must end in .png or .npz"),
     ("sample-n-0", [*SAMPLE[:3], "0", *SAMPLE[4:]], "must be >= 1"),
@@ -191,12 +215,21 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("train-cond-drop-1.5", [*TRAIN, "out_dir={s}/new/run", "objective.cond_drop=1.5"], "cond_drop must be in"),
     ("train-distance-list", [*TRAIN, "out_dir={s}/new/run", "objective.distance=[l2]"], "expected str"),
     ("train-data-size-abc", [*TRAIN, "out_dir={s}/new/run", "data.size=abc"], "'data.size': expected int"),
-    ("train-time-scale-abc", [*TRAIN, "out_dir={s}/new/run", "objective.time={{kind: logit_normal, scale: abc}}"],
-     "'objective.time.scale': expected float"),
-    ("train-teacher-of-another-kind", [*TRAIN, "out_dir={s}/new/run", "objective={{name: fgd, teacher: '{s}/sr'}}"],
-     "objective.teacher is image-conditioned, the student unconditional"),
-    ("train-resume-other-batch", [*TRAIN, "out_dir={s}/run", "train.steps=4", "train.batch_size=8", "--resume"],
-     "train.batch_size=16; resuming with 8"),
+    (
+        "train-time-scale-abc",
+        [*TRAIN, "out_dir={s}/new/run", "objective.time={{kind: logit_normal, scale: abc}}"],
+        "'objective.time.scale': expected float",
+    ),
+    (
+        "train-teacher-of-another-kind",
+        [*TRAIN, "out_dir={s}/new/run", "objective={{name: fgd, teacher: '{s}/sr'}}"],
+        "objective.teacher is image-conditioned, the student unconditional",
+    ),
+    (
+        "train-resume-other-batch",
+        [*TRAIN, "out_dir={s}/run", "train.steps=4", "train.batch_size=8", "--resume"],
+        "train.batch_size=16; resuming with 8",
+    ),
 ]
 if not torch.cuda.is_available():
     PROBES.append(("sample-device-cuda-without-gpu", [*SAMPLE, "--device", "cuda"], "no CUDA GPU"))

@@ -1,11 +1,10 @@
 """Config files, key=value overrides, and the CLI's one-line errors (exit 2)."""
 
 import pytest
+from helpers import ROOT, run_cli
 
 from fastflow.errors import ConfigError
 from fastflow.train.config import load_config
-
-from helpers import ROOT, run_cli
 
 
 @pytest.mark.parametrize("name", ["digits", "toy2d", "cifar10", "cifar10-slim-reflow", "cifar10-slim-fgd"])
@@ -112,7 +111,7 @@ def test_override_can_replace_a_whole_section() -> None:
 
 
 _BOMB = "\n".join(["a: &a [1, 1, 1, 1, 1, 1, 1, 1, 1]"] + [
-    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefg", "bcdefgh")])
+    f"{n}: &{n} [{', '.join(['*' + p] * 9)}]" for p, n in zip("abcdefg", "bcdefgh", strict=True)])
 
 
 @pytest.mark.parametrize("text, words", [

@@ -7,14 +7,21 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 
 from fastflow.errors import ConfigError, DTypeError, MissingBackendError, ShapeError
 from fastflow.fused import cpu_block
-from fastflow.fused.cpu_block import CpuAttention, CpuConv3x3, CpuResBlock, DeferredNorm, MathSDPA, conv_block, conv_block_ref
+from fastflow.fused.cpu_block import (
+    CpuAttention,
+    CpuConv3x3,
+    CpuResBlock,
+    DeferredNorm,
+    MathSDPA,
+    conv_block,
+    conv_block_ref,
+)
 from fastflow.models import build_model, save_model
 from fastflow.models.layers import SDPA, Attention
-
-from helpers import run_cli
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 

@@ -183,9 +183,8 @@ def test_digits_are_scikit_learns_without_importing_it() -> None:
 def test_own_images_train_with_the_folder_config_and_a_mismatch_names_the_keys(tmp_path) -> None:
     """``fastflow train folder data.root=DIR``: the documented way to train on one's own images; a model
     that does not fit the images says which keys to change."""
-    from PIL import Image
-
     from helpers import run_cli
+    from PIL import Image
 
     (tmp_path / "imgs").mkdir()
     rng = np.random.default_rng(0)

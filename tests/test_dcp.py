@@ -39,7 +39,9 @@ def test_sharded_checkpoint_loads_consolidates_and_refuses_damage(tmp_path, caps
     assert all(torch.equal(ema[k], v) for k, v in direct.state_dict().items())
     assert main(["checkpoint", "consolidate", str(run), "--out", str(tmp_path / "plain")]) == 0
     plain = load_model(tmp_path / "plain")
-    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), direct.state_dict().values()))
+    assert all(
+        torch.equal(a, b) for a, b in zip(plain.state_dict().values(), direct.state_dict().values(), strict=True)
+    )
     assert main(["checkpoint", "consolidate", str(tmp_path / "plain")]) == 2
     assert "not a sharded checkpoint" in capsys.readouterr().err
 

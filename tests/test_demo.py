@@ -121,8 +121,11 @@ def test_demo_conditional_and_sr_over_two_seeds(tmp_path, monkeypatch, capsys) -
     rk45 = next(c for c in cond["orderings"] if "RK45" in c["claim"])
     assert rk45["paired gain"] == f"{statistics.mean(gains):.2f} ± {statistics.stdev(gains):.2f}"
     sr = json.loads((out / "sr" / "results-seeds.json").read_text())
-    gaps = [next(r["psnr"] for r in sr["per_seed"][s]["rows"] if r["tau"] == 0.99)
-            - next(r["psnr"] for r in sr["per_seed"][s]["rows"] if r["method"] == "teacher Euler 32") for s in ("0", "1")]
+    gaps = [
+        next(r["psnr"] for r in sr["per_seed"][s]["rows"] if r["tau"] == 0.99)
+        - next(r["psnr"] for r in sr["per_seed"][s]["rows"] if r["method"] == "teacher Euler 32")
+        for s in ("0", "1")
+    ]
     assert sr["student τ≈1 − teacher PSNR (dB)"] == pytest.approx([statistics.mean(gaps), statistics.stdev(gaps)])
     assert (out / "sr" / "tau_sweep.png").is_file() and (out / "sr" / "seed-0" / "strip.png").is_file()
     assert "InstaFlow on class-conditioned digits" in printed and " ± " in printed and "/2] " in printed
@@ -146,7 +149,9 @@ def test_demo_slimflow_and_meanflow_end_to_end(tmp_path, monkeypatch, capsys) ->
     rows = [(r["method"], r["solver"]) for r in res["rows"]]
     assert rows == [(m, f"{s} {n}" if n else s) for m, plan in slimflow.PLAN.items() for s, n in plan] + [
         ("distilled (FGD), ONNX Runtime", "euler 1")]
-    assert set(res["checks"]) >= {claim for claim, _, _ in slimflow.ORDERINGS} | {"ONNX export validates against PyTorch"}
+    assert set(res["checks"]) >= {claim for claim, _, _ in slimflow.ORDERINGS} | {
+        "ONNX export validates against PyTorch"
+    }
     assert set(res["straightness"]) == {slimflow.TEACHER, slimflow.PLAIN, slimflow.ANNEAL}
     for name in ("samples.png", "grid_fgd.png", "grid_teacher_rk45.png", "latency_vs_nfe.png", "student_fgd.onnx"):
         assert (out / "seed-1" / name).is_file()

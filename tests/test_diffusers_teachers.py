@@ -7,14 +7,21 @@ Tiny random configs; nothing is downloaded."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 import torch
 
 pytest.importorskip("diffusers", reason="diffusers teachers need the 'diffusers' extra")
 
-from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, FlowMatchEulerDiscreteScheduler,  # noqa: E402
-                       SanaTransformer2DModel, UNet2DModel)
+from diffusers import (  # noqa: E402
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    SanaTransformer2DModel,
+    UNet2DModel,
+)
 from safetensors.torch import save_file  # noqa: E402
 
 from fastflow.errors import ConfigError, ShapeError  # noqa: E402
@@ -25,9 +32,18 @@ D = 8  # caption width of the tiny transformer
 
 def _pixel_unet(classes: int | None = None) -> UNet2DModel:
     torch.manual_seed(0)
-    return UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(16, 32),
-                       down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-                       norm_num_groups=8, attention_head_dim=8, num_class_embeds=classes).eval()
+    return UNet2DModel(
+        sample_size=8,
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=1,
+        block_out_channels=(16, 32),
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
+        num_class_embeds=classes,
+    ).eval()
 
 
 def _transformer() -> SanaTransformer2DModel:
@@ -64,7 +80,7 @@ def flow_dir(tmp_path_factory):
 
 def _euler(model, x, grid, cond):
     with torch.no_grad():
-        for t0, t1 in zip(grid, grid[1:]):
+        for t0, t1 in pairwise(grid):
             x = x + (t1 - t0) * model(x, torch.full((len(x),), t0), cond)
     return x
 
@@ -172,4 +188,6 @@ def test_cli_pairs_and_students_from_both_teachers(ddpm_dir, flow_dir, tmp_path)
     _train(tmp_path, "2rf", f"{{arch: sd, path: '{flow_dir}', prediction: flow, prompts: '{table}'}}", pairs)
     assert (tmp_path / "2rf" / "checkpoints").is_dir()
     assert main(["pairs", "--diffusers", str(flow_dir), "--count", "2", "--out", str(tmp_path / "p")]) == 2
-    assert main(["pairs", "--diffusers", str(ddpm_dir), "--cfg", "2", "--count", "2", "--out", str(tmp_path / "q")]) == 2
+    assert (
+        main(["pairs", "--diffusers", str(ddpm_dir), "--cfg", "2", "--count", "2", "--out", str(tmp_path / "q")]) == 2
+    )

@@ -4,13 +4,12 @@ import json
 
 import pytest
 import torch
+from helpers import run_cli
 
-from fastflow.utils.timing import measure_latency
 from fastflow.errors import CheckpointError, FastflowError
 from fastflow.metrics.cost import count_flops, count_params
 from fastflow.models import build_model, save_model
-
-from helpers import run_cli
+from fastflow.utils.timing import measure_latency
 
 
 def test_flops_of_a_linear_layer_and_unet_scaling() -> None:

@@ -6,13 +6,12 @@ import os
 
 import pytest
 import torch
+from helpers import fill_disk, run_cli, small_tmpfs
 
 from fastflow.export import Generator
 from fastflow.export.validate import compare
 from fastflow.flow import generate
 from fastflow.models import build_model, save_model
-
-from helpers import fill_disk, run_cli, small_tmpfs
 
 
 def _random_model(**overrides) -> torch.nn.Module:
@@ -116,7 +115,9 @@ def test_exported_program_and_pt2(tmp_path, ckpt, monkeypatch) -> None:
     spec = read_pt2_spec(out)
     assert (spec.kind, spec.inputs, spec.sample_shape, spec.dtype, spec.device) == (
         "generator", ("z",), (1, 16, 16), "fp32", "cpu")
-    assert (spec.batch.min, spec.batch.max) == (1, 4) and spec.checkpoint_sha256 == file_digest(ckpt / "ema.safetensors")
+    assert (spec.batch.min, spec.batch.max) == (1, 4) and spec.checkpoint_sha256 == file_digest(
+        ckpt / "ema.safetensors"
+    )
     monkeypatch.setenv("AOTI_RUNTIME_CHECK_INPUTS", "0")  # the loader switches AOTI's checks on regardless
     run = load_pt2(out, torch.device("cpu"))
     assert os.environ["AOTI_RUNTIME_CHECK_INPUTS"] == "1"

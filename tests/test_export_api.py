@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastflow.errors import ConfigError, FastflowError
 from fastflow.export import ExportOptions, export_checkpoint
@@ -53,15 +54,26 @@ def test_every_format_has_one_build_signature_and_an_extension() -> None:
 
 
 #: option overrides → the word the one-line refusal must carry
-HOSTILE = [({"format": "tensorrt"}, "unknown format"), ({"dtype": "fp8"}, "dtype is one of"),
-           ({"steps": 0}, "steps >= 1"), ({"opset": 17}, "opset >= 18"), ({"cfg": float("nan")}, "finite cfg"),
-           ({"atol": -1.0}, "tolerances"), ({"fused": "gpu"}, "fused must be one of"),
-           ({"quantize": "int4"}, "int8"), ({"calibrate": 16}, "add --quantize"),
-           ({"format": "onnx", "prepack": True}, "--prepack"), ({"format": "onnx", "fused": "cpu"}, "--fused cpu"),
-           ({"fused": "cpu", "dtype": "fp16"}, "--fused cpu"), ({"fused": "cpu", "prepack": True}, "use one"),
-           ({"pipeline": True, "quantize": "int8"}, "single-file"), ({"cfg": 2.0}, "--pipeline"),
-           ({"pipeline": True, "components": ("unet",)}, "--components"), ({"velocity": True, "steps": 2}, "--velocity"),
-           ({"quantize": "int8", "fused": "triton"}, "drop --fused")]
+HOSTILE = [
+    ({"format": "tensorrt"}, "unknown format"),
+    ({"dtype": "fp8"}, "dtype is one of"),
+    ({"steps": 0}, "steps >= 1"),
+    ({"opset": 17}, "opset >= 18"),
+    ({"cfg": float("nan")}, "finite cfg"),
+    ({"atol": -1.0}, "tolerances"),
+    ({"fused": "gpu"}, "fused must be one of"),
+    ({"quantize": "int4"}, "int8"),
+    ({"calibrate": 16}, "add --quantize"),
+    ({"format": "onnx", "prepack": True}, "--prepack"),
+    ({"format": "onnx", "fused": "cpu"}, "--fused cpu"),
+    ({"fused": "cpu", "dtype": "fp16"}, "--fused cpu"),
+    ({"fused": "cpu", "prepack": True}, "use one"),
+    ({"pipeline": True, "quantize": "int8"}, "single-file"),
+    ({"cfg": 2.0}, "--pipeline"),
+    ({"pipeline": True, "components": ("unet",)}, "--components"),
+    ({"velocity": True, "steps": 2}, "--velocity"),
+    ({"quantize": "int8", "fused": "triton"}, "drop --fused"),
+]
 
 
 @pytest.mark.parametrize("bad, word", HOSTILE)
@@ -174,8 +186,27 @@ def test_library_and_cli_write_the_same_contract(tmp_path) -> None:
     pytest.importorskip("onnxscript")
     model, _ = _model("unconditional")
     save_model(tmp_path / "ckpt", model, model)
-    assert main(["export", str(tmp_path / "ckpt"), "--format", "onnx", "--max-batch", "2", "-o", str(tmp_path / "a.onnx"),
-                 "--iters", "0", "--fused", "off", "--report", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(tmp_path / "ckpt"),
+                "--format",
+                "onnx",
+                "--max-batch",
+                "2",
+                "-o",
+                str(tmp_path / "a.onnx"),
+                "--iters",
+                "0",
+                "--fused",
+                "off",
+                "--report",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     lib = export_checkpoint(tmp_path / "ckpt", ExportOptions(format="onnx", output=tmp_path / "b.onnx",
                                                              batch=BatchRange(1, 2, 2), fused="off"), say=print)
     assert json.loads((tmp_path / "r.json").read_text())["spec"] == json.loads(json.dumps(lib.spec.to_dict()))

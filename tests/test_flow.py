@@ -7,8 +7,21 @@ import pytest
 import torch
 
 from fastflow.errors import ConfigError, SolverError
-from fastflow.flow import (TimeSampler, build_time_sampler, cfg_velocity, euler, heun, interpolate,
-                           one_step, predict_x1, rk2, rk45, solve, straightness, velocity_target)
+from fastflow.flow import (
+    TimeSampler,
+    build_time_sampler,
+    cfg_velocity,
+    euler,
+    heun,
+    interpolate,
+    one_step,
+    predict_x1,
+    rk2,
+    rk45,
+    solve,
+    straightness,
+    velocity_target,
+)
 
 DT = torch.float64
 

@@ -44,8 +44,7 @@ sys.exit(main(sys.argv[3:]))
 
 def full_states(model, ema, opt) -> dict[str, torch.Tensor]:
     """Whole model/EMA/Adam tensors (a collective under FSDP2; every rank gets them)."""
-    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                         get_optimizer_state_dict)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict, get_optimizer_state_dict
 
     o = StateDictOptions(full_state_dict=True)
     out = {f"model.{k}": v for k, v in get_model_state_dict(model, options=o).items()}
@@ -244,7 +243,7 @@ def test_sharded_build_equals_whole_build(preset, group_of_one) -> None:
         p.data.fill_(float("nan"))
     init_weights(m, 7)
     assert all(torch.isfinite(p).all() for p in m.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), ws.values()))
+    assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), ws.values(), strict=True))
 
 
 def _grads(model) -> list[torch.Tensor]:
@@ -268,7 +267,7 @@ def test_activation_checkpointing_gives_the_same_gradients() -> None:
         loss, _ = objective(model, batch, 0)
         loss.backward()
         grads.append(_grads(model))
-    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    assert all(torch.equal(a, b) for a, b in zip(*grads, strict=True))
     with pytest.raises(ConfigError, match="no blocks"):
         checkpoint_activations(build({"preset": "toy2d"}, "off", info, seed=1))
 
@@ -293,7 +292,7 @@ def test_gradient_accumulation_equals_one_batch() -> None:
         grads.append((_grads(model), float(logs["loss"])))
     (ga, la), (gb, lb) = grads
     assert la == pytest.approx(lb, rel=1e-6)
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(ga, gb))
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(ga, gb, strict=True))
 
 
 def test_micro_batches_are_the_same_over_world_sizes() -> None:
@@ -334,12 +333,15 @@ def test_meanflow_under_fsdp2_equals_one_process(tmp_path) -> None:
     # differently: after two Adam steps of lr 1e-3 they part by ~1e-6 (1.3e-6 on an AMD EPYC, < 1e-6 on
     # an Intel Xeon); a wrong target or gradient moves weights by ~lr.
     tol = 1e-5
-    worst = max(float((a - b).abs().max()) for a, b in zip(sharded.state_dict().values(), plain.state_dict().values()))
+    worst = max(
+        float((a - b).abs().max())
+        for a, b in zip(sharded.state_dict().values(), plain.state_dict().values(), strict=True)
+    )
     assert worst <= tol, worst
     checkpointed = load_model(train(tiny_config(tmp_path / "ac", *mf, "train.ckpt_every=2",
                                                 "train.activation_checkpointing=blocks")), weights="model")
     worst = max(float((a - b).abs().max()) for a, b in zip(checkpointed.state_dict().values(),
-                                                            plain.state_dict().values()))
+                                                            plain.state_dict().values(), strict=True))
     assert worst <= tol, worst
     run = train(tiny_config(tmp_path / "bf16", *FSDP, *mf, "train.precision=bf16", "train.grad_accum=2",
                             "train.activation_checkpointing=blocks"))

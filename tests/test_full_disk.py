@@ -4,6 +4,7 @@ tmpfs; root only, skipped otherwise). The export case is in test_export.py, the 
 
 import pytest
 import torch
+from helpers import FSDP, TINY_DIGITS, fill_disk, small_tmpfs
 
 import fastflow.pairs.writer as writer
 import fastflow.train.loop as loop
@@ -13,8 +14,6 @@ from fastflow.models.checkpoint import save_model
 from fastflow.models.presets import build_model
 from fastflow.pairs import PairDataset
 from fastflow.train.state import latest_checkpoint, list_checkpoints
-
-from helpers import FSDP, TINY_DIGITS, fill_disk, small_tmpfs
 
 
 def _one_line(capsys) -> str:

@@ -15,8 +15,15 @@ from torch import nn
 pytest.importorskip("triton", reason="the fused kernels need triton")
 
 from fastflow.errors import ShapeError  # noqa: E402
-from fastflow.fused import FusedGroupNorm, attention, attention_ref, group_norm, group_norm_ref, swap  # noqa: E402
-from fastflow.fused import runtime  # noqa: E402
+from fastflow.fused import (  # noqa: E402
+    FusedGroupNorm,
+    attention,
+    attention_ref,
+    group_norm,
+    group_norm_ref,
+    runtime,  # noqa: E402
+    swap,
+)
 from fastflow.models import build_model  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
@@ -77,7 +84,7 @@ def test_group_norm_kernel_matches_float64(dtype, layout, case, variant, poisone
         y = group_norm(ins[0], ins[1], ins[2], g, 1e-5, ins[3], ins[4], silu, split=split)
         assert y.dtype == dtype and y.stride() == x.stride()  # same layout, no copy
         torch.testing.assert_close(y.double(), ref, **TOL[dtype])
-        for got, want in zip(_grads(y, ins, dy), ref_grads):
+        for got, want in zip(_grads(y, ins, dy), ref_grads, strict=True):
             assert torch.isfinite(got).all()
             torch.testing.assert_close(got.double(), want, **GRAD_TOL[dtype])
 
@@ -114,7 +121,7 @@ def test_attention_kernel_matches_float64(dtype, case, layout, poisoned) -> None
     o = attention(*ins, scale=scale)
     assert o.dtype == dtype and o.shape == (b, h, lq, d)
     torch.testing.assert_close(o.double(), ref, **TOL[dtype])
-    for got, want in zip(_grads(o, ins, do), _grads(ref, ref_in, do.double())):
+    for got, want in zip(_grads(o, ins, do), _grads(ref, ref_in, do.double()), strict=True):
         assert torch.isfinite(got).all()
         torch.testing.assert_close(got.double(), want, **GRAD_TOL[dtype])
 
@@ -219,7 +226,7 @@ def test_swapped_unet_matches_original_outputs_and_gradients(preset) -> None:
     torch.testing.assert_close(y1, y0, atol=1e-4, rtol=1e-4)
     y0.square().mean().backward()
     y1.square().mean().backward()
-    for (name, p0), p1 in zip(m.named_parameters(), f.parameters()):
+    for (name, p0), p1 in zip(m.named_parameters(), f.parameters(), strict=True):
         torch.testing.assert_close(p1.grad, p0.grad, atol=1e-4, rtol=1e-3, msg=name)
 
 
@@ -334,7 +341,9 @@ def test_bench_kernels_plumbing(tmp_path) -> None:
     b, h, lq, lk, d = res["attention"][0]["shape"]
     row = res["attention"][0]
     assert row["flops"] == 4 * b * h * lq * lk * d and row["bytes"] == (2 * b * h * lq * d + 2 * b * h * lk * d) * 4
-    expect = max(row["flops"] / (res["ceilings"]["matmul_TFLOPs"] * 1e9), row["bytes"] / (res["ceilings"]["copy_GBps"] * 1e6))
+    expect = max(
+        row["flops"] / (res["ceilings"]["matmul_TFLOPs"] * 1e9), row["bytes"] / (res["ceilings"]["copy_GBps"] * 1e6)
+    )
     assert row["lower_bound_ms"] == pytest.approx(expect) and row["fraction_of_bound"] > 0
     if DEV == "cpu":
         r = run_cli("bench", "kernels", "--out", str(out), "--device", "cpu")
@@ -343,14 +352,22 @@ def test_bench_kernels_plumbing(tmp_path) -> None:
 
 def _empty_refs():
     return [
-        ("gn batch 0", lambda: group_norm(torch.randn(0, 8, 4, 4), None, None, 2),
-         lambda: nn.GroupNorm(2, 8, affine=False)(torch.randn(0, 8, 4, 4))),
-        ("gn spatial 0", lambda: group_norm(torch.randn(2, 8, 0, 4), None, None, 2),
-         lambda: torch.empty(2, 8, 0, 4)),
-        ("attn no keys", lambda: attention(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 0, 8), torch.randn(1, 2, 0, 8)),
-         lambda: attention_ref(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 0, 8), torch.randn(1, 2, 0, 8))),
-        ("attn no queries", lambda: attention(torch.randn(1, 2, 0, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)),
-         lambda: torch.empty(1, 2, 0, 8)),
+        (
+            "gn batch 0",
+            lambda: group_norm(torch.randn(0, 8, 4, 4), None, None, 2),
+            lambda: nn.GroupNorm(2, 8, affine=False)(torch.randn(0, 8, 4, 4)),
+        ),
+        ("gn spatial 0", lambda: group_norm(torch.randn(2, 8, 0, 4), None, None, 2), lambda: torch.empty(2, 8, 0, 4)),
+        (
+            "attn no keys",
+            lambda: attention(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 0, 8), torch.randn(1, 2, 0, 8)),
+            lambda: attention_ref(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 0, 8), torch.randn(1, 2, 0, 8)),
+        ),
+        (
+            "attn no queries",
+            lambda: attention(torch.randn(1, 2, 0, 8), torch.randn(1, 2, 3, 8), torch.randn(1, 2, 3, 8)),
+            lambda: torch.empty(1, 2, 0, 8),
+        ),
     ]
 
 

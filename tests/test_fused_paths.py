@@ -16,8 +16,17 @@ from torch import nn
 
 from fastflow.data.base import Batch
 from fastflow.errors import ConfigError, MissingBackendError
-from fastflow.fused import (apply, attention, attention_ref, decide, group_norm, group_norm_ref, is_fused, split_spec,
-                            switch)
+from fastflow.fused import (
+    apply,
+    attention,
+    attention_ref,
+    decide,
+    group_norm,
+    group_norm_ref,
+    is_fused,
+    split_spec,
+    switch,
+)
 from fastflow.models import build_model
 from fastflow.objectives import build_objective
 from tests.helpers import run_cli, tiny_config, tiny_diffusers_unet
@@ -70,7 +79,7 @@ def test_training_step_of_tiny_unet_fused_equals_unfused(dtype, tol) -> None:
     assert abs(l0 - l1) <= tol * max(1.0, abs(l0))
     for name in g0:
         torch.testing.assert_close(g1[name].float(), g0[name].float(), atol=tol, rtol=tol * 10, msg=name)
-    for (name, p0), p1 in zip(plain.state_dict().items(), fused.state_dict().values()):
+    for (name, p0), p1 in zip(plain.state_dict().items(), fused.state_dict().values(), strict=True):
         torch.testing.assert_close(p1.float(), p0.float(), atol=tol, rtol=tol, msg=name)
 
 
@@ -92,7 +101,7 @@ def test_training_step_of_tiny_diffusers_unet_fused_equals_unfused() -> None:
     assert grads[0].keys() == grads[1].keys()
     for name in grads[0]:
         torch.testing.assert_close(grads[1][name], grads[0][name], atol=2e-4, rtol=2e-3, msg=name)
-    for (name, p0), p1 in zip(plain.state_dict().items(), fused.state_dict().values()):
+    for (name, p0), p1 in zip(plain.state_dict().items(), fused.state_dict().values(), strict=True):
         torch.testing.assert_close(p1, p0, atol=2e-5, rtol=1e-4, msg=name)
 
 
@@ -110,7 +119,8 @@ def fused_run(tmp_path_factory):
     return root / "run", res
 
 
-@pytest.mark.slow  # ~100 s: fused training under the Triton interpreter; the fused training-step tests stay in make test
+# ~100 s: fused training under the Triton interpreter; the fused training-step tests stay in make test
+@pytest.mark.slow
 def test_fused_training_runs_end_to_end_and_samples_unfused(fused_run, tmp_path) -> None:
     run, res = fused_run
     assert "fused kernels: triton (fused=triton" in res.stderr and "FusedGroupNorm" in res.stderr

@@ -10,7 +10,8 @@ import json
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastflow.errors import ConfigError
 from fastflow.fused import apply, switch

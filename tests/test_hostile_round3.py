@@ -60,13 +60,12 @@ def box(tmp_path_factory) -> Path:
     (s / "nul.yaml").write_text('out_dir: "runs/a\\0b"\n')
     (s / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
     (s / "prompts.txt").write_text("a cat\n")
-    for kind in ("symlink", "fifo", "dir", "hardlink", "foreign"):
+    make_lock = {"symlink": lambda p: p.symlink_to(s / "victim.txt"), "fifo": os.mkfifo, "dir": Path.mkdir,
+                 "hardlink": lambda p: os.link(s / "victim.txt", p), "foreign": lambda p: p.write_text("my notes\n")}
+    for kind, make in make_lock.items():
         run = s / f"lock_{kind}"
         run.mkdir()
-        lock = run / ".lock"
-        {"symlink": lambda: lock.symlink_to(s / "victim.txt"), "fifo": lambda: os.mkfifo(lock),
-         "dir": lambda: lock.mkdir(), "hardlink": lambda: os.link(s / "victim.txt", lock),
-         "foreign": lambda: lock.write_text("my notes\n")}[kind]()
+        make(run / ".lock")
     (s / "other").mkdir()
     (s / "other" / "thesis.tex").write_text("\\documentclass{article}\n")
     return s

@@ -9,7 +9,8 @@ import struct
 from pathlib import Path
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fastflow.cli.export import main as export_main
 from fastflow.cli.main import main
@@ -59,8 +60,20 @@ def _verbs(run: Path, tmp: Path) -> list[tuple[str, object]]:
     return [
         ("sample", lambda: main(["sample", str(run), "--n", "1", "--steps", "1", "--out", str(tmp / "s.png")])),
         ("consolidate", lambda: main(["checkpoint", "consolidate", str(run)])),
-        ("resume", lambda: main(["train", "--resume", str(ROOT / "configs" / "digits.yaml"), *TINY_DIGITS, f"out_dir={run}",
-                                 *FSDP, "train.steps=4"])),
+        (
+            "resume",
+            lambda: main(
+                [
+                    "train",
+                    "--resume",
+                    str(ROOT / "configs" / "digits.yaml"),
+                    *TINY_DIGITS,
+                    f"out_dir={run}",
+                    *FSDP,
+                    "train.steps=4",
+                ]
+            ),
+        ),
         ("export", lambda: export_main([str(run), "--format", "ep", "-o", str(tmp / "g.pt2")])),
     ]
 
@@ -157,11 +170,10 @@ def test_fuzzed_metadata_json_loads_or_is_one_checkpoint_error(fsdp_run, path, v
 @pytest.fixture(scope="module")
 def legacy_metadata(tmp_path_factory) -> bytes:
     """DCP's own pickled ``.metadata`` of a small state (what checkpoints before metadata.json hold)."""
-    import torch
-    import torch.distributed.checkpoint as dcp
-
     import pickle
 
+    import torch
+    import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import StorageMeta
 
     d = tmp_path_factory.mktemp("legacy") / "dcp"

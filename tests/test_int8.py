@@ -10,11 +10,10 @@ from collections import Counter
 
 import pytest
 import torch
+from helpers import run_cli
 
 from fastflow.export import Generator
 from fastflow.models import build_model, load_model, save_model
-
-from helpers import run_cli
 
 #: the stated error of int8 against fp32 on this random-weight generator: relative RMS error of the step x1 − z.
 #: Measured 0.015 / 0.014 in ONNX Runtime / OpenVINO (the trained FGD student 0.020 / 0.019) with the stem

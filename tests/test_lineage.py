@@ -29,7 +29,9 @@ def family(tmp_path_factory) -> dict[str, Path]:
     on_pairs = [*TOY, f"data={{name: pairs, root: '{root / 'pairs'}'}}"]
     reflow = train(load_config(None, [*on_pairs, f"out_dir={root / 'reflow'}", "objective={name: reflow}",
                                       f"train.init_from={teacher}"]))
-    fgd = train(load_config(None, [*on_pairs, f"out_dir={root / 'fgd'}", f"objective={{name: fgd, teacher: '{reflow}'}}"]))
+    fgd = train(
+        load_config(None, [*on_pairs, f"out_dir={root / 'fgd'}", f"objective={{name: fgd, teacher: '{reflow}'}}"])
+    )
     return {"root": root, "teacher": teacher, "pairs": root / "pairs", "reflow": reflow, "fgd": fgd}
 
 
@@ -89,9 +91,11 @@ def test_verify_names_a_changed_shard_and_changed_weights(family, tmp_path, caps
         moved.rename(pairs)
 
 
-_json = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
-                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
-                     max_leaves=8)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+from helpers import ROOT, TINY_DIGITS, cli_env, tiny_config
 from safetensors.torch import load_file
 
 from fastflow.cli.main import main
@@ -18,12 +19,13 @@ from fastflow.train import train
 from fastflow.train.state import latest_checkpoint
 from fastflow.utils.lock import LOCK_NAME, directory_lock
 
-from helpers import ROOT, TINY_DIGITS, cli_env, tiny_config
-
 
 def _weights(run) -> dict[str, torch.Tensor]:
     ck = latest_checkpoint(run)
-    return {**load_file(ck / "model.safetensors"), **{f"ema.{k}": v for k, v in load_file(ck / "ema.safetensors").items()}}
+    return {
+        **load_file(ck / "model.safetensors"),
+        **{f"ema.{k}": v for k, v in load_file(ck / "ema.safetensors").items()},
+    }
 
 
 @pytest.mark.slow  # ~27 s: two CLI trainings racing; the lock unit tests stay in make test

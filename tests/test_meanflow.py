@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from helpers import tiny_config
 
 from fastflow.data import BatchStream
 from fastflow.data.base import ArrayDataset, Batch
@@ -12,8 +13,6 @@ from fastflow.flow import generate
 from fastflow.models import build_model, load_model, save_model
 from fastflow.objectives import build_objective
 from fastflow.objectives.meanflow import MeanFlow, interval_times, meanflow_target
-
-from helpers import tiny_config
 
 MU, SIGMA = torch.tensor([2.0, -1.0], dtype=torch.float64), 0.5  # data N(μ, σ² I), noise N(0, I)
 

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from helpers import fit
 
 from fastflow.data import Batch, BatchStream
 from fastflow.errors import ConfigError, DataError
@@ -13,8 +14,6 @@ from fastflow.objectives.annealing import parse_schedule
 from fastflow.objectives.distances import l1, l2, pseudo_huber
 from fastflow.objectives.fgd import FlowGuidedDistill
 from fastflow.pairs import FlowTeacher, PairDataset, generate_pairs
-
-from helpers import fit
 
 EPS = 1e-3
 
@@ -184,7 +183,9 @@ def test_objectives_decrease_their_loss(toy_pairs, spec) -> None:
     torch.manual_seed(0)
     obj = build_objective({**spec, "teacher": teacher} if spec["name"] == "fgd" else spec)
     settings = objective_settings(obj)
-    assert settings["distance"] == spec.get("distance", "l2") and settings.get("strict", False) == spec.get("strict", False)
+    assert settings["distance"] == spec.get("distance", "l2") and settings.get("strict", False) == spec.get(
+        "strict", False
+    )
     losses = fit(obj, build_model({"preset": "toy2d", "hidden": 64}), BatchStream(data, 128), 200)
     assert sum(losses[-20:]) < 0.6 * sum(losses[:20]), (losses[:3], losses[-3:])
 

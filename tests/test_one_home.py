@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 #: (concept, regex of a copy, the one file allowed to hold it; None: a helper call replaced every copy)
 ROWS = [
+    ("stream seeds", r"\* 1_?000_?003", "fastflow/utils/seeding.py"),
+    ("hashed seeds", r"from_bytes\(", "fastflow/utils/seeding.py"),
     ("headless matplotlib", r"matplotlib\.use\(", "fastflow/utils/images.py"),
     ("dtype names", r'"fp16":\s*torch\.float16', "fastflow/utils/dtypes.py"),
     ("PSNR", r"log10\(", "fastflow/utils/images.py"),

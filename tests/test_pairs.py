@@ -8,11 +8,13 @@ import signal
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import ROOT, cli_env
 from safetensors.torch import load_file
 
 from fastflow.data import build_dataset
@@ -20,8 +22,6 @@ from fastflow.errors import DataError
 from fastflow.models import build_model, save_model
 from fastflow.pairs import CallableTeacher, FlowTeacher, PairDataset, generate_pairs
 from fastflow.pairs.writer import shard_inputs
-
-from helpers import ROOT, cli_env
 
 
 def _toy_teacher(num_classes: int = 0) -> FlowTeacher:
@@ -36,6 +36,20 @@ def test_shard_noise_depends_only_on_seed_and_index() -> None:
     c, _ = shard_inputs(0, 4, 10, (2,), 0)
     d, _ = shard_inputs(1, 3, 10, (2,), 0)
     assert torch.equal(a, b) and not torch.equal(a, c) and not torch.equal(a, d)
+
+
+def test_unfinished_pairs_of_the_earlier_shard_seeding_are_not_continued(tmp_path) -> None:
+    """Manifest version 1 seeded shards with SHA-256: continuing one would mix two noise streams."""
+    teacher = _toy_teacher()
+    args = dict(n=20, sample_shape=(2,), shard_size=10, batch_size=4, progress=False)
+    man = generate_pairs(teacher, tmp_path / "a", **args)
+    assert man["version"] == 2
+    old = {**man, "version": 1, "complete": False}
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps(old))
+    with pytest.raises(DataError, match="earlier fastflow"):
+        generate_pairs(teacher, tmp_path / "a", **args)
+    (tmp_path / "a" / "manifest.json").write_text(json.dumps({**old, "complete": True}))
+    assert generate_pairs(teacher, tmp_path / "a", **args)["complete"]  # a finished one is read as it is
 
 
 def test_generate_and_read_pairs(tmp_path) -> None:
@@ -211,6 +225,6 @@ def test_rk45_teacher_reports_progress_within_a_batch(tmp_path) -> None:
     manifest = generate_pairs(teacher, tmp_path / "p", n=12, sample_shape=(2,), shard_size=12, batch_size=6,
                               progress=False)
     assert heard and all(0 <= active <= 6 for _, active in heard)
-    restarts = sum(1 for a, b in zip(heard, heard[1:]) if b[0] < a[0])
+    restarts = sum(1 for a, b in pairwise(heard) if b[0] < a[0])
     assert restarts == 1 and max(nfe for nfe, _ in heard) >= manifest["mean_nfe"]  # two batches, counted from 0 each
     assert teacher.identity() == FlowTeacher(model=model, solver="rk45", rtol=1e-3, atol=1e-3).identity()

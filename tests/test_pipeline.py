@@ -4,6 +4,7 @@ must hold: one-step quality 1-RF < 2-RF < distilled, and the 2-RF is straighter 
 
 import pytest
 import torch
+from helpers import ROOT
 
 from fastflow.data import build_dataset
 from fastflow.flow import generate, straightness
@@ -13,8 +14,6 @@ from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, generate_pairs
 from fastflow.train import load_config, train
 from fastflow.train.state import latest_checkpoint
-
-from helpers import ROOT
 
 COMMON = ["train.progress=false", "train.tensorboard=false", "train.batch_size=256",
           "train.sample_n=256", "train.sample_steps=4"]

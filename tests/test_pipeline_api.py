@@ -93,7 +93,8 @@ def test_oftsr_student_super_resolves_an_image(tmp_path) -> None:
 
 def test_hostile_call_arguments_are_one_typed_line(tmp_path) -> None:
     """Any mix of n, steps, label, prompt, cfg, tau and output_type: images, or one FastflowError line."""
-    from hypothesis import given, settings, strategies as st
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
 
     from fastflow.errors import FastflowError
 

@@ -5,6 +5,7 @@ Tiny UNet / VAE / CLIP text encoder / tokenizer are built from configs; nothing 
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 import torch
@@ -14,12 +15,12 @@ pytest.importorskip("transformers", reason="the SD adapter needs transformers (t
 
 from diffusers import DDIMScheduler  # noqa: E402
 
+from fastflow.cli.main import main  # noqa: E402
 from fastflow.errors import ConfigError, ShapeError  # noqa: E402
 from fastflow.flow.guidance import cfg_velocity  # noqa: E402
 from fastflow.models.prompts import load_prompt_table, write_prompt_table  # noqa: E402
 from fastflow.models.schedules import VPSchedule  # noqa: E402
 from fastflow.models.sd import SDConfig, SDVelocity  # noqa: E402
-from fastflow.cli.main import main  # noqa: E402
 from tests.helpers import tiny_diffusers_unet, tiny_sd_folder  # noqa: E402
 
 D = 32  # text embedding width of the tiny models
@@ -113,7 +114,7 @@ def test_euler_on_ddim_grid_with_cfg_is_ddim(prediction) -> None:
         a, s = model.schedule.alpha_sigma(torch.tensor([grid[0]], dtype=torch.float64))
         y = x / float(a + s)
         v = cfg_velocity(model, labels, alpha)
-        for t0, t1 in zip(grid, grid[1:]):
+        for t0, t1 in pairwise(grid):
             y = y + (t1 - t0) * v(y, torch.full((2,), t0))
     assert torch.allclose(y, ref, atol=1e-4, rtol=1e-4), (y - ref).abs().max()
 

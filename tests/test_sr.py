@@ -2,19 +2,19 @@
 distillation losses on hand-computed cases."""
 
 import math
+from itertools import pairwise
 
 import pytest
 import torch
+from helpers import fit
 
 from fastflow.data import Batch, BatchStream, build_dataset
 from fastflow.data.sr import degrade
 from fastflow.errors import ConfigError, DataError
+from fastflow.flow.sr import sr_start
 from fastflow.models import build_model
 from fastflow.objectives import build_objective
-from fastflow.flow.sr import sr_start
 from fastflow.objectives.oftsr import OFTSRDistill, SRFlow
-
-from helpers import fit
 
 
 def test_degradation() -> None:
@@ -128,7 +128,9 @@ def test_sr_metrics() -> None:
     mse = (noisy - ref).pow(2).flatten(1).mean(1).double()
     assert torch.allclose(psnr(noisy, ref), 10 * torch.log10(4 / mse))
     assert torch.allclose(ssim(ref, ref), torch.ones(2, dtype=torch.float64))
-    assert (ssim(noisy, ref) < 1).all() and (ssim(ref + 0.3 * torch.randn(ref.shape, generator=g), ref) < ssim(noisy, ref)).all()
+    assert (ssim(noisy, ref) < 1).all() and (
+        ssim(ref + 0.3 * torch.randn(ref.shape, generator=g), ref) < ssim(noisy, ref)
+    ).all()
     blurred = torch.nn.functional.avg_pool2d(ref, 3, 1, 1)
     assert hf_energy_ratio(blurred, ref) < 0.5 and hf_energy_ratio(ref, ref) == pytest.approx(1.0)
     # SSIM of a constant shift c (no structure change) is the luminance term alone
@@ -146,7 +148,9 @@ def test_sr_teacher_and_oftsr_student_train_through_the_loop(tmp_path) -> None:
               "model.channels=8", "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[8]",
               "data={name: sr, source: digits, scale: 2}", "train.batch_size=8", "train.progress=false",
               "train.tensorboard=false", "train.sample_n=4", "train.sample_steps=2", "train.steps=3"]
-    teacher = train(load_config(None, [*common, f"out_dir={tmp_path / 'teacher'}", "objective={name: sr, sigma_p: 0.1}"]))
+    teacher = train(
+        load_config(None, [*common, f"out_dir={tmp_path / 'teacher'}", "objective={name: sr, sigma_p: 0.1}"])
+    )
     assert (teacher / "samples" / "step-00000003.png").is_file()
     student = train(load_config(None, [*common, f"out_dir={tmp_path / 'student'}",
                                        f"objective={{name: oftsr, teacher: '{teacher}'}}"]))
@@ -160,10 +164,9 @@ def test_sr_cli_and_tau_sweep_eval(tmp_path) -> None:
     import json
 
     import numpy as np
+    from helpers import run_cli
 
     from fastflow.train import load_config, train
-
-    from helpers import run_cli
 
     common = ["model.arch=unet", "model.in_channels=1", "model.cond_channels=1", "model.resolution=16",
               "model.channels=8", "model.ch_mult=[1,2]", "model.num_res_blocks=1", "model.attn_resolutions=[8]",
@@ -223,8 +226,8 @@ def test_oftsr_tau_trades_fidelity_for_realism_on_digits_x4(tmp_path) -> None:
     sweep = [r for r in rows if r["tau"] is not None]
     lq, teach = rows[0], rows[-1]
     psnrs, hf = [r["psnr"] for r in sweep], [r["hf_ratio"] for r in sweep]
-    assert all(a > b for a, b in zip(psnrs, psnrs[1:])), psnrs
-    assert all(a < b for a, b in zip(hf, hf[1:])), hf
+    assert all(a > b for a, b in pairwise(psnrs)), psnrs
+    assert all(a < b for a, b in pairwise(hf)), hf
     assert min(psnrs) > lq["psnr"] + 5  # far better than the bicubic input
     assert abs(psnrs[-1] - teach["psnr"]) < 0.5 and abs(hf[-1] - teach["hf_ratio"]) < 0.05
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import ROOT, TINY_DIGITS, cli_env, read_log, tiny_config
 from safetensors.torch import load_file
 
 from fastflow.data import Batch
@@ -22,8 +23,6 @@ from fastflow.train import load_config, train
 from fastflow.train.ema import EMA, ema_decay
 from fastflow.train.loop import lr_at
 from fastflow.train.state import latest_checkpoint, list_checkpoints
-
-from helpers import ROOT, TINY_DIGITS, cli_env, read_log, tiny_config
 
 
 def test_rf_objective_formula() -> None:
@@ -49,7 +48,11 @@ def test_rf_objective_formula() -> None:
 def test_rf_objective_passes_and_drops_labels() -> None:
     seen = []
     obj = build_objective({"name": "rf", "cond_drop": 0.5}, num_classes=10)
-    obj(lambda x, t, c: seen.append(c) or torch.zeros_like(x), Batch(torch.randn(400, 2), torch.zeros(400, dtype=torch.long)), 0)
+    obj(
+        lambda x, t, c: seen.append(c) or torch.zeros_like(x),
+        Batch(torch.randn(400, 2), torch.zeros(400, dtype=torch.long)),
+        0,
+    )
     frac_null = float((seen[0] == 10).float().mean())
     assert 0.4 < frac_null < 0.6 and set(seen[0].tolist()) == {0, 10}
 
@@ -65,7 +68,7 @@ def test_ema_and_warmup_formulas() -> None:
         for p in m.parameters():
             p.add_(1.0)
     d = ema.update(m, n=0)
-    for e, b, p in zip(ema.model.parameters(), before, m.parameters()):
+    for e, b, p in zip(ema.model.parameters(), before, m.parameters(), strict=True):
         assert torch.allclose(e, d * b + (1 - d) * p)
     cfg = load_config(None, ["optim.lr=1e-3", "optim.warmup=10"])
     assert lr_at(cfg, 0) == pytest.approx(1e-4) and lr_at(cfg, 9) == pytest.approx(1e-3)
@@ -153,7 +156,9 @@ def test_sigkill_then_resume(tmp_path) -> None:
     assert not list((run / "checkpoints").glob(".*.tmp"))
     for ck in list_checkpoints(run):
         load_model(ck)  # every checkpoint left on disk is complete and loadable
-    straight = train(load_config(ROOT / "configs/digits.yaml", [*TINY_DIGITS, f"out_dir={tmp_path / 'straight'}", *extra]))
+    straight = train(
+        load_config(ROOT / "configs/digits.yaml", [*TINY_DIGITS, f"out_dir={tmp_path / 'straight'}", *extra])
+    )
     _assert_identical(_weights(straight), _weights(run))
 
 
@@ -186,8 +191,11 @@ assert not [t for t in threads if "gloo" in t], threads
 """
 
 
-@pytest.mark.parametrize("extra", [("train.grad_accum=2",), ("objective={name: meanflow}", "model.times=2", "model.t_scale=1")],
-                         ids=["rf-accum2", "meanflow-jvp"])
+@pytest.mark.parametrize(
+    "extra",
+    [("train.grad_accum=2",), ("objective={name: meanflow}", "model.times=2", "model.t_scale=1")],
+    ids=["rf-accum2", "meanflow-jvp"],
+)
 def test_ddp_two_cpu_ranks(tmp_path, extra) -> None:
     script = tmp_path / "ddp.py"
     script.write_text(DDP_SCRIPT)

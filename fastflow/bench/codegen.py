@@ -2,7 +2,8 @@
 targets, on a machine without a GPU.
 
 For each shape of the set (our presets' GroupNorm inputs at batch 1/16/128 and SD-1.5's GroupNorm
-shapes, with SiLU and without — neither uses scale-shift GroupNorm —, attention at head dims 40/64/80/128/160, self and cross with 77 keys), the ops build their
+shapes, with SiLU and without — neither uses scale-shift GroupNorm —, attention at head dims 40/64/80/128/160, self
+and cross with 77 keys), the ops build their
 launches on meta tensors (:class:`fastflow.fused.runtime.Launch`: the same arguments, so the same
 specialisation as a real launch), and each kernel is compiled with every autotune config that can
 be chosen for that shape on that arch (after the configs' pruning) — or with every config
@@ -36,7 +37,7 @@ import torch
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.utils.cache import cache_dir
 from fastflow.utils.dtypes import DTYPES
-from fastflow.utils.io import atomic_write_json
+from fastflow.utils.io import atomic_write_json, read_json
 
 #: arch → (GPU, SM count); shared memory limits are in :mod:`fastflow.fused.tuning`
 ARCHS = {80: ("A100", 108), 90: ("H100", 132), 100: ("B200", 148)}
@@ -123,7 +124,12 @@ def _launch_cases(dtype: torch.dtype, arch: int, ops: Sequence[str] = OPS) -> It
     """``(op, variant, shape text, launch)`` for every launch of the shape set on ``arch``."""
     from fastflow.bench.kernels import SD15_GN, unet_gn_shapes
     from fastflow.fused.attention import bwd_launches, fwd_launch, head_dim_parts
-    from fastflow.fused.groupnorm import auto_split, bwd_launch, fwd_launches, split_count
+    from fastflow.fused.groupnorm import (
+        auto_split,
+        bwd_launch,
+        fwd_launches,
+        split_count,
+    )
 
     meta = torch.device("meta")
     _, sms = ARCHS[arch]
@@ -171,7 +177,7 @@ def _configs(kernel: Any, launch: Any, all_configs: bool) -> list[tuple[Any, boo
     names = kernel.fn.arg_names
     chosen = kernel.configs
     if kernel.early_config_prune:
-        chosen = kernel.early_config_prune(kernel.configs, dict(zip(names, launch.args)), **launch.meta)
+        chosen = kernel.early_config_prune(kernel.configs, dict(zip(names, launch.args, strict=False)), **launch.meta)
     return [(c, c in chosen) for c in kernel.configs] if all_configs else [(c, True) for c in chosen]
 
 
@@ -213,8 +219,8 @@ def cache_key(arch: int, dtypes: Sequence[str], all_configs: bool, ops: Sequence
 
 def _cached_rows(path: Path) -> list[Row] | None:
     try:
-        return [Row(**r) for r in json.loads(path.read_text())["rows"]]
-    except (OSError, ValueError, KeyError, TypeError):  # absent or unreadable: compile again
+        return [Row(**r) for r in read_json(path)["rows"]]
+    except (ConfigError, KeyError, TypeError):  # absent or unreadable: compile again
         return None
 
 

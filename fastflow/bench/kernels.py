@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from fastflow.utils.timing import measure_latency
 from fastflow.fused.ops import attention, group_norm
 from fastflow.models.reference import group_norm_ref
+from fastflow.utils.timing import measure_latency
 
 #: Stable Diffusion 1.5's UNet: GroupNorm widths and resolutions at 512² (latent 64²), CFG batch 2.
 SD15_GN = [(2, c, hw, hw) for c in (320, 640, 1280) for hw in (64, 32, 16, 8)]
@@ -60,6 +61,17 @@ def _time(fn: Callable[[], Any], device: torch.device) -> float:
     from triton.testing import do_bench
 
     return float(do_bench(fn, warmup=25, rep=100, return_mode="median"))
+
+
+def _eager_group_norm_silu(x: Tensor, groups: int, weight: Tensor, bias: Tensor) -> Tensor:
+    return F.silu(F.group_norm(x, groups, weight, bias, 1e-5))
+
+
+def _timed_call(op: Callable[..., Tensor], inputs: tuple[Tensor, ...], grad: Tensor | None) -> Callable[[], Any]:
+    """``op(*inputs)``, and with ``grad`` its backward to the inputs too, as a closure to time."""
+    if grad is None:
+        return partial(op, *inputs)
+    return lambda: torch.autograd.grad(op(*inputs), inputs, grad)
 
 
 def _geomean(xs: list[float]) -> float:
@@ -100,11 +112,11 @@ def bench_group_norm(shapes: list[tuple[int, int, int, int]], dtype: torch.dtype
         wt, bs = torch.randn(c, device=device, dtype=dtype), torch.randn(c, device=device, dtype=dtype)
         out = torch.empty_like(x)
         nbytes = 2 * x.numel() * x.element_size()
-        t = {"fused": _time(lambda: group_norm(x, wt, bs, g, 1e-5, silu=True), device),
-             "eager": _time(lambda: F.silu(F.group_norm(x, g, wt, bs, 1e-5)), device),
-             "copy": _time(lambda: out.copy_(x), device)}
+        t = {"fused": _time(partial(group_norm, x, wt, bs, g, 1e-5, silu=True), device),
+             "eager": _time(partial(_eager_group_norm_silu, x, g, wt, bs), device),
+             "copy": _time(partial(out.copy_, x), device)}
         if ref_c is not None:
-            t["compiled"] = _time(lambda: ref_c(x, wt, bs, g, 1e-5, None, None, True), device)
+            t["compiled"] = _time(partial(ref_c, x, wt, bs, g, 1e-5, None, None, True), device)
         row = {"op": "group_norm+silu", "shape": [n, c, h, w], "groups": g, "dtype": str(dtype).split(".")[-1],
                "fused_ms": t["fused"], "eager_ms": t["eager"], "copy_ms": t["copy"],
                "fused_GBps": nbytes / t["fused"] / 1e6, "copy_GBps": nbytes / t["copy"] / 1e6,
@@ -135,23 +147,20 @@ def bench_attention(shapes: list[tuple[int, int, int, int, int]], dtype: torch.d
         v = torch.randn(b, h, lk, d, device=device, dtype=dtype, requires_grad=backward)
         do = torch.randn(b, h, lq, d, device=device, dtype=dtype)
 
-        def run(f: Callable[[], Tensor]) -> Callable[[], Any]:
-            if not backward:
-                return lambda: f()
-            return lambda: torch.autograd.grad(f(), (q, k, v), do)
+        run = partial(_timed_call, inputs=(q, k, v), grad=do if backward else None)
 
         flops = 4 * b * h * lq * lk * d * (3.5 if backward else 1.0)
         row: dict[str, Any] = {"op": "attention" + ("+bwd" if backward else ""), "shape": [b, h, lq, lk, d],
                                "dtype": str(dtype).split(".")[-1], "cross": lq != lk}
         with torch.no_grad() if not backward else torch.enable_grad():
-            row["fused_ms"] = _time(run(lambda: attention(q, k, v)), device)
+            row["fused_ms"] = _time(run(attention), device)
             if device.type == "cuda":
                 for name, backend in _sdpa_backends().items():
                     if name == "math" and lq * lk > 1024 * 1024:
                         continue  # materialises the score matrix; far behind, slow to time
                     try:
                         with sdpa_kernel([backend]):
-                            row[f"sdpa_{name}_ms"] = _time(run(lambda: F.scaled_dot_product_attention(q, k, v)), device)
+                            row[f"sdpa_{name}_ms"] = _time(run(F.scaled_dot_product_attention), device)
                     except RuntimeError:  # this backend does not take the case
                         row[f"sdpa_{name}_ms"] = None
         sdpa = [row[key] for key in row if key.startswith("sdpa_") and row[key]]

@@ -8,14 +8,14 @@ from Python and ``native`` times the C++ runner ``fastflow-run`` on the same pac
 (student row only; its output is checked against Python's).
 The CPU backends of :mod:`fastflow.bench.artefacts` time the student's generator as ONNX in
 OpenVINO and as int8 artefacts. Rows report NFE, FLOPs per generation (``torch.utils.flop_counter``),
-latency percentiles, parameters and the roofline fields of :mod:`fastflow.bench.roofline`; :func:`speedup_check` sets the measured one-step speedup over Euler-N beside two
+latency percentiles, parameters and the roofline fields of :mod:`fastflow.bench.roofline`; :func:`speedup_check` sets
+the measured one-step speedup over Euler-N beside two
 predictions, ``N × (teacher call / student call)`` in time and the same ratio in FLOPs. It records
 numbers for a report; nothing asserts on the timings (tests check the FLOPs and call counts).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import tempfile
@@ -29,7 +29,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastflow.bench.artefacts import GENERATOR_BACKENDS, NATIVE, Artefacts, generator_row
+from fastflow.bench.artefacts import (
+    GENERATOR_BACKENDS,
+    NATIVE,
+    Artefacts,
+    generator_row,
+)
 from fastflow.bench.roofline import add_roofline, peaks
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export import ExportOptions, export_checkpoint
@@ -41,6 +46,7 @@ from fastflow.flow.sample import generate
 from fastflow.fused import apply as apply_fused
 from fastflow.metrics.cost import count_flops, count_params
 from fastflow.utils.images import pyplot, save_figure
+from fastflow.utils.io import read_json
 from fastflow.utils.timing import measure_latency
 
 EULER_NS = (1, 2, 4, 8, 16, 32, 64)
@@ -93,7 +99,7 @@ def native_latency(runner: Path, package: Path, z: Tensor, iters: int, warmup: i
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise MissingBackendError(f"fastflow-run failed (exit {res.returncode}): {res.stderr.strip()}")
-    t = json.loads((workdir / "native.json").read_text())
+    t = read_json(workdir / "native.json", MissingBackendError)
     lat = {k: float(t[k]) for k in ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "min_ms")} | {"calls": int(t["calls"])}
     return lat, torch.from_numpy(np.load(workdir / "native.npy"))
 
@@ -142,7 +148,8 @@ def _sampler(model: Callable[..., Tensor], backend: str, solver: str, steps: int
     if backend == "cudagraph":
         if solver != "euler":
             raise ConfigError("cudagraph backend captures fixed-step Euler generators only")
-        return lambda g=CUDAGraphGenerator(Generator(model, steps).eval(), z): g(z)
+        graph = CUDAGraphGenerator(Generator(model, steps).eval(), z)
+        return lambda: graph(z)
     return lambda: generate(model, z, solver, steps)
 
 

@@ -18,7 +18,6 @@ bf16 rows halve the fp32 activation measure.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from fastflow.errors import ConfigError
 from fastflow.models.diffusers_dir import denoiser_from_config
 from fastflow.models.presets import PRESETS, build_model, model_kind
 from fastflow.train.parallel import units
+from fastflow.utils.io import read_json
 
 GB = 1e9
 
@@ -56,10 +56,10 @@ def _model(source: str, resolution: int | None) -> tuple[nn.Module, str]:
         return build_model(spec), source
     path = Path(source)
     try:
-        cfg = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError, RecursionError) as e:
-        raise ConfigError(f"{source}: neither a preset ({', '.join(sorted(PRESETS))}) nor a readable diffusers "
-                          f"config JSON ({type(e).__name__}: {str(e)[:200]})") from None
+        cfg = read_json(path)
+    except ConfigError as e:
+        raise ConfigError(f"neither a preset ({', '.join(sorted(PRESETS))}) nor a readable diffusers config JSON: "
+                          f"{e}") from None
     if resolution and isinstance(cfg, dict):
         cfg = {**cfg, "sample_size": resolution}
     return denoiser_from_config(cfg, source), path.parent.name + "/" + path.stem

@@ -9,40 +9,36 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
+from fastflow.data import build_dataset
+from fastflow.fused import split_spec
+from fastflow.models import build_model
+from fastflow.objectives import build_objective
+from fastflow.train import load_config
+from fastflow.train.step import MicroBatches, train_step
+from fastflow.utils.distributed import DistInfo
 from fastflow.utils.timing import measure_latency
 
 BUSY_LOOP = "while True: pass"
 
 
-def _demo_step() -> Any:
-    """One training step of the demo's teacher, as a closure (fixed seed and batch)."""
-    from fastflow.data import BatchStream, build_dataset
-    from fastflow.fused import split_spec
-    from fastflow.models import build_model
-    from fastflow.objectives import build_objective
-    from fastflow.train import load_config
-
+def _demo_step() -> Callable[[], object]:
+    """One training step of the demo's teacher (:func:`~fastflow.train.step.train_step`, the loop's
+    own), as a closure: step 0 every time (fixed batch and noise)."""
     cfg = load_config("digits")
     torch.manual_seed(0)
     data = build_dataset(cfg.data)
     model = build_model(split_spec(cfg.model)[0]).train()
-    objective = build_objective(cfg.objective, num_classes=0, device=torch.device("cpu"))
+    cpu = torch.device("cpu")
+    objective = build_objective(cfg.objective, num_classes=0, device=cpu)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.optim.lr)
-    batch = BatchStream(data, cfg.train.batch_size, cfg.seed).batch(0)
-
-    def step() -> None:
-        loss, _ = objective(model, batch, 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
-        opt.step()
-
-    return step
+    micro = MicroBatches.build(data, cfg.train.batch_size, 1, cfg.seed, DistInfo())
+    return lambda: train_step(model, model, objective, micro, 0, cpu, nullcontext(), opt, cfg.optim.grad_clip)
 
 
 def thread_sweep(threads: Sequence[int], steps: int = 20, warmup: int = 3) -> list[dict[str, Any]]:

@@ -14,38 +14,33 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
-from fastflow.data.base import Batch
+from fastflow.data.base import ArrayDataset
 from fastflow.errors import ConfigError
 from fastflow.fused import apply as apply_fused
 from fastflow.models.presets import build_model, sample_shape
 from fastflow.objectives import build_objective
+from fastflow.train.step import MicroBatches, train_step
+from fastflow.utils.distributed import DistInfo
 from fastflow.utils.timing import measure_latency
 
 PATHS = ("eager", "fused", "compiled", "fused+compiled")
 PRESETS = ("slim-15.7m", "rf-ddpmpp")
 
 
-def _step_fn(model: nn.Module, batch: Batch, seed: int) -> Callable[[], float]:
-    """One training step as a closure returning its loss; the RNG is reseeded per step so every
-    path draws the same times and noise."""
-    objective = build_objective({"name": "rf"}, num_classes=0, device=batch.x.device)
+def _step_fn(model: nn.Module, data: ArrayDataset, batch: int, seed: int) -> Callable[[], float]:
+    """One training step (:func:`~fastflow.train.step.train_step`, the loop's own) as a closure
+    returning its loss; every call is step 0, so every path draws the same batch, times and noise."""
+    device = next(model.parameters()).device
+    objective = build_objective({"name": "rf"}, num_classes=0, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> float:
-        torch.manual_seed(seed)
-        loss, _ = objective(model, batch, 0)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return float(loss.detach())
-
-    return step
+    micro = MicroBatches.build(data, batch, 1, seed, DistInfo())
+    return lambda: float(train_step(model, model, objective, micro, 0, device, nullcontext(), opt, 1.0)["loss"])
 
 
 def _path_model(base: nn.Module, path: str) -> nn.Module:
@@ -70,9 +65,9 @@ def train_step_suite(presets: Sequence[str], batch: int, device: torch.device, p
         torch.manual_seed(seed)
         base = build_model({"preset": preset}).to(device)
         x = torch.rand(batch, *sample_shape(base), generator=torch.Generator().manual_seed(seed)) * 2 - 1
-        data = Batch(x.to(device))
+        data = ArrayDataset(x.to(device))
         for path in paths:
-            step = _step_fn(_path_model(base, path), data, seed)
+            step = _step_fn(_path_model(base, path), data, batch, seed)
             first = step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)

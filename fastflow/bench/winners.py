@@ -10,12 +10,12 @@ its margin over the runner-up.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from fastflow.errors import ConfigError
+from fastflow.utils.io import read_json
 
 
 def _pick(case: dict[str, Any], times: dict[str, float]) -> dict[str, Any]:
@@ -40,15 +40,15 @@ def _grouped(rows: list[dict[str, Any]], bench: str, keys: Sequence[str], path_k
     cases: dict[tuple, dict[str, float]] = {}
     for r in rows:
         cases.setdefault(tuple(r.get(k) for k in keys), {})[r[path_key]] = r[time_key]
-    return [_pick({"bench": bench, **dict(zip(keys, case))}, times) for case, times in cases.items()]
+    return [_pick({"bench": bench, **dict(zip(keys, case, strict=False))}, times) for case, times in cases.items()]
 
 
 def winners(paths: Sequence[str | Path]) -> list[dict[str, Any]]:
     """One entry per case found in the given bench JSONs."""
     out: list[dict[str, Any]] = []
     for path in paths:
+        data = read_json(path)
         try:
-            data = json.loads(Path(path).read_text())
             rows = data["rows"] if isinstance(data, dict) and "rows" in data else \
                 data.get("group_norm", []) + data.get("attention", [])
         except (OSError, ValueError, AttributeError, TypeError) as e:

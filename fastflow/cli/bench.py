@@ -9,12 +9,20 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import (add_threads, choice_list, default_device, device_arg, int_list, nonneg_int,
-                                 positive_int)
+from fastflow.cli.common import (
+    add_threads,
+    choice_list,
+    default_device,
+    device_arg,
+    int_list,
+    nonneg_int,
+    positive_int,
+)
 from fastflow.errors import ConfigError, MissingBackendError
-from fastflow.utils.dtypes import DTYPES
 from fastflow.models.checkpoint import resolve_checkpoint
 from fastflow.models.presets import sample_shape
+from fastflow.utils.dtypes import DTYPES
+from fastflow.utils.io import read_json
 from fastflow.utils.threads import device_name
 
 
@@ -24,7 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     from fastflow.bench.train_step import PRESETS as TRAIN_PRESETS
     from fastflow.models.presets import PRESETS
 
-    bench = sub.add_parser("bench", help="benchmarks: latency, fused kernels, training steps, code generation, winners, CPU threads")
+    bench = sub.add_parser(
+        "bench", help="benchmarks: latency, fused kernels, training steps, code generation, winners, CPU threads"
+    )
     verbs = bench.add_subparsers(dest="bench", required=True)
     lat = verbs.add_parser("latency", help="one-step student vs teacher at Euler N, Heun, RK45, per backend")
     lat.add_argument("--student", default=None, help="student checkpoint (default: random --student-preset)")
@@ -74,7 +84,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "fused+compiled (the fused paths need CUDA with Triton)")
     trn.add_argument("--presets", type=choice_list(*PRESETS), default=",".join(TRAIN_PRESETS),
                      help="comma list of model presets")
-    trn.add_argument("--paths", type=choice_list(*PATHS), default=",".join(PATHS), help=f"comma list of {', '.join(PATHS)}")
+    trn.add_argument(
+        "--paths", type=choice_list(*PATHS), default=",".join(PATHS), help=f"comma list of {', '.join(PATHS)}"
+    )
     trn.add_argument("--batch", type=positive_int, default=32, help="training batch size")
     trn.add_argument("--steps", type=positive_int, default=10, help="timed steps per row (after --warmup)")
     trn.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps first (compilation happens here)")
@@ -84,10 +96,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "(what fused=auto is to be set from)")
     win.add_argument("json", nargs="+", help="JSON files written by fastflow bench kernels, train or latency")
     win.add_argument("--out", default="winners.json", help="output JSON")
-    win.add_argument("--switch-table", nargs="?", const="cache", default=None, metavar="PATH",
-                     help="also write the table fused=auto reads, from fused-paths rows (benchmarks/cpu_fused_paths.py): "
-                          "to PATH, or without PATH to the user cache ($FASTFLOW_CACHE/fused-winners.json), which "
-                          "wins over the table shipped with fastflow")
+    win.add_argument(
+        "--switch-table",
+        nargs="?",
+        const="cache",
+        default=None,
+        metavar="PATH",
+        help="also write the table fused=auto reads, from fused-paths rows (benchmarks/cpu_fused_paths.py): "
+        "to PATH, or without PATH to the user cache ($FASTFLOW_CACHE/fused-winners.json), which "
+        "wins over the table shipped with fastflow",
+    )
     win.set_defaults(fn=run_winners)
 
     thr = verbs.add_parser("threads", help="a demo training step at each CPU thread count, idle and next to a "
@@ -192,7 +210,12 @@ def run_winners(args: argparse.Namespace) -> int:
 
 
 def run_latency(args: argparse.Namespace) -> int:
-    from fastflow.bench.latency import latency_suite, save_plot, speedup_check, split_backend
+    from fastflow.bench.latency import (
+        latency_suite,
+        save_plot,
+        speedup_check,
+        split_backend,
+    )
     from fastflow.models import build_model, load_model
     from fastflow.utils.io import atomic_write_json, check_distinct, check_writable
     from fastflow.utils.table import format_table
@@ -270,17 +293,19 @@ def run_kernels(args: argparse.Namespace) -> int:
 
 
 def run_codegen(args: argparse.Namespace) -> int:
-    import json
 
-    from fastflow.bench.codegen import compile_all, markdown_summary, problems, spill_free_table, to_json
+    from fastflow.bench.codegen import (
+        compile_all,
+        markdown_summary,
+        problems,
+        spill_free_table,
+        to_json,
+    )
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 
     if args.from_json:  # no compiling: the README table from committed results
-        try:
-            docs = [json.loads(Path(f).read_text()) for f in args.from_json.split(",")]
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"--from-json: {e}") from None
+        docs = [read_json(f) for f in args.from_json.split(",")]
         print(markdown_summary(docs))
         return 0
 

@@ -74,7 +74,9 @@ def reference() -> str:
             "fields (`fastflow/objectives/options.py`: type, range and default stated once), checked against this "
             "table."]
     for name, cls in OBJECTIVES.items():
-        rows = [f"| `{k}` | `{_type(tp)}` | {_default(opt.required, f)} |" for k, (f, opt, tp) in options_of(cls).items()]
+        rows = [
+            f"| `{k}` | `{_type(tp)}` | {_default(opt.required, f)} |" for k, (f, opt, tp) in options_of(cls).items()
+        ]
         out += ["", f"### `objective.name: {name}`", "", "| key | type | default |", "|---|---|---|", *rows]
     return "\n".join(out) + "\n"
 

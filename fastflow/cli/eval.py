@@ -9,8 +9,14 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import (add_model_args, add_sampling_args, add_threads, load_checkpoint, nonneg_int,
-                                 positive_int)
+from fastflow.cli.common import (
+    add_model_args,
+    add_sampling_args,
+    add_threads,
+    load_checkpoint,
+    nonneg_int,
+    positive_int,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -55,8 +61,7 @@ def run(args: argparse.Namespace) -> int:
 def _eval_sr(args: argparse.Namespace, record: Any, model: torch.nn.Module, out: Path | None) -> int:
     """τ sweep of an OFTSR student (PSNR, SSIM, HF-energy ratio), with the teacher's result."""
     from fastflow.errors import ConfigError
-    from fastflow.metrics.sr_eval import save_sweep_plot
-    from fastflow.metrics.sr_eval import sweep_checkpoint
+    from fastflow.metrics.sr_eval import save_sweep_plot, sweep_checkpoint
     from fastflow.utils.images import save_grid
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table

@@ -12,12 +12,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastflow.cli.common import (Parser, add_model_args, add_threads, add_version, finite_float, nonneg_float,
-                                 nonneg_int, positive_int, run_cli)
-from fastflow.utils.dtypes import DTYPES
+from fastflow.cli.common import (
+    Parser,
+    add_model_args,
+    add_threads,
+    add_version,
+    finite_float,
+    nonneg_float,
+    nonneg_int,
+    positive_int,
+    run_cli,
+)
 from fastflow.export.formats import FORMATS
 from fastflow.export.options import CHAIN
-
+from fastflow.utils.dtypes import DTYPES
 
 DESCRIPTION = ("Export a checkpoint's generator (or a text-to-image pipeline, one artefact per component): build "
                "the artefact, check it against its contract, optionally validate it against PyTorch, time it and "

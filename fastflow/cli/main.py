@@ -7,8 +7,20 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastflow.cli import (bench, checkpoint, config, demo, export, export_diffusers, pairs, prompts, sample, sr,
-                          tiny_sd, train)
+from fastflow.cli import (
+    bench,
+    checkpoint,
+    config,
+    demo,
+    export,
+    export_diffusers,
+    pairs,
+    prompts,
+    sample,
+    sr,
+    tiny_sd,
+    train,
+)
 from fastflow.cli import eval as eval_
 from fastflow.cli.common import Parser, add_version, run_cli
 

@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if out.suffix.lower() == ".npz":
         atomic_savez(out, x=x.float().cpu().numpy())
     else:
-        for image, path in zip(x, paths):
+        for image, path in zip(x, paths, strict=True):
             save_image(image, path)
     if args.grid:
         save_grid(x, args.grid, upscale=display_upscale(model.config.resolution, target=128))

@@ -54,4 +54,14 @@ def build_dataset(spec: dict[str, Any]) -> Dataset:
     return cls(**kwargs)
 
 
-__all__ = ["DATASETS", "dataset_class", "dataset_options", "dataset_settings", "ArrayDataset", "Batch", "BatchStream", "Dataset", "build_dataset"]
+__all__ = [
+    "DATASETS",
+    "dataset_class",
+    "dataset_options",
+    "dataset_settings",
+    "ArrayDataset",
+    "Batch",
+    "BatchStream",
+    "Dataset",
+    "build_dataset",
+]

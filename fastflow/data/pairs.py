@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import logging
+import math
 import re
 import struct
 from pathlib import Path
@@ -154,7 +154,7 @@ class PairDataset(Dataset):
         mapped = [_mapped(r / s) for s in names]
         self.shards = [m for m, _ in mapped]
         #: each shard's SHA-256 (its checked metadata), by file name: what a student records of its pairs
-        self.digests = {name: sha for name, (_, sha) in zip(names, mapped)}
+        self.digests = {name: sha for name, (_, sha) in zip(names, mapped, strict=True)}
         counts = [len(s["z"]) for s in self.shards]
         if counts != self.manifest["shard_counts"]:
             raise DataError(f"{root}: shard sizes {counts} disagree with the manifest")

@@ -247,9 +247,10 @@ def _check(result: ExportResult, o: ExportOptions, reference: nn.Module, inputs_
         sizes = sorted({spec.batch.min, spec.batch.opt, spec.batch.max})
         report["validation"] = val = compare(reference, runner, [inputs_for(b) for b in sizes], o.atol, o.rtol)
         result.passed = bool(val["passed"])
-        say(f"validation {'passed' if val['passed'] else 'FAILED'}: max abs {val.get('max_abs_err', float('nan')):.3g}"
-            f", mean abs {val.get('mean_abs_err', float('nan')):.3g}, max rel {val.get('max_rel_err', float('nan')):.3g}"
-            f", NaN/Inf {val.get('nan_inf_count', 0)} (atol {o.atol}, rtol {o.rtol}, batches {sizes})")
+        err = {k: val.get(f"{k}_err", float("nan")) for k in ("max_abs", "mean_abs", "max_rel")}
+        say(f"validation {'passed' if val['passed'] else 'FAILED'}: max abs {err['max_abs']:.3g}, mean abs "
+            f"{err['mean_abs']:.3g}, max rel {err['max_rel']:.3g}, NaN/Inf {val.get('nan_inf_count', 0)} "
+            f"(atol {o.atol}, rtol {o.rtol}, batches {sizes})")
     if o.quantize:
         images = spec.kind in ("generator", "conditional")
         report["int8"] = q = int8_quality(reference, runner, spec, inputs_for, scores=scores if images else None)

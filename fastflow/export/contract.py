@@ -8,7 +8,6 @@ one :class:`~fastflow.errors.ArtifactError` line, nothing written."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -56,9 +55,11 @@ def check_onnx(path: Path, spec: GeneratorSpec, names: Sequence[str]) -> None:
                                 f"{['B' if d is None else d for d in dims]}, the contract says {dtype} [B, "
                                 f"{', '.join(map(str, shape))}]; not written")
         if dims[0] is not None if b.dynamic else dims[0] != b.min:
-            raise ArtifactError(f"{path.name}: input {i.name!r} has batch {dims[0] if dims[0] is not None else 'symbolic'}"
-                                f", the contract says {b.min}..{b.max}: the model's forward specialised the "
-                                "batch (len() of a tensor?); not written")
+            raise ArtifactError(
+                f"{path.name}: input {i.name!r} has batch {dims[0] if dims[0] is not None else 'symbolic'}"
+                f", the contract says {b.min}..{b.max}: the model's forward specialised the "
+                "batch (len() of a tensor?); not written"
+            )
 
 
 def check_stored_spec(fmt: str, path: Path, spec: GeneratorSpec) -> None:
@@ -68,9 +69,9 @@ def check_stored_spec(fmt: str, path: Path, spec: GeneratorSpec) -> None:
 
         stored = read_pt2_spec(path)
     else:
-        from fastflow.export.formats import engine_sidecar
+        from fastflow.export.formats import read_engine_spec
 
-        stored = GeneratorSpec.from_metadata(json.loads(engine_sidecar(path).read_text())["metadata"], str(path))
+        stored = read_engine_spec(path)
     if stored != spec:
         raise ArtifactError(f"{path.name}: its stored contract {stored} is not the one it was built from; not written")
 

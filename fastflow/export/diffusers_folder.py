@@ -27,18 +27,26 @@ from typing import Any
 import torch
 from torch import nn
 
-from fastflow.errors import ConfigError
+from fastflow.errors import ArtifactError, ConfigError
 from fastflow.models.diffusers_dir import DENOISER_FOLDERS, class_name, diffusers_module
+from fastflow.utils.io import read_json
 
 SCHEDULER = "DPMSolverMultistepScheduler"
 
 
 def scheduler_config(num_train_timesteps: int) -> dict[str, Any]:
     """DPM-Solver++ order 1 on flow sigmas: Euler on fastflow's grid (module docstring)."""
-    return {"num_train_timesteps": num_train_timesteps, "use_flow_sigmas": True, "flow_shift": 1.0,
-            "prediction_type": "flow_prediction", "solver_order": 1, "algorithm_type": "dpmsolver++",
-            "final_sigmas_type": "zero", "lower_order_final": True,
-            "steps_offset": 1}  # what Stable Diffusion's pipeline expects (else a warning on every load); unused by linspace spacing
+    return {
+        "num_train_timesteps": num_train_timesteps,
+        "use_flow_sigmas": True,
+        "flow_shift": 1.0,
+        "prediction_type": "flow_prediction",
+        "solver_order": 1,
+        "algorithm_type": "dpmsolver++",
+        "final_sigmas_type": "zero",
+        "lower_order_final": True,
+        "steps_offset": 1,
+    }  # what Stable Diffusion's pipeline expects (else a warning on every load); unused by linspace spacing
 
 
 def flow_denoiser(model: nn.Module) -> nn.Module:
@@ -62,14 +70,17 @@ def _component(folder: Path) -> list[str | None]:
     """``[library, class]`` of a saved component, as ``model_index.json`` lists it."""
     config = folder / "config.json"
     if config.is_file():
-        data = json.loads(config.read_text())
+        data = read_json(config, ArtifactError)
+        if not isinstance(data, dict):
+            raise ArtifactError(f"{config}: not a JSON object")
         if "_class_name" in data:
             return ["diffusers", data["_class_name"]]
         if data.get("architectures"):
             return ["transformers", data["architectures"][0]]
     tok = folder / "tokenizer_config.json"
-    if tok.is_file() and json.loads(tok.read_text()).get("tokenizer_class"):
-        return ["transformers", json.loads(tok.read_text())["tokenizer_class"]]
+    tokenizer = read_json(tok, ArtifactError) if tok.is_file() else {}
+    if isinstance(tokenizer, dict) and tokenizer.get("tokenizer_class"):
+        return ["transformers", tokenizer["tokenizer_class"]]
     if (folder / "scheduler_config.json").is_file():
         return ["diffusers", class_name(folder / "scheduler_config.json")]
     return [None, None]
@@ -78,7 +89,9 @@ def _component(folder: Path) -> list[str | None]:
 def model_index(pipeline: str, stage: Path, source: Path) -> dict[str, Any]:
     """The source's ``model_index.json`` with this folder's components, or one built for ``pipeline``."""
     d = diffusers_module()
-    index = json.loads((source / "model_index.json").read_text()) if (source / "model_index.json").is_file() else {}
+    index = read_json(source / "model_index.json") if (source / "model_index.json").is_file() else {}
+    if not isinstance(index, dict):
+        raise ConfigError(f"{source / 'model_index.json'}: not a JSON object")
     index.setdefault("_class_name", pipeline)
     index["_diffusers_version"] = d.__version__
     for sub in sorted(p for p in stage.iterdir() if p.is_dir()):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import shutil
 import tempfile
@@ -21,11 +20,11 @@ import torch
 from torch import Tensor, nn
 
 from fastflow.errors import ArtifactError, DTypeError, MissingBackendError
+from fastflow.export.package_check import check_package
 from fastflow.export.quantize import fp32_onnx_then_int8, quantize_module
 from fastflow.export.spec import BatchRange, GeneratorSpec
-from fastflow.utils.dtypes import DTYPES
 from fastflow.fused import cpu_block
-from fastflow.export.package_check import check_package
+from fastflow.utils.dtypes import DTYPES
 
 Runner = Callable[..., Tensor]  # run(*inputs) → image
 Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
@@ -140,7 +139,7 @@ def load_onnx(path: Path, device: torch.device) -> Runner:
     names = [i.name for i in sess.get_inputs()]
 
     def run(*inputs: Tensor) -> Tensor:
-        return torch.from_numpy(sess.run(None, {n: x.cpu().numpy() for n, x in zip(names, inputs)})[0])
+        return torch.from_numpy(sess.run(None, {n: x.cpu().numpy() for n, x in zip(names, inputs, strict=True)})[0])
     return run
 
 
@@ -328,16 +327,22 @@ def build_engine(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Pa
         "optimization_level": options.opt_level})
 
 
+def read_engine_spec(path: Path) -> GeneratorSpec:
+    """The contract an engine's JSON sidecar holds; a missing or malformed sidecar is an :class:`ArtifactError`."""
+    from fastflow.utils.io import read_json
+
+    side = read_json(engine_sidecar(path), ArtifactError)
+    if not isinstance(side, dict) or not isinstance(side.get("metadata"), dict):
+        raise ArtifactError(f"{engine_sidecar(path)}: not an engine sidecar (no 'metadata' object)")
+    return GeneratorSpec.from_metadata(side["metadata"], str(path))
+
+
 def load_engine(path: Path, device: torch.device) -> Runner:
     """A serialized engine run by the TensorRT Python runtime on torch CUDA tensors."""
     _import_torch_tensorrt()
     import tensorrt as trt
 
-    try:
-        side = json.loads(engine_sidecar(path).read_text())
-        spec = GeneratorSpec.from_metadata(side["metadata"], str(path))
-    except (OSError, KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{engine_sidecar(path)}: missing or unreadable sidecar ({e})") from None
+    spec = read_engine_spec(path)
     engine = trt.Runtime(trt.Logger(trt.Logger.WARNING)).deserialize_cuda_engine(path.read_bytes())
     if engine is None:
         raise ArtifactError(f"{path}: TensorRT could not deserialize the engine (other TensorRT version or GPU?)")
@@ -351,7 +356,7 @@ def load_engine(path: Path, device: torch.device) -> Runner:
     def run(*inputs: Tensor) -> Tensor:
         inputs = tuple(x.to(device).contiguous() for x in inputs)
         spec.check(*inputs)
-        for name, x in zip(ins, inputs):
+        for name, x in zip(ins, inputs, strict=True):
             ctx.set_input_shape(name, tuple(x.shape))
             ctx.set_tensor_address(name, x.data_ptr())
         out = torch.empty(tuple(ctx.get_tensor_shape(out_name)), device=device,

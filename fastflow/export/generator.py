@@ -20,8 +20,8 @@ from fastflow.errors import ConfigError
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.flow.sample import check_mean_flow_cfg, is_two_time
 from fastflow.flow.solvers import time_grid
-from fastflow.flow.time import DEFAULT_EPS
 from fastflow.flow.sr import sr_one_step
+from fastflow.flow.time import DEFAULT_EPS
 
 
 class Generator(nn.Module):

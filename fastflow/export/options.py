@@ -12,8 +12,8 @@ import torch
 
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export.spec import BatchRange, GeneratorSpec
-from fastflow.utils.dtypes import DTYPES
 from fastflow.fused.switch import check_mode
+from fastflow.utils.dtypes import DTYPES
 
 #: what a text-to-image pipeline is built of, in chain order
 CHAIN = ("text_encoder", "generator", "vae_decoder")

@@ -28,8 +28,8 @@ from fastflow.export.formats import FORMATS, BuildOptions
 from fastflow.export.generator import TextGenerator
 from fastflow.export.options import ExportOptions, ExportResult
 from fastflow.export.spec import GeneratorSpec
-from fastflow.utils.dtypes import DTYPES
 from fastflow.models.diffusers_dir import decode_latents
+from fastflow.utils.dtypes import DTYPES
 
 FORMAT, VERSION = "fastflow-pipeline", 1
 OUTPUTS = {"text_encoder": "emb", "generator": "latent", "vae_decoder": "image"}
@@ -103,7 +103,9 @@ def components(model: nn.Module, spec: GeneratorSpec, cfg_scale: float, context_
                              lambda b: (rand(b, *latent),)))
     missing = [n for n in names or () if n not in {c.name for c in out}]
     if missing:
-        raise ConfigError(f"this student's pipeline has no {', '.join(missing)} (it has {', '.join(c.name for c in out)})")
+        raise ConfigError(
+            f"this student's pipeline has no {', '.join(missing)} (it has {', '.join(c.name for c in out)})"
+        )
     out = [c for c in out if names is None or c.name in names]
     for c in out:
         c.module.to(device=device, dtype=dtype).eval()
@@ -115,7 +117,7 @@ def _io(c: Component, example: tuple[Tensor, ...]) -> dict[str, Any]:
         y = c.module(*example)
     shape = lambda x: ["B", *x.shape[1:]]  # noqa: E731
     return {"inputs": [{"name": n, "shape": shape(x), "dtype": str(x.dtype).removeprefix("torch.")}
-                       for n, x in zip(c.module.input_names, example)],
+                       for n, x in zip(c.module.input_names, example, strict=True)],
             "outputs": [{"name": OUTPUTS[c.name], "shape": shape(y), "dtype": str(y.dtype).removeprefix("torch.")}]}
 
 

@@ -5,7 +5,8 @@ noise :math:`z \sim \mathcal N(0, I)`, uniform class labels, uniform :math:`\tau
 involved (:func:`calibration_inputs`). Two maintained tool chains do the rest:
 
 - ONNX (:func:`quantize_onnx`): ONNX Runtime's static QDQ quantization, per-channel int8 weights and
-  uint8 activations on the convolutions (but the stem on the noise) and the weight ``MatMul``\ s only, so GroupNorm's statistics,
+  uint8 activations on the convolutions (but the stem on the noise) and the weight ``MatMul``\ s only, so GroupNorm's
+  statistics,
   softmax, attention's two products, the time embedding's ``Gemm``\ s (tiny, and OpenVINO 2026.4
   fails to compile their QDQ form: "DequantizationSubtract contains empty child edge") and every
   elementwise op stay in float. ONNX Runtime and OpenVINO both run the QDQ graph in int8.
@@ -58,15 +59,14 @@ def quantize_onnx(src: Path, dst: Path, calibration: Sequence[Example], names: S
     """ONNX Runtime static QDQ int8 of the fp32 graph ``src`` (with its external data beside it),
     calibrated on ``calibration`` (MinMax ranges), written to ``dst``."""
     try:
-        from onnxruntime.quantization import (CalibrationDataReader, QuantFormat, QuantType,
-                                              quantize_static)
+        from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     except ImportError:
         raise MissingBackendError("--quantize int8 with --format onnx needs onnxruntime: pip install onnxruntime") \
             from None
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.feeds = iter([{n: x.cpu().numpy() for n, x in zip(names, ex)} for ex in calibration])
+            self.feeds = iter([{n: x.cpu().numpy() for n, x in zip(names, ex, strict=True)} for ex in calibration])
 
         def get_next(self) -> dict | None:
             return next(self.feeds, None)
@@ -87,8 +87,11 @@ def float_nodes(path: Path) -> list[str]:
     graph = onnx.load(str(path), load_external_data=False).graph
     weights = {t.name for t in graph.initializer}
     inputs = {i.name for i in graph.input}
-    return [n.name for n in graph.node
-            if (n.op_type == "MatMul" and not weights & set(n.input)) or (n.op_type == "Conv" and inputs & set(n.input))]
+    return [
+        n.name
+        for n in graph.node
+        if (n.op_type == "MatMul" and not weights & set(n.input)) or (n.op_type == "Conv" and inputs & set(n.input))
+    ]
 
 
 def quantize_module(gen: nn.Module, example: Example, calibration: Sequence[Example]) -> nn.Module:

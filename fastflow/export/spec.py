@@ -151,7 +151,7 @@ class GeneratorSpec:
         b = inputs[0].shape[0] if inputs[0].dim() else -1
         if not self.batch.min <= b <= self.batch.max:
             raise ShapeError(f"batch {b} is outside the artefact's range {self.batch.min}..{self.batch.max}")
-        for name, x in zip(self.inputs, inputs):
+        for name, x in zip(self.inputs, inputs, strict=False):
             if name in ("cond", "tau", "t"):
                 want, dtype = (b,), torch.int64 if name == "cond" else torch.float32
             elif name in ("tokens", "emb"):

@@ -2,8 +2,8 @@
 
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.flow.path import interpolate, predict_x1, velocity_target
-from fastflow.flow.solvers import SOLVERS, SolveResult, euler, heun, one_step, rk2, rk45, solve
 from fastflow.flow.sample import generate
+from fastflow.flow.solvers import SOLVERS, SolveResult, euler, heun, one_step, rk2, rk45, solve
 from fastflow.flow.straightness import straightness
 from fastflow.flow.time import TimeSampler, build_time_sampler
 

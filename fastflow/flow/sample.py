@@ -12,8 +12,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from fastflow.flow.guidance import Cond, cfg_velocity
 from fastflow.errors import ConfigError
+from fastflow.flow.guidance import Cond, cfg_velocity
 from fastflow.flow.solvers import SolveResult, mean_flow, solve
 
 

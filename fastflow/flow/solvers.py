@@ -230,16 +230,16 @@ def rk45(velocity: Velocity, x0: Tensor, rtol: float = 1e-5, atol: float = 1e-5,
         hb = bcast(h)
         ks = [k1]
         for s in range(1, 6):
-            dy = sum(a * k for a, k in zip(_A[s], ks))
+            dy = sum(a * k for a, k in zip(_A[s], ks, strict=False))
             ks.append(f(y + hb * dy, t + _C[s] * h))
-        y_new = y + hb * sum(bi * k for bi, k in zip(_B, ks))
+        y_new = y + hb * sum(bi * k for bi, k in zip(_B, ks, strict=False))
         k7 = f(y_new, t + h)
         ks.append(k7)
         nfe += 6
         sample_nfe += 6 * active.long()
         if progress is not None:
             progress(nfe, int(active.sum()))
-        err = hb * sum(e * k for e, k in zip(_E, ks))
+        err = hb * sum(e * k for e, k in zip(_E, ks, strict=False))
         scale = atol + torch.maximum(y.abs(), y_new.abs()) * rtol
         err_norm = _rms(err / scale)
         if not bool(torch.isfinite(err_norm[active]).all()):

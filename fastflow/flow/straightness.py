@@ -31,5 +31,5 @@ def straightness(velocity: Velocity, x0: Tensor, steps: int = 100,
     chord = (x - x0) / (1.0 - t0)
     sq = [((chord - v) ** 2).flatten(1).mean(1) for v in vs]
     weights = [grid[i + 1] - grid[i] for i in range(steps)]
-    total = sum(w * s for w, s in zip(weights, sq)) / (1.0 - t0)
+    total = sum(w * s for w, s in zip(weights, sq, strict=True)) / (1.0 - t0)
     return float(total.mean())

@@ -22,7 +22,6 @@ checked per arch by ``fastflow bench codegen``).
 
 from __future__ import annotations
 
-
 import torch
 import triton
 import triton.language as tl
@@ -67,8 +66,9 @@ def _tile(ptr, offs_l, offs_d, s_l, s_d, lmask, dmask):
 
 # A head dim is read as two power-of-two parts, offsets d0 = [0, D0) and d1 = [D0, D0 + D1), masked at D
 # (head_dim_parts). With BLOCK_D1 = 0 there is one part: d1 is d0 and the helpers hand back part-0
-# values as the unused part 1. Each kernel makes d0; the helper that loads its first tiles makes d1. The helpers keep the hand-written kernels' order of loads and dots part
-# by part (the ``fastflow bench codegen`` rows, registers included, depend on it).
+# values as the unused part 1. Each kernel makes d0; the helper that loads its first tiles makes d1. The
+# helpers keep the hand-written kernels' order of loads and dots part by part (the ``fastflow bench codegen``
+# rows, registers included, depend on it).
 @triton.jit
 def _block(BLOCK: tl.constexpr, L):
     """This program's rows ``i·BLOCK + [0, BLOCK)`` of a length-``L`` axis (``i``: program axis 0),
@@ -277,9 +277,9 @@ def _bwd_dq_kernel(Q, K, V, DO, O, LSE, DELTA, DQ, scale, scale_log2, LQ, LK, HE
     """dQ of a block of queries; also δ = rowsum(dO ∘ O) in fp32, stored for the dK/dV kernel."""
     offs_m, mmask, bh = _block(BLOCK_M, LQ)
     d0 = tl.arange(0, BLOCK_D0)
-    q0, q1, do0, do1, delta, d1 = _dq_prologue(Q + _head(bh, HEADS, q_b, q_h), q_l, q_d, DO + _head(bh, HEADS, do_b, do_h),
-                                               do_l, do_d, O + _head(bh, HEADS, o_b, o_h), o_l, o_d, offs_m, mmask, D,
-                                               d0, BLOCK_D0, BLOCK_D1)
+    q0, q1, do0, do1, delta, d1 = _dq_prologue(
+        Q + _head(bh, HEADS, q_b, q_h), q_l, q_d, DO + _head(bh, HEADS, do_b, do_h), do_l, do_d,
+        O + _head(bh, HEADS, o_b, o_h), o_l, o_d, offs_m, mmask, D, d0, BLOCK_D0, BLOCK_D1)
     dq0, dq1 = _zeros2(BLOCK_M, BLOCK_D0, BLOCK_D1)
     row = bh.to(tl.int64) * LQ
     tl.store(DELTA + row + offs_m, delta, mask=mmask)

@@ -14,7 +14,6 @@ block kernel is opt-in until a measurement on this kind of device says it wins).
 
 from __future__ import annotations
 
-import json
 import math
 from functools import cache
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 from fastflow.errors import ConfigError
 from fastflow.utils.cache import cache_dir
+from fastflow.utils.io import read_json
 
 FORMAT, VERSION = "fastflow-fused-winners", 1
 SHIPPED = Path(__file__).with_name("winners.json")
@@ -59,11 +59,7 @@ def check_table(doc: Any, source: str) -> list[dict[str, Any]]:
 
 @cache
 def _read(path: Path, mtime_ns: int) -> tuple[dict[str, Any], ...]:
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ConfigError(f"{path}: unreadable fused winners table ({type(e).__name__})") from None
-    return tuple(check_table(doc, str(path)))
+    return tuple(check_table(read_json(path), str(path)))
 
 
 def table() -> tuple[tuple[dict[str, Any], ...], str]:

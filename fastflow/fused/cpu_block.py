@@ -73,7 +73,9 @@ def aoti_configs(static_batch: bool) -> dict[str, Any]:
     products, where an ATen call costs more than the product; with a dynamic batch they compile
     batched products for the example's batch only — PyTorch 2.13)."""
     load()
-    configs: dict[str, Any] = {"aot_inductor.custom_ops_to_c_shims": {torch.ops.fastflow_cpu.conv_block.default: [SHIM]}}
+    configs: dict[str, Any] = {
+        "aot_inductor.custom_ops_to_c_shims": {torch.ops.fastflow_cpu.conv_block.default: [SHIM]}
+    }
     if static_batch:
         configs.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN")
     return configs

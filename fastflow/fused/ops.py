@@ -67,8 +67,12 @@ def group_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: in
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.shape != (c,):
             raise ShapeError(f"{name} must be [{c}], got {tuple(t.shape)}")
-    use = x.numel() > 0 and kernel_device(x) and _dtype_ok(x, "group_norm") and not _transformed("group_norm", x, weight, bias, scale,
-                                                                                 shift)
+    use = (
+        x.numel() > 0
+        and kernel_device(x)
+        and _dtype_ok(x, "group_norm")
+        and not _transformed("group_norm", x, weight, bias, scale, shift)
+    )
     if use and not flat_spatial(x):
         warn_once("group_norm-strides", f"group_norm: input strides {x.stride()} do not flatten over H·W")
         use = False
@@ -93,7 +97,13 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Te
     if q.shape[-1] < 1:
         raise ShapeError(f"attention needs a head dim >= 1, got q {tuple(q.shape)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    use = q.numel() > 0 and k.shape[2] > 0 and kernel_device(q) and _dtype_ok(q, "attention") and not _transformed("attention", q, k, v)
+    use = (
+        q.numel() > 0
+        and k.shape[2] > 0
+        and kernel_device(q)
+        and _dtype_ok(q, "attention")
+        and not _transformed("attention", q, k, v)
+    )
     if use and q.shape[-1] > MAX_HEAD_DIM:
         warn_once(f"attention-head-dim-{q.shape[-1]}", f"attention: head dim {q.shape[-1]} > {MAX_HEAD_DIM}")
         use = False

@@ -10,6 +10,7 @@ Everything else that looks like a norm or attention is listed under ``left`` wit
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 from torch import nn
 
@@ -49,7 +50,7 @@ def swap(model: nn.Module, groupnorm: bool = True, attention: bool = True) -> Sw
     for name, m in model.named_modules():
         if groupnorm and isinstance(m, nn.Sequential):
             kids = list(m.named_children())
-            for (a, ma), (b, mb) in zip(kids, kids[1:]):
+            for (a, ma), (b, mb) in pairwise(kids):
                 if isinstance(ma, nn.GroupNorm) and isinstance(mb, nn.SiLU):
                     pre = f"{name}." if name else ""
                     fused_silu.add(pre + a)

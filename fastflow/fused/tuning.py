@@ -19,7 +19,6 @@ When nothing survives, the config with the smallest tiles is kept (a kernel must
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from functools import cache
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import triton
 
 from fastflow.fused.runtime import interpreting
+from fastflow.utils.io import read_json
 
 TABLE = Path(__file__).with_name("spill_free.json")
 #: Max dynamic shared memory per block (opt-in), bytes, by compute capability.
@@ -67,7 +67,7 @@ def attention_smem(kernel: str, cfg: triton.Config, head: int, elem: int) -> int
 
 @cache
 def _table() -> dict[str, Any]:
-    return json.loads(TABLE.read_text()) if TABLE.is_file() else {}
+    return read_json(TABLE) if TABLE.is_file() else {}
 
 
 def spill_free(kernel: str, arch: int, head: int) -> set[str] | None:

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fastflow.utils.timing import measure_latency
 from fastflow.errors import ConfigError, DataError
 from fastflow.flow import generate, straightness
 from fastflow.flow.guidance import cfg_velocity
@@ -23,6 +22,7 @@ from fastflow.metrics.cost import count_flops, count_params
 from fastflow.metrics.digits import digits_scores
 from fastflow.metrics.frechet import frechet_distance, gaussian_stats
 from fastflow.models.presets import sample_shape
+from fastflow.utils.timing import measure_latency
 
 
 def _reference_stats(ref: str, feats: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,7 +100,7 @@ def aggregate_rows(per_seed: Sequence[Sequence[dict[str, Any]]], keys: Sequence[
     if len({len(rows) for rows in per_seed}) != 1:
         raise ConfigError(f"runs have different numbers of rows: {[len(rows) for rows in per_seed]}")
     out = []
-    for same in zip(*per_seed):
+    for same in zip(*per_seed, strict=True):
         row = {k: same[0].get(k) for k in keys}
         if any({k: r.get(k) for k in keys} != row for r in same):
             raise ConfigError(f"runs disagree on a row's {list(keys)}: {[{k: r.get(k) for k in keys} for r in same]}")

@@ -18,7 +18,6 @@ from fastflow.errors import ShapeError
 from fastflow.utils.images import psnr_db
 
 
-
 def _check(a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
     if a.shape != b.shape or a.dim() != 4:
         raise ShapeError(f"SR metrics need two [B, C, H, W] tensors of one shape, got {tuple(a.shape)} "

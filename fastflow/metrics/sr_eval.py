@@ -15,20 +15,28 @@ from torch import Tensor, nn
 from fastflow.data import build_dataset
 from fastflow.errors import ConfigError
 from fastflow.flow.sample import generate
+from fastflow.flow.sr import sr_one_step, sr_start
 from fastflow.fused import apply as apply_fused
+from fastflow.metrics.sr import sr_scores
 from fastflow.models import load_model
 from fastflow.models.checkpoint import CheckpointRecord
-from fastflow.metrics.sr import sr_scores
-from fastflow.flow.sr import sr_one_step, sr_start
 from fastflow.utils.images import pyplot, save_figure
 
 TAUS = (0.01, 0.25, 0.5, 0.75, 0.99)
 
 
 @torch.no_grad()
-def tau_sweep(student: nn.Module, hr: Tensor, lq: Tensor, sigma_p: float, taus: Sequence[float] = TAUS,
-              teacher: nn.Module | None = None, teacher_steps: int = 32, seed: int = 0,
-              lpips: Callable[[Tensor, Tensor], Tensor] | None = None) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
+def tau_sweep(
+    student: nn.Module,
+    hr: Tensor,
+    lq: Tensor,
+    sigma_p: float,
+    taus: Sequence[float] = TAUS,
+    teacher: nn.Module | None = None,
+    teacher_steps: int = 32,
+    seed: int = 0,
+    lpips: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, Tensor]]:
     """Rows ``{"method", "tau", "NFE", "psnr", "ssim", "hf_ratio"[, "lpips"]}`` and the sample
     batches; ``lpips(a, b) → [B]`` adds the mean LPIPS to each row."""
     g = torch.Generator().manual_seed(seed)
@@ -58,7 +66,10 @@ def save_sweep_plot(rows: list[dict[str, Any]], path: str) -> None:
 
     sweep = [r for r in rows if r["tau"] is not None]
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), dpi=110)
-    for ax, key, label in ((axes[0], "psnr", "PSNR (dB) — fidelity"), (axes[1], "hf_ratio", "HF energy ratio — realism")):
+    for ax, key, label in (
+        (axes[0], "psnr", "PSNR (dB) — fidelity"),
+        (axes[1], "hf_ratio", "HF energy ratio — realism"),
+    ):
         ax.errorbar([r["tau"] for r in sweep], [r[key] for r in sweep], [r.get(f"{key}_sd", 0.0) for r in sweep],
                     fmt="o-", capsize=3, label="OFTSR one step")
         for i, r in enumerate(x for x in rows if x["tau"] is None):

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import math
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path

@@ -112,10 +112,24 @@ def read_legacy(path: Path) -> Any:
         record = record_of(meta)
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from None
-    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, TypeError, ValueError, IndexError,
-            KeyError, RecursionError, MemoryError, RuntimeError, OverflowError) as e:  # hostile bytes raise these
+    except (
+        OSError,
+        EOFError,
+        pickle.UnpicklingError,
+        AttributeError,
+        TypeError,
+        ValueError,
+        IndexError,
+        KeyError,
+        RecursionError,
+        MemoryError,
+        RuntimeError,
+        OverflowError,
+    ) as e:  # hostile bytes raise these
         # (RuntimeError: TensorProperties.__setstate__ refusing a memory-format code)
-        raise CheckpointError(f"{path}: unreadable DCP metadata ({type(e).__name__}: {' '.join(str(e).split())[:200]})") from None
+        raise CheckpointError(
+            f"{path}: unreadable DCP metadata ({type(e).__name__}: {' '.join(str(e).split())[:200]})"
+        ) from None
     return metadata_of(record, str(path))
 
 
@@ -128,8 +142,7 @@ class _LegacyUnpickler(pickle.Unpickler):
 
 
 def _tensor(v: Any, where: str) -> Any:
-    from torch.distributed.checkpoint.metadata import (ChunkStorageMetadata, TensorProperties,
-                                                       TensorStorageMetadata)
+    from torch.distributed.checkpoint.metadata import ChunkStorageMetadata, TensorProperties, TensorStorageMetadata
 
     t = _obj(v, {"dtype", "size", "chunks"}, where)
     if not isinstance(t["dtype"], str) or t["dtype"] not in _DTYPES:
@@ -140,7 +153,7 @@ def _tensor(v: Any, where: str) -> Any:
         c = _obj(c, {"offsets", "sizes"}, f"{where}.chunks")
         offsets, sizes = _ints(c["offsets"], f"{where}.chunks"), _ints(c["sizes"], f"{where}.chunks")
         if len(offsets) != len(size) or len(sizes) != len(size) or \
-                any(o + n > s for o, n, s in zip(offsets, sizes, size)):
+                any(o + n > s for o, n, s in zip(offsets, sizes, size, strict=False)):
             raise CheckpointError(f"{where}: a chunk lies outside the tensor's size {list(size)}")
         chunks.append(ChunkStorageMetadata(offsets=offsets, sizes=sizes))
     return TensorStorageMetadata(properties=TensorProperties(dtype=_DTYPES[t["dtype"]]), size=size, chunks=chunks)

@@ -19,6 +19,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from fastflow.errors import ConfigError
+from fastflow.utils.io import read_json
 
 DENOISER_FOLDERS = ("unet", "transformer")
 
@@ -77,10 +78,10 @@ def backbone_of(name: str) -> Backbone:
 
 
 def class_name(config_file: Path) -> str:
-    try:
-        return str(json.loads(config_file.read_text())["_class_name"])
-    except (OSError, ValueError, KeyError) as e:
-        raise ConfigError(f"{config_file}: not a diffusers model config ({e.__class__.__name__}: {e})") from None
+    config = read_json(config_file)
+    if not isinstance(config, dict) or not isinstance(config.get("_class_name"), str):
+        raise ConfigError(f"{config_file}: not a diffusers model config (no '_class_name')")
+    return config["_class_name"]
 
 
 def locate(path: str | Path) -> tuple[Path, str, Path]:
@@ -153,7 +154,9 @@ def _stand_in_tokenizer(out: Path, max_length: int) -> None:
         src = Path(tmp)
         (src / "vocab.json").write_text(json.dumps(vocab))
         (src / "merges.txt").write_text("#version: 0.2\n")
-        CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"), model_max_length=max_length).save_pretrained(out)
+        CLIPTokenizer(str(src / "vocab.json"), str(src / "merges.txt"), model_max_length=max_length).save_pretrained(
+            out
+        )
 
 
 def random_sd_folder(out: str | Path, configs: str | Path = SD15_CONFIGS, seed: int = 0) -> Path:
@@ -166,7 +169,7 @@ def random_sd_folder(out: str | Path, configs: str | Path = SD15_CONFIGS, seed: 
     d, out, configs = diffusers_module(), Path(out), Path(configs)
 
     def config(name: str) -> dict[str, Any]:
-        return json.loads((configs / f"{name}.json").read_text())
+        return read_json(configs / f"{name}.json")
 
     torch.manual_seed(seed)
     for name, folder in (("unet", "unet"), ("vae", "vae"), ("scheduler", "scheduler")):

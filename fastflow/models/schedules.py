@@ -23,7 +23,6 @@ scheduler's grid, not the model's input, so it plays no part here.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import ConfigError
+from fastflow.utils.io import read_json
 
 #: How a denoiser's output relates to the state: VP kinds (need ᾱ_k), ``velocity`` (outputs our v at
 #: timestep K(1 − t): InstaFlow's students) and ``flow`` (outputs ε − x1 at K(1 − t): flow-matching models).
@@ -103,10 +103,9 @@ def is_flow_matching(config: dict[str, Any]) -> bool:
 
 def read_scheduler(config_file: Path) -> SchedulerInfo:
     """The scheduler of a local diffusers directory (``scheduler_config.json``), or one clear error."""
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{config_file}: not a readable scheduler config ({e.__class__.__name__}: {e})") from None
+    config = read_json(config_file)
+    if not isinstance(config, dict):
+        raise ConfigError(f"{config_file}: not a scheduler config (not a JSON object)")
     steps = int(config.get("num_train_timesteps", 1000))
     if is_flow_matching(config):
         return SchedulerInfo("flow", "flow", steps)

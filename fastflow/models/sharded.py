@@ -100,7 +100,9 @@ def load_parts(directory: str | Path, state: dict[str, Any], digests: dict[str, 
         failure = next(iter(e.failures.values()), None)  # (exception, traceback summary) per failed rank
         failure = failure[0] if isinstance(failure, tuple) else failure
         first = (str(failure).strip().splitlines() or [type(failure).__name__])[0]
-        raise CheckpointError(f"{d}: sharded checkpoint does not read ({type(failure).__name__}: {first[:300]})") from None
+        raise CheckpointError(
+            f"{d}: sharded checkpoint does not read ({type(failure).__name__}: {first[:300]})"
+        ) from None
 
 
 def _check_fits(meta: Any, state: dict[str, Any], d: Path) -> None:
@@ -122,7 +124,9 @@ def _check_fits(meta: Any, state: dict[str, Any], d: Path) -> None:
                                   f"{want.properties.dtype} {list(want.size)}, the model's {t.dtype} {list(t.shape)})")
 
 
-def read_sharded(directory: str | Path, part: str, model: nn.Module, digests: dict[str, str]) -> dict[str, torch.Tensor]:
+def read_sharded(
+    directory: str | Path, part: str, model: nn.Module, digests: dict[str, str]
+) -> dict[str, torch.Tensor]:
     """The whole ``part`` (``model`` or ``ema``) state dict of ``model``'s architecture, in one process."""
     state = {part: {k: torch.empty_like(v, device="cpu") for k, v in model.state_dict().items()}}
     load_parts(directory, state, digests)

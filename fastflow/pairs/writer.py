@@ -13,7 +13,6 @@ every shard exists, counts, mean NFE and throughput.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from collections.abc import Sequence
@@ -29,9 +28,18 @@ from fastflow import __version__
 from fastflow.data.pairs import MANIFEST, tensors_digest
 from fastflow.errors import DataError
 from fastflow.utils.distributed import DistInfo, barrier
-from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json, remove_stale_temps, temp_name
+from fastflow.utils.io import (
+    atomic_save_tensors,
+    atomic_write_json,
+    read_json,
+    remove_stale_temps,
+    temp_name,
+)
 from fastflow.utils.lock import directory_lock
+from fastflow.utils.seeding import derive_seed
 
+#: the manifest's version: 2 derives shard seeds with ``derive_seed`` (1: SHA-256)
+PAIRS_VERSION = 2
 
 
 class Teacher(Protocol):
@@ -47,9 +55,9 @@ def shard_name(k: int) -> str:
 
 
 def shard_generator(seed: int, k: int) -> torch.Generator:
-    """The RNG of shard ``k``: a hash of ``(seed, k)``, independent of ranks and restarts."""
-    digest = hashlib.sha256(f"fastflow-pairs:{seed}:{k}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+    """The RNG of shard ``k``: :func:`derive_seed` of ``(seed, k)``, independent of ranks and restarts
+    (manifest version 2; version 1 hashed with SHA-256)."""
+    return torch.Generator().manual_seed(derive_seed(seed, f"pairs shard {k}"))
 
 
 def shard_inputs(seed: int, k: int, count: int, shape: Sequence[int],
@@ -96,11 +104,15 @@ def _generate(teacher: Teacher, root: Path, n: int, sample_shape: Sequence[int],
     if info.main:
         if manifest_path.is_file():
             old = read_json(manifest_path, DataError)
+            if old.get("version", 1) != PAIRS_VERSION and not old.get("complete"):
+                raise DataError(f"{root} holds unfinished pairs of an earlier fastflow (other shard seeds); "
+                                "use another output directory or delete it")
             if old.get("settings") != settings:
                 raise DataError(f"{root} holds pairs made with other settings; "
                                 "use another output directory or delete it")
         else:
-            atomic_write_json(manifest_path, {"format": "fastflow-pairs", "fastflow_version": __version__,
+            atomic_write_json(manifest_path, {"format": "fastflow-pairs", "version": PAIRS_VERSION,
+                                              "fastflow_version": __version__,
                                               "settings": settings, "complete": False})
         remove_stale_temps(root, temp_name(r"shard-\d{5,}\.safetensors|manifest\.json"))
     barrier(info)

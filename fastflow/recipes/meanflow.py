@@ -106,7 +106,7 @@ def top_up(plan: dict[str, Any], spent: float, records: list[dict[str, Any]]) ->
     left, start = plan["budget_s"] - spent, plan["segments"][-2] if len(plan["segments"]) > 1 else plan["probe_steps"]
     seg = [r for r in records if start < r["step"] <= plan["steps"]]
     cpu, steps = 0.0, 0
-    for prev, rec in zip([start] + [r["step"] for r in seg], seg):
+    for prev, rec in zip([start] + [r["step"] for r in seg], seg, strict=False):
         cpu, steps = cpu + rec["cpu_s_per_step"] * (rec["step"] - prev), steps + rec["step"] - prev
     extra = int((left - plan["startup_s"]) / (cpu / steps)) if steps else 0
     if left <= FILL_TOLERANCE * plan["budget_s"] or len(plan["segments"]) > MAX_TOP_UPS or extra < 1:

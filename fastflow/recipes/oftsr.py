@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +88,8 @@ def _row(rows: Sequence[dict[str, Any]], method: str) -> dict[str, Any]:
 def checks_of(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
     sweep_rows = [r for r in rows if r["tau"] is not None]
     psnr, hf = [r["psnr"] for r in sweep_rows], [r["hf_ratio"] for r in sweep_rows]
-    return {"PSNR falls as τ rises": all(a > b for a, b in zip(psnr, psnr[1:])),
-            "high-frequency energy rises with τ": all(a < b for a, b in zip(hf, hf[1:])),
+    return {"PSNR falls as τ rises": all(a > b for a, b in pairwise(psnr)),
+            "high-frequency energy rises with τ": all(a < b for a, b in pairwise(hf)),
             CLOSE: abs(psnr[-1] - _row(rows, "teacher")["psnr"]) < 0.5}
 
 
@@ -116,7 +117,9 @@ def run(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
 
 def teacher_gap(rows: Sequence[dict[str, Any]]) -> float:
     """PSNR of the one-step student at the largest τ minus the teacher's."""
-    return max((r for r in rows if r["tau"] is not None), key=lambda r: r["tau"])["psnr"] - _row(rows, "teacher")["psnr"]
+    return (
+        max((r for r in rows if r["tau"] is not None), key=lambda r: r["tau"])["psnr"] - _row(rows, "teacher")["psnr"]
+    )
 
 
 def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,

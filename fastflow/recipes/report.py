@@ -55,7 +55,9 @@ def find(rows: Sequence[ResultRow], method: str, solver: str, cfg: float | None 
 
 def fd_of(records: Sequence[dict[str, Any]], method: str, solver: str, cfg: float | None = None) -> float:
     """Digits FD of the row ``(method, solver[, CFG α])`` of written records (a seed's run)."""
-    return next(r[LABELS["fd"]] for r in records if (r["method"], r["solver"], r.get(LABELS["cfg"])) == (method, solver, cfg))
+    return next(
+        r[LABELS["fd"]] for r in records if (r["method"], r["solver"], r.get(LABELS["cfg"])) == (method, solver, cfg)
+    )
 
 
 def print_table(rows: Sequence[dict[str, Any]], fields: Sequence[str]) -> None:
@@ -75,10 +77,10 @@ def paired_orderings(runs: Sequence[dict[str, Any]], orderings: Sequence[tuple])
     table = []
     for claim, better, worse in orderings:
         b, w = ([fd_of(run["rows"], *m) for run in runs] for m in (better, worse))
-        gain, (bm, bs), (wm, wsd) = mean_sd([y - x for x, y in zip(b, w)]), mean_sd(b), mean_sd(w)
+        gain, (bm, bs), (wm, wsd) = mean_sd([y - x for x, y in zip(b, w, strict=True)]), mean_sd(b), mean_sd(w)
         table.append({"claim": claim, "better": f"{bm:.1f} ± {bs:.1f}", "worse": f"{wm:.1f} ± {wsd:.1f}",
                       "paired gain": f"{gain[0]:.2f} ± {gain[1]:.2f}",
-                      "seeds holding": f"{sum(y > x for x, y in zip(b, w))}/{len(runs)}",
+                      "seeds holding": f"{sum(y > x for x, y in zip(b, w, strict=True))}/{len(runs)}",
                       "beyond one sd": gain[0] > gain[1], "intervals apart": bm + bs < wm - wsd})
     return table
 
@@ -120,7 +122,7 @@ def sample_rows_figure(samples: dict[str, torch.Tensor], path: Path, per_row: in
     """A strip of ``per_row`` grey samples per labelled entry."""
     plt = pyplot()
     fig, axes = plt.subplots(len(samples), 1, figsize=(per_row * 0.6, len(samples) * 0.95), dpi=110)
-    for ax, (label, x) in zip(axes, samples.items()):
+    for ax, (label, x) in zip(axes, samples.items(), strict=False):
         imgs = np.pad(to_uint8(x[:per_row])[..., 0], ((0, 0), (0, 0), (1, 1)), constant_values=255)
         ax.imshow(np.concatenate(list(imgs), axis=1), cmap="gray", vmin=0, vmax=255)
         ax.set_title(label, fontsize=8)

@@ -34,8 +34,15 @@ from fastflow.metrics.evaluate import mean_sd
 from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, generate_pairs
 from fastflow.recipes import digits
-from fastflow.recipes.report import (ResultRow, find, latency_quality_plot, print_checks, print_table,
-                                       report_seeds, sample_rows_figure)
+from fastflow.recipes.report import (
+    ResultRow,
+    find,
+    latency_quality_plot,
+    print_checks,
+    print_table,
+    report_seeds,
+    sample_rows_figure,
+)
 from fastflow.recipes.stages import DIGITS_SHAPE, budget, log, over_seeds, timed, train_stage
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
@@ -95,7 +102,9 @@ def distill(out: Path, student: Path, scale: float, seed: int) -> tuple[Path, Pa
     common = [*student_overrides(out / "pairs"), f"train.init_from={student}", f"train.steps={budget(500, scale)}",
               "optim.lr=5e-4", "optim.warmup=50"]
     plain = train_stage(out, "student-distill", [*common, "objective={name: distill}"], seed=seed)
-    return plain, train_stage(out, "student-fgd", [*common, f"objective={{name: fgd, teacher: '{student}'}}"], seed=seed)
+    return plain, train_stage(
+        out, "student-fgd", [*common, f"objective={{name: fgd, teacher: '{student}'}}"], seed=seed
+    )
 
 
 def score_models(models: dict[str, nn.Module], z: torch.Tensor) -> tuple[list[ResultRow], dict[str, torch.Tensor],

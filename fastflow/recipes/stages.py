@@ -77,7 +77,7 @@ def over_seeds(run: Callable[..., dict[str, Any]], out: Path, seeds: Sequence[in
     runs = list(runs) if runs is not None else run_each(run, out, seeds, scale, jobs)
     return {"seeds": list(seeds), "scale": scale, "rows": aggregate_rows([r["rows"] for r in runs], keys),
             "checks": {name: sum(bool(r["checks"][name]) for r in runs) for name in runs[0]["checks"]},
-            "per_seed": {str(s): r for s, r in zip(seeds, runs)}}
+            "per_seed": {str(s): r for s, r in zip(seeds, runs, strict=True)}}
 
 
 def run_each(run: Callable[..., Any], out: Path, seeds: Sequence[int], scale: float, jobs: int = 1) -> list[Any]:

@@ -17,8 +17,8 @@ from typing import Any
 
 import yaml
 
-from fastflow.errors import ConfigError
 from fastflow.data import dataset_options
+from fastflow.errors import ConfigError
 from fastflow.fused.switch import split_spec
 from fastflow.models.presets import model_config
 from fastflow.objectives import objective_options
@@ -200,9 +200,14 @@ def _check_ranges(cfg: TrainConfig) -> None:
         (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every and train.ckpt_every must be >= 1"),
         (t.keep_ckpts >= 1, "train.keep_ckpts must be >= 1"),
         (t.sample_every >= 0 and t.sample_n >= 1 and t.sample_steps >= 1, "invalid sample settings"),
-        (o.lr > 0 and o.warmup >= 0 and o.grad_clip >= 0, "optim.lr must be > 0, optim.warmup and optim.grad_clip >= 0"),
-        (FLOAT32_TINY <= o.eps < 1, f"optim.eps must be in [{FLOAT32_TINY:.3g}, 1) (Adam divides by it in float32), "
-                                   f"got {o.eps:g}"),
+        (
+            o.lr > 0 and o.warmup >= 0 and o.grad_clip >= 0,
+            "optim.lr must be > 0, optim.warmup and optim.grad_clip >= 0",
+        ),
+        (
+            FLOAT32_TINY <= o.eps < 1,
+            f"optim.eps must be in [{FLOAT32_TINY:.3g}, 1) (Adam divides by it in float32), got {o.eps:g}",
+        ),
         (all(0 <= b < 1 for b in o.betas), f"optim.betas must each be in [0, 1), got {list(o.betas)}"),
         (o.weight_decay >= 0, f"optim.weight_decay must be >= 0, got {o.weight_decay:g}"),
     ]

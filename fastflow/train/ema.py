@@ -33,7 +33,7 @@ class EMA:
     def copy_from(self, model: nn.Module) -> None:
         """``θ_ema ← θ`` (shard by shard under FSDP2)."""
         torch._foreach_copy_(self._params(self.model), self._params(model))
-        for eb, b in zip(self.model.buffers(), model.buffers()):
+        for eb, b in zip(self.model.buffers(), model.buffers(), strict=True):
             eb.copy_(b)
 
     @staticmethod
@@ -44,6 +44,6 @@ class EMA:
     def update(self, model: nn.Module, n: int) -> float:
         d = ema_decay(self.rate, n)
         torch._foreach_lerp_(self._params(self.model), self._params(model), 1.0 - d)
-        for eb, b in zip(self.model.buffers(), model.buffers()):
+        for eb, b in zip(self.model.buffers(), model.buffers(), strict=True):
             eb.copy_(b)
         return d

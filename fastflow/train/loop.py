@@ -18,7 +18,8 @@ from tqdm import tqdm
 
 from fastflow.data import Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
-from fastflow.fused import apply as apply_fused, split_spec
+from fastflow.fused import apply as apply_fused
+from fastflow.fused import split_spec
 from fastflow.models.checkpoint import checkpoints_root, load_model, resolve_checkpoint
 from fastflow.models.presets import model_kind, sample_shape
 from fastflow.models.sharded import is_sharded
@@ -27,9 +28,9 @@ from fastflow.objectives.base import objective_settings
 from fastflow.train.config import TrainConfig, dump_config
 from fastflow.train.dcp import load_sharded, save_sharded
 from fastflow.train.ema import EMA
+from fastflow.train.lineage import record_lineage
 from fastflow.train.logger import Logger, truncate_log
 from fastflow.train.parallel import build, checkpoint_activations, fsdp_kwargs, loop_support
-from fastflow.train.lineage import record_lineage
 from fastflow.train.preview import PreviewGrids
 from fastflow.train.resume import check_resumable, check_run_dir, difference, jsonable
 from fastflow.train.state import TrainState, latest_checkpoint, load_checkpoint, save_checkpoint
@@ -99,7 +100,7 @@ def _mean_logs(sums: dict[str, Tensor], start: int, end: int, info: DistInfo) ->
     if info.world > 1:
         dist.all_reduce(vec)
         vec /= info.world
-    return {k: float(v) for k, v in zip(keys, vec.tolist())}
+    return {k: float(v) for k, v in zip(keys, vec.tolist(), strict=True)}
 
 
 Resume = bool | Literal["auto"]
@@ -291,7 +292,9 @@ def _loop(cfg: TrainConfig, info: DistInfo, run: Path, start: int, data: Dataset
                 rec.update(lr=lr, ema_decay=decay, samples_per_s=(n - n_last) * t.batch_size / (now - t_last),
                            cpu_s_per_step=(cpu - cpu_last) / (n - n_last))
                 logger.log(n, rec)
-                bar.set_postfix({k: f"{rec[k]:.4g}" for k in ("loss", "mse") if k in rec})  # mse: MeanFlow's weighted loss is ~1
+                bar.set_postfix(
+                    {k: f"{rec[k]:.4g}" for k in ("loss", "mse") if k in rec}
+                )  # mse: MeanFlow's weighted loss is ~1
                 t_last, cpu_last = now, cpu
             sums, n_last = {}, n
 

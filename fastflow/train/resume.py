@@ -21,7 +21,6 @@ from fastflow.objectives.base import objective_settings, setting_defaults
 from fastflow.train.config import TrainConfig
 from fastflow.utils.distributed import DistInfo
 
-
 #: what a training run writes into its out_dir (a folder holding anything else is not a run)
 RUN_ENTRIES = {"config.yaml", "log.jsonl", "checkpoints", "samples", "tb", ".lock"}
 

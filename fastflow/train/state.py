@@ -1,6 +1,7 @@
 """Training checkpoints: ``<run>/checkpoints/step-XXXXXXXX/`` holding ``config.json``,
 ``model.safetensors``, ``ema.safetensors`` and ``state.pt`` (optimizer and step; loaded with
-``weights_only=True``), or, for FSDP2 runs, ``dcp/`` shards (:mod:`fastflow.train.dcp`). A checkpoint directory is written under a
+``weights_only=True``), or, for FSDP2 runs, ``dcp/`` shards (:mod:`fastflow.train.dcp`). A checkpoint directory is
+written under a
 temporary name and renamed when complete; ``checkpoints/latest`` names the newest one."""
 
 from __future__ import annotations
@@ -15,8 +16,14 @@ import torch
 from torch import nn
 
 from fastflow.errors import CheckpointError
-from fastflow.models.checkpoint import (STEP_NAME, checkpoints_root, load_weights, read_latest, save_model,
-                                        verify_payload)
+from fastflow.models.checkpoint import (
+    STEP_NAME,
+    checkpoints_root,
+    load_weights,
+    read_latest,
+    save_model,
+    verify_payload,
+)
 from fastflow.models.sharded import is_sharded
 from fastflow.utils.io import atomic_torch_save, atomic_write_text
 

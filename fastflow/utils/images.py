@@ -13,7 +13,6 @@ from PIL import Image
 from fastflow.errors import ShapeError
 from fastflow.utils.io import atomic_write
 
-
 #: the value range of fastflow's images, [−1, 1]
 DATA_RANGE = 2.0
 
@@ -66,7 +65,7 @@ def _labelled(img: Image.Image, labels: list[str], centres: list[int]) -> Image.
     out = Image.new(img.mode, (img.width + width, img.height), 255 if img.mode == "L" else (255, 255, 255))
     out.paste(img, (width, 0))
     draw = ImageDraw.Draw(out)
-    for text, y in zip(labels, centres):
+    for text, y in zip(labels, centres, strict=True):
         draw.text((4, y - 5), text, fill=0 if img.mode == "L" else (0, 0, 0), font=font)
     return out
 

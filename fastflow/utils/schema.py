@@ -43,7 +43,7 @@ def _sequence(value: Any, tp: Any, key: str) -> Any:
         return tuple(coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value))
     if len(value) != len(args):
         return None
-    return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+    return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=False)))
 
 
 def coerce(value: Any, tp: Any, key: str) -> Any:

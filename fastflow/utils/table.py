@@ -22,5 +22,5 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
     beside it (a mean over seeds) is shown as ``mean ± sd``."""
     cells = [[_cell(r, c) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([line(columns), line(["-" * w for w in widths]), *map(line, cells)])

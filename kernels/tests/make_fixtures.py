@@ -93,7 +93,11 @@ def main(out: Path) -> None:
     (out / "not-a-package.pt2").write_text("hello\n")
     _edit_metadata(out / "uncond.pt2", out / "lying-batch.pt2", {"fastflow.batch_max": "64"})
     for pct in (10, 30):  # the zip rewritten around a library cut to pct % (its CRC matches: the ELF check finds it)
-        _rewrite(out / "uncond.pt2", out / f"cut-so-{pct}.pt2", lambda n, d: d[: len(d) * pct // 100] if n.endswith(".so") else d)
+        _rewrite(
+            out / "uncond.pt2",
+            out / f"cut-so-{pct}.pt2",
+            lambda n, d, pct=pct: d[: len(d) * pct // 100] if n.endswith(".so") else d,
+        )
     flipped = bytearray(data)
     with zipfile.ZipFile(out / "uncond.pt2") as z:
         so = next(i for i in z.infolist() if i.filename.endswith(".so"))
