@@ -7,7 +7,7 @@ the fp32 and int8 matrix-multiply rates in the same process (``fastflow.bench.ro
 shared machine whose speed drifts over minutes, every backend sees the same drift. Models: the
 demo's FGD student (trained, from ``--fgd``; its int8 artefacts' digits FD against fp32 on 1000
 samples is the quality cost) and a ``slim-15.7m`` student with random weights (time only). Each
-thread count also times the :class:`~fastflow.bench.artefacts.CallFloor` generator (no work, the
+thread count also times the :class:`CallFloor` generator (no work, the
 student's input and output) on every fp32 backend: that backend's fixed cost per call. Run on an
 idle machine::
 
@@ -25,12 +25,30 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+from torch import Tensor, nn
 
 BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native", "aoti-prepack", "native-prepack",
             "aoti-cpuk", "native-cpuk", "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8"]
+
+
+class CallFloor(nn.Module):
+    r"""A velocity model with (almost) no work, :math:`v(x, t) = t\,x`, so that its one-step generator
+    :math:`x_1 = z + (1-\epsilon)\,\epsilon z` takes and returns the student's tensors: timed on a
+    backend, it measures that backend's fixed cost per call (binding inputs, allocating the output,
+    dispatch) — the floor under every latency of a model of that input and output size. ``shape``:
+    one sample's, ``(dim,)`` or square ``(C, H, H)``."""
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.config = SimpleNamespace(dim=shape[0]) if len(shape) == 1 else \
+            SimpleNamespace(in_channels=shape[0], resolution=shape[1])
+
+    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
+        return t.view(-1, *[1] * (x.dim() - 1)) * x
 
 
 def student_rows(name: str, student: torch.nn.Module, shape: tuple[int, ...], batch: int, threads: int,
@@ -114,7 +132,6 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
     """Every row, written to ``args.out`` after each model × batch × thread count (a crash keeps the rows so far)."""
-    from fastflow.bench.artefacts import CallFloor
     from fastflow.models import build_model, load_model
     from fastflow.models.presets import sample_shape
     from fastflow.utils.io import atomic_write_json
@@ -173,7 +190,7 @@ def table(doc: dict[str, Any]) -> str:
     """The README's markdown tables: per model, batch and thread count, each backend's p50 latency and
     fraction of the run's peak (fp32 rows against the fp32 matrix-multiply rate, int8 rows against
     the int8 one); int8's quality cost; each backend's fixed cost per call (the
-    :class:`~fastflow.bench.artefacts.CallFloor` generator)."""
+    :class:`CallFloor` generator)."""
     lines = _timing_table(doc["rows"])
     for name, q in doc.get("int8_quality", {}).items():
         lines.append(

@@ -67,15 +67,14 @@ def test_rows_floor_and_table(tmp_path, capsys) -> None:
 
 def test_call_floor_is_its_closed_form() -> None:
     """The no-work generator is ``z + (1 − ε)·ε·z``: it only moves the student's tensors."""
-    from fastflow.bench.artefacts import CallFloor
     from fastflow.export import Generator
     from fastflow.flow.time import DEFAULT_EPS
     from fastflow.metrics.cost import count_flops
 
     z = torch.randn(3, 1, 4, 4)
-    got = Generator(CallFloor(tuple(z.shape[1:])), 1)(z)
+    got = Generator(cpu_roofline.CallFloor(tuple(z.shape[1:])), 1)(z)
     torch.testing.assert_close(got, z + (1 - DEFAULT_EPS) * DEFAULT_EPS * z)
-    assert count_flops(CallFloor(tuple(z.shape[1:])), z) == 0
+    assert count_flops(cpu_roofline.CallFloor(tuple(z.shape[1:])), z) == 0
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """Config files, key=value overrides, and the CLI's one-line errors (exit 2)."""
 
+import logging
+
 import pytest
 from helpers import ROOT, run_cli
 
@@ -126,10 +128,11 @@ def test_repeated_keys_and_alias_bombs_are_refused(tmp_path, text, words) -> Non
         load_config(p)
 
 
-def test_an_empty_config_says_it_trains_on_defaults(tmp_path, capsys) -> None:
+def test_an_empty_config_says_it_trains_on_defaults(tmp_path, caplog) -> None:
     (tmp_path / "e.yaml").write_text("# nothing\n")
-    cfg = load_config(tmp_path / "e.yaml")
-    assert cfg.model == {"preset": "digits"} and "is empty: every setting takes its default" in capsys.readouterr().err
+    with caplog.at_level(logging.WARNING, logger="fastflow"):
+        cfg = load_config(tmp_path / "e.yaml")
+    assert cfg.model == {"preset": "digits"} and "is empty: every setting takes its default" in caplog.text
 
 
 def test_model_fused_is_stored_as_a_word() -> None:

@@ -20,6 +20,7 @@ from fastflow.fused.cpu_block import (
     conv_block,
     conv_block_ref,
 )
+from fastflow.fused.swap import share_as
 from fastflow.models import build_model, save_model
 from fastflow.models.layers import SDPA, Attention
 
@@ -143,7 +144,7 @@ def test_cpu_attention_equals_attention() -> None:
     for attn, args in ((Attention(16, head_dim=8), (x.transpose(0, 1).contiguous().transpose(0, 1),)),  # strided
                        (Attention(16, context_dim=8, head_dim=8), (x, ctx))):
         attn = attn.double()
-        fused = CpuAttention.from_module(copy.deepcopy(attn))
+        fused = share_as(CpuAttention, copy.deepcopy(attn))
         assert list(fused.state_dict()) == list(attn.state_dict())
         torch.testing.assert_close(fused(*args), attn(*args))
 

@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -29,22 +28,6 @@ from fastflow.utils.timing import measure_latency
 #: backends that time the student's generator artefact only (one row each)
 GENERATOR_BACKENDS = ("openvino", "aoti-prepack", "native-prepack", "aoti-cpuk", "native-cpuk", "onnxruntime-int8",
                       "openvino-int8", "aoti-int8", "native-int8")
-
-
-class CallFloor(nn.Module):
-    r"""A velocity model with (almost) no work, :math:`v(x, t) = t\,x`, so that its one-step generator
-    :math:`x_1 = z + (1-\epsilon)\,\epsilon z` takes and returns the student's tensors: timed on a
-    backend, it measures that backend's fixed cost per call (binding inputs, allocating the output,
-    dispatch) — the floor under every latency of a model of that input and output size. ``shape``:
-    one sample's, ``(dim,)`` or square ``(C, H, H)``."""
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        super().__init__()
-        self.config = SimpleNamespace(dim=shape[0]) if len(shape) == 1 else \
-            SimpleNamespace(in_channels=shape[0], resolution=shape[1])
-
-    def forward(self, x: Tensor, t: Tensor, cond: Tensor | None = None) -> Tensor:
-        return t.view(-1, *[1] * (x.dim() - 1)) * x
 
 
 @dataclass

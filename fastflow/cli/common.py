@@ -216,10 +216,36 @@ def quiet_upstream() -> None:
         warnings.filterwarnings("ignore", message=message, category=category)
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to ``sys.stderr`` as it is at each record (a redirection or pytest may replace it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: Any) -> None:
+        pass
+
+
+def show_notices() -> None:
+    """Show fastflow's library notices (``logging`` under ``fastflow``: INFO and above) on stderr, as
+    plain lines. Library users get Python's defaults (warnings only) and silence them with
+    ``logging.getLogger("fastflow").setLevel(...)``; a level the user set wins."""
+    logger = logging.getLogger("fastflow")
+    if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET:
+        logger.setLevel(logging.INFO)
+
+
 def run_cli(prog: str, fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """Call ``fn(args)`` with the thread setting applied and upstream noise silenced, behind the error boundary."""
     try:
         quiet_upstream()
+        show_notices()
         configure_threads(getattr(args, "threads", None))
         return fn(args)
     except FastflowError as e:

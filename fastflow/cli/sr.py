@@ -51,7 +51,7 @@ def _outputs(out: Path, n: int) -> list[Path]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fastflow.metrics.sr_eval import check_student, super_resolve
+    from fastflow.metrics.sr_eval import super_resolve
     from fastflow.utils.images import display_upscale, save_grid, save_image
     from fastflow.utils.io import atomic_savez, check_distinct, check_writable
 
@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     if args.grid:
         check_writable(args.grid)
     record, model = load_checkpoint(args)
-    scale = check_student(record)
+    scale = record.oftsr_scale()
     if args.scale is not None and args.scale != scale:
         raise ConfigError(f"--scale {args.scale}: this student was trained for ×{scale}")
     x = super_resolve(record, model, _read_input(Path(args.input), model.config.in_channels), args.tau, args.seed)

@@ -13,13 +13,12 @@ the knob ``τ`` as an input. ``TextGenerator`` is a text-to-image pipeline's gen
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from fastflow.errors import ConfigError
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.flow.sample import check_mean_flow_cfg, is_two_time
-from fastflow.flow.solvers import time_grid
+from fastflow.flow.solvers import grid_jumps, time_grid
 from fastflow.flow.sr import sr_one_step
 from fastflow.flow.time import DEFAULT_EPS
 
@@ -38,15 +37,10 @@ class Generator(nn.Module):
         return self.model.config
 
     def forward(self, z: Tensor, cond: Tensor | None = None) -> Tensor:
-        x, v = z, cfg_velocity(self.model, cond, self.cfg_scale)  # α = 1: the plain conditional call
-        for i in range(self.steps):
-            t = torch.full((z.shape[0],), self.grid[i], dtype=torch.float32, device=z.device)
-            if self.two_time:
-                t_end = torch.full_like(t, self.grid[i + 1])
-                x = x + (self.grid[i + 1] - self.grid[i]) * self.model(x, t, cond, t_end=t_end)
-            else:
-                x = x + (self.grid[i + 1] - self.grid[i]) * v(x, t)
-        return x
+        if self.two_time:
+            return grid_jumps(lambda x, t, t_end: self.model(x, t, cond, t_end=t_end), z, self.grid)
+        v = cfg_velocity(self.model, cond, self.cfg_scale)  # α = 1: the plain conditional call
+        return grid_jumps(lambda x, t, t_end: v(x, t), z, self.grid)
 
 
 class TextGenerator(Generator):

@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -98,14 +99,26 @@ def mean_flow(average: AverageVelocity, x0: Tensor, steps: int, t0: float = 0.0,
               intermediates: bool = False) -> SolveResult:
     """``steps`` jumps of the average velocity on the uniform grid ``t0 … t1`` (module docstring)."""
     grid = time_grid(steps, t0, t1)
-    b = x0.shape[0]
-    x, traj, times = x0, [], []
-    _record(intermediates, traj, times, x, time_tensor(grid[0], b, x))
-    for i in range(steps):
-        t, t_end = time_tensor(grid[i], b, x), time_tensor(grid[i + 1], b, x)
-        x = x + (grid[i + 1] - grid[i]) * average(x, t, t_end)
-        _record(intermediates, traj, times, x, t_end)
+    traj: list[Tensor] = []
+    times: list[Tensor] = []
+    _record(intermediates, traj, times, x0, time_tensor(grid[0], x0.shape[0], x0))
+    keep = (lambda x, t: _record(True, traj, times, x, t)) if intermediates else None  # noqa: E731
+    x = grid_jumps(average, x0, grid, keep)
     return SolveResult(_check(x, "the solution"), steps, traj or None, times or None)
+
+
+def grid_jumps(average: AverageVelocity, x: Tensor, grid: Sequence[float],
+               on_step: Callable[[Tensor, Tensor], None] | None = None) -> Tensor:
+    r""":math:`x_{i+1} = x_i + (t_{i+1} - t_i)\,u(x_i, t_i, t_{i+1})` over ``grid``, unchecked and free of
+    host syncs: the loop of :func:`mean_flow` and :func:`euler`, and of the exported generators
+    (traced). ``on_step(x, t_end)`` sees each state."""
+    b = x.shape[0]
+    for t, t_end in pairwise(grid):
+        end = time_tensor(t_end, b, x)
+        x = x + (t_end - t) * average(x, time_tensor(t, b, x), end)
+        if on_step is not None:
+            on_step(x, end)
+    return x
 
 
 def rk2(velocity: Velocity, x0: Tensor, steps: int, r: float = 0.5, t0: float = DEFAULT_EPS,

@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from fastflow.flow.path import time_tensor
-from fastflow.flow.solvers import Velocity, time_grid
+from fastflow.flow.solvers import Velocity, grid_jumps, time_grid
 from fastflow.flow.time import DEFAULT_EPS
 
 
@@ -21,12 +20,13 @@ def straightness(velocity: Velocity, x0: Tensor, steps: int = 100,
                  t0: float = DEFAULT_EPS) -> float:
     """Mean over the batch and over ``steps`` Euler intervals of ``mean((x1 − x0 − v)²)``."""
     grid = time_grid(steps, t0, 1.0)
-    b = x0.shape[0]
-    x, vs = x0, []
-    for i in range(steps):
-        v = velocity(x, time_tensor(grid[i], b, x))
-        vs.append(v)
-        x = x + (grid[i + 1] - grid[i]) * v
+    vs: list[Tensor] = []
+
+    def recorded(x: Tensor, t: Tensor, t_end: Tensor) -> Tensor:
+        vs.append(velocity(x, t))
+        return vs[-1]
+
+    x = grid_jumps(recorded, x0, grid)
     # Euler from t0 covers (1 − t0) of the path: the straight displacement is (x1 − x0)/(1 − t0).
     chord = (x - x0) / (1.0 - t0)
     sq = [((chord - v) ** 2).flatten(1).mean(1) for v in vs]

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from fastflow.errors import ConfigError, DTypeError, MissingBackendError, ShapeError
-from fastflow.fused.swap import SwapReport, replace_module
-from fastflow.models.layers import SDPA, Attention, GroupNormAct, ResBlock
+from fastflow.fused.swap import SwapReport, replace_module, share_as
+from fastflow.models.layers import SDPA, Attention, GroupNormAct, ResBlock, resample2x, resampled_size
 from fastflow.models.reference import group_norm_ref
 
 SOURCES = [str(Path(__file__).parent / "csrc" / f) for f in ("conv_block.cpp", "conv_block_op.cpp")]
@@ -60,9 +60,8 @@ def load() -> str:
     @torch.library.register_fake("fastflow_cpu::conv_block")
     def _(x, weight, bias, norm_weight, norm_bias, scale, shift, groups, eps, act, resample, add,
           residual, out_scale):
-        h, w = x.shape[2:]
-        h, w = (2 * h, 2 * w) if resample == 1 else (h // 2, w // 2) if resample == -1 else (h, w)
-        return x.new_empty(x.shape[0], weight.shape[0], h, w)
+        how = next(k for k, v in RESAMPLE.items() if v == resample)
+        return x.new_empty(x.shape[0], weight.shape[0], *resampled_size(*x.shape[2:], how))
 
     return path
 
@@ -92,11 +91,7 @@ def conv_block_ref(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[T
         a = group_norm_ref(x, norm[0], norm[1], norm[2], norm[3], scale, shift, act)
     else:
         a = F.silu(x) if act else x
-    if resample == "down":
-        a = F.avg_pool2d(a, 2)
-    elif resample == "up":
-        a = F.interpolate(a, scale_factor=2.0, mode="nearest")
-    y = F.conv2d(a, weight, bias, padding=weight.shape[-1] // 2)
+    y = F.conv2d(resample2x(a, resample), weight, bias, padding=weight.shape[-1] // 2)
     if add is not None:
         y = y + add[:, :, None, None]
     if residual is not None:
@@ -141,7 +136,7 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, T
         raise ShapeError(f"conv_block: 2× down needs even H and W, got {h}×{w}")
     if norm is not None and (norm[2] < 1 or c % norm[2]):
         raise ShapeError(f"conv_block: {c} channels do not split into {norm[2]} groups")
-    ho, wo = (2 * h, 2 * w) if resample == "up" else (h // 2, w // 2) if resample == "down" else (h, w)
+    ho, wo = resampled_size(h, w, resample)
     want = {"bias": (cout,), "scale": (n, c), "shift": (n, c), "add": (n, cout), "residual": (n, cout, ho, wo),
             "norm weight": (c,), "norm bias": (c,)}
     for name, shape in want.items():
@@ -156,12 +151,6 @@ class CpuResBlock(ResBlock):
     """A :class:`~fastflow.models.layers.ResBlock` whose forward runs two :func:`conv_block` calls
     (plus the 1×1 skip and the embedding). Same parameters and state-dict keys; inference only."""
 
-    @classmethod
-    def from_module(cls, block: ResBlock) -> CpuResBlock:
-        new = cls.__new__(cls)
-        new.__dict__.update(block.__dict__)  # shares every parameter and submodule
-        return new
-
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         if self.training and self.dropout.p > 0:
             raise ConfigError("CpuResBlock is inference-only (dropout is active in training mode): call .eval()")
@@ -173,7 +162,7 @@ class CpuResBlock(ResBlock):
         if self.skip is not None:  # the 1×1 skip through the same kernel, resampling fused
             skip = conv_block(x, self.skip.weight, self.skip.bias, None, act=False, resample=self.resample)
         else:
-            skip = self._resample(x)
+            skip = resample2x(x, self.resample)
         return conv_block(h, self.conv1.weight, self.conv1.bias, (n1.weight, n1.bias, n1.num_groups, n1.eps),
                           scale, shift, act=n1.act, residual=skip,
                           out_scale=1 / math.sqrt(2.0) if self.skip_rescale else 1.0)
@@ -185,8 +174,7 @@ class CpuConv3x3(nn.Conv2d):
 
     @classmethod
     def from_module(cls, conv: nn.Conv2d, norm: GroupNormAct | None = None) -> CpuConv3x3:
-        new = cls.__new__(cls)
-        new.__dict__.update(conv.__dict__)
+        new = share_as(cls, conv)
         new.__dict__["fused_norm"] = norm  # a reference, not a submodule: state-dict keys unchanged
         return new
 
@@ -200,12 +188,6 @@ class CpuConv3x3(nn.Conv2d):
 class DeferredNorm(GroupNormAct):
     """A ``GroupNormAct`` whose work the next :class:`CpuConv3x3` does: the identity here (keeps
     its parameters, so state-dict keys are unchanged)."""
-
-    @classmethod
-    def from_module(cls, norm: GroupNormAct) -> DeferredNorm:
-        new = cls.__new__(cls)
-        new.__dict__.update(norm.__dict__)
-        return new
 
     def forward(self, x: Tensor, scale: Tensor | None = None, shift: Tensor | None = None) -> Tensor:
         return x
@@ -227,12 +209,6 @@ class CpuAttention(Attention):
     """An :class:`~fastflow.models.layers.Attention` that makes its tokens contiguous first: Inductor's
     C++ GEMM templates then take the q/k/v projections (on the block's transposed view they were three
     ATen ``mm`` calls, ~4 µs each at 16 tokens). Same parameters and state-dict keys."""
-
-    @classmethod
-    def from_module(cls, attn: Attention) -> CpuAttention:
-        new = cls.__new__(cls)
-        new.__dict__.update(attn.__dict__)
-        return new
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
         return super().forward(x.contiguous(), context)
@@ -265,10 +241,10 @@ def swap_cpu_blocks(model: nn.Module) -> SwapReport:
         pre = f"{prefix}." if prefix else ""
         for name, m in list(unet.named_modules()):
             if type(m) is ResBlock:
-                replace_module(unet, name, CpuResBlock.from_module(m))
+                replace_module(unet, name, share_as(CpuResBlock, m))
                 report.swapped.append((pre + name, "ResBlock", "CpuResBlock"))
             elif type(m) is Attention:
-                replace_module(unet, name, CpuAttention.from_module(m))
+                replace_module(unet, name, share_as(CpuAttention, m))
                 report.swapped.append((pre + name, "Attention", "CpuAttention"))
             elif type(m) is SDPA:
                 replace_module(unet, name, MathSDPA())
@@ -278,6 +254,6 @@ def swap_cpu_blocks(model: nn.Module) -> SwapReport:
             report.swapped.append((pre + "conv_in", "Conv2d", "CpuConv3x3"))
         if _is_conv3x3(unet.conv_out) and type(unet.norm_out) is GroupNormAct:
             unet.conv_out = CpuConv3x3.from_module(unet.conv_out, unet.norm_out)
-            unet.norm_out = DeferredNorm.from_module(unet.norm_out)
+            unet.norm_out = share_as(DeferredNorm, unet.norm_out)
             report.swapped.append((pre + "norm_out+conv_out", "GroupNormAct+Conv2d", "CpuConv3x3"))
     return report

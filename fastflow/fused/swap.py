@@ -11,10 +11,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from itertools import pairwise
+from typing import TypeVar
 
 from torch import nn
 
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm
+
+M = TypeVar("M", bound=nn.Module)
 
 
 @dataclass
@@ -33,6 +36,14 @@ def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
     """Put ``module`` at the dotted ``name`` inside ``model``."""
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def share_as(cls: type[M], module: nn.Module) -> M:
+    """An instance of ``cls`` (a subclass of ``module``'s class that adds no state) sharing ``module``'s
+    parameters, buffers and submodules: nothing is copied and the state-dict keys are unchanged."""
+    new = cls.__new__(cls)
+    new.__dict__.update(module.__dict__)
+    return new
 
 
 def _is_diffusers_attention(m: nn.Module) -> bool:

@@ -15,7 +15,7 @@ checkpoint trained fused loads unfused and the reverse.
 
 from __future__ import annotations
 
-import sys
+import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +28,8 @@ from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm
 from fastflow.fused.runtime import TRITON, interpreting
 from fastflow.fused.swap import SwapReport, swap
+
+log = logging.getLogger(__name__)
 
 MODES = ("auto", "off", "triton", "cpu")
 ALIASES = {"on": "triton"}  # the older spelling of triton
@@ -129,7 +131,7 @@ def _summary(report: SwapReport) -> str:
 def _say(text: str) -> None:
     if text not in _said:
         _said.add(text)
-        print(text, file=sys.stderr)
+        log.info(text)
 
 
 def apply(model: nn.Module, mode: str = "auto", device: torch.device | str | None = None,

@@ -9,7 +9,7 @@ predicted-class histogram: 1 when all ten digits appear equally often) and a con
 
 from __future__ import annotations
 
-import sys
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -21,6 +21,8 @@ from fastflow.metrics.frechet import frechet_distance, gaussian_stats
 from fastflow.models.checkpoint import load_weights
 from fastflow.utils.cache import cache_dir
 from fastflow.utils.io import atomic_save_tensors
+
+log = logging.getLogger(__name__)
 
 #: v2: trained at a fixed thread count. v1 was trained at whatever count the first caller ran (the sums
 #: of a training step depend on it), so one run's FD differed by machine (1530 vs 1486 for the demo's
@@ -79,8 +81,8 @@ def classifier() -> DigitsClassifier:
         if path.is_file():
             load_weights(model, path)
         else:
-            print(f"training the digits classifier for FD/coverage once (about a minute on 2 cores; cached in {path})",
-                  file=sys.stderr)
+            log.info("training the digits classifier for FD/coverage once (about a minute on 2 cores; cached in %s)",
+                     path)
             threads = torch.get_num_threads()
             torch.set_num_threads(TRAIN_THREADS)  # the same weights whatever thread count the caller uses
             try:

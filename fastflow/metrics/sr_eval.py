@@ -83,21 +83,11 @@ def save_sweep_plot(rows: list[dict[str, Any]], path: str) -> None:
     save_figure(fig, path)
 
 
-def check_student(record: CheckpointRecord) -> int:
-    """Refuse a checkpoint that is not an OFTSR student; its scale."""
-    if not record.oftsr_student or record.sr_scale is None:
-        raise ConfigError(f"{record.path} is not an OFTSR student (objective {record.objective!r})")
-    return record.sr_scale
-
-
 def sweep_checkpoint(record: CheckpointRecord, model: nn.Module, n: int, taus: Sequence[float],
                      device: torch.device, fused: str = "auto") -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
     """The τ sweep of an OFTSR student on the first ``n`` images of its training data, with its
     teacher's result, the teacher run with the fused mode ``fused`` (``fastflow eval``)."""
-    if record.sr_scale is None:
-        raise ConfigError(f"{record.path}: an image-conditioned model without SR training metadata")
-    if record.objective != "oftsr":
-        raise ConfigError(f"{record.path} is an SR teacher; evaluate the OFTSR student distilled from it")
+    record.oftsr_scale()
     data = build_dataset(record.data_config)
     b = data.get(torch.arange(min(n, len(data))))
     teacher = load_model(record.teacher, device=device)
@@ -108,7 +98,7 @@ def sweep_checkpoint(record: CheckpointRecord, model: nn.Module, n: int, taus: S
 def super_resolve(record: CheckpointRecord, model: nn.Module, y: torch.Tensor, tau: float,
                   noise_seed: int) -> torch.Tensor:
     """Upscale low-resolution images ``y`` [N, C, h, w] in one step at knob ``tau`` (``fastflow sr``)."""
-    scale, c, res = check_student(record), model.config.in_channels, model.config.resolution
+    scale, c, res = record.oftsr_scale(), model.config.in_channels, model.config.resolution
     if y.dim() != 4 or y.shape[1] != c or y.shape[-1] * scale != res or y.shape[-2] * scale != res:
         raise ConfigError(f"input must be low-resolution [N, {c}, {res // scale}, {res // scale}] for this model "
                           f"(×{scale} to {res}×{res}), got {list(y.shape)}")

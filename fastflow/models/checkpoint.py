@@ -237,6 +237,14 @@ class CheckpointRecord:
     def oftsr_student(self) -> bool:
         return self.objective == "oftsr"
 
+    def oftsr_scale(self) -> int:
+        """The super-resolution factor of an OFTSR student; a :class:`ConfigError` naming what this is otherwise."""
+        if self.oftsr_student and self.sr_scale is not None:
+            return self.sr_scale
+        what = ("an SR teacher: use the OFTSR student distilled from it" if self.sr_scale is not None
+                else f"objective {self.objective!r}, no super-resolution training data")
+        raise ConfigError(f"{self.path} is not an OFTSR student ({what})")
+
     @property
     def teacher(self) -> str | None:
         return self.objective_config.get("teacher")

@@ -83,6 +83,20 @@ class Attention(nn.Module):
         return self.out(o.transpose(1, 2).reshape(b, n, self.heads * self.head_dim))
 
 
+def resample2x(x: Tensor, resample: str | None) -> Tensor:
+    """The UNet's 2× resampling: ``"up"`` nearest-neighbour, ``"down"`` 2×2 average, ``None`` none."""
+    if resample == "down":
+        return F.avg_pool2d(x, 2)
+    if resample == "up":
+        return F.interpolate(x, scale_factor=2.0, mode="nearest")
+    return x
+
+
+def resampled_size(h: int, w: int, resample: str | None) -> tuple[int, int]:
+    """The ``(H, W)`` :func:`resample2x` makes of an ``H×W`` map."""
+    return (2 * h, 2 * w) if resample == "up" else (h // 2, w // 2) if resample == "down" else (h, w)
+
+
 def interval_length(t: Tensor, t_end: Tensor | None, times: int) -> Tensor | None:
     """``t_end − t`` (``[B]``) for a two-time model (``times = 2``; ``t_end=None`` means ``t``: the
     instantaneous velocity), ``None`` for a one-time model, which refuses a ``t_end``."""
@@ -127,16 +141,9 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(out_ch, out_ch, 3, padding=1)
         self.skip = nn.Conv2d(in_ch, out_ch, 1) if (in_ch != out_ch or resample) else None
 
-    def _resample(self, x: Tensor) -> Tensor:
-        if self.resample == "down":
-            return F.avg_pool2d(x, 2)
-        if self.resample == "up":
-            return F.interpolate(x, scale_factor=2.0, mode="nearest")
-        return x
-
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        h = self._resample(self.norm0(x))
-        x = self._resample(x)
+        h = resample2x(self.norm0(x), self.resample)
+        x = resample2x(x, self.resample)
         h = self.conv0(h)
         e = self.emb(F.silu(temb))
         if self.scale_shift:

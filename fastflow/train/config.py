@@ -9,7 +9,7 @@ repeated key (YAML silently keeps the last) and a document that expands past
 from __future__ import annotations
 
 import dataclasses
-import sys
+import logging
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,8 @@ from fastflow.models.presets import model_config
 from fastflow.objectives import objective_options
 from fastflow.train.parallel import check_options
 from fastflow.utils.schema import build
+
+log = logging.getLogger(__name__)
 
 #: the smallest normal float32: a smaller Adam eps is 0 or subnormal in float32 and divides by zero
 FLOAT32_TINY = 1.1754943508222875e-38
@@ -156,8 +158,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise ConfigError(f"{path}: not a text file (invalid UTF-8); want a YAML config") from None
         d = read_yaml(text, str(path))
         if d is None:
-            print(f"note: {path} is empty: every setting takes its default (model digits, data digits, rf)",
-                  file=sys.stderr)
+            log.warning("note: %s is empty: every setting takes its default (model digits, data digits, rf)", path)
             d = {}
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: top level must be a mapping")

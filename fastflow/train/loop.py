@@ -4,6 +4,7 @@ resume, JSONL/TensorBoard logs, a progress bar and periodic sample grids."""
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 import time
@@ -38,6 +39,8 @@ from fastflow.train.step import MicroBatches, check_split, train_step
 from fastflow.utils.distributed import DistInfo, barrier, init_distributed, shutdown_distributed
 from fastflow.utils.io import atomic_write_text, remove_stale_temps, temp_name, writable_dir
 from fastflow.utils.lock import directory_lock
+
+log = logging.getLogger(__name__)
 
 
 def check_model_data(model: nn.Module, data: Dataset) -> None:
@@ -182,8 +185,8 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
     if times != 1 and getattr(model.config, "times", 1) != times:
         raise ConfigError(f"objective {cfg.objective.get('name')} needs a model with model.times: {times}")
     if times == 2 and model.config.t_scale > 10 and info.main:
-        print(f"note: model.t_scale={model.config.t_scale:g}: MeanFlow's JVP target differentiates the time features; "
-              "on digits it diverged at 999 and trained at 1 (model.t_scale=1)", file=sys.stderr)
+        log.warning("note: model.t_scale=%g: MeanFlow's JVP target differentiates the time features; on digits it "
+                    "diverged at 999 and trained at 1 (model.t_scale=1)", model.config.t_scale)
     for frozen in objective.frozen().values():  # replicated on every rank
         check_teacher(model, frozen)
         apply_fused(frozen, fused, info.device, inference=False)

@@ -6,8 +6,8 @@ sides — since the model, or the random and data streams, would silently differ
 from __future__ import annotations
 
 import json
+import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,8 @@ from fastflow.models.sharded import is_sharded
 from fastflow.objectives.base import objective_settings, setting_defaults
 from fastflow.train.config import TrainConfig
 from fastflow.utils.distributed import DistInfo
+
+log = logging.getLogger(__name__)
 
 #: what a training run writes into its out_dir (a folder holding anything else is not a run)
 RUN_ENTRIES = {"config.yaml", "log.jsonl", "checkpoints", "samples", "tb", ".lock"}
@@ -62,9 +64,9 @@ def check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Modu
                           f"or starts an FSDP2 run in a new out_dir with train.init_from={ckpt}")
     split = info.world * cfg.train.grad_accum
     if meta.get("micro_batches", split) != split and info.main:
-        print(f"note: {ckpt} was written with {meta['micro_batches']} micro-batches per step (world × grad_accum), "
-              f"this run uses {split}: same global batches, different noise draws; training continues, "
-              "not bit-exactly", file=sys.stderr)
+        log.warning("note: %s was written with %s micro-batches per step (world × grad_accum), this run uses %d: "
+                    "same global batches, different noise draws; training continues, not bit-exactly",
+                    ckpt, meta["micro_batches"], split)
     return meta
 
 

@@ -101,7 +101,7 @@ def check_new_dir(path: str | Path) -> Path:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise ConfigError(f"{path} exists and is not an empty directory: choose a new output folder")
-    check_writable(path.parent / ".probe")
+    writable_dir(path.parent)
     return path
 
 
@@ -145,18 +145,26 @@ def remove_stale_temps(directory: str | Path, owned: str) -> list[Path]:
     return stale
 
 
+def _probe(directory: Path, what: str) -> None:
+    """Create ``directory`` (and parents) and a file in it, then remove the file; where that fails, a
+    :class:`ConfigError` "cannot write ``what``" with the reason (a file where a folder should be, named)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=directory)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        blocker = next((q for q in (directory, *directory.parents) if q.exists() and not q.is_dir()), None)
+        why = f"{blocker} is a file, not a directory" if blocker else e.strerror or e
+        raise ConfigError(f"cannot write {what}: {why}") from None
+
+
 def writable_dir(path: str | Path) -> Path:
     """Create directory ``path`` (and parents) and check a file can be written there."""
     p = Path(path)
     if os.path.lexists(p) and not p.is_dir():
         raise ConfigError(f"{p} exists and is not a directory (or is a broken or looping symlink)")
-    try:
-        p.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".probe.", suffix=".tmp", dir=p)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise ConfigError(f"cannot write to directory {p}: {e.strerror or e}") from None
+    _probe(p, f"to directory {p}")
     return p
 
 
@@ -176,15 +184,7 @@ def check_writable(path: str | Path) -> Path:
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{p} is a directory; give a file path")
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=p.parent)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        blocker = next((q for q in p.parents if q.exists() and not q.is_dir()), None)
-        why = f"{blocker} is a file, not a directory" if blocker else e.strerror or e
-        raise ConfigError(f"cannot write {p}: {why}") from None
+    _probe(p.parent, str(p))
     return p
 
 

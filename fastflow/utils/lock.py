@@ -12,16 +12,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 import stat
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from fastflow.errors import ConfigError, LockedError
+
+log = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
@@ -49,8 +51,8 @@ def directory_lock(directory: str | Path, what: str, enabled: bool = True) -> It
     fd, previous = _acquire(d / LOCK_NAME, d, what)
     try:
         if previous.strip():
-            print(f"note: {d}: taking over the lock of an earlier run that did not release it "
-                  f"({_holder(previous)}: killed or crashed)", file=sys.stderr)
+            log.warning("note: %s: taking over the lock of an earlier run that did not release it (%s: killed or "
+                        "crashed)", d, _holder(previous))
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                              "command": what}).encode()
         os.ftruncate(fd, 0)
