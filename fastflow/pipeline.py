@@ -25,8 +25,10 @@ from torch import Tensor, nn
 from fastflow.errors import ConfigError, ShapeError
 from fastflow.flow.sample import generate
 from fastflow.fused import apply
+from fastflow.metrics.sr_eval import super_resolve
 from fastflow.models.checkpoint import CheckpointRecord, load_model, read_record
 from fastflow.models.presets import sample_shape, viewable
+from fastflow.models.prompts import encode_prompts
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
@@ -101,8 +103,6 @@ class FlowPipeline:
         if prompt is None:
             return None  # the null prompt: unconditional
         if isinstance(prompt, str) or (isinstance(prompt, Sequence) and all(isinstance(p, str) for p in prompt)):
-            from fastflow.models.prompts import encode_prompts
-
             if self.record.arch != "sd":
                 raise ConfigError("text prompts need an SD student (its text encoder); give an embedding [L, D]")
             texts = [prompt] * n if isinstance(prompt, str) else list(prompt)
@@ -120,8 +120,6 @@ class FlowPipeline:
         return indices.to(self.device)
 
     def _super_resolve(self, image: Any, tau: float, seed: int, output_type: str) -> PipelineOutput:
-        from fastflow.metrics.sr_eval import super_resolve
-
         if image is None:
             raise ConfigError("an OFTSR student takes image= (low-resolution, PIL or [N, C, h, w] in [-1, 1])")
         if not 0.0 <= tau <= 1.0:

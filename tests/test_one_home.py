@@ -3,6 +3,7 @@ finds the canonical one by searching. A row names the pattern of a hand-written 
 
 from __future__ import annotations
 
+import ast
 import logging
 import re
 from pathlib import Path
@@ -74,3 +75,18 @@ def test_the_native_runner_knows_the_generator_kinds_python_writes() -> None:
              for kind, names in re.findall(r's\.kind == "(\w+)" && s\.inputs == Names\{([^}]*)\}', cpp)}
     assert table == {k: v for k, v in INPUTS.items() if k != "velocity"}
     assert 's.kind == "velocity"' not in cpp
+
+
+def test_fastflow_modules_are_imported_at_the_top_outside_the_cli() -> None:
+    """A function-local import of a fastflow module needs a reason: start-up time in the CLI's verbs
+    (``fastflow/cli/__init__.py``) and the package root's lazy facade; elsewhere imports sit at the top."""
+    local = []
+    for path in (ROOT / "fastflow").rglob("*.py"):
+        rel = path.relative_to(ROOT / "fastflow")
+        if rel.parts[0] == "cli" or rel == Path("__init__.py"):
+            continue
+        for fn in ast.walk(ast.parse(path.read_text())):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                local += [f"{rel}:{n.lineno}" for n in ast.walk(fn) if isinstance(n, ast.ImportFrom)
+                          and (n.module or "").startswith("fastflow")]
+    assert local == []

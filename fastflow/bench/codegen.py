@@ -34,7 +34,11 @@ from typing import Any
 
 import torch
 
+from fastflow.bench.kernels import SD15_GN, unet_gn_shapes
 from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.fused.attention import bwd_launches, fwd_launch, head_dim_parts
+from fastflow.fused.groupnorm import auto_split, bwd_launch, fwd_launches, split_count
+from fastflow.fused.tuning import config_label, shared_limit
 from fastflow.utils.cache import cache_dir
 from fastflow.utils.dtypes import DTYPES
 from fastflow.utils.io import atomic_write_json, read_json
@@ -122,15 +126,6 @@ def _target(arch: int) -> Iterator[None]:
 
 def _launch_cases(dtype: torch.dtype, arch: int, ops: Sequence[str] = OPS) -> Iterator[tuple[str, str, str, Any]]:
     """``(op, variant, shape text, launch)`` for every launch of the shape set on ``arch``."""
-    from fastflow.bench.kernels import SD15_GN, unet_gn_shapes
-    from fastflow.fused.attention import bwd_launches, fwd_launch, head_dim_parts
-    from fastflow.fused.groupnorm import (
-        auto_split,
-        bwd_launch,
-        fwd_launches,
-        split_count,
-    )
-
     meta = torch.device("meta")
     _, sms = ARCHS[arch]
     gn_shapes = sorted(set(unet_gn_shapes()) | set(SD15_GN)) if "gn" in ops else []
@@ -252,7 +247,6 @@ def _compile_arch(arch: int, dtypes: Sequence[str], all_configs: bool, ops: Sequ
     from tqdm import tqdm
     from triton.runtime.autotuner import Autotuner
 
-    from fastflow.fused.tuning import config_label, shared_limit
 
     rows: list[Row] = []
     seen: dict[tuple[str, str], Row] = {}  # (kernel hash, config) → row: one compile per specialisation

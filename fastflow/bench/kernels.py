@@ -23,6 +23,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from fastflow.fused.ops import attention, group_norm
+from fastflow.models import build_model
+from fastflow.models.layers import GroupNormAct
+from fastflow.models.presets import sample_shape
 from fastflow.models.reference import group_norm_ref
 from fastflow.utils.timing import measure_latency
 
@@ -38,10 +41,6 @@ QUICK_ATTN = [(1, 2, 16, 16, 40), (1, 2, 16, 7, 64)]
 def unet_gn_shapes(presets: tuple[str, ...] = ("slim-15.7m", "rf-ddpmpp"),
                    batches: tuple[int, ...] = (1, 16, 128)) -> list[tuple[int, int, int, int]]:
     """Every distinct GroupNorm input ``(N, C, H, W)`` of our presets at the given batch sizes."""
-    from fastflow.models import build_model
-    from fastflow.models.layers import GroupNormAct
-    from fastflow.models.presets import sample_shape
-
     shapes: set[tuple[int, int, int]] = set()
     for name in presets:
         model = build_model({"preset": name}).eval()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from fastflow.errors import ConfigError
+from fastflow.fused.auto import FORMAT, VERSION
 from fastflow.utils.io import read_json
 
 
@@ -71,7 +72,6 @@ def switch_table(cases: Sequence[dict[str, Any]], sources: Sequence[str]) -> dic
     timed every path (each case's time per item)."""
     import math
 
-    from fastflow.fused.auto import FORMAT, VERSION
 
     groups: dict[tuple[str, str], list[dict[str, float]]] = {}
     for c in cases:

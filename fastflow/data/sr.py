@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from fastflow.data import build_dataset
 from fastflow.data.base import Batch, Dataset
 from fastflow.errors import ConfigError, DataError
 from fastflow.utils.seeding import stream_seed
@@ -45,8 +46,6 @@ class SRDataset(Dataset):
 
     def __init__(self, source: dict[str, Any] | str = "digits", scale: int = DEFAULT_SCALE, sigma_y: float = 0.0,
                  mode: str = "bicubic", seed: int = 0) -> None:
-        from fastflow.data import build_dataset
-
         if not 1 <= scale <= 64 or not sigma_y >= 0 or not 0 <= seed < 2**63:
             raise ConfigError(f"sr needs data.scale in [1, 64], data.sigma_y >= 0 and data.seed in [0, 2**63); got "
                               f"{scale}, {sigma_y}, {seed}")

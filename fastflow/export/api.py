@@ -12,9 +12,6 @@ then, as asked, validate against eager, report int8's quality cost, time it and 
 
 from __future__ import annotations
 
-import copy
-import importlib.metadata
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,12 +26,27 @@ from fastflow.export.contract import check_artefact
 from fastflow.export.formats import FORMATS, BuildOptions, input_names
 from fastflow.export.generator import Generator, SRGenerator, Velocity
 from fastflow.export.options import ExportOptions, ExportResult
+from fastflow.export.pipeline import export_text_pipeline
+from fastflow.export.quantize import DEFAULT_CALIBRATION, calibration_inputs
 from fastflow.export.spec import GeneratorSpec
+from fastflow.export.steps import Say, kernel_model, latency, versions
+from fastflow.export.validate import compare, int8_quality
+from fastflow.flow.sample import is_two_time
+from fastflow.fused import is_swapped
+from fastflow.models.checkpoint import load_model, read_record, weights_source
+from fastflow.models.presets import model_kind, sample_shape
 from fastflow.utils.dtypes import DTYPES
+from fastflow.utils.io import (
+    atomic_write_json,
+    check_distinct,
+    check_new_dir,
+    check_writable,
+    disk_errors,
+    staged_artifact,
+)
 from fastflow.utils.threads import device_name
 
 Inputs = Callable[[int], tuple[Tensor, ...]]  # batch size → fixed-seed example inputs
-Say = Callable[[str], None]
 Scores = Callable[[Tensor], "dict[str, float] | None"]  # images → quality metrics (None: not for these)
 
 
@@ -52,20 +64,7 @@ class Source:
     arch: str = "unet"
 
 
-def versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {"python": platform.python_version(), "torch": torch.__version__}
-    for pkg in ("fastflow", "onnx", "onnxruntime", "onnxscript", "torch-tensorrt", "tensorrt"):
-        try:
-            out[pkg] = importlib.metadata.version(pkg)
-        except importlib.metadata.PackageNotFoundError:
-            out[pkg] = None
-    return out
-
-
 def _source(source: str | Path | nn.Module, o: ExportOptions) -> Source:
-    from fastflow.fused import is_swapped
-    from fastflow.models.presets import model_kind
-
     if isinstance(source, nn.Module):
         if is_swapped(source):
             raise ConfigError("export_checkpoint takes a model as built (no kernels swapped in): ask for them with "
@@ -73,7 +72,6 @@ def _source(source: str | Path | nn.Module, o: ExportOptions) -> Source:
         model = source.to(o.device).eval()
         kind = model_kind(getattr(model, "config", None))
         return Source(model, kind, int(getattr(getattr(model, "config", None), "num_classes", 0) or 0))
-    from fastflow.models.checkpoint import load_model, read_record, weights_source
 
     record = read_record(source)
     model = load_model(record.path, weights=o.weights, device=o.device)
@@ -84,8 +82,6 @@ def _source(source: str | Path | nn.Module, o: ExportOptions) -> Source:
 
 def _check_paths(source: str | Path | nn.Module, o: ExportOptions) -> None:
     """Refuse unwritable or clashing outputs before anything is loaded or compiled."""
-    from fastflow.utils.io import check_distinct, check_new_dir, check_writable
-
     check_new_dir(o.output) if o.pipeline else check_writable(o.output)
     if o.report is not None:
         check_writable(o.report)
@@ -93,35 +89,8 @@ def _check_paths(source: str | Path | nn.Module, o: ExportOptions) -> None:
                    {"CHECKPOINT": None if isinstance(source, nn.Module) else source})
 
 
-def kernel_model(model: nn.Module, o: ExportOptions, say: Say) -> tuple[nn.Module, str]:
-    """The model to export with the kernels ``o.fused`` asks for, and what the artefact runs for them
-    (``GeneratorSpec.fused``): ``triton`` (compiled into a CUDA package), ``op`` (calls the registered
-    ops: an ``ep``, or the interpreter), ``cpu`` (the CPU block kernel) or ``off``."""
-    from fastflow.fused import apply, decide
-
-    params = sum(p.numel() for p in model.parameters())
-    path, _ = decide(o.fused, o.device, params)
-    fmt = FORMATS[o.format]
-    cpu_ok = o.format == "pt2" and o.dtype == "fp32" and not (o.quantize or o.prepack or o.pipeline)
-    if path == "off" or (path == "cpu" and not cpu_ok and o.fused == "auto"):
-        return model, "off"
-    if not fmt.kernels or (path == "triton" and o.quantize):
-        say(f"note: --format {o.format}{' --quantize' if o.quantize else ''} keeps the PyTorch reference "
-            "decomposition of the fused ops")
-        return model, "off"
-    fused = copy.deepcopy(model)
-    done = apply(fused, o.fused, o.device, params=params).path  # auto may still fall back to off
-    if done == "off":
-        return model, "off"
-    if done == "cpu":
-        return fused, "cpu"
-    return fused, "triton" if o.device.type == "cuda" and o.format == "pt2" else "op"
-
-
 def _wrap(src: Source, model: nn.Module, o: ExportOptions) -> tuple[nn.Module, str]:
     """The exported module around ``model`` and its generator kind."""
-    from fastflow.flow.sample import is_two_time
-
     if src.kind == "token":
         raise ConfigError("a token-conditioned generator exports as a pipeline: add --pipeline")
     if o.velocity:
@@ -166,15 +135,10 @@ def export_checkpoint(source: str | Path | nn.Module, options: ExportOptions, sa
     takes the progress lines; ``scores(images)`` (a model's own quality metric, e.g. the digits FD;
     None where it does not apply) joins int8's quality report. Raises
     :class:`~fastflow.errors.FastflowError` subclasses (one line)."""
-    from fastflow.models.presets import sample_shape
-    from fastflow.utils.io import atomic_write_json, disk_errors, staged_artifact
-
     o = options
     _check_paths(source, o)
     src = _source(source, o)
     if o.pipeline:
-        from fastflow.export.pipeline import export_text_pipeline
-
         result = export_text_pipeline(src, o, say)
     else:
         exported, fused = kernel_model(src.model, o, say)
@@ -211,15 +175,12 @@ def export_checkpoint(source: str | Path | nn.Module, options: ExportOptions, sa
 
 
 def _default_calibration() -> int:
-    from fastflow.export.quantize import DEFAULT_CALIBRATION
-
     return DEFAULT_CALIBRATION
 
 
 def _calibration(spec: GeneratorSpec, inputs_for: Inputs) -> tuple:
     if not spec.quantize:
         return ()
-    from fastflow.export.quantize import calibration_inputs
 
     return tuple(calibration_inputs(inputs_for, spec.calibration_samples, spec.batch.max))
 
@@ -239,8 +200,6 @@ def _report(src: Source, o: ExportOptions, spec: GeneratorSpec, build_s: float, 
 def _check(result: ExportResult, o: ExportOptions, reference: nn.Module, inputs_for: Inputs,
            example: tuple[Tensor, ...], say: Say, scores: Scores | None) -> None:
     """Validation against eager, int8's quality cost and the timing, as the options ask."""
-    from fastflow.export.validate import compare, int8_quality
-
     spec, report = result.spec, result.report
     runner = FORMATS[o.format].load(o.output, o.device)
     if o.validate:
@@ -259,14 +218,3 @@ def _check(result: ExportResult, o: ExportOptions, reference: nn.Module, inputs_
                if "fd_int8" in q else ""))
     if o.iters:
         report["latency_ms"] = latency(runner, example, o.device, o.iters, say)
-
-
-def latency(runner: Callable[..., Tensor], example: tuple[Tensor, ...], device: torch.device, iters: int,
-            say: Say, what: str = "") -> dict[str, Any]:
-    """``iters`` timed calls of ``runner`` on ``example`` after up to 3 warm-up calls."""
-    from fastflow.utils.timing import measure_latency
-
-    lat = measure_latency(lambda: runner(*example), device, warmup=min(3, iters), iters=iters)
-    say(f"latency{' ' + what if what else ''} at batch {len(example[0])}: p50 {lat.p50_ms:.2f} ms, "
-        f"p90 {lat.p90_ms:.2f} ms, p99 {lat.p99_ms:.2f} ms")
-    return {"batch": len(example[0]), **lat.to_dict()}

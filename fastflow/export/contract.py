@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import ArtifactError, FastflowError
+from fastflow.export.formats import FORMATS, read_engine_spec, read_pt2_spec
 from fastflow.export.spec import GeneratorSpec
 from fastflow.utils.dtypes import DTYPES
 
@@ -65,12 +66,8 @@ def check_onnx(path: Path, spec: GeneratorSpec, names: Sequence[str]) -> None:
 def check_stored_spec(fmt: str, path: Path, spec: GeneratorSpec) -> None:
     """A ``.pt2``'s metadata (or an engine's sidecar) holds exactly ``spec``."""
     if fmt in ("pt2", "trt-pt2"):
-        from fastflow.export.formats import read_pt2_spec
-
         stored = read_pt2_spec(path)
     else:
-        from fastflow.export.formats import read_engine_spec
-
         stored = read_engine_spec(path)
     if stored != spec:
         raise ArtifactError(f"{path.name}: its stored contract {stored} is not the one it was built from; not written")
@@ -101,8 +98,6 @@ def check_calls(path: Path, run: Callable[..., Tensor], spec: GeneratorSpec,
 def check_artefact(fmt: str, path: Path, spec: GeneratorSpec, names: Sequence[str],
                    inputs_for: Callable[[int], tuple[Tensor, ...]], out_shape: tuple[int, ...]) -> None:
     """The whole check of a freshly built artefact at its staged ``path``."""
-    from fastflow.export.formats import FORMATS
-
     if fmt == "onnx":
         check_onnx(path, spec, names)
     elif fmt in ("pt2", "trt-pt2", "engine"):

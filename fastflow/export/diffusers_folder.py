@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from fastflow.errors import ArtifactError, ConfigError
+from fastflow.flow.sample import generate
 from fastflow.models.diffusers_dir import DENOISER_FOLDERS, class_name, diffusers_module
-from fastflow.utils.io import read_json
+from fastflow.utils.io import read_json, staged_dir
 
 SCHEDULER = "DPMSolverMultistepScheduler"
 
@@ -106,8 +107,6 @@ def model_index(pipeline: str, stage: Path, source: Path) -> dict[str, Any]:
 def write_diffusers_folder(model: nn.Module, out: str | Path) -> Path:
     """Write ``out`` (must not exist, or be empty) from an ``SDVelocity`` student; atomic: the folder
     is built beside ``out`` and renamed into place when complete."""
-    from fastflow.utils.io import staged_dir
-
     source = Path(model.config.path).expanduser()
     net, backbone = flow_denoiser(model), model.backbone
     with staged_dir(out) as stage:
@@ -128,8 +127,6 @@ def round_trip(folder: str | Path, model: nn.Module, n: int = 2, seed: int = 0, 
     """Stock diffusers on ``folder`` against fastflow's Euler sampler on the same noise: prompts
     0 … n−1 of the table as ``prompt_embeds`` (text UNets; latents compared) or DDPMPipeline's own
     noise from ``seed`` (unconditional UNet2DModels; images in [0, 1] compared)."""
-    from fastflow.flow.sample import generate
-
     pipeline = model.backbone.pipeline
     if pipeline not in ("StableDiffusionPipeline", "DDPMPipeline"):
         raise ConfigError(f"the round-trip check runs StableDiffusionPipeline and DDPMPipeline, not {pipeline}")

@@ -25,6 +25,7 @@ from fastflow.export.quantize import fp32_onnx_then_int8, quantize_module
 from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.fused import cpu_block
 from fastflow.utils.dtypes import DTYPES
+from fastflow.utils.io import atomic_write_json, read_json
 
 Runner = Callable[..., Tensor]  # run(*inputs) → image
 Example = tuple[Tensor, ...]  # (z,), (z, label) or (lq, noise, tau)
@@ -319,7 +320,6 @@ def build_engine(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Pa
             entry["min_shape"], entry["opt_shape"], entry["max_shape"] = (
                 list(s) for s in engine.get_tensor_profile_shape(name, 0))
         io.append(entry)
-    from fastflow.utils.io import atomic_write_json
 
     atomic_write_json(engine_sidecar(path), {
         "format": "fastflow-tensorrt-engine", "metadata": spec.to_metadata(), "io": io,
@@ -329,8 +329,6 @@ def build_engine(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Pa
 
 def read_engine_spec(path: Path) -> GeneratorSpec:
     """The contract an engine's JSON sidecar holds; a missing or malformed sidecar is an :class:`ArtifactError`."""
-    from fastflow.utils.io import read_json
-
     side = read_json(engine_sidecar(path), ArtifactError)
     if not isinstance(side, dict) or not isinstance(side.get("metadata"), dict):
         raise ArtifactError(f"{engine_sidecar(path)}: not an engine sidecar (no 'metadata' object)")

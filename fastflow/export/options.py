@@ -11,6 +11,8 @@ from typing import Any
 import torch
 
 from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.export.formats import FORMATS, TRT_HINT
+from fastflow.export.quantize import check_quantize
 from fastflow.export.spec import BatchRange, GeneratorSpec
 from fastflow.fused.switch import check_mode
 from fastflow.utils.dtypes import DTYPES
@@ -58,8 +60,6 @@ class ExportOptions:
     external_data: bool = False
 
     def __post_init__(self) -> None:
-        from fastflow.export.formats import FORMATS, TRT_HINT
-
         set_ = lambda k, v: object.__setattr__(self, k, v)  # noqa: E731 - normalise a frozen field
         set_("output", Path(self.output))
         set_("device", torch.device(self.device))
@@ -84,8 +84,6 @@ class ExportOptions:
     def _check_packing(self) -> None:
         """quantize / prepack / fused=cpu: what each needs, and that they exclude each other."""
         if self.quantize:
-            from fastflow.export.quantize import check_quantize
-
             if self.quantize != "int8":
                 raise ConfigError(f"--quantize takes int8, got {self.quantize!r}")
             check_quantize(self.format, self.dtype, self.device)

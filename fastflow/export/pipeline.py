@@ -22,14 +22,20 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from fastflow.errors import ConfigError
+from fastflow.errors import ArtifactError, ConfigError
 from fastflow.export.contract import check_artefact
 from fastflow.export.formats import FORMATS, BuildOptions
 from fastflow.export.generator import TextGenerator
 from fastflow.export.options import ExportOptions, ExportResult
 from fastflow.export.spec import GeneratorSpec
-from fastflow.models.diffusers_dir import decode_latents
+from fastflow.export.steps import kernel_model, latency, versions
+from fastflow.export.validate import compare
+from fastflow.models.diffusers_dir import check_sd_dir, decode_latents, load_vae
+from fastflow.models.presets import sample_shape
+from fastflow.models.prompts import load_text_encoder
 from fastflow.utils.dtypes import DTYPES
+from fastflow.utils.io import atomic_write_json, disk_errors, read_json, staged_dir
+from fastflow.utils.threads import device_name
 
 FORMAT, VERSION = "fastflow-pipeline", 1
 OUTPUTS = {"text_encoder": "emb", "generator": "latent", "vae_decoder": "image"}
@@ -75,9 +81,6 @@ def components(model: nn.Module, spec: GeneratorSpec, cfg_scale: float, context_
     """The pipeline's components for a text student (``SDVelocity`` with a prompt table, or a
     fastflow UNet with ``context_dim``); ``spec`` carries the batch range, dtype, steps, device, digest.
     ``names``: only these (e.g. re-export one component); an unavailable one is an error."""
-    from fastflow.models.diffusers_dir import check_sd_dir, load_vae
-    from fastflow.models.prompts import load_text_encoder
-
     dtype, device, g = DTYPES[spec.dtype], torch.device(spec.device), torch.Generator().manual_seed(seed)
     sd = getattr(model, "table", None) is not None
     if sd:
@@ -126,8 +129,6 @@ def export_pipeline(comps: list[Component], out: str | Path, fmt: str, options: 
     """Build every component into the new directory ``out`` (atomic: built beside it, renamed when
     complete), each checked against its contract (:mod:`~fastflow.export.contract`), copy the
     tokenizer, write ``pipeline.json``; return that manifest."""
-    from fastflow.utils.io import atomic_write_json, disk_errors, staged_dir
-
     manifest: dict[str, Any] = {"format": FORMAT, "version": VERSION, "artefact_format": fmt, **settings,
                                 "chain": [c.name for c in comps], "components": {}}
     with staged_dir(out) as stage, disk_errors(out), torch.no_grad():
@@ -152,9 +153,6 @@ def read_pipeline(directory: str | Path) -> dict[str, Any]:
     """``pipeline.json`` of an exported pipeline, checked: this format and a version we read, a
     known artefact format, and components named in ``chain`` whose files are plain names inside the
     directory (:class:`~fastflow.errors.ArtifactError` otherwise)."""
-    from fastflow.errors import ArtifactError
-    from fastflow.utils.io import read_json
-
     path = Path(directory) / "pipeline.json"
     m = read_json(path, ArtifactError)
     version = m.get("version") if isinstance(m, dict) else None
@@ -190,8 +188,6 @@ def validate_pipeline(comps: list[Component], directory: str | Path, device: tor
                       rtol: float) -> dict[str, Any]:
     """Each component against eager PyTorch at the batch range's ends and optimum, then the chained
     pipeline on the same tokens and noise."""
-    from fastflow.export.validate import compare
-
     run = load_pipeline(directory, device)
     eager = {c.name: c.module for c in comps}
     report: dict[str, Any] = {}
@@ -211,10 +207,6 @@ def validate_pipeline(comps: list[Component], directory: str | Path, device: tor
 def export_text_pipeline(src: Any, o: ExportOptions, say: Callable[[str], None]) -> ExportResult:
     """``export_checkpoint`` with ``pipeline``: one artefact per component of a text student
     (``src``: :class:`~fastflow.export.api.Source`), then validated and timed each as asked."""
-    from fastflow.export.api import kernel_model, latency, versions
-    from fastflow.models.presets import sample_shape
-    from fastflow.utils.threads import device_name
-
     if src.kind != "token" and getattr(src.model, "table", None) is None:
         raise ConfigError(f"--pipeline exports text-conditioned students (a diffusers text model with a prompt table, "
                           f"or a token-conditioned UNet); this one is {src.kind}: export it without --pipeline")

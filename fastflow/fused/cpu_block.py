@@ -30,6 +30,7 @@ from fastflow.errors import ConfigError, DTypeError, MissingBackendError, ShapeE
 from fastflow.fused.swap import SwapReport, replace_module, share_as
 from fastflow.models.layers import SDPA, Attention, GroupNormAct, ResBlock, resample2x, resampled_size
 from fastflow.models.reference import group_norm_ref
+from fastflow.models.unet import UNet
 
 SOURCES = [str(Path(__file__).parent / "csrc" / f) for f in ("conv_block.cpp", "conv_block_op.cpp")]
 RESAMPLE = {None: 0, "up": 1, "down": -1}
@@ -221,8 +222,6 @@ def _is_conv3x3(m: nn.Module) -> bool:
 
 def has_unet(model: nn.Module) -> bool:
     """Whether ``model`` holds a fastflow ``UNet`` (what :func:`swap_cpu_blocks` puts the kernel into)."""
-    from fastflow.models.unet import UNet
-
     return any(isinstance(m, UNet) for m in model.modules())
 
 
@@ -231,8 +230,6 @@ def swap_cpu_blocks(model: nn.Module) -> SwapReport:
     ``ResBlock`` → :class:`CpuResBlock`, ``conv_in`` and ``norm_out`` + ``conv_out`` →
     :class:`CpuConv3x3`, attention → :class:`CpuAttention` with :class:`MathSDPA` cores. Loads the
     kernel first, so a missing compiler is one :class:`MissingBackendError`. Inference only."""
-    from fastflow.models.unet import UNet
-
     load()
     report = SwapReport()
     for prefix, unet in list(model.named_modules()):

@@ -17,6 +17,8 @@ import torch
 from torch import Tensor
 
 from fastflow.errors import DTypeError, ShapeError
+from fastflow.fused.attention import attention_fwd
+from fastflow.fused.groupnorm import group_norm_fwd
 from fastflow.fused.runtime import flat_spatial, interpreting, kernel_device, warn_once
 from fastflow.models.reference import attention_ref, forward_ad, group_norm_ref
 
@@ -78,7 +80,6 @@ def group_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, groups: in
         use = False
     if not use:
         return group_norm_ref(x, weight, bias, groups, eps, scale, shift, silu)
-    from fastflow.fused.groupnorm import group_norm_fwd
 
     contig = (lambda t: None if t is None else t.contiguous())  # noqa: E731
     return group_norm_fwd(x, contig(weight), contig(bias), contig(scale), contig(shift), groups, float(eps),
@@ -109,6 +110,5 @@ def attention(q: Tensor, k: Tensor, v: Tensor, scale: float | None = None) -> Te
         use = False
     if not use:
         return attention_ref(q, k, v, scale)
-    from fastflow.fused.attention import attention_fwd
 
     return attention_fwd(q, k, v, scale)[0]

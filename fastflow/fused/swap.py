@@ -16,6 +16,7 @@ from typing import TypeVar
 from torch import nn
 
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm
+from fastflow.models.layers import Attention, GroupNormAct
 
 M = TypeVar("M", bound=nn.Module)
 
@@ -53,8 +54,6 @@ def _is_diffusers_attention(m: nn.Module) -> bool:
 
 def swap(model: nn.Module, groupnorm: bool = True, attention: bool = True) -> SwapReport:
     """Swap in place; returns the :class:`SwapReport`. Parameters are shared, not copied."""
-    from fastflow.models.layers import Attention, GroupNormAct
-
     report = SwapReport()
     replace: list[tuple[str, nn.Module, str]] = []
     fused_silu: set[str] = set()

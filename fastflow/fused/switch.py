@@ -25,6 +25,8 @@ import torch
 from torch import nn
 
 from fastflow.errors import ConfigError, MissingBackendError
+from fastflow.fused.auto import auto_path
+from fastflow.fused.cpu_block import CpuConv3x3, CpuResBlock, has_unet, swap_cpu_blocks
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm
 from fastflow.fused.runtime import TRITON, interpreting
 from fastflow.fused.swap import SwapReport, swap
@@ -101,8 +103,6 @@ def decide(mode: str, device: torch.device | str, params: int = 0, inference: bo
     ``inference=False`` (training) refuses ``cpu`` and keeps ``auto`` off it. ``triton`` without a
     kernel device raises :class:`MissingBackendError`, ``cpu`` off the CPU or in training
     :class:`ConfigError` (one line each)."""
-    from fastflow.fused.auto import auto_path
-
     mode, device = check_mode(mode), torch.device(device)
     compiled, interpreted, why = kernel_runtime(device)
     if mode == "off":
@@ -139,8 +139,6 @@ def apply(model: nn.Module, mode: str = "auto", device: torch.device | str | Non
     """Apply ``mode`` to ``model`` in place (``device``: where it runs, default its parameters';
     ``inference=False`` for a model being trained; ``params``: the size ``auto`` classifies, default
     the model's). Returns the :class:`FusedDecision`; prints it and the swap counts once per process."""
-    from fastflow.fused.cpu_block import has_unet, swap_cpu_blocks
-
     size = sum(p.numel() for p in model.parameters()) if params is None else params
     mode = check_mode(mode)
     path, reason = decide(mode, _model_device(model) if device is None else device, size, inference)
@@ -166,8 +164,6 @@ def apply(model: nn.Module, mode: str = "auto", device: torch.device | str | Non
 
 def is_swapped(model: nn.Module) -> bool:
     """Whether :func:`apply` put any kernels into ``model`` (Triton modules or the CPU block kernel)."""
-    from fastflow.fused.cpu_block import CpuConv3x3, CpuResBlock
-
     return is_fused(model) or any(isinstance(m, (CpuResBlock, CpuConv3x3)) for m in model.modules())
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from fastflow.data.digits import digits_tensors
 from fastflow.errors import ShapeError
 from fastflow.metrics.frechet import frechet_distance, gaussian_stats
 from fastflow.models.checkpoint import load_weights
@@ -49,8 +50,6 @@ class DigitsClassifier(nn.Module):
 
 
 def _train(epochs: int = 30, seed: int = 0) -> DigitsClassifier:
-    from fastflow.data.digits import digits_tensors
-
     x, y = digits_tensors(16)
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
@@ -104,8 +103,6 @@ def _check(x: Tensor) -> Tensor:
 @torch.no_grad()
 def real_stats() -> tuple[Tensor, Tensor]:
     if "real" not in _CACHE:
-        from fastflow.data.digits import digits_tensors
-
         _CACHE["real"] = gaussian_stats(classifier().features(digits_tensors(16)[0]))
     return _CACHE["real"]  # type: ignore[return-value]
 

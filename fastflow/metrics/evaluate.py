@@ -21,6 +21,7 @@ from fastflow.flow.guidance import cfg_velocity
 from fastflow.metrics.cost import count_flops, count_params
 from fastflow.metrics.digits import digits_scores
 from fastflow.metrics.frechet import frechet_distance, gaussian_stats
+from fastflow.metrics.inception import inception_features
 from fastflow.models.presets import sample_shape
 from fastflow.utils.timing import measure_latency
 
@@ -61,8 +62,6 @@ def evaluate(model: nn.Module, solver: str = "euler", steps: int | None = 1, n: 
     if features == "digits":
         out.update({f"digits_{k}": v for k, v in digits_scores(x).items()})
     elif features == "inception":
-        from fastflow.metrics.inception import inception_features
-
         if not ref:
             raise ConfigError("Inception FD needs --ref (an .npz with mu/sigma or images x)")
         feats = inception_features().to(dev)

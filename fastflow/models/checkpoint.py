@@ -31,7 +31,7 @@ from fastflow.errors import CheckpointError, ConfigError
 from fastflow.flow.sr import DEFAULT_SIGMA_P
 from fastflow.models.presets import arch_of, build_model, model_kind
 from fastflow.models.sharded import SHARDS, is_sharded, read_sharded
-from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json
+from fastflow.utils.io import atomic_save_tensors, atomic_write_json, file_digest, read_json
 
 FORMAT = "fastflow-model"
 log = logging.getLogger("fastflow.checkpoint")
@@ -77,7 +77,6 @@ def verify_payload(path: str | Path) -> None:
         return
     if p.name not in digests:
         raise CheckpointError(f"{p}: not listed in config.json's digests (file added or renamed?)")
-    from fastflow.utils.io import file_digest
 
     if file_digest(p) != digests[p.name]:
         raise CheckpointError(f"{p}: SHA-256 mismatch with config.json (truncated, corrupted or modified file)")
@@ -187,8 +186,6 @@ def weights_source(directory: Path, weights: str = "ema") -> tuple[str, str]:
     SHA-256 of its shards' digests (checked at load)."""
     file = weights_file(directory, weights)
     if file.exists() or not is_sharded(directory):
-        from fastflow.utils.io import file_digest
-
         return file.name, read_config(directory).get("sha256", {}).get(file.name) or file_digest(file)
     digests = read_config(directory).get("sha256") or {}
     lines = "".join(f"{k}:{v}\n" for k, v in sorted(digests.items()) if k.startswith(f"{SHARDS}/"))

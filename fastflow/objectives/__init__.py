@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from fastflow.errors import ConfigError
+from fastflow.models.checkpoint import load_model
 from fastflow.objectives.base import Objective
 from fastflow.objectives.distill import Distill
 from fastflow.objectives.fgd import FlowGuidedDistill
@@ -57,8 +58,6 @@ def build_objective(spec: dict[str, Any], num_classes: int = 0,
     cls = OBJECTIVES[name]
     kwargs = field_values(cls, values)
     if "teacher" in kwargs:
-        from fastflow.models.checkpoint import load_model
-
         kwargs["teacher"] = load_model(kwargs["teacher"], weights=kwargs.get("teacher_weights", "ema"),
                                        device=device).requires_grad_(False)
     if "num_classes" in cls.__dataclass_fields__:

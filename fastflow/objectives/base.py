@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from fastflow.data.base import Batch
 from fastflow.flow.guidance import Cond
+from fastflow.objectives.options import default_of
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,6 @@ def objective_settings(objective: Any) -> dict[str, Any]:
 def setting_defaults(objective: Any) -> dict[str, Any]:
     """Each setting's default (as JSON values): what an option added after a checkpoint was written
     must equal for that checkpoint's run to continue unchanged (``train.resume``)."""
-    from fastflow.objectives.options import default_of
-
     return {f.name: plain(default_of(f)) for f in dataclasses.fields(objective) if f.compare}
 
 

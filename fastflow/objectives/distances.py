@@ -15,6 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from fastflow.errors import ConfigError
+from fastflow.objectives.lpips_distance import LPIPSDistance
 from fastflow.objectives.options import option
 
 Distance = Callable[[Tensor, Tensor], Tensor]
@@ -48,8 +49,6 @@ def build_distance(name: str) -> Distance:
     """``l2``, ``l1``, ``pseudo_huber`` or ``lpips`` (``lpips_alex`` for the AlexNet backbone)."""
     check_distance(name)
     if name in LPIPS_NAMES:
-        from fastflow.objectives.lpips_distance import LPIPSDistance
-
         return LPIPSDistance(net="alex" if name == "lpips_alex" else "vgg")
     return DISTANCES[name]
 

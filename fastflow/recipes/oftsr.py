@@ -26,6 +26,7 @@ from fastflow.flow.sr import DEFAULT_SIGMA_P
 from fastflow.metrics.evaluate import mean_sd
 from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
 from fastflow.models import load_model
+from fastflow.objectives.lpips_distance import ENV, LPIPSDistance
 from fastflow.recipes.report import print_checks, report_seeds, strip_figure
 from fastflow.recipes.stages import budget, log, over_seeds, train_stage
 from fastflow.utils.io import atomic_write_json
@@ -47,8 +48,6 @@ COMMON = [*MODEL, f"data={DATA}", "optim.lr=2e-3", "optim.warmup=50", "train.ema
 def lpips_distance() -> Any:
     """LPIPS when ``FASTFLOW_LPIPS_BACKBONE`` names a local backbone (built first: a bad file fails
     before minutes of training), else None."""
-    from fastflow.objectives.lpips_distance import ENV, LPIPSDistance
-
     return LPIPSDistance() if os.environ.get(ENV) else None
 
 
@@ -70,8 +69,6 @@ def distill(out: Path, teacher: Path, scale: float, seed: int) -> Path:
 def sweep(student: Path, teacher: Path, seed: int, lpips: Any = None) -> tuple[list[dict[str, Any]],
                                                                                dict[str, torch.Tensor]]:
     """The τ sweep on :data:`N_EVAL` crops of held-out photographs (the same crops for every seed)."""
-    from fastflow.objectives.lpips_distance import ENV
-
     log(f"[sr 3/3] τ sweep on {N_EVAL} crops of held-out photographs")
     held_out = {**DATA, "source": {"name": "photos", "split": "eval", "count": N_EVAL}}
     b = build_dataset(held_out).get(torch.arange(N_EVAL))

@@ -26,6 +26,11 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from fastflow.errors import MissingBackendError
+from fastflow.export import ExportOptions, Generator, export_checkpoint
+from fastflow.export.formats import load_onnx
+from fastflow.export.spec import BatchRange
+from fastflow.export.validate import compare
 from fastflow.flow import straightness
 from fastflow.flow.guidance import cfg_velocity
 from fastflow.metrics import digits_scores
@@ -124,12 +129,6 @@ def score_models(models: dict[str, nn.Module], z: torch.Tensor) -> tuple[list[Re
 def export_onnx(model: nn.Module, z: torch.Tensor, path: Path) -> tuple[ResultRow, bool] | None:
     """The one-step generator in ONNX (dynamic batch), checked against PyTorch; its row and
     whether it validated (None when ONNX Runtime is missing)."""
-    from fastflow.errors import MissingBackendError
-    from fastflow.export import ExportOptions, Generator, export_checkpoint
-    from fastflow.export.formats import load_onnx
-    from fastflow.export.spec import BatchRange
-    from fastflow.export.validate import compare
-
     log("[6/6] exporting the FGD one-step generator to ONNX and validating it with ONNX Runtime")
     gen = Generator(model, 1).eval()
     try:

@@ -17,11 +17,12 @@ from typing import Any
 
 import yaml
 
-from fastflow.data import dataset_options
+from fastflow.data import dataset_options, dataset_settings
 from fastflow.errors import ConfigError
 from fastflow.fused.switch import split_spec
-from fastflow.models.presets import model_config
-from fastflow.objectives import objective_options
+from fastflow.models.presets import model_config, resolve_spec
+from fastflow.objectives import build_objective, objective_options
+from fastflow.objectives.base import objective_settings
 from fastflow.train.parallel import check_options
 from fastflow.utils.schema import build
 
@@ -234,12 +235,6 @@ def resolved(cfg: TrainConfig) -> dict[str, Any]:
     sections, the model's architecture (a preset expanded) with its kernel path, the data set's
     constructor arguments and the objective's settings (``fastflow config show``). Building the
     objective loads its teacher, if it has one."""
-    from fastflow.data import dataset_settings
-    from fastflow.fused.switch import split_spec
-    from fastflow.models.presets import model_config, resolve_spec
-    from fastflow.objectives import build_objective
-    from fastflow.objectives.base import objective_settings
-
     spec, fused = split_spec(cfg.model)
     arch_config = model_config(spec)[1]
     model = {"arch": resolve_spec(spec)[0], "fused": fused, **dataclasses.asdict(arch_config)}
