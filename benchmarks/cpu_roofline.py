@@ -210,7 +210,7 @@ def table(doc: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fastflow.cli.common import choice_list, int_list, positive_int
+    from fastflow.cli.argtypes import choice_list, int_list, positive_int
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--fgd", default=None, help="the demo's FGD student (checkpoint or run directory)")

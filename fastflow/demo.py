@@ -2,9 +2,8 @@
 (:mod:`fastflow.recipes.slimflow`), and optionally InstaFlow on class-conditioned digits
 (:mod:`~fastflow.recipes.instaflow`, ``--conditional``), OFTSR ×4 on photographs
 (:mod:`~fastflow.recipes.oftsr`, ``--sr``) and MeanFlow at the SlimFlow route's compute
-(:mod:`~fastflow.recipes.meanflow`, ``--methods slimflow,meanflow``), each in its own sub-directory. ``--seeds N``
-repeats
-each with seeds 0 … N−1: rows as mean ± sd, checks as seeds holding, orderings as paired gains."""
+(:mod:`~fastflow.recipes.meanflow`, ``--methods slimflow,meanflow``), each in its own sub-directory.
+``--seeds N`` repeats each with seeds 0 … N−1: rows as mean ± sd, checks as seeds holding, orderings as paired gains."""
 
 from __future__ import annotations
 

@@ -2,9 +2,9 @@
 targets, on a machine without a GPU.
 
 For each shape of the set (our presets' GroupNorm inputs at batch 1/16/128 and SD-1.5's GroupNorm
-shapes, with SiLU and without — neither uses scale-shift GroupNorm —, attention at head dims 40/64/80/128/160, self
-and cross with 77 keys), the ops build their
-launches on meta tensors (:class:`fastflow.fused.runtime.Launch`: the same arguments, so the same
+shapes, with SiLU and without — neither uses scale-shift GroupNorm —, attention at head dims
+40/64/80/128/160, self and cross with 77 keys), the ops build their launches
+on meta tensors (:class:`fastflow.fused.runtime.Launch`: the same arguments, so the same
 specialisation as a real launch), and each kernel is compiled with every autotune config that can
 be chosen for that shape on that arch (after the configs' pruning) — or with every config
 (``--all-configs``) to see what the pruning removes. An arch's rows are cached under

@@ -8,9 +8,9 @@ from Python and ``native`` times the C++ runner ``fastflow-run`` on the same pac
 (student row only; its output is checked against Python's).
 The CPU backends of :mod:`fastflow.bench.artefacts` time the student's generator as ONNX in
 OpenVINO and as int8 artefacts. Rows report NFE, FLOPs per generation (``torch.utils.flop_counter``),
-latency percentiles, parameters and the roofline fields of :mod:`fastflow.bench.roofline`; :func:`speedup_check` sets
-the measured one-step speedup over Euler-N beside two
-predictions, ``N × (teacher call / student call)`` in time and the same ratio in FLOPs. It records
+latency percentiles, parameters and the roofline fields of :mod:`fastflow.bench.roofline`;
+:func:`speedup_check` sets the measured one-step speedup over Euler-N beside two predictions
+, ``N × (teacher call / student call)`` in time and the same ratio in FLOPs. It records
 numbers for a report; nothing asserts on the timings (tests check the FLOPs and call counts).
 """
 
@@ -29,12 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from fastflow.bench.artefacts import (
-    GENERATOR_BACKENDS,
-    NATIVE,
-    Artefacts,
-    generator_row,
-)
+from fastflow.bench.artefacts import GENERATOR_BACKENDS, NATIVE, Artefacts, generator_row
 from fastflow.bench.roofline import add_roofline, peaks
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.export import ExportOptions, export_checkpoint

@@ -9,15 +9,8 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import (
-    add_threads,
-    choice_list,
-    default_device,
-    device_arg,
-    int_list,
-    nonneg_int,
-    positive_int,
-)
+from fastflow.cli.argtypes import choice_list, device_arg, int_list, nonneg_int, positive_int
+from fastflow.cli.common import add_threads, default_device
 from fastflow.errors import ConfigError, MissingBackendError
 from fastflow.models.checkpoint import resolve_checkpoint
 from fastflow.models.presets import sample_shape
@@ -210,12 +203,7 @@ def run_winners(args: argparse.Namespace) -> int:
 
 
 def run_latency(args: argparse.Namespace) -> int:
-    from fastflow.bench.latency import (
-        latency_suite,
-        save_plot,
-        speedup_check,
-        split_backend,
-    )
+    from fastflow.bench.latency import latency_suite, save_plot, speedup_check, split_backend
     from fastflow.models import build_model, load_model
     from fastflow.utils.io import atomic_write_json, check_distinct, check_writable
     from fastflow.utils.table import format_table
@@ -294,13 +282,7 @@ def run_kernels(args: argparse.Namespace) -> int:
 
 def run_codegen(args: argparse.Namespace) -> int:
 
-    from fastflow.bench.codegen import (
-        compile_all,
-        markdown_summary,
-        problems,
-        spill_free_table,
-        to_json,
-    )
+    from fastflow.bench.codegen import compile_all, markdown_summary, problems, spill_free_table, to_json
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from fastflow.cli.common import add_threads, choice_list, positive_float, positive_int
+from fastflow.cli.argtypes import choice_list, positive_float, positive_int
+from fastflow.cli.common import add_threads
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

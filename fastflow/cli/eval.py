@@ -9,14 +9,8 @@ from typing import Any
 
 import torch
 
-from fastflow.cli.common import (
-    add_model_args,
-    add_sampling_args,
-    add_threads,
-    load_checkpoint,
-    nonneg_int,
-    positive_int,
-)
+from fastflow.cli.argtypes import nonneg_int, positive_int
+from fastflow.cli.common import add_model_args, add_sampling_args, add_threads, load_checkpoint
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -12,17 +12,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from fastflow.cli.common import (
-    Parser,
-    add_model_args,
-    add_threads,
-    add_version,
-    finite_float,
-    nonneg_float,
-    nonneg_int,
-    positive_int,
-    run_cli,
-)
+from fastflow.cli.argtypes import finite_float, nonneg_float, nonneg_int, positive_int
+from fastflow.cli.common import Parser, add_model_args, add_threads, add_version, run_cli
 from fastflow.export.formats import FORMATS
 from fastflow.export.options import CHAIN
 from fastflow.utils.dtypes import DTYPES

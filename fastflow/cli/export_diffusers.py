@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import argparse
 
-from fastflow.cli.common import add_threads, finite_float, nonneg_float, nonneg_int, positive_int
+from fastflow.cli.argtypes import finite_float, nonneg_float, nonneg_int, positive_int
+from fastflow.cli.common import add_threads
 from fastflow.errors import ConfigError
 
 

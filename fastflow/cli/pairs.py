@@ -9,16 +9,8 @@ from pathlib import Path
 
 import torch
 
-from fastflow.cli.common import (
-    add_fused_arg,
-    add_threads,
-    device_arg,
-    finite_float,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    rk45_bar,
-)
+from fastflow.cli.argtypes import device_arg, finite_float, nonneg_int, positive_float, positive_int
+from fastflow.cli.common import add_fused_arg, add_threads, rk45_bar
 from fastflow.errors import ConfigError
 from fastflow.flow.solvers import SOLVERS
 from fastflow.fused import apply as apply_fused

@@ -7,7 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fastflow.cli.common import add_threads, default_device, device_arg
+from fastflow.cli.argtypes import device_arg
+from fastflow.cli.common import add_threads, default_device
 from fastflow.errors import ConfigError
 
 

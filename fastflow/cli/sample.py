@@ -11,17 +11,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fastflow.cli.common import (
-    add_model_args,
-    add_sampling_args,
-    add_threads,
-    finite_float,
-    load_checkpoint,
-    nonneg_int,
-    positive_float,
-    positive_int,
-    rk45_bar,
-)
+from fastflow.cli.argtypes import finite_float, nonneg_int, positive_float, positive_int
+from fastflow.cli.common import add_model_args, add_sampling_args, add_threads, load_checkpoint, rk45_bar
 from fastflow.errors import ConfigError
 from fastflow.models.presets import sample_shape, viewable
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import torch
 
-from fastflow.cli.common import add_model_args, add_threads, finite_float, load_checkpoint, nonneg_int
+from fastflow.cli.argtypes import finite_float, nonneg_int
+from fastflow.cli.common import add_model_args, add_threads, load_checkpoint
 from fastflow.errors import ConfigError, SolverError
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from fastflow.cli.common import nonneg_int
+from fastflow.cli.argtypes import nonneg_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

@@ -5,11 +5,10 @@ noise :math:`z \sim \mathcal N(0, I)`, uniform class labels, uniform :math:`\tau
 involved (:func:`calibration_inputs`). Two maintained tool chains do the rest:
 
 - ONNX (:func:`quantize_onnx`): ONNX Runtime's static QDQ quantization, per-channel int8 weights and
-  uint8 activations on the convolutions (but the stem on the noise) and the weight ``MatMul``\ s only, so GroupNorm's
-  statistics,
-  softmax, attention's two products, the time embedding's ``Gemm``\ s (tiny, and OpenVINO 2026.4
-  fails to compile their QDQ form: "DequantizationSubtract contains empty child edge") and every
-  elementwise op stay in float. ONNX Runtime and OpenVINO both run the QDQ graph in int8.
+  uint8 activations on the convolutions (but the stem on the noise) and the weight ``MatMul``\ s only,
+  so GroupNorm's statistics, softmax, attention's two products, the time embedding's ``Gemm``\ s
+  (tiny, and OpenVINO does not compile their QDQ form) and every elementwise op stay in float. ONNX
+  Runtime and OpenVINO both run the QDQ graph in int8.
 - ``.pt2`` (:func:`quantize_module`): PyTorch 2 export quantization for x86 through torchao's
   ``X86InductorQuantizer`` (oneDNN int8 convolutions and linears); the converted program is compiled
   by AOTInductor with freezing on (which packs the int8 weights), so ``fastflow-run`` runs it as any
@@ -80,8 +79,8 @@ def float_nodes(path: Path) -> list[str]:
     """The ``ONNX_OPS`` nodes that stay float: ``MatMul`` nodes with no weight input (attention's
     ``q·kᵀ`` and ``softmax·v``, as in the PT2E path, which quantizes layers with weights only) and the
     convolutions that read a graph input (the stem on the noise: a negligible share of the FLOPs, and
-    OpenVINO 2026.4 runs an int8 stem on the digits generators' one-channel noise at 8–13× ONNX Runtime's
-    error, 0.13–0.23 against 0.017 relative RMS of the step; 0.014–0.020 in both with the stem in float)."""
+    OpenVINO's int8 stem on one-channel noise is an order of magnitude off; both measured in
+    ``benchmarks/NOTES.md``, "Notes moved out of the code")."""
     import onnx
 
     graph = onnx.load(str(path), load_external_data=False).graph

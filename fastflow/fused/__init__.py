@@ -8,8 +8,8 @@ Importing this package does not import Triton; the kernels load on first use.
 
 ``cpu_block`` is the CPU counterpart for small students at small batches: a C++ op fusing a UNet
 block's GroupNorm + SiLU + resampling + convolution + embedding + residual (inference, fp32), put
-into a model by ``cpu_block.swap_cpu_blocks`` and into packages by ``fastflow-export --fused cpu`` (both through
-``apply(model, "cpu")``).
+into a model by ``cpu_block.swap_cpu_blocks`` and into packages by ``fastflow-export --fused cpu``
+(both through ``apply(model, "cpu")``).
 """
 
 from fastflow.fused.modules import FusedAttention, FusedAttnProcessor, FusedGroupNorm

@@ -70,8 +70,8 @@ def load() -> str:
 def aoti_configs(static_batch: bool) -> dict[str, Any]:
     """Inductor settings of a package that calls the op (loads it): its C shim and, at a static
     batch, Inductor's C++ GEMM templates for what is left around it (small linears and attention
-    products, where an ATen call costs more than the product; with a dynamic batch they compile
-    batched products for the example's batch only — PyTorch 2.13)."""
+    products, where an ATen call costs more than the product; with a dynamic batch they would compile
+    them for the example's batch only)."""
     load()
     configs: dict[str, Any] = {
         "aot_inductor.custom_ops_to_c_shims": {torch.ops.fastflow_cpu.conv_block.default: [SHIM]}

@@ -25,9 +25,8 @@ from fastflow.utils.io import atomic_save_tensors
 
 log = logging.getLogger(__name__)
 
-#: v2: trained at a fixed thread count. v1 was trained at whatever count the first caller ran (the sums
-#: of a training step depend on it), so one run's FD differed by machine (1530 vs 1486 for the demo's
-#: 1-RF at one step, same models); v2 at 2 threads equals the v1 behind the README's numbers.
+#: v2: trained at a fixed thread count, so every machine scores with the same classifier (why:
+#: ``benchmarks/NOTES.md``, "Notes moved out of the code").
 VERSION = 2
 TRAIN_THREADS = 2
 

@@ -28,13 +28,7 @@ from fastflow import __version__
 from fastflow.data.pairs import MANIFEST, tensors_digest
 from fastflow.errors import DataError
 from fastflow.utils.distributed import DistInfo, barrier
-from fastflow.utils.io import (
-    atomic_save_tensors,
-    atomic_write_json,
-    read_json,
-    remove_stale_temps,
-    temp_name,
-)
+from fastflow.utils.io import atomic_save_tensors, atomic_write_json, read_json, remove_stale_temps, temp_name
 from fastflow.utils.lock import directory_lock
 from fastflow.utils.seeding import derive_seed
 

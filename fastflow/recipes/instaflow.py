@@ -27,8 +27,8 @@ from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
 
 CFG_PAIRS = 2.0  # CFG scale of the conditional teacher when it generates pairs
-# α of the 2-RF that guides the distillation. InstaFlow uses 1.5 on SD; here the pairs already
-# carry α = 2 and more guidance over-guides (measured FGD at α = 1.5: one-step FD 53.0 vs 34.8).
+# α of the 2-RF that guides the distillation. InstaFlow uses 1.5 on SD; here the pairs already carry
+# α = 2 and more guidance over-guides (benchmarks/NOTES.md, "Notes moved out of the code").
 CFG_DISTILL = 1.0
 TEACHER, REFLOW, ONE_STEP = "1-RF teacher", "2-RF", "one-step (FGD)"
 #: The orderings on digits FD, rows named by (method, solver, CFG α).

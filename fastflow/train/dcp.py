@@ -7,9 +7,9 @@ shards and renames it only after every rank's ``save`` returned, then moves ``la
 directory is complete or absent, and ``latest`` never names an incomplete one.
 
 Only tensors are saved (the optimiser's hyper-parameters come from the config), and DCP's metadata is
-written as JSON (``dcp/metadata.json``), so loading unpickles nothing (:mod:`fastflow.models.sharded`). Loading
-reshards: a checkpoint written by N ranks resumes
-on M. The data stream and the training noise are functions of the global step and the micro-batch
+written as JSON (``dcp/metadata.json``), so loading unpickles nothing (:mod:`fastflow.models.sharded`).
+Loading reshards: a checkpoint written by N ranks resumes on M.
+The data stream and the training noise are functions of the global step and the micro-batch
 index, so resuming with the same ``world × grad_accum`` continues the very same batches and noise.
 """
 

@@ -4,9 +4,8 @@ A run writes ``meta.lineage`` into each checkpoint's ``config.json``, the exact 
 paths:
 
 - ``pairs`` (``data.name: pairs``; :meth:`~fastflow.data.base.Dataset.provenance`): the pairs'
-  root, their identity (SHA-256 over the generation settings and every shard's digest), each shard's digest, and the
-  teacher that made them as the
-  pairs' manifest names it (checkpoint, weights file, SHA-256);
+  root, their identity (SHA-256 over the generation settings and every shard's digest), each shard's
+  digest, and the teacher that made them as the pairs' manifest names it (checkpoint, weights file, SHA-256);
 - ``teacher``: the objective's frozen network (FGD's guide, OFTSR's teacher): checkpoint, weights
   file, SHA-256 of those weights;
 - ``init_from``: the checkpoint whose weights started the run, likewise.

@@ -1,8 +1,7 @@
 """Training checkpoints: ``<run>/checkpoints/step-XXXXXXXX/`` holding ``config.json``,
 ``model.safetensors``, ``ema.safetensors`` and ``state.pt`` (optimizer and step; loaded with
-``weights_only=True``), or, for FSDP2 runs, ``dcp/`` shards (:mod:`fastflow.train.dcp`). A checkpoint directory is
-written under a
-temporary name and renamed when complete; ``checkpoints/latest`` names the newest one."""
+``weights_only=True``), or, for FSDP2 runs, ``dcp/`` shards (:mod:`fastflow.train.dcp`). A checkpoint
+directory is written under a temporary name and renamed when complete; ``checkpoints/latest`` names the newest one."""
 
 from __future__ import annotations
 
