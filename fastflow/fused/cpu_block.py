@@ -16,9 +16,9 @@ compiler, as AOTInductor does) and carries a C shim, so an AOTInductor package c
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import math
 import subprocess
-from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,8 @@ from fastflow.models.layers import SDPA, Attention, GroupNormAct, ResBlock, resa
 from fastflow.models.reference import group_norm_ref
 from fastflow.models.unet import UNet
 
-SOURCES = [str(Path(__file__).parent / "csrc" / f) for f in ("conv_block.cpp", "conv_block_op.cpp")]
+CSRC = Path(__file__).parent / "csrc"
+SOURCES = [str(CSRC / f) for f in ("conv_block.cpp", "conv_block_q8.cpp", "conv_block_op.cpp")]
 RESAMPLE = {None: 0, "up": 1, "down": -1}
 
 #: The C shim declaration AOTInductor needs (``aot_inductor.custom_ops_to_c_shims``).
@@ -43,28 +44,52 @@ SHIM = ("AOTITorchError aoti_torch_cpu_conv_block(AtenTensorHandle x, AtenTensor
         "AtenTensorHandle* ret0)")
 
 
-@cache
-def load() -> str:
-    """Build (once, cached) and load the op library; returns its path. Loaded with global symbols,
-    so that AOTInductor packages resolve the C shim. :class:`MissingBackendError` without a compiler."""
+#: the op library this process loaded: ``(arch, path)`` (one per process: the ops register once)
+_LOADED: list[tuple[str, str]] = []
+
+
+def load(arch: str = "native") -> str:
+    """Build (once, cached on disk) and load the op library compiled with ``-march=arch``; returns its path.
+    ``native`` is what every caller wants; another arch (``haswell``: AVX2 only) is for tests of the other
+    code paths, and must come first in its process. Loaded with global symbols, so that AOTInductor packages
+    resolve the C shims. :class:`MissingBackendError` without a compiler."""
+    if _LOADED:
+        if arch not in ("native", _LOADED[0][0]):
+            raise ConfigError(f"the CPU block kernel is already loaded for -march={_LOADED[0][0]} in this process")
+        return _LOADED[0][1]
     from torch.utils import cpp_extension
 
     try:
-        path = cpp_extension.load(name="fastflow_cpu_ops", sources=SOURCES, is_python_module=False,
-                                  extra_cflags=["-O3", "-march=native", "-fopenmp"], extra_ldflags=["-fopenmp"],
-                                  verbose=False)
+        # the headers' digest in the name: torch rebuilds on a change of the sources only
+        digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(CSRC.glob("*.h")))).hexdigest()[:12]
+        path = cpp_extension.load(name=f"fastflow_cpu_ops_{arch.replace('-', '_')}_{digest}", sources=SOURCES,
+                                  is_python_module=False, extra_cflags=["-O3", f"-march={arch}", "-fopenmp"],
+                                  extra_ldflags=["-fopenmp"], verbose=False)
     except (RuntimeError, OSError, subprocess.SubprocessError) as e:  # no compiler, or it failed
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MissingBackendError(f"the CPU block kernel did not build ({first}); it needs a C++ compiler") from None
     ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+    _register_fakes()
+    _LOADED.append((arch, path))
+    return path
+
+
+def _register_fakes() -> None:
+    """Shapes of the ops' outputs for tracing (``torch.export``)."""
+
+    def out(x: Tensor, cout: int, resample: int) -> Tensor:
+        how = next(k for k, v in RESAMPLE.items() if v == resample)
+        return x.new_empty(x.shape[0], cout, *resampled_size(*x.shape[2:], how))
 
     @torch.library.register_fake("fastflow_cpu::conv_block")
     def _(x, weight, bias, norm_weight, norm_bias, scale, shift, groups, eps, act, resample, add,
           residual, out_scale):
-        how = next(k for k, v in RESAMPLE.items() if v == resample)
-        return x.new_empty(x.shape[0], weight.shape[0], *resampled_size(*x.shape[2:], how))
+        return out(x, weight.shape[0], resample)
 
-    return path
+    @torch.library.register_fake("fastflow_cpu::conv_block_q8")
+    def _q8(x, qweight, w_scale, bias, norm_weight, norm_bias, scale, shift, groups, eps, act, resample, add,
+            residual, out_scale):
+        return out(x, qweight.shape[0], resample)
 
 
 def aoti_configs(static_batch: bool) -> dict[str, Any]:
@@ -107,7 +132,8 @@ def conv_block(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tenso
     """:func:`conv_block_ref` with the CPU kernel: float32 CPU tensors (:class:`DTypeError`
     otherwise), shapes as documented (:class:`ShapeError`), inference only (no autograd)."""
     load()
-    _check(x, weight, bias, norm, scale, shift, resample, add, residual)
+    _check_weight(x, weight)
+    check_inputs(x, weight.shape[0], bias, norm, scale, shift, resample, add, residual)
     nw, nb, groups, eps = norm if norm is not None else (None, None, 1, 0.0)
     c = (lambda t: None if t is None else t.contiguous())  # noqa: E731
     return torch.ops.fastflow_cpu.conv_block(
@@ -115,10 +141,19 @@ def conv_block(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tenso
         RESAMPLE[resample], c(add), c(residual), out_scale)
 
 
-def _check(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, Tensor, int, float] | None,
-           scale: Tensor | None, shift: Tensor | None, resample: str | None, add: Tensor | None,
-           residual: Tensor | None) -> None:
-    tensors = {"x": x, "weight": weight, "bias": bias, "scale": scale, "shift": shift, "add": add,
+def _check_weight(x: Tensor, weight: Tensor) -> None:
+    if weight.dtype != torch.float32 or weight.device.type != "cpu":
+        raise DTypeError(f"the CPU block kernel takes float32 CPU tensors, weight is {weight.dtype} on {weight.device}")
+    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1:] not in ((x.shape[1], 3, 3), (x.shape[1], 1, 1)):
+        raise ShapeError(f"conv_block: x [B, C, H, W] and weight [Cout, C, 3, 3] or [Cout, C, 1, 1], got "
+                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+
+
+def check_inputs(x: Tensor, cout: int, bias: Tensor | None, norm: tuple[Tensor, Tensor, int, float] | None,
+                 scale: Tensor | None, shift: Tensor | None, resample: str | None, add: Tensor | None,
+                 residual: Tensor | None) -> None:
+    """The float inputs of a block call (both kernels): float32 CPU tensors of the documented shapes."""
+    tensors = {"x": x, "bias": bias, "scale": scale, "shift": shift, "add": add,
                "residual": residual, "norm weight": norm[0] if norm else None, "norm bias": norm[1] if norm else None}
     for name, t in tensors.items():
         if t is None:
@@ -127,12 +162,11 @@ def _check(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tensor, T
             raise DTypeError(f"the CPU block kernel takes float32 CPU tensors, {name} is {t.dtype} on {t.device}")
         if t.requires_grad and torch.is_grad_enabled():
             raise ConfigError("the CPU block kernel is inference-only: call it under torch.no_grad()")
-    if x.dim() != 4 or weight.dim() != 4 or weight.shape[1:] not in ((x.shape[1], 3, 3), (x.shape[1], 1, 1)):
-        raise ShapeError(f"conv_block: x [B, C, H, W] and weight [Cout, C, 3, 3] or [Cout, C, 1, 1], got "
-                         f"{tuple(x.shape)} and {tuple(weight.shape)}")
+    if x.dim() != 4:
+        raise ShapeError(f"conv_block: x must be [B, C, H, W], got {tuple(x.shape)}")
     if resample not in RESAMPLE:
         raise ShapeError(f"conv_block: resample must be one of None, 'up', 'down', got {resample!r}")
-    (n, c, h, w), cout = x.shape, weight.shape[0]
+    n, c, h, w = x.shape
     if resample == "down" and (h % 2 or w % 2):
         raise ShapeError(f"conv_block: 2× down needs even H and W, got {h}×{w}")
     if norm is not None and (norm[2] < 1 or c % norm[2]):

@@ -36,17 +36,36 @@ struct ConvBlockArgs {
   int64_t resample;          // 0 none, 1 nearest 2× up, -1 2×2 average down
   float out_scale;
   float* y;                  // [n, cout, h, w]
+  // int8 (run_conv_block_q8): `weight` is unused; per-output-channel symmetric int8 weights packed by
+  // four input channels, and their scales
+  const int8_t* qweight = nullptr;  // [cout, ceil(cin / 4), taps, 4]
+  const float* w_scale = nullptr;   // [cout]
 };
 
 // Runs the block (threads over samples, or over output channels of one large sample).
 void run_conv_block(const ConvBlockArgs& args);
 
+// The same block with int8 products: the prologue's activations of each sample are quantised to unsigned
+// integers over their own range (asymmetric, zero exact; 0…int8_levels()), multiplied with the int8 weights
+// into int32 sums, and dequantised in the epilogue (bias, embedding and residual in float).
+void run_conv_block_q8(const ConvBlockArgs& args);
+
+// The activations' top level: 255 where the CPU has VNNI dot products (AVX512-VNNI, AVX-VNNI); 127
+// where it multiplies with `maddubs`, whose 16-bit pair sums would saturate at 255 · 127 · 2.
+int64_t int8_levels();
+
 }  // namespace fastflow_cpu
 
-// The op: checks its arguments (TORCH_CHECK) and returns y.
+// The ops: check their arguments (TORCH_CHECK) and return y.
 at::Tensor conv_block(const at::Tensor& x, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                       const std::optional<at::Tensor>& norm_weight, const std::optional<at::Tensor>& norm_bias,
                       const std::optional<at::Tensor>& scale, const std::optional<at::Tensor>& shift,
                       int64_t groups, double eps, bool act, int64_t resample,
                       const std::optional<at::Tensor>& add, const std::optional<at::Tensor>& residual,
                       double out_scale);
+at::Tensor conv_block_q8(const at::Tensor& x, const at::Tensor& qweight, const at::Tensor& w_scale,
+                         const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_weight,
+                         const std::optional<at::Tensor>& norm_bias, const std::optional<at::Tensor>& scale,
+                         const std::optional<at::Tensor>& shift, int64_t groups, double eps, bool act,
+                         int64_t resample, const std::optional<at::Tensor>& add,
+                         const std::optional<at::Tensor>& residual, double out_scale);
