@@ -215,7 +215,8 @@ def test_export_cpu_kernels_package(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("bad", [["--format", "onnx"], ["--format", "pt2", "--dtype", "fp16"],
-                                 ["--format", "pt2", "--prepack"], ["--format", "pt2", "--quantize", "int8"]])
+                                 ["--format", "pt2", "--prepack"],
+                                 ["--format", "pt2", "--quantize", "int8", "--calibrate", "16"]])
 def test_export_cpu_kernels_refusals_exit_2(tmp_path, bad) -> None:
     res = run_cli("-m", "fastflow.cli.export", str(_small_ckpt(tmp_path / "ckpt")), "--fused", "cpu", *bad,
                   "-o", str(tmp_path / "x.pt2"))

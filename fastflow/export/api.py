@@ -147,8 +147,8 @@ def export_checkpoint(source: str | Path | nn.Module, options: ExportOptions, sa
                              steps=o.steps if kind in ("generator", "conditional") else 1,
                              num_classes=_classes(kind, src.num_classes),
                              device=o.device.type, checkpoint_sha256=src.digest, fused=fused,
-                             prepack=o.prepack or bool(o.quantize), quantize=o.quantize,
-                             calibration_samples=(o.calibrate or _default_calibration()) if o.quantize else 0,
+                             prepack=o.prepack or (bool(o.quantize) and fused != "cpu"), quantize=o.quantize,
+                             calibration_samples=_calibration_samples(o, fused),
                              backend="tensorrt" if o.format == "trt-pt2" else "",
                              sigma_p=(src.sigma_p or 0.0) if kind == "sr" else 0.0)
         gen = wrapped.to(device=o.device, dtype=DTYPES[o.dtype]).eval()
@@ -174,12 +174,13 @@ def export_checkpoint(source: str | Path | nn.Module, options: ExportOptions, sa
     return result
 
 
-def _default_calibration() -> int:
-    return DEFAULT_CALIBRATION
+def _calibration_samples(o: ExportOptions, fused: str) -> int:
+    """PT2E and ONNX int8 calibrate on the generator's inputs; the int8 CPU kernel needs no calibration."""
+    return (o.calibrate or DEFAULT_CALIBRATION) if o.quantize and fused != "cpu" else 0
 
 
 def _calibration(spec: GeneratorSpec, inputs_for: Inputs) -> tuple:
-    if not spec.quantize:
+    if not spec.calibration_samples:
         return ()
 
     return tuple(calibration_inputs(inputs_for, spec.calibration_samples, spec.batch.max))

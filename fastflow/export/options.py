@@ -94,12 +94,15 @@ class ExportOptions:
         if self.prepack and (self.format != "pt2" or self.device.type != "cpu"):
             raise ConfigError("--prepack packs weights for oneDNN on the CPU: use it with --format pt2 --device cpu")
         if self.fused == "cpu" and (self.format != "pt2" or self.device.type != "cpu" or self.dtype != "fp32"):
-            raise ConfigError("--fused cpu is the fp32 CPU block kernel: use it with --format pt2 --device cpu "
-                              "--dtype fp32")
+            raise ConfigError("--fused cpu is the CPU block kernel (fp32 or --quantize int8): use it with --format pt2 "
+                              "--device cpu --dtype fp32")
         if self.external_data and self.format != "onnx":
             raise ConfigError("--external-data lays out ONNX weights: use it with --format onnx")
-        if self.fused == "cpu" and (self.quantize or self.prepack):
-            raise ConfigError("--fused cpu replaces the convolutions --quantize/--prepack would change: use one")
+        if self.fused == "cpu" and self.prepack:
+            raise ConfigError("--fused cpu replaces the convolutions --prepack would pack: use one")
+        if self.fused == "cpu" and self.calibrate:
+            raise ConfigError("--fused cpu --quantize int8 quantises each call's activations over their own range: "
+                              "drop --calibrate")
 
     def _check_pipeline(self) -> None:
         if self.pipeline and (self.quantize or self.prepack or self.fused == "cpu" or self.velocity):

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from fastflow.export.formats import FORMATS
 from fastflow.export.options import ExportOptions
 from fastflow.fused import apply, decide
+from fastflow.fused.cpu_block_q8 import quantize_cpu_blocks
 from fastflow.utils.timing import measure_latency
 
 Say = Callable[[str], None]
@@ -38,7 +39,9 @@ def kernel_model(model: nn.Module, o: ExportOptions, say: Say) -> tuple[nn.Modul
     params = sum(p.numel() for p in model.parameters())
     path, _ = decide(o.fused, o.device, params)
     fmt = FORMATS[o.format]
-    cpu_ok = o.format == "pt2" and o.dtype == "fp32" and not (o.quantize or o.prepack or o.pipeline)
+    # the int8 CPU kernel when asked for by name; auto keeps int8 on the PT2E path
+    cpu_ok = o.format == "pt2" and o.dtype == "fp32" and not (o.prepack or o.pipeline) \
+        and (not o.quantize or o.fused == "cpu")
     if path == "off" or (path == "cpu" and not cpu_ok and o.fused == "auto"):
         return model, "off"
     if not fmt.kernels or (path == "triton" and o.quantize):
@@ -50,6 +53,8 @@ def kernel_model(model: nn.Module, o: ExportOptions, say: Say) -> tuple[nn.Modul
     if done == "off":
         return model, "off"
     if done == "cpu":
+        if o.quantize:
+            say(f"int8 CPU block kernel: {len(quantize_cpu_blocks(fused).swapped)} blocks quantised")
         return fused, "cpu"
     return fused, "triton" if o.device.type == "cuda" and o.format == "pt2" else "op"
 

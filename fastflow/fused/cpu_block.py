@@ -44,6 +44,12 @@ SHIM = ("AOTITorchError aoti_torch_cpu_conv_block(AtenTensorHandle x, AtenTensor
         "AtenTensorHandle* ret0)")
 
 
+#: the int8 op's C shim declaration
+SHIM_Q8 = ("AOTITorchError aoti_torch_cpu_conv_block_q8(AtenTensorHandle x, AtenTensorHandle qweight, "
+           "AtenTensorHandle w_scale, AtenTensorHandle* bias, AtenTensorHandle* norm_weight, "
+           "AtenTensorHandle* norm_bias, AtenTensorHandle* scale, AtenTensorHandle* shift, int64_t groups, "
+           "double eps, int32_t act, int64_t resample, AtenTensorHandle* add, AtenTensorHandle* residual, "
+           "double out_scale, AtenTensorHandle* ret0)")
 #: the op library this process loaded: ``(arch, path)`` (one per process: the ops register once)
 _LOADED: list[tuple[str, str]] = []
 
@@ -99,7 +105,8 @@ def aoti_configs(static_batch: bool) -> dict[str, Any]:
     them for the example's batch only)."""
     load()
     configs: dict[str, Any] = {
-        "aot_inductor.custom_ops_to_c_shims": {torch.ops.fastflow_cpu.conv_block.default: [SHIM]}
+        "aot_inductor.custom_ops_to_c_shims": {torch.ops.fastflow_cpu.conv_block.default: [SHIM],
+                                               torch.ops.fastflow_cpu.conv_block_q8.default: [SHIM_Q8]}
     }
     if static_batch:
         configs.update(max_autotune=True, max_autotune_gemm_backends="CPP,ATEN")

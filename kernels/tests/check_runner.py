@@ -35,9 +35,11 @@ GOOD = {  # case: (package, runner args); the Python inputs are rebuilt from the
     "int8": ("int8", ["--seed", "9", "--batch", "2"]),  # the uncond generator through oneDNN's int8 kernels
     "cpuk-batch1": ("cpuk", ["--seed", "10", "--batch", "1", "--label", "1"]),  # cond, CPU block kernel
     "cpuk-batch3": ("cpuk", ["--seed", "11", "--batch", "3"]),
+    "cpuk8-batch1": ("cpuk8", ["--seed", "12", "--batch", "1", "--label", "2"]),  # the int8 CPU block kernel
+    "cpuk8-batch4": ("cpuk8", ["--seed", "13", "--batch", "4"]),
 }
 #: the package each kind runs and the checkpoint it was exported from
-CKPT = {"int8": "uncond", "cpuk": "cond"}
+CKPT = {"int8": "uncond", "cpuk": "cond", "cpuk8": "cond"}
 #: the stated error of the int8 package against the fp32 eager generator: relative RMS error
 INT8_REL_RMS = 0.05
 BAD = {  # case: (package, runner args, a word the message must contain)
@@ -162,8 +164,8 @@ def good(runner: str, fx: Path, case: str, tmp: Path) -> None:
     gen = SRGenerator(model, 0.2) if kind == "sr" else Generator(model, 1)
     with torch.no_grad():
         eager = gen(*inputs)
-    if kind == "int8":
-        int8_package(fx / "int8.pt2", got - inputs[0], eager - inputs[0])
+    if kind in ("int8", "cpuk8"):
+        int8_package(fx / f"{kind}.pt2", got - inputs[0], eager - inputs[0])
     else:
         if kind == "cpuk":
             cpuk_package(fx / "cpuk.pt2")
@@ -187,13 +189,17 @@ def int8_package(package: Path, got: torch.Tensor, eager: torch.Tensor) -> None:
     from fastflow.export.formats import read_pt2_spec
 
     spec = read_pt2_spec(package)
-    assert spec.quantize == "int8" and spec.prepack, spec  # frozen: what packs the int8 weights
     with zipfile.ZipFile(package) as zf:
         code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
-    assert "qconv" in code, "no int8 convolution in the package's wrapper"
+    assert spec.quantize == "int8", spec
+    if spec.fused == "cpu":  # the int8 CPU block kernel for every ResBlock convolution, no calibration
+        assert "aoti_torch_cpu_conv_block_q8(" in code and "aoti_torch_cpu_convolution(" not in code
+        assert not spec.prepack and not spec.calibration_samples, spec
+    else:
+        assert spec.prepack and "qconv" in code, "no int8 convolution in the package's wrapper"  # frozen: packed
     rel = float((got - eager).pow(2).mean().sqrt() / eager.pow(2).mean().sqrt())
     assert 0 < rel < INT8_REL_RMS, f"int8 vs fp32 relative RMS error {rel:.3g} (want 0 < it < {INT8_REL_RMS})"
-    print(f"int8: C++ == Python AOTI bit for bit, step's relative RMS error vs fp32 eager {rel:.3g}, oneDNN qconv")
+    print(f"{package.stem}: C++ == Python AOTI bit for bit, step's relative RMS error vs fp32 eager {rel:.3g}")
 
 
 def cpuk_package(package: Path) -> None:

@@ -1,8 +1,8 @@
 """ctest fixture: four tiny generator packages exported by ``fastflow-export --format pt2``
 (unconditional, class-conditional, OFTSR super-resolution, MeanFlow two-time; batch 1..4), the
 unconditional one also as int8 (``--quantize int8``, batch 2), the class-conditional one through the CPU
-block kernel (``--fused cpu``), a token-conditioned UNet's text pipeline (``--pipeline``, its
-generator alone) with renamed and hostile ``pipeline.json`` copies, plus input files and broken
+block kernel (``--fused cpu``, fp32 and ``--quantize int8``), a token-conditioned UNet's text pipeline
+(``--pipeline``, its generator alone) with renamed and hostile ``pipeline.json`` copies, plus input files and broken
 packages for the bad-input cases. Usage: ``make_fixtures.py OUTDIR``."""
 
 from __future__ import annotations
@@ -64,6 +64,10 @@ def main(out: Path) -> None:
         [sys.executable, "-m", "fastflow.cli.export", str(out / "ckpt-cond"), "--format", "pt2", "-o",
          str(out / "cpuk.pt2"), "--fused", "cpu", "--min-batch", "1", "--max-batch", "4", "--threads", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    procs.append(subprocess.Popen(  # the same through the int8 CPU block kernel
+        [sys.executable, "-m", "fastflow.cli.export", str(out / "ckpt-cond"), "--format", "pt2", "-o",
+         str(out / "cpuk8.pt2"), "--fused", "cpu", "--quantize", "int8", "--min-batch", "1", "--max-batch", "4",
+         "--threads", "1"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     torch.manual_seed(7)  # a token-conditioned UNet's text pipeline: its generator alone, with CFG inside
     model = build_model({**TINY, "context_dim": 4})
     for p in model.parameters():
