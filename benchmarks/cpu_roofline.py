@@ -32,7 +32,8 @@ import torch
 from torch import Tensor, nn
 
 BACKENDS = ["eager", "compiled", "onnxruntime", "openvino", "aoti", "native", "aoti-prepack", "native-prepack",
-            "aoti-cpuk", "native-cpuk", "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8"]
+            "aoti-cpuk", "native-cpuk", "onnxruntime-int8", "openvino-int8", "aoti-int8", "native-int8",
+            "aoti-cpuk-int8", "native-cpuk-int8"]
 
 
 class CallFloor(nn.Module):
@@ -122,6 +123,7 @@ def int8_cost(student: torch.nn.Module) -> dict[str, Any]:
         ("onnxruntime-int8", "onnx-int8", load_onnx),
         ("openvino-int8", "onnx-int8", load_openvino),
         ("aoti-int8", "pt2-int8", load_pt2),
+        ("aoti-cpuk-int8", "pt2-cpuk8", load_pt2),
     ):
         run = load(art.path(kind), torch.device("cpu"))
         g.manual_seed(2024)

@@ -27,7 +27,7 @@ from fastflow.utils.timing import measure_latency
 
 #: backends that time the student's generator artefact only (one row each)
 GENERATOR_BACKENDS = ("openvino", "aoti-prepack", "native-prepack", "aoti-cpuk", "native-cpuk", "onnxruntime-int8",
-                      "openvino-int8", "aoti-int8", "native-int8")
+                      "openvino-int8", "aoti-int8", "native-int8", "aoti-cpuk-int8", "native-cpuk-int8")
 
 
 @dataclass
@@ -42,16 +42,18 @@ class Artefacts:
     built: dict[str, Path] = field(default_factory=dict)
 
     def path(self, kind: str) -> Path:
-        """``onnx``, ``onnx-int8``, ``pt2``, ``pt2-prepack``, ``pt2-cpuk`` or ``pt2-int8``, made by
+        """``onnx``, ``onnx-int8``, ``pt2``, ``pt2-prepack``, ``pt2-cpuk``, ``pt2-cpuk8`` (the int8 CPU block
+        kernel) or ``pt2-int8``, made by
         :func:`~fastflow.export.export_checkpoint` at the static batch of ``z``."""
         if kind not in self.built:
             fmt, _, variant = kind.partition("-")
             b = self.z.shape[0]
             path = self.workdir / f"student-generator{'-fused' if self.fused else ''}-{kind}.{fmt}"
-            fused = "cpu" if variant == "cpuk" else "triton" if self.fused else "off"
+            fused = "cpu" if variant in ("cpuk", "cpuk8") else "triton" if self.fused else "off"
             export_checkpoint(self.student, ExportOptions(
                 format=fmt, output=path, batch=BatchRange(b, b, b), device=self.z.device, fused=fused,
-                prepack=variant == "prepack", quantize="int8" if variant == "int8" else "", seed=1), say=lambda _: None)
+                prepack=variant == "prepack", quantize="int8" if variant in ("int8", "cpuk8") else "", seed=1),
+                say=lambda _: None)
             self.built[kind] = path
         return self.built[kind]
 
@@ -64,9 +66,10 @@ class Artefacts:
 LOADERS = {"onnxruntime": ("onnx", load_onnx), "openvino": ("onnx", load_openvino),
            "onnxruntime-int8": ("onnx-int8", load_onnx), "openvino-int8": ("onnx-int8", load_openvino),
            "aoti": ("pt2", load_pt2), "aoti-prepack": ("pt2-prepack", load_pt2), "aoti-cpuk": ("pt2-cpuk", load_pt2),
-           "aoti-int8": ("pt2-int8", load_pt2)}
+           "aoti-int8": ("pt2-int8", load_pt2), "aoti-cpuk-int8": ("pt2-cpuk8", load_pt2)}
 #: backend → the package ``fastflow-run`` times
-NATIVE = {"native": "pt2", "native-prepack": "pt2-prepack", "native-cpuk": "pt2-cpuk", "native-int8": "pt2-int8"}
+NATIVE = {"native": "pt2", "native-prepack": "pt2-prepack", "native-cpuk": "pt2-cpuk", "native-int8": "pt2-int8",
+          "native-cpuk-int8": "pt2-cpuk8"}
 
 
 def generator_row(art: Artefacts, backend: str, flops: int, params: int, iters: int, warmup: int,
