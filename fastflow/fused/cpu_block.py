@@ -151,6 +151,8 @@ def conv_block(x: Tensor, weight: Tensor, bias: Tensor | None, norm: tuple[Tenso
 def _check_weight(x: Tensor, weight: Tensor) -> None:
     if weight.dtype != torch.float32 or weight.device.type != "cpu":
         raise DTypeError(f"the CPU block kernel takes float32 CPU tensors, weight is {weight.dtype} on {weight.device}")
+    if weight.requires_grad and torch.is_grad_enabled():
+        raise ConfigError("the CPU block kernel is inference-only: call it under torch.no_grad()")
     if x.dim() != 4 or weight.dim() != 4 or weight.shape[1:] not in ((x.shape[1], 3, 3), (x.shape[1], 1, 1)):
         raise ShapeError(f"conv_block: x [B, C, H, W] and weight [Cout, C, 3, 3] or [Cout, C, 1, 1], got "
                          f"{tuple(x.shape)} and {tuple(weight.shape)}")

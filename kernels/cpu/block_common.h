@@ -183,11 +183,12 @@ inline __attribute__((always_inline)) void affine_act(const float* src, float a,
   }
 }
 
-// act(a[c]·x + b[c]) of every input channel of one sample into `out` (same layout); one loop, so
+// act(a[c]·x + b[c]) of input channels [c0, c1) of one sample into `out` (same layout); one loop, so
 // that the SiLU constants stay in registers across channels.
-void activate(const ConvBlockArgs& p, const float* x, const float* a, const float* b, float* out) {
+void activate(const ConvBlockArgs& p, const float* x, const float* a, const float* b, float* out, int64_t c0,
+              int64_t c1) {
   const int64_t hw = p.hin * p.win;
-  for (int64_t c = 0; c < p.cin; ++c) affine_act(x + c * hw, a[c], b[c], p.act, hw, out + c * hw);
+  for (int64_t c = c0; c < c1; ++c) affine_act(x + c * hw, a[c], b[c], p.act, hw, out + c * hw);
 }
 
 // Σ src[i] and Σ (src[i] − mean)² over n contiguous values (partial sums in four vectors: no
@@ -212,8 +213,8 @@ double sum(const float* src, int64_t n, float mean = 0.f, bool squares = false) 
   return total;
 }
 
-// Per-channel affine (a, b) of the normalisation for sample `n`: value = a·x + b.
-void affine(const ConvBlockArgs& p, const float* x, int64_t n, float* a, float* b) {
+// Per-channel affine (a, b) of the normalisation for sample `n` (its groups [g0, g1)): value = a·x + b.
+void affine(const ConvBlockArgs& p, const float* x, int64_t n, float* a, float* b, int64_t g0, int64_t g1) {
   const int64_t c = p.cin, hw = p.hin * p.win;
   if (!p.norm_weight) {
     std::fill(a, a + c, 1.f);
@@ -221,7 +222,7 @@ void affine(const ConvBlockArgs& p, const float* x, int64_t n, float* a, float* 
     return;
   }
   const int64_t cg = c / p.groups, count = cg * hw;
-  for (int64_t grp = 0; grp < p.groups; ++grp) {
+  for (int64_t grp = g0; grp < g1; ++grp) {
     const float* xg = x + grp * count;
     const double mean = sum(xg, count) / count;
     const double rstd = 1.0 / std::sqrt(sum(xg, count, static_cast<float>(mean), true) / count + p.eps);
@@ -280,28 +281,28 @@ void im2col(const Geometry& g, const Im2colIndex& index, const float* bp, float*
     }
 }
 
-// The activations of every input channel of one sample in the tiles' layout (`xp`; zeroed where
+// The activations of input channels [c0, c1) of one sample in the tiles' layout (`xp`; zeroed where
 // the layout has borders or padding; `act`: scratch for the activated sample; `bp`: one zeroed
 // bordered plane for im2col). Without resampling, flat and bordered layouts are written directly.
 void fill(const ConvBlockArgs& p, const Geometry& g, const float* x, const float* a, const float* b, float* act,
-          float* bp, float* xp) {
+          float* bp, float* xp, int64_t c0, int64_t c1) {
   const int64_t hw = p.hin * p.win;
-  if (g.layout == Layout::Flat && p.resample == 0 && g.plane == hw) return activate(p, x, a, b, xp);
+  if (g.layout == Layout::Flat && p.resample == 0 && g.plane == hw) return activate(p, x, a, b, xp, c0, c1);
   if (g.layout == Layout::Bordered && p.resample == 0) {
-    for (int64_t c = 0; c < g.cin; ++c)
+    for (int64_t c = c0; c < c1; ++c)
       for (int64_t i = 0; i < g.h; ++i)
         affine_act(x + c * hw + i * p.win, a[c], b[c], p.act, p.win, xp + c * g.plane + (i + 1) * g.wp + 1);
     return;
   }
-  activate(p, x, a, b, act);
+  activate(p, x, a, b, act, c0, c1);
   if (g.layout != Layout::Im2col) {
     const bool flat = g.layout == Layout::Flat;
-    for (int64_t c = 0; c < g.cin; ++c)
+    for (int64_t c = c0; c < c1; ++c)
       place(p, g, act + c * hw, xp + c * g.plane + (flat ? 0 : g.wp + 1), flat ? g.w : g.wp);
     return;
   }
   const Im2colIndex index(g);
-  for (int64_t c = 0; c < g.cin; ++c) {
+  for (int64_t c = c0; c < c1; ++c) {
     place(p, g, act + c * hw, bp + g.wp + 1, g.wp);
     im2col(g, index, bp, xp + c * g.plane);
   }
@@ -342,13 +343,22 @@ void run_block(const ConvBlockArgs& p, const Geometry& g, int64_t extra, Prepare
   // activated input, one bordered plane, the kernel's own.
   const int64_t xp_size = g.cin * g.plane, tmp_size = g.cout * g.padded;
   const int64_t need = xp_size + tmp_size + 2 * p.cin + p.cout + in_size + g.bplane + extra;
-  auto prepare = [&](int64_t s, float* xp) {
+  // The prologue of sample s; `split`: threads share its groups and channels (not im2col's: one bordered
+  // plane of scratch)
+  auto prepare = [&](int64_t s, float* xp, bool split) {
     float *a = xp + xp_size + tmp_size, *b = a + p.cin, *init = b + p.cin, *act = init + p.cout;
     float* bp = act + in_size;
+    const float* x = p.x + s * in_size;
+    const bool zero = g.layout == Layout::Bordered || g.padded != p.h * p.w;
     if (g.layout == Layout::Im2col) std::fill(bp, bp + g.bplane, 0.f);  // every vector of xp is written
-    else if (g.layout == Layout::Bordered || g.padded != p.h * p.w) std::fill(xp, xp + xp_size, 0.f);
-    affine(p, p.x + s * in_size, s, a, b);
-    fill(p, g, p.x + s * in_size, a, b, act, bp, xp);
+    split = split && g.layout != Layout::Im2col;
+    at::parallel_for(0, p.norm_weight ? p.groups : 1, split ? 1 : p.groups + 1, [&](int64_t g0, int64_t g1) {
+      affine(p, x, s, a, b, g0, g1);
+    });
+    at::parallel_for(0, p.cin, split ? 1 : p.cin + 1, [&](int64_t c0, int64_t c1) {
+      if (zero && g.layout != Layout::Im2col) std::fill(xp + c0 * g.plane, xp + c1 * g.plane, 0.f);
+      fill(p, g, x, a, b, act, bp, xp, c0, c1);
+    });
     for (int64_t c = 0; c < p.cout; ++c) init[c] = (p.bias ? p.bias[c] : 0.f) + (p.add ? p.add[s * p.cout + c] : 0.f);
     prepared(xp, bp + g.bplane);
   };
@@ -362,7 +372,7 @@ void run_block(const ConvBlockArgs& p, const Geometry& g, int64_t extra, Prepare
   const double flops = 2.0 * p.cout * p.cin * p.taps * p.h * p.w;
   if (p.n == 1 && at::get_num_threads() > 1 && flops >= 2e6) {
     float* xp = scratch(need);
-    prepare(0, xp);
+    prepare(0, xp, true);
     at::parallel_for(0, (p.cout + CB - 1) / CB, 1, [&](int64_t b0, int64_t b1) {
       finish(0, xp, b0 * CB, std::min(b1 * CB, p.cout));
     });
@@ -370,7 +380,7 @@ void run_block(const ConvBlockArgs& p, const Geometry& g, int64_t extra, Prepare
     at::parallel_for(0, p.n, 1, [&](int64_t begin, int64_t end) {
       float* xp = scratch(need);
       for (int64_t s = begin; s < end; ++s) {
-        prepare(s, xp);
+        prepare(s, xp, false);
         finish(s, xp, 0, p.cout);
       }
     });
