@@ -57,6 +57,8 @@ def test_library_notices_go_through_logging_and_the_cli_shows_them(capsys) -> No
         show_notices()  # once: no second handler
         logging.getLogger("fastflow.somewhere").info("a notice")
         assert capsys.readouterr().err == "a notice\n"
+        logging.getLogger("fastflow.somewhere").warning("a warning")
+        assert capsys.readouterr().err == "note: a warning\n"
         logger.setLevel(logging.ERROR)
         show_notices()
         logging.getLogger("fastflow.somewhere").warning("silenced")

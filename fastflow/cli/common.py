@@ -156,14 +156,22 @@ class _CurrentStderr(logging.StreamHandler):
         pass
 
 
+class _Notice(logging.Formatter):
+    """INFO records as their message; warnings and above as ``note: message`` (the run goes on)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return f"note: {text}" if record.levelno >= logging.WARNING else text
+
+
 def show_notices() -> None:
-    """Show fastflow's library notices (``logging`` under ``fastflow``: INFO and above) on stderr, as
-    plain lines. Library users get Python's defaults (warnings only) and silence them with
+    """Show fastflow's library notices (``logging`` under ``fastflow``: INFO and above) on stderr, one line
+    each (warnings as ``note: …``). Library users get Python's defaults (warnings only) and silence them with
     ``logging.getLogger("fastflow").setLevel(...)``; a level the user set wins."""
     logger = logging.getLogger("fastflow")
     if not any(isinstance(h, _CurrentStderr) for h in logger.handlers):
         handler = _CurrentStderr()
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler.setFormatter(_Notice())
         logger.addHandler(handler)
     if logger.level == logging.NOTSET:
         logger.setLevel(logging.INFO)

@@ -159,7 +159,7 @@ def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] 
             raise ConfigError(f"{path}: not a text file (invalid UTF-8); want a YAML config") from None
         d = read_yaml(text, str(path))
         if d is None:
-            log.warning("note: %s is empty: every setting takes its default (model digits, data digits, rf)", path)
+            log.warning("%s is empty: every setting takes its default (model digits, data digits, rf)", path)
             d = {}
         if not isinstance(d, dict):
             raise ConfigError(f"{path}: top level must be a mapping")

@@ -185,7 +185,7 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
     if times != 1 and getattr(model.config, "times", 1) != times:
         raise ConfigError(f"objective {cfg.objective.get('name')} needs a model with model.times: {times}")
     if times == 2 and model.config.t_scale > 10 and info.main:
-        log.warning("note: model.t_scale=%g: MeanFlow's JVP target differentiates the time features; on digits it "
+        log.warning("model.t_scale=%g: MeanFlow's JVP target differentiates the time features; on digits it "
                     "diverged at 999 and trained at 1 (model.t_scale=1)", model.config.t_scale)
     for frozen in objective.frozen().values():  # replicated on every rank
         check_teacher(model, frozen)

@@ -64,7 +64,7 @@ def check_resumable(cfg: TrainConfig, info: DistInfo, ckpt: Path, model: nn.Modu
                           f"or starts an FSDP2 run in a new out_dir with train.init_from={ckpt}")
     split = info.world * cfg.train.grad_accum
     if meta.get("micro_batches", split) != split and info.main:
-        log.warning("note: %s was written with %s micro-batches per step (world × grad_accum), this run uses %d: "
+        log.warning("%s was written with %s micro-batches per step (world × grad_accum), this run uses %d: "
                     "same global batches, different noise draws; training continues, not bit-exactly",
                     ckpt, meta["micro_batches"], split)
     return meta

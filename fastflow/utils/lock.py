@@ -51,7 +51,7 @@ def directory_lock(directory: str | Path, what: str, enabled: bool = True) -> It
     fd, previous = _acquire(d / LOCK_NAME, d, what)
     try:
         if previous.strip():
-            log.warning("note: %s: taking over the lock of an earlier run that did not release it (%s: killed or "
+            log.warning("%s: taking over the lock of an earlier run that did not release it (%s: killed or "
                         "crashed)", d, _holder(previous))
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                              "command": what}).encode()
