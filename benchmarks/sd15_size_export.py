@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fastflow.utils.io import read_json
 from fastflow.utils.threads import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,7 +87,7 @@ def summary(report_file: Path) -> dict[str, Any]:
     """Per component: build time, file sizes, validation error, latency at batch 1."""
     if not report_file.is_file():
         return {}
-    r = json.loads(report_file.read_text())
+    r = read_json(report_file)
     out: dict[str, Any] = {"build_seconds": r["build_seconds"], "file_bytes": r["file_bytes"]}
     for name, c in r["components"].items():
         v = r.get("validation", {}).get(name, {})
@@ -98,8 +99,8 @@ def summary(report_file: Path) -> dict[str, Any]:
 
 
 def _resolution(configs: Path) -> str:
-    latent = json.loads((configs / "unet.json").read_text())["sample_size"]
-    scale = 2 ** (len(json.loads((configs / "vae.json").read_text())["block_out_channels"]) - 1)
+    latent = read_json(configs / "unet.json")["sample_size"]
+    scale = 2 ** (len(read_json(configs / "vae.json")["block_out_channels"]) - 1)
     return f"{latent * scale}x{latent * scale} ({latent}x{latent} latents)"
 
 
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "folder_and_student":
             if res["rc"] != 0:
                 break
-            results["params"] = json.loads((args.work / "params.json").read_text())
+            results["params"] = read_json(args.work / "params.json")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(results, indent=2))  # after every phase: a cut run keeps what it measured
     return 0 if all(ph["rc"] == 0 for ph in results["phases"].values()) else 1

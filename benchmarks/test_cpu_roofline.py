@@ -4,11 +4,12 @@ and the README tables are generated from the JSON."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
 import torch
+
+from fastflow.utils.io import read_json
 
 pytest.importorskip("onnxruntime", reason="the CPU roofline times ONNX Runtime")
 
@@ -43,7 +44,7 @@ def test_rows_floor_and_table(tmp_path, capsys) -> None:
         )
         == 0
     )
-    doc = json.loads(out.read_text())
+    doc = read_json(out)
     assert [(r["batch"], r["backend"]) for r in doc["rows"]] == [(1, "eager"), (1, "onnxruntime"), (2, "eager"),
                                                                  (2, "onnxruntime")]
     for r in doc["rows"]:

@@ -4,7 +4,6 @@ results record what the real-size run reports."""
 
 from __future__ import annotations
 
-import json
 import sys
 
 import pytest
@@ -17,6 +16,8 @@ from tests.helpers import ROOT, tiny_sd_configs  # noqa: E402
 sys.path.insert(0, str(ROOT / "benchmarks"))
 import sd15_size_export  # noqa: E402
 
+from fastflow.utils.io import read_json
+
 
 @pytest.mark.slow
 def test_every_phase_runs_and_is_recorded(tmp_path) -> None:
@@ -24,7 +25,7 @@ def test_every_phase_runs_and_is_recorded(tmp_path) -> None:
     out = tmp_path / "r.json"
     assert sd15_size_export.main(["--work", str(tmp_path / "w"), "--out", str(out), "--configs", str(configs),
                                   "--iters", "1", "--threads", "1"]) == 0
-    r = json.loads(out.read_text())
+    r = read_json(out)
     assert set(r["phases"]) == {"folder_and_student", "onnx_all", "pt2_text_encoder_vae", "pt2_generator"}
     assert r["params"]["unet"] > 0 and all(p["peak_rss_gb"] > 0 for p in r["phases"].values())
     onnx = r["phases"]["onnx_all"]

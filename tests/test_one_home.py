@@ -28,8 +28,10 @@ ROWS = [
     ("is this an OFTSR student?", r"not an OFTSR student", "fastflow/models/checkpoint.py"),
     ("2× resampling", r"avg_pool2d\(\w+, 2\)|scale_factor=2", "fastflow/models/layers.py"),
     ("a subclass sharing a module's state", r"__dict__\.update\(", "fastflow/fused/swap.py"),
-    ("stepping a (mean) flow on a grid", r"grid\[i \+ 1\] - (self\.)?grid\[i\]\) \*", None),
-    ("options that only one solver takes", r'\{"rtol":[^}]*\} if', None),
+    ("stepping a (mean) flow on a grid", r"grid\[i \+ 1\] - (self\.)?grid\[i\]\) \*", None),  # solvers.grid_jumps
+    ("one optimiser step", r"clip_grad_norm_\(", "fastflow/train/step.py"),
+    ("JSON file → typed error", r"json\.loads?\([^)]*read_(text|bytes)", None),  # utils.io.read_json
+    ("options that only one solver takes", r'\{"rtol":[^}]*\} if', None),  # flow.solvers.options_for
 ]
 
 
@@ -40,7 +42,7 @@ def _sources() -> list[Path]:
 @pytest.mark.parametrize("concept,pattern,home", ROWS, ids=[r[0] for r in ROWS])
 def test_one_home(concept: str, pattern: str, home: str | None) -> None:
     found = sorted(str(p.relative_to(ROOT)) for p in _sources() if re.search(pattern, p.read_text()))
-    assert found == ([home] if home else []), f"{concept}: written in {found}; use {home or 'flow.solvers.options_for'}"
+    assert found == ([home] if home else []), f"{concept}: written in {found}; use {home or 'its helper (see the row)'}"
 
 
 def test_library_notices_go_through_logging_and_the_cli_shows_them(capsys) -> None:
