@@ -131,9 +131,10 @@ void run_conv_block_q8(const ConvBlockArgs& p) {
   const int64_t blocks = (p.cin + 3) / 4, k = blocks * p.taps;
   const int32_t* w = reinterpret_cast<const int32_t*>(p.qweight);
   std::vector<float> wsum(p.cout);  // Σ of each output channel's int8 weights
-  for (int64_t c = 0; c < p.cout; ++c) {
-    int64_t total = 0;
-    for (int64_t i = 0; i < 4 * k; ++i) total += p.qweight[c * 4 * k + i];
+  for (int64_t c = 0; c < p.cout; ++c) {  // int32: |Σ| ≤ 127 · 4k, and the loop vectorises
+    int32_t total = 0;
+    const int8_t* row = p.qweight + c * 4 * k;
+    for (int64_t i = 0; i < 4 * k; ++i) total += row[i];
     wsum[c] = static_cast<float>(total);
   }
   // own scratch: the quantised planes, then per output channel the dequantisation (scale, offset), then (s, z)
