@@ -67,7 +67,7 @@ def add_sampling_args(p: argparse.ArgumentParser, solver: str, steps: int) -> No
 FUSED_HELP = ("kernel path (fastflow.fused.apply): auto (the measured winner for this device kind and model size, "
               "else triton on CUDA + Triton and off elsewhere; one line says which and why), off, triton "
               "(Triton-fused GroupNorm/attention; on = triton; CPU only under TRITON_INTERPRET=1), cpu (the CPU "
-              "block kernel in every fastflow UNet; inference, fp32)")
+              "block kernel in every fastflow UNet; inference, fp32 or with --quantize int8)")
 
 
 def fused_mode(text: str) -> str:

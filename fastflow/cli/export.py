@@ -53,8 +53,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timing-cache", default=None, help="TensorRT timing cache file")
     p.add_argument("--opt-level", type=nonneg_int, default=3, help="TensorRT builder optimisation level")
     p.add_argument("--quantize", choices=["int8"], default=None,
-                   help="post-training static int8 (onnx: ONNX Runtime QDQ; pt2: torchao PT2E for x86 oneDNN), "
-                        "calibrated on the generator's own inputs; GroupNorm and softmax stay float. The report "
+                   help="post-training int8 (onnx: ONNX Runtime QDQ; pt2: torchao PT2E for x86 oneDNN, both "
+                        "calibrated on the generator's own inputs; pt2 where --fused picks cpu: the int8 CPU block "
+                        "kernel, each call over its own range); GroupNorm and softmax stay float. The report "
                         "gives the quality cost against fp32 on the same noise (max |Δ|, PSNR; digits FD/coverage "
                         "for 16×16 digit generators)")
     p.add_argument("--prepack", action="store_true",

@@ -39,9 +39,9 @@ def kernel_model(model: nn.Module, o: ExportOptions, say: Say) -> tuple[nn.Modul
     params = sum(p.numel() for p in model.parameters())
     path, _ = decide(o.fused, o.device, params)
     fmt = FORMATS[o.format]
-    # the int8 CPU kernel when asked for by name; auto keeps int8 on the PT2E path
-    cpu_ok = o.format == "pt2" and o.dtype == "fp32" and not (o.prepack or o.pipeline) \
-        and (not o.quantize or o.fused == "cpu")
+    # int8 takes the CPU kernel where fp32 would (auto: the winners table; measured faster and closer to fp32
+    # than PT2E int8 for the small student, slower for slim-15.7m, like fp32: docs/cpu.md)
+    cpu_ok = o.format == "pt2" and o.dtype == "fp32" and not (o.prepack or o.pipeline)
     if path == "off" or (path == "cpu" and not cpu_ok and o.fused == "auto"):
         return model, "off"
     if not fmt.kernels or (path == "triton" and o.quantize):
@@ -54,7 +54,8 @@ def kernel_model(model: nn.Module, o: ExportOptions, say: Say) -> tuple[nn.Modul
         return model, "off"
     if done == "cpu":
         if o.quantize:
-            say(f"int8 CPU block kernel: {len(quantize_cpu_blocks(fused).swapped)} blocks quantised")
+            say(f"int8 CPU block kernel: {len(quantize_cpu_blocks(fused).swapped)} blocks quantised"
+                + (" (--calibrate unused: each call quantises over its own range)" if o.calibrate else ""))
         return fused, "cpu"
     return fused, "triton" if o.device.type == "cuda" and o.format == "pt2" else "op"
 
