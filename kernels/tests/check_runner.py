@@ -192,7 +192,9 @@ def int8_package(package: Path, got: torch.Tensor, eager: torch.Tensor) -> None:
     with zipfile.ZipFile(package) as zf:
         code = "".join(zf.read(n).decode(errors="replace") for n in zf.namelist() if n.endswith("wrapper.cpp"))
     assert spec.quantize == "int8" and spec.fused == ("cpu" if package.stem == "cpuk8" else "off"), spec
-    if spec.fused == "cpu":  # cpuk8: exported with the default --fused auto, which picks it for a small model  # the int8 CPU block kernel for every ResBlock convolution, no calibration
+    # cpuk8, exported with the default --fused auto (a small model): the int8 CPU block kernel for every ResBlock
+    # convolution, no calibration
+    if spec.fused == "cpu":
         assert "aoti_torch_cpu_conv_block_q8(" in code and "aoti_torch_cpu_convolution(" not in code
         assert not spec.prepack and not spec.calibration_samples, spec
     else:
