@@ -43,8 +43,14 @@ def _npy(header: str, data: bytes) -> bytes:
     return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode() + data
 
 
+MARKER = ".fastflow-fixtures"
+
+
 def main(out: Path) -> None:
+    if (out / MARKER).is_file():  # an earlier run's fixtures (this script made them): start afresh
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).touch()
     procs = []
     for i, (name, (extra, meta)) in enumerate(KINDS.items()):
         torch.manual_seed(i)
