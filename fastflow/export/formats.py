@@ -191,12 +191,9 @@ def _aoti_configs(spec: GeneratorSpec) -> dict[str, Any]:
 
 
 def build_pt2(gen: nn.Module, example: Example, spec: GeneratorSpec, path: Path, options: BuildOptions) -> None:
-    """An AOTInductor package; calibration inputs given: int8 through torchao PT2E, compiled with
-    freezing (:mod:`~fastflow.export.quantize`; the spec says ``prepack``). ``spec.prepack``
-    (``fastflow-export --prepack``) freezes an fp32 package too: weights constant-folded and prepacked
-    for oneDNN at build time instead of reordered on every call — faster for compute-bound CPU
-    generators, slower for tiny ones, whose small oneDNN calls then cost more than the reorder saved
-    (``benchmarks/NOTES.md``)."""
+    """An AOTInductor package; calibration inputs given: int8 through torchao PT2E, compiled with freezing
+    (:mod:`~fastflow.export.quantize`). ``spec.prepack`` (``--prepack``) freezes an fp32 package too: weights
+    prepacked for oneDNN at build time, not reordered per call (when it pays: ``docs/cpu.md``)."""
     if options.calibration:
         gen = quantize_module(gen, example, options.calibration)
     ep = _exported(gen, example, spec.batch)
