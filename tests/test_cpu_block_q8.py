@@ -176,6 +176,7 @@ print("ok")
 """
 
 
+@pytest.mark.slow  # ~20 s (a second build); on AVX2-only machines the default suite runs these paths natively
 def test_the_avx2_build_computes_the_same() -> None:
     """The kernels built for AVX2 only (``-march=haswell``: 8-wide vectors, ``maddubs`` with 127 levels):
     fp32 against float64 and int8 against its reference, every case."""
