@@ -331,7 +331,7 @@ float* scratch(int64_t need) {
 }
 
 // The driver both kernels share. Per sample: the prologue into `xp` (float, the tiles' layout), the tile
-// init (bias + embedding), then `prepared(xp, extra)` once (the int8 kernel quantises there, into its
+// init (bias + embedding), then `prepared(xp, extra, split)` once (the int8 kernel quantises there, into its
 // `extra` floats of scratch) and `convolve(xp, extra, tmp, init, c0, c1)` for output channels [c0, c1)
 // into `tmp` ([cout][padded]), then the store (residual, out_scale). Threads split the samples, or the
 // output channels of one sample of enough work (~30 µs on one core; below that a fork-join costs more than
@@ -360,7 +360,7 @@ void run_block(const ConvBlockArgs& p, const Geometry& g, int64_t extra, Prepare
       fill(p, g, x, a, b, act, bp, xp, c0, c1);
     });
     for (int64_t c = 0; c < p.cout; ++c) init[c] = (p.bias ? p.bias[c] : 0.f) + (p.add ? p.add[s * p.cout + c] : 0.f);
-    prepared(xp, bp + g.bplane);
+    prepared(xp, bp + g.bplane, split);
   };
   auto finish = [&](int64_t s, float* xp, int64_t c0, int64_t c1) {  // channels [c0, c1) of sample s
     float *tmp = xp + xp_size, *init = tmp + tmp_size + 2 * p.cin, *own = init + p.cout + in_size + g.bplane;

@@ -38,7 +38,7 @@ struct F32 {
 
 void run_conv_block(const ConvBlockArgs& p) {
   const Geometry g = geometry(p.cin, p.cout, p.h, p.w, p.taps);
-  run_block(p, g, 0, [](float*, float*) {},
+  run_block(p, g, 0, [](float*, float*, bool) {},
             [&](const float* xp, float*, float* tmp, const float* init, int64_t c0, int64_t c1) {
               if (g.taps == 9) convolve<F32, 9>(g, xp, p.weight, F32::Rows{init}, tmp, c0, c1);
               else convolve<F32, 1>(g, xp, p.weight, F32::Rows{init}, tmp, c0, c1);

@@ -13,6 +13,8 @@
 // The epilogue dequantises: y = s·w_scale[c]·(acc − z·Σw[c]) + bias + add, then residual and out_scale.
 #include "block_common.h"
 
+#include <tuple>
+
 namespace fastflow_cpu {
 namespace {
 
@@ -73,52 +75,63 @@ struct Q8 {
   }
 };
 
-// Quantisation of one sample's activations `xp` ([cin][plane] floats) into `q` ([ceil(cin/4)][plane] lanes
-// of four bytes: channel 4·b + j in byte j); returns (s, z).
-std::pair<float, float> quantise(const Geometry& g, const float* xp, int32_t* q) {
-  const int64_t n = g.cin * g.plane;
+// (min(·, 0), max(·, 0)) over n contiguous values.
+std::pair<float, float> range(const float* x, int64_t n) {
   vec lo_v = vec{}, hi_v = vec{};
   int64_t i = 0;
   for (; i + VL <= n; i += VL) {
-    const vec v = load(xp + i);
+    const vec v = load(x + i);
     lo_v = v < lo_v ? v : lo_v;
     hi_v = v > hi_v ? v : hi_v;
   }
   float lo = 0.f, hi = 0.f;
   for (int j = 0; j < VL; ++j) lo = std::min(lo, lo_v[j]), hi = std::max(hi, hi_v[j]);
-  for (; i < n; ++i) lo = std::min(lo, xp[i]), hi = std::max(hi, xp[i]);
+  for (; i < n; ++i) lo = std::min(lo, x[i]), hi = std::max(hi, x[i]);
+  return {lo, hi};
+}
+
+// Quantisation of one sample's activations `xp` ([cin][plane] floats) into `q` ([ceil(cin/4)][plane] lanes
+// of four bytes: channel 4·b + j in byte j); returns (s, z). `split`: threads share the channels.
+std::pair<float, float> quantise(const Geometry& g, const float* xp, int32_t* q, bool split) {
+  std::vector<float> lows(g.cin), highs(g.cin);  // per channel, then combined: the same result on any split
+  at::parallel_for(0, g.cin, split ? 1 : g.cin + 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) std::tie(lows[c], highs[c]) = range(xp + c * g.plane, g.plane);
+  });
+  const float lo = *std::min_element(lows.begin(), lows.end()), hi = *std::max_element(highs.begin(), highs.end());
   float s = (hi - lo) / static_cast<float>(LEVELS);
   if (!(s > 0.f)) s = 1.f;  // an all-zero input (or no finite range): any scale represents it
   const float inv = 1.f / s;
   const float z = std::nearbyint(-lo * inv);
   const int64_t blocks = (g.cin + 3) / 4;
   const ivec zv = ivec{} + static_cast<int32_t>(z), top = ivec{} + static_cast<int32_t>(LEVELS);
-  for (int64_t b = 0; b < blocks; ++b) {
-    const float* ch[4];
-    for (int j = 0; j < 4; ++j) ch[j] = 4 * b + j < g.cin ? xp + (4 * b + j) * g.plane : nullptr;
-    int32_t* dst = q + b * g.plane;
-    int64_t p = 0;
-    for (; p + VL <= g.plane; p += VL) {
-      ivec lane = ivec{};
-      for (int j = 0; j < 4; ++j) {
-        if (!ch[j]) continue;  // padding channels: weight 0
-        ivec v = round_lanes(load(ch[j] + p) * inv) + zv;
-        v = v < 0 ? ivec{} : v;
-        v = v > top ? top : v;
-        lane |= v << (8 * j);
+  at::parallel_for(0, blocks, split ? 1 : blocks + 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* ch[4];
+      for (int j = 0; j < 4; ++j) ch[j] = 4 * b + j < g.cin ? xp + (4 * b + j) * g.plane : nullptr;
+      int32_t* dst = q + b * g.plane;
+      int64_t p = 0;
+      for (; p + VL <= g.plane; p += VL) {
+        ivec lane = ivec{};
+        for (int j = 0; j < 4; ++j) {
+          if (!ch[j]) continue;  // padding channels: weight 0
+          ivec v = round_lanes(load(ch[j] + p) * inv) + zv;
+          v = v < 0 ? ivec{} : v;
+          v = v > top ? top : v;
+          lane |= v << (8 * j);
+        }
+        istore(dst + p, lane);
       }
-      istore(dst + p, lane);
-    }
-    for (; p < g.plane; ++p) {
-      uint32_t lane = 0;
-      for (int j = 0; j < 4; ++j) {
-        if (!ch[j]) continue;
-        const float v = std::nearbyint(ch[j][p] * inv) + z;
-        lane |= static_cast<uint32_t>(std::clamp(v, 0.f, static_cast<float>(LEVELS))) << (8 * j);
+      for (; p < g.plane; ++p) {
+        uint32_t lane = 0;
+        for (int j = 0; j < 4; ++j) {
+          if (!ch[j]) continue;
+          const float v = std::nearbyint(ch[j][p] * inv) + z;
+          lane |= static_cast<uint32_t>(std::clamp(v, 0.f, static_cast<float>(LEVELS))) << (8 * j);
+        }
+        dst[p] = static_cast<int32_t>(lane);
       }
-      dst[p] = static_cast<int32_t>(lane);
     }
-  }
+  });
   return {s, z};
 }
 
@@ -140,8 +153,8 @@ void run_conv_block_q8(const ConvBlockArgs& p) {
   // own scratch: the quantised planes, then per output channel the dequantisation (scale, offset), then (s, z)
   const int64_t qsize = blocks * g.plane, extra = qsize + 2 * p.cout + 2;
   run_block(p, g, extra,
-            [&](float* xp, float* own) {
-              const auto [s, z] = quantise(g, xp, reinterpret_cast<int32_t*>(own));
+            [&](float* xp, float* own, bool split) {
+              const auto [s, z] = quantise(g, xp, reinterpret_cast<int32_t*>(own), split);
               own[qsize + 2 * p.cout] = s;
               own[qsize + 2 * p.cout + 1] = z;
             },
