@@ -195,21 +195,27 @@ class CpuResBlock(ResBlock):
     """A :class:`~fastflow.models.layers.ResBlock` whose forward runs two :func:`conv_block` calls
     (plus the 1×1 skip and the embedding). Same parameters and state-dict keys; inference only."""
 
+    def conv(self, name: str, x: Tensor, norm: GroupNormAct | None, **kw: Any) -> Tensor:
+        """The block call of convolution ``name`` (``conv0``, ``conv1``, ``skip``) with its prologue norm; the
+        int8 block (:class:`~fastflow.fused.cpu_block_q8.Q8ResBlock`) overrides only this."""
+        conv = getattr(self, name)
+        fused = None if norm is None else (norm.weight, norm.bias, norm.num_groups, norm.eps)
+        return conv_block(x, conv.weight, conv.bias, fused, **kw)
+
     def forward(self, x: Tensor, temb: Tensor) -> Tensor:
         if self.training and self.dropout.p > 0:
-            raise ConfigError("CpuResBlock is inference-only (dropout is active in training mode): call .eval()")
+            raise ConfigError(f"{type(self).__name__} is inference-only (dropout is active in training mode): "
+                              "call .eval()")
         n0, n1 = self.norm0, self.norm1
         e = self.emb(F.silu(temb))
-        h = conv_block(x, self.conv0.weight, self.conv0.bias, (n0.weight, n0.bias, n0.num_groups, n0.eps),
-                       act=n0.act, resample=self.resample, add=None if self.scale_shift else e)
+        h = self.conv("conv0", x, n0, act=n0.act, resample=self.resample, add=None if self.scale_shift else e)
         scale, shift = e.chunk(2, dim=1) if self.scale_shift else (None, None)
         if self.skip is not None:  # the 1×1 skip through the same kernel, resampling fused
-            skip = conv_block(x, self.skip.weight, self.skip.bias, None, act=False, resample=self.resample)
+            skip = self.conv("skip", x, None, act=False, resample=self.resample)
         else:
             skip = resample2x(x, self.resample)
-        return conv_block(h, self.conv1.weight, self.conv1.bias, (n1.weight, n1.bias, n1.num_groups, n1.eps),
-                          scale, shift, act=n1.act, residual=skip,
-                          out_scale=1 / math.sqrt(2.0) if self.skip_rescale else 1.0)
+        return self.conv("conv1", h, n1, scale=scale, shift=shift, act=n1.act, residual=skip,
+                         out_scale=1 / math.sqrt(2.0) if self.skip_rescale else 1.0)
 
 
 class CpuConv3x3(nn.Conv2d):

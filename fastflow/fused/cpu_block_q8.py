@@ -17,15 +17,16 @@ convolution and attention stay float.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from fastflow.errors import ConfigError, DTypeError, ShapeError
+from fastflow.errors import DTypeError, ShapeError
 from fastflow.fused.cpu_block import RESAMPLE, CpuResBlock, check_inputs, load
 from fastflow.fused.swap import SwapReport, replace_module, share_as
-from fastflow.models.layers import resample2x
+from fastflow.models.layers import GroupNormAct, resample2x
 from fastflow.models.reference import group_norm_ref
 
 Norm = tuple[Tensor, Tensor, int, float]
@@ -131,22 +132,10 @@ class Q8ResBlock(CpuResBlock):
                 self.register_buffer(f"{name}_scale", s, persistent=False)
         return self
 
-    def forward(self, x: Tensor, temb: Tensor) -> Tensor:
-        if self.training and self.dropout.p > 0:
-            raise ConfigError("Q8ResBlock is inference-only (dropout is active in training mode): call .eval()")
-        n0, n1 = self.norm0, self.norm1
-        e = self.emb(F.silu(temb))
-        h = conv_block_q8(x, self.conv0_q8, self.conv0_scale, self.conv0.bias, (n0.weight, n0.bias, n0.num_groups,
-                          n0.eps), act=n0.act, resample=self.resample, add=None if self.scale_shift else e)
-        scale, shift = e.chunk(2, dim=1) if self.scale_shift else (None, None)
-        if self.skip is not None:
-            skip = conv_block_q8(x, self.skip_q8, self.skip_scale, self.skip.bias, None, act=False,
-                                 resample=self.resample)
-        else:
-            skip = resample2x(x, self.resample)
-        return conv_block_q8(h, self.conv1_q8, self.conv1_scale, self.conv1.bias, (n1.weight, n1.bias,
-                             n1.num_groups, n1.eps), scale, shift, act=n1.act, residual=skip,
-                             out_scale=1 / math.sqrt(2.0) if self.skip_rescale else 1.0)
+    def conv(self, name: str, x: Tensor, norm: GroupNormAct | None, **kw: Any) -> Tensor:
+        fused = None if norm is None else (norm.weight, norm.bias, norm.num_groups, norm.eps)
+        return conv_block_q8(x, getattr(self, f"{name}_q8"), getattr(self, f"{name}_scale"), getattr(self, name).bias,
+                             fused, **kw)
 
 
 def quantize_cpu_blocks(model: nn.Module) -> SwapReport:
