@@ -188,6 +188,13 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("bench-kernels-device-bogus", ["bench", "kernels", "--device", "bogus"], "unknown device"),
     ("bench-kernels-ops-foo", ["bench", "kernels", "--ops", "foo"], "comma list of gn, attn"),
     ("demo-out-is-file", ["demo", "--out", "{s}/afile"], "is not a directory"),
+    ("demo-compile-bogus", ["demo", "--out", "{s}/new/d", "--compile", "fast"], "invalid choice: 'fast'"),
+    ("demo-amp-bogus", ["demo", "--out", "{s}/new/d", "--amp", "fp8"], "invalid choice: 'fp8'"),
+    ("demo-fused-cpu", ["demo", "--out", "{s}/new/d", "--fused", "cpu"], "inference-only"),
+    ("bench-train-teacher-missing", ["bench", "train", "--presets", "tiny", "--out", "{s}/new/t.json", "--teacher",
+                                     "{s}/nope"], "neither a checkpoint directory"),
+    ("bench-train-pair-paths-foo", ["bench", "train", "--pair-paths", "eager,foo"], "comma list of eager"),
+    ("bench-train-pairs-0", ["bench", "train", "--pairs", "0"], "must be >= 1"),
     # 6. the rest of the review, and more
     ("train-lr-inf", [*TRAIN, "out_dir={s}/new/run", "optim.lr=.inf"], "must be a finite number"),
     ("train-ema-nan", [*TRAIN, "out_dir={s}/new/run", "train.ema_rate=.nan"], "must be a finite number"),

@@ -8,6 +8,8 @@ import math
 import statistics
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastflow.metrics.evaluate import aggregate_rows, mean_sd
 from fastflow.utils.table import format_table
@@ -143,8 +145,9 @@ def test_demo_slimflow_and_meanflow_end_to_end(tmp_path, monkeypatch, capsys) ->
     route = meanflow.route_budget
     monkeypatch.setattr(meanflow, "route_budget", lambda d: 0.01 * route(d))  # the suite's time: 1 % of it
     out = tmp_path / "demo"
+    # eager: compiling the four stage graphs would cost CI minutes (train.compile is tested in test_train_accel)
     assert main(["demo", "--methods", "slimflow,meanflow", "--seeds", "2", "--scale", "0.002", "--out", str(out),
-                 "--threads", "1"]) == 0
+                 "--threads", "1", "--compile", "off"]) == 0
     res = json.loads((out / "seed-1" / "results.json").read_text())
     rows = [(r["method"], r["solver"]) for r in res["rows"]]
     assert rows == [(m, f"{s} {n}" if n else s) for m, plan in slimflow.PLAN.items() for s, n in plan] + [
@@ -185,3 +188,39 @@ def test_demo_sr_refuses_a_bad_lpips_backbone_before_training(tmp_path, monkeypa
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "lpips" in err.lower() and "Traceback" not in err
     assert not (tmp_path / "demo" / "sr" / "teacher").exists()  # nothing trained
+
+
+def test_execution_of_the_demo_stages(tmp_path) -> None:
+    """The demo's default runs compiled (MeanFlow, which cannot, eager), bf16 where the CPU has it, the
+    inference kernels for teachers; the CPU kernel cannot be the trained networks' path."""
+    from fastflow.errors import ConfigError
+    from fastflow.recipes.stages import EAGER, Execution
+    from fastflow.train.accel import cpu_bf16
+
+    fast = Execution.fastest()
+    assert fast == Execution("model", "bf16" if cpu_bf16()[0] else "none", "auto")
+    assert fast.overrides({"name": "fgd", "teacher": "x"}) == [
+        "train.compile=model", f"train.amp={fast.amp}", "model.fused=auto"]
+    assert fast.overrides({"name": "meanflow"})[0] == "train.compile=off"
+    assert EAGER.overrides({"name": "rf"}) == ["train.compile=off", "train.amp=none", "model.fused=auto"]
+    with pytest.raises(ConfigError, match="inference-only"):
+        Execution(fused="cpu")
+
+
+@settings(max_examples=40, deadline=None)
+@given(compile_=st.text(max_size=8), amp=st.text(max_size=8), fused=st.text(max_size=8))
+def test_demo_execution_flags_property(compile_: str, amp: str, fused: str) -> None:
+    """Any ``--compile/--amp/--fused`` text: a valid execution, or argparse's exit 2 / a ConfigError."""
+    import argparse
+
+    from fastflow.cli import demo as demo_cli
+    from fastflow.errors import ConfigError
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    demo_cli.add_parser(parser.add_subparsers())
+    try:
+        args = parser.parse_args(["demo", f"--compile={compile_}", f"--amp={amp}", f"--fused={fused}"])
+        ex = demo_cli.execution(args)
+    except (SystemExit, argparse.ArgumentError, ConfigError):
+        return
+    assert (ex.compile, ex.amp) == (compile_, amp) and ex.fused in ("auto", "off", "triton")

@@ -183,7 +183,7 @@ def test_bench_train_on_cpu_times_the_unfused_paths_and_says_why(tmp_path) -> No
     assert r.returncode == 0, r.stderr
     assert "note: skipping fused: the kernels run on CUDA" in r.stdout
     data = json.loads(out.read_text())
-    assert [row["path"] for row in data["rows"]] == ["eager"] and data["fused_skipped"]
+    assert [row["path"] for row in data["rows"]] == ["eager"] and data["skipped"] == ["fused"]
     assert data["rows"][0]["step_p50_ms"] > 0 and data["rows"][0]["first_loss"] > 0
 
 
@@ -192,7 +192,32 @@ def test_bench_train_fused_rows_compute_the_same_loss_under_the_interpreter() ->
 
     rows = train_step_suite(["tiny"], 2, torch.device("cpu"), ["eager", "fused"], steps=1, warmup=0)
     assert [r["path"] for r in rows] == ["eager", "fused"]
-    assert rows[1]["first_loss"] == pytest.approx(rows[0]["first_loss"], rel=1e-5)
+    assert rows[1]["losses"] == pytest.approx(rows[0]["losses"], rel=1e-5)
+    assert rows[1]["loss_rel_diff"] < 1e-5
+
+
+def test_bench_train_bf16_rows_and_pair_rates_on_cpu(tmp_path) -> None:
+    from fastflow.models.checkpoint import save_model
+    from fastflow.models.presets import build_model
+    from fastflow.train.accel import cpu_bf16
+
+    torch.manual_seed(0)
+    save_model(tmp_path / "teacher", build_model({"preset": "tiny"}))
+    out = tmp_path / "t.json"
+    r = run_cli("bench", "train", "--presets", "tiny", "--paths", "eager,bf16", "--batch", "2", "--steps", "1",
+                "--warmup", "0", "--device", "cpu", "--out", str(out), "--teacher", str(tmp_path / "teacher"),
+                "--pairs", "4", "--solvers", "euler", "--pair-paths", "eager,fused")
+    assert r.returncode == 0, r.stderr
+    data = json.loads(out.read_text())
+    native = cpu_bf16()[0]
+    assert [row["path"] for row in data["rows"]] == (["eager", "bf16"] if native else ["eager"])
+    if native:
+        assert 0 < data["rows"][1]["loss_rel_diff"] < 0.05  # bf16 rounding, the same loss
+    else:
+        assert "bf16 paths skipped" in r.stdout
+    pairs = data["pairs"]
+    assert [p["path"] for p in pairs] == ["eager", "fused"] and all(p["pairs_per_cpu_s"] > 0 for p in pairs)
+    assert pairs[1]["max_abs_diff"] < 1e-4 and data["threads"] >= 1
 
 
 def test_latency_suite_times_fused_backends_beside_the_plain_ones() -> None:

@@ -21,7 +21,7 @@ from fastflow.utils.threads import device_name
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from fastflow.bench.latency import BACKENDS
-    from fastflow.bench.train_step import PATHS
+    from fastflow.bench.train_step import PAIR_PATHS, PATHS
     from fastflow.bench.train_step import PRESETS as TRAIN_PRESETS
     from fastflow.models.presets import PRESETS
 
@@ -73,8 +73,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                       "(fastflow/fused/spill_free.json)")
     code.set_defaults(fn=run_codegen)
 
-    trn = verbs.add_parser("train", help="time and peak memory of one training step: eager, fused, compiled, "
-                           "fused+compiled (the fused paths need CUDA with Triton)")
+    trn = verbs.add_parser("train", help="time and peak memory of one training step: eager, bf16, compiled, "
+                           "compiled+bf16, fused, fused+compiled (fused needs CUDA with Triton, bf16 a device that "
+                           "runs it natively); with --teacher, pairs/s of pair generation")
     trn.add_argument("--presets", type=choice_list(*PRESETS), default=",".join(TRAIN_PRESETS),
                      help="comma list of model presets")
     trn.add_argument(
@@ -83,6 +84,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     trn.add_argument("--batch", type=positive_int, default=32, help="training batch size")
     trn.add_argument("--steps", type=positive_int, default=10, help="timed steps per row (after --warmup)")
     trn.add_argument("--warmup", type=nonneg_int, default=3, help="untimed steps first (compilation happens here)")
+    trn.add_argument("--teacher", default=None, help="a teacher checkpoint or run: also time pair generation from it "
+                     "(CPU) per solver and path (eager, fused, compiled)")
+    trn.add_argument("--pairs", type=positive_int, default=500, help="with --teacher: noises per solver")
+    trn.add_argument("--solvers", type=choice_list("rk45", "euler"), default="rk45,euler",
+                     help="with --teacher: rk45 (rtol = atol = 1e-3, as the demo) and/or euler (16 steps)")
+    trn.add_argument("--pair-paths", type=choice_list(*PAIR_PATHS), default=",".join(PAIR_PATHS),
+                     help="with --teacher: eager, fused (the inference kernels fused=auto takes: the CPU block "
+                          "kernel on a CPU) and/or compiled")
     _device_out(trn, "train_step.json", run_train)
 
     win = verbs.add_parser("winners", help="the fastest path per case from kernels/train/latency JSONs "
@@ -140,17 +149,28 @@ def _device_out(p: argparse.ArgumentParser, out: str, fn: Any) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from fastflow.bench.train_step import check_paths, train_step_suite
+    from fastflow.bench.train_step import check_paths, pairs_suite, runnable_amp, train_step_suite
+    from fastflow.models.checkpoint import resolve_checkpoint
     from fastflow.utils.io import atomic_write_json, check_writable
     from fastflow.utils.table import format_table
 
     check_writable(args.out)
     check_paths(args.paths)
     paths = _runnable(args.paths, args.device, lambda p: p.startswith("fused"), "path")
+    paths, why = runnable_amp(paths, args.device)
+    if why:
+        print(f"note: bf16 paths skipped: {why}")
+    teacher = resolve_checkpoint(args.teacher) if args.teacher else None
     rows = train_step_suite(args.presets, args.batch, args.device, paths, steps=args.steps, warmup=args.warmup)
-    print(format_table(rows, ["preset", "path", "batch", "step_p50_ms", "step_p90_ms", "peak_mem_mb", "first_loss"]))
-    atomic_write_json(args.out, {"device": device_name(args.device), "torch": torch.__version__, "rows": rows,
-                                 "fused_skipped": sorted(set(args.paths) - set(paths))})
+    print(format_table(rows, ["preset", "path", "batch", "step_p50_ms", "samples_per_s", "peak_mem_mb",
+                              "loss_rel_diff"]))
+    pairs = pairs_suite(str(teacher), args.pairs, args.solvers, args.pair_paths) if teacher else []
+    if pairs:
+        print(format_table(pairs, ["solver", "path", "n", "pairs_per_cpu_s", "mean_nfe", "max_abs_diff"]))
+    atomic_write_json(args.out, {"device": device_name(args.device), "torch": torch.__version__,
+                                 "threads": torch.get_num_threads(), "rows": rows, "pairs": pairs,
+                                 "teacher": str(teacher) if teacher else None,
+                                 "skipped": sorted(set(args.paths) - set(paths))})
     print(f"wrote {args.out}")
     return 0
 

@@ -4,9 +4,11 @@ InstaFlow, ``--sr`` OFTSR), once or over ``--seeds``."""
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 from fastflow.cli.argtypes import choice_list, positive_float, positive_int
-from fastflow.cli.common import add_threads
+from fastflow.cli.common import add_fused_arg, add_threads
+from fastflow.train.accel import COMPILE_MODES
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,8 +33,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="one-step routes on digits: slimflow (teacher, pairs, reflow, FGD) and/or meanflow "
                         "(teacher-free, trained for the SlimFlow route's measured time; needs that run in --out)")
     p.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
+    p.add_argument("--compile", choices=COMPILE_MODES, default="model",
+                   help="train.compile of the SlimFlow and MeanFlow training stages (MeanFlow's runs eager; "
+                        "off: the eager route)")
+    p.add_argument("--amp", choices=("bf16", "none"), default=None,
+                   help="train.amp of those stages (default: bf16 where this CPU executes it natively, AVX512-BF16 "
+                        "or AMX, else none)")
+    add_fused_arg(p, " (the trained networks, their frozen teachers and the pair teacher)")
     add_threads(p)
     p.set_defaults(fn=run)
+
+
+def execution(args: argparse.Namespace) -> Any:
+    """The :class:`~fastflow.recipes.stages.Execution` of ``--compile``, ``--amp`` and ``--fused``."""
+    from fastflow.recipes.stages import Execution
+
+    return Execution(compile=args.compile, amp=args.amp or Execution.fastest().amp, fused=args.fused)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,5 +57,5 @@ def run(args: argparse.Namespace) -> int:
 
     demo.run(writable_dir(args.out), list(range(args.seeds)), args.scale,
              slimflow_run="slimflow" in args.methods and not args.skip_main, instaflow_run=args.conditional,
-             oftsr_run=args.sr, meanflow_run="meanflow" in args.methods, jobs=args.jobs)
+             oftsr_run=args.sr, meanflow_run="meanflow" in args.methods, jobs=args.jobs, ex=execution(args))
     return 0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from fastflow.errors import ConfigError
@@ -85,6 +86,29 @@ def model_kind(config: Any) -> str:
     if getattr(config, "cond_channels", 0):
         return "image"
     return "class" if getattr(config, "num_classes", 0) else "unconditional"
+
+
+def random_inputs(model: nn.Module, batch: int, generator: torch.Generator) -> tuple[Tensor, Tensor, Any]:
+    """``(x, t, cond)``: a random batch of what ``model`` (a fastflow velocity network) takes — states
+    of its sample shape, times in [0, 1), and the condition its kind needs (labels, a low-quality
+    image, a token context), all on the model's device."""
+    cfg = model.config
+    x = torch.randn(batch, *sample_shape(model), generator=generator)
+    t = torch.rand(batch, generator=generator)
+    kind = model_kind(cfg)
+    cond: Any = None
+    if kind == "class":
+        cond = torch.randint(0, cfg.num_classes, (batch,), generator=generator)
+    elif kind == "image":
+        cond = {"image": torch.randn(batch, cfg.cond_channels, *x.shape[2:], generator=generator)}
+    elif kind == "token":
+        cond = {"tokens": torch.randn(batch, 8, cfg.context_dim, generator=generator)}
+    device = next(model.parameters()).device
+    if isinstance(cond, dict):
+        cond = {k: v.to(device) for k, v in cond.items()}
+    elif cond is not None:
+        cond = cond.to(device)
+    return x.to(device), t.to(device), cond
 
 
 def viewable(model: nn.Module, x: Tensor) -> Tensor:

@@ -35,6 +35,8 @@ class Objective(Protocol):
     preview_steps: int | None
     #: the model it trains: 1, a velocity ``v(x, t)``; 2, an average velocity ``u(x, s, t)`` (``model.times``)
     model_times: int
+    #: why its training step cannot be compiled (``train.compile``), or ``""`` when it can
+    not_compilable: str
 
     def frozen(self) -> dict[str, nn.Module]:
         """The networks it calls without training them (``teacher``): the loop checks that they generate
@@ -62,6 +64,7 @@ class ObjectiveDefaults:
     """The :class:`Objective` protocol's defaults; an objective overrides what differs."""
 
     model_times: ClassVar[int] = 1
+    not_compilable: ClassVar[str] = ""
     #: options of a base class that mean nothing to this one (not accepted in its config)
     hidden_options: ClassVar[tuple[str, ...]] = ()
     #: ``(holds(options), message)``: conditions over several options (every default filled in)

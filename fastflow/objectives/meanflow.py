@@ -100,6 +100,8 @@ class MeanFlow(ObjectiveDefaults):
 
     preview_steps: ClassVar[int | None] = 1  # one average-velocity step
     model_times: ClassVar[int] = 2
+    not_compilable: ClassVar[str] = ("MeanFlow's target is a forward-mode JVP (dual tensors), which Dynamo "
+                                     "does not trace")
     time: TimeSampler = time_option(DEFAULT_TIME)
     ratio: float = option(0.25, valid=lambda v: 0.0 <= v <= 1.0, means="in [0, 1]")
     weight_p: float = option(1.0, valid=lambda v: v >= 0.0, means=">= 0")

@@ -18,6 +18,7 @@ The model embeds times unscaled (``t_scale: 1``): with DDPM++'s 999 the JVP term
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from fastflow.errors import ConfigError
 from fastflow.models import load_model
 from fastflow.recipes import digits, slimflow
 from fastflow.recipes.report import ResultRow, print_table, report_seeds, sample_rows_figure
-from fastflow.recipes.stages import budget, log, over_seeds, stage_seconds, timed, train_stage
+from fastflow.recipes.stages import EAGER, Execution, budget, log, over_seeds, stage_seconds, timed, train_stage
 from fastflow.train.logger import read_log
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json, read_json
@@ -52,7 +53,8 @@ def route_budget(slim_dir: Path) -> float:
     return stage_seconds(slim_dir, slimflow.ROUTE)
 
 
-def train_meanflow(out: Path, seconds: float, seed: int, scale: float = 1.0) -> tuple[Path, dict[str, Any]]:
+def train_meanflow(out: Path, seconds: float, seed: int, scale: float = 1.0,
+                   ex: Execution = EAGER) -> tuple[Path, dict[str, Any]]:
     """MeanFlow for ``seconds`` of training CPU time: its checkpoint and the plan (steps, measured rates).
 
     The probe's plan (:func:`fill_budget`) is topped up at most :data:`MAX_TOP_UPS` times from the CPU
@@ -66,14 +68,15 @@ def train_meanflow(out: Path, seconds: float, seed: int, scale: float = 1.0) -> 
     else:
         probe = budget(PROBE_STEPS, scale)
         log(f"[meanflow 1/2] probe: {probe} steps to measure the step time (budget {seconds:.0f} CPU s)")
-        train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={probe}", f"train.ckpt_every={probe}"], seed=seed)
+        train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={probe}", f"train.ckpt_every={probe}"], seed=seed,
+                    execution=ex)
         plan = fill_budget(seconds, probe, stage_seconds(out, ["meanflow"]), read_log(out / "meanflow" / "log.jsonl"))
         atomic_write_json(plan_path, plan)
     while True:
         log(f"[meanflow 2/2] MeanFlow to {plan['steps']} steps ({plan['probe_s_per_step']:.3f} CPU s/step, "
             f"{plan['startup_s']:.1f} s start-up measured)")
         ckpt = train_stage(out, "meanflow", [*OVERRIDES, f"train.steps={plan['steps']}", "train.ckpt_every=500"],
-                           seed=seed)
+                           seed=seed, execution=ex)
         if plan.get("filled"):
             return ckpt, plan
         plan = top_up(plan, stage_seconds(out, ["meanflow"]), read_log(out / "meanflow" / "log.jsonl"))
@@ -132,11 +135,11 @@ def score(slim_dir: Path, meanflow: Path, seed: int) -> tuple[list[ResultRow], d
     return rows, samples
 
 
-def run(slim_dir: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
+def run(slim_dir: Path, scale: float = 1.0, seed: int = 0, ex: Execution = EAGER) -> dict[str, Any]:
     """MeanFlow at the budget of the SlimFlow run in ``slim_dir`` (written under ``slim_dir/meanflow``)."""
     out = slim_dir / "meanflow"
     seconds = route_budget(slim_dir)
-    ckpt, plan = train_meanflow(out, seconds, seed, scale)
+    ckpt, plan = train_meanflow(out, seconds, seed, scale, ex)
     with timed(out, "scoring"):
         rows, samples = score(slim_dir, ckpt, seed)
     plan["train_s"] = stage_seconds(out, ["meanflow"])
@@ -158,9 +161,9 @@ def run(slim_dir: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
 
 
 def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,
-              runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+              runs: Sequence[dict[str, Any]] | None = None, ex: Execution = EAGER) -> dict[str, Any]:
     """:func:`run` beside each seed's SlimFlow run (``out/seed-S``): rows as mean ± sd, orderings paired."""
-    result = over_seeds(run, out, seeds, scale, ("method", "solver"), jobs, runs)
+    result = over_seeds(partial(run, ex=ex), out, seeds, scale, ("method", "solver"), jobs, runs)
     report_seeds(out / "meanflow", result, f"MeanFlow vs the SlimFlow route at equal time ({digits.N_EVAL} samples "
                  "per row and seed)", slimflow.FIELDS, ORDERINGS)
     return result

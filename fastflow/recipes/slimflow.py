@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from fastflow.export.spec import BatchRange
 from fastflow.export.validate import compare
 from fastflow.flow import straightness
 from fastflow.flow.guidance import cfg_velocity
+from fastflow.fused import apply as apply_fused
 from fastflow.metrics import digits_scores
 from fastflow.metrics.cost import count_params
 from fastflow.metrics.evaluate import mean_sd
@@ -48,7 +50,7 @@ from fastflow.recipes.report import (
     report_seeds,
     sample_rows_figure,
 )
-from fastflow.recipes.stages import DIGITS_SHAPE, budget, log, over_seeds, timed, train_stage
+from fastflow.recipes.stages import DIGITS_SHAPE, EAGER, Execution, budget, log, over_seeds, timed, train_stage
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
 from fastflow.utils.timing import measure_latency
@@ -77,14 +79,15 @@ def student_overrides(pairs_root: Path) -> list[str]:
             "train.sample_every=0"]
 
 
-def train_teacher(out: Path, scale: float, seed: int, steps: int | None = None) -> Path:
+def train_teacher(out: Path, scale: float, seed: int, steps: int | None = None, ex: Execution = EAGER) -> Path:
     log("[1/6] 1-RF teacher on digits")
-    return train_stage(out, "teacher-1rf", [f"train.steps={steps or budget(1200, scale)}"], seed=seed)
+    return train_stage(out, "teacher-1rf", [f"train.steps={steps or budget(1200, scale)}"], seed=seed, execution=ex)
 
 
-def make_pairs(out: Path, teacher: Path, scale: float, seed: int) -> dict[str, Any]:
+def make_pairs(out: Path, teacher: Path, scale: float, seed: int, ex: Execution = EAGER) -> dict[str, Any]:
     log("[2/6] teacher pairs (RK45, rtol = atol = 1e-3)")
     flow = FlowTeacher.from_checkpoint(teacher, solver="rk45", rtol=1e-3, atol=1e-3)
+    apply_fused(flow.model, ex.fused)
     with timed(out, "pairs"):
         manifest = generate_pairs(flow, out / "pairs", budget(2000, scale), DIGITS_SHAPE, shard_size=500,
                                   batch_size=500, seed=seed)
@@ -92,23 +95,25 @@ def make_pairs(out: Path, teacher: Path, scale: float, seed: int) -> dict[str, A
     return manifest
 
 
-def train_students(out: Path, scale: float, seed: int) -> tuple[Path, Path]:
+def train_students(out: Path, scale: float, seed: int, ex: Execution = EAGER) -> tuple[Path, Path]:
     """Plain reflow and Annealing Reflow students from scratch: their checkpoints."""
     log("[3/6] small students (digits-small, ~4x fewer parameters) from scratch on the pairs")
     pairs, steps = student_overrides(out / "pairs"), budget(1000, scale)
-    plain = train_stage(out, "student-reflow", [*pairs, "objective={name: reflow}", f"train.steps={steps}"], seed=seed)
+    plain = train_stage(out, "student-reflow", [*pairs, "objective={name: reflow}", f"train.steps={steps}"], seed=seed,
+                        execution=ex)
     anneal = f"objective={{name: reflow, anneal: cos_{budget(400, scale)}}}"
-    return plain, train_stage(out, "student-annealing", [*pairs, anneal, f"train.steps={steps}"], seed=seed)
+    return plain, train_stage(out, "student-annealing", [*pairs, anneal, f"train.steps={steps}"], seed=seed,
+                                execution=ex)
 
 
-def distill(out: Path, student: Path, scale: float, seed: int) -> tuple[Path, Path]:
+def distill(out: Path, student: Path, scale: float, seed: int, ex: Execution = EAGER) -> tuple[Path, Path]:
     """Plain one-step distillation and FGD (guided by ``student``) from ``student``: their checkpoints."""
     log("[4/6] one-step distillation of the Annealing-Reflow student: plain vs Flow-Guided")
     common = [*student_overrides(out / "pairs"), f"train.init_from={student}", f"train.steps={budget(500, scale)}",
               "optim.lr=5e-4", "optim.warmup=50"]
-    plain = train_stage(out, "student-distill", [*common, "objective={name: distill}"], seed=seed)
+    plain = train_stage(out, "student-distill", [*common, "objective={name: distill}"], seed=seed, execution=ex)
     return plain, train_stage(
-        out, "student-fgd", [*common, f"objective={{name: fgd, teacher: '{student}'}}"], seed=seed
+        out, "student-fgd", [*common, f"objective={{name: fgd, teacher: '{student}'}}"], seed=seed, execution=ex
     )
 
 
@@ -158,8 +163,10 @@ def checks_of(rows: list[ResultRow], straight: dict[str, float]) -> dict[str, bo
     return checks
 
 
-def run(out: Path, scale: float = 1.0, teacher_steps: int | None = None, seed: int = 0) -> dict[str, Any]:
-    """The whole pipeline; ``seed`` seeds every training run, the pairs and the scoring noise."""
+def run(out: Path, scale: float = 1.0, teacher_steps: int | None = None, seed: int = 0,
+        ex: Execution = EAGER) -> dict[str, Any]:
+    """The whole pipeline; ``seed`` seeds every training run, the pairs and the scoring noise; ``ex``: how
+    the stages run."""
     out.mkdir(parents=True, exist_ok=True)
     log(f"SlimFlow on digits (seed {seed}) in {out}: 6 stages, {20 * scale:.0f} to {50 * scale:.0f} min at one thread "
         "on this project's 2-core x86 CPUs (docs/slimflow.md); rerun the same command to resume after an interruption")
@@ -171,13 +178,13 @@ def run(out: Path, scale: float = 1.0, teacher_steps: int | None = None, seed: i
         seconds[stage], t0 = time.perf_counter() - t0, time.perf_counter()
         log(f"  {stage} took {seconds[stage]:.0f} s ({t0 - t_start:.0f} s so far)")
 
-    teacher = train_teacher(out, scale, seed, teacher_steps)
+    teacher = train_teacher(out, scale, seed, teacher_steps, ex)
     lap("teacher")
-    manifest = make_pairs(out, teacher, scale, seed)
+    manifest = make_pairs(out, teacher, scale, seed, ex)
     lap("pairs")
-    plain, anneal = train_students(out, scale, seed)
+    plain, anneal = train_students(out, scale, seed, ex)
     lap("students")
-    plain_distill, fgd = distill(out, anneal, scale, seed)
+    plain_distill, fgd = distill(out, anneal, scale, seed, ex)
     lap("distillation")
     z = digits.eval_noise(seed)
     models = {TEACHER: load_model(teacher), PLAIN: load_model(plain), ANNEAL: load_model(anneal),
@@ -220,10 +227,10 @@ def _print(result: dict[str, Any], n: int, out: Path) -> None:
 
 
 def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,
-              runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+              runs: Sequence[dict[str, Any]] | None = None, ex: Execution = EAGER) -> dict[str, Any]:
     """:func:`run` once per seed (``out/seed-S``): rows as mean ± sd, the paper's orderings as
     paired gains, straightness as mean ± sd."""
-    result = over_seeds(run, out, seeds, scale, ("method", "solver", "params (M)"), jobs, runs)
+    result = over_seeds(partial(run, ex=ex), out, seeds, scale, ("method", "solver", "params (M)"), jobs, runs)
     runs = list(result["per_seed"].values())
     result["straightness"] = {m: mean_sd([r["straightness"][m] for r in runs]) for m in runs[0]["straightness"]}
     report_seeds(out, result, f"SlimFlow on digits ({digits.N_EVAL} samples per row and seed)", FIELDS, ORDERINGS)

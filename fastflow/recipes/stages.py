@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,9 @@ import torch
 
 from fastflow.errors import ConfigError
 from fastflow.metrics.evaluate import aggregate_rows
+from fastflow.objectives import OBJECTIVES, objective_options
 from fastflow.train import load_config, train
+from fastflow.train.accel import cpu_bf16
 from fastflow.train.config import PACKAGED_CONFIGS
 from fastflow.train.state import latest_checkpoint
 from fastflow.utils.io import atomic_write_json, read_json
@@ -35,12 +38,47 @@ def budget(n: int, scale: float) -> int:
     return max(1, int(round(n * scale)))
 
 
-def train_stage(out: Path, name: str, overrides: list[str], config: str | None = "digits.yaml", seed: int = 0) -> Path:
-    """Train ``out/name`` from a packaged config plus ``key=value`` overrides, resuming a run that
-    has checkpoints (a finished one returns at once); returns its latest checkpoint. The time it
-    took is added to ``out/timing.json`` (see :func:`timed`)."""
-    cfg = load_config(PACKAGED_CONFIGS / config if config else None,
-                      [f"out_dir={out / name}", "train.tensorboard=false", f"seed={seed}", *overrides])
+@dataclass(frozen=True)
+class Execution:
+    """How the recipes' stages run, not what they compute: ``train.compile`` of every training stage
+    whose objective compiles (MeanFlow's does not: it runs eager), ``train.amp``, and the kernel path
+    (``model.fused``) of the trained networks, their frozen teachers and the pair teachers.
+    :meth:`fastest` is the demo's default; ``Execution(compile="off", amp="none", fused="off")`` is the
+    eager float32 route it is measured against (``docs/training.md``)."""
+
+    compile: str = "off"
+    amp: str = "none"
+    fused: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.fused == "cpu":
+            raise ConfigError("fused=cpu: the trained networks cannot take the CPU block kernel (inference-only); "
+                              "fused=auto puts it into the teachers on a CPU")
+
+    @classmethod
+    def fastest(cls) -> Execution:
+        """Compiled models, bf16 where this CPU executes it natively, the inference kernels for teachers."""
+        return cls(compile="model", amp="bf16" if cpu_bf16()[0] else "none", fused="auto")
+
+    def overrides(self, objective: dict[str, Any]) -> list[str]:
+        """``key=value`` overrides of a training stage with the objective section ``objective``."""
+        name, _ = objective_options(objective)
+        mode = "off" if OBJECTIVES[name].not_compilable else self.compile
+        return [f"train.compile={mode}", f"train.amp={self.amp}", f"model.fused={self.fused}"]
+
+
+#: the library's defaults: eager float32 training, kernels where ``fused=auto`` takes them
+EAGER = Execution()
+
+
+def train_stage(out: Path, name: str, overrides: list[str], config: str | None = "digits.yaml", seed: int = 0,
+                execution: Execution = EAGER) -> Path:
+    """Train ``out/name`` from a packaged config plus ``key=value`` overrides, run as ``execution``
+    says, resuming a run that has checkpoints (a finished one returns at once); returns its latest
+    checkpoint. The time it took is added to ``out/timing.json`` (see :func:`timed`)."""
+    base = [f"out_dir={out / name}", "train.tensorboard=false", f"seed={seed}", *overrides]
+    cfg = load_config(PACKAGED_CONFIGS / config if config else None, base)
+    cfg = load_config(PACKAGED_CONFIGS / config if config else None, [*base, *execution.overrides(cfg.objective)])
     log(f"  {name}: {cfg.objective.get('name')} · {cfg.model} · {cfg.train.steps} steps")
     with timed(out, name):
         return latest_checkpoint(train(cfg, resume="auto"))

@@ -21,8 +21,9 @@ from fastflow.data import dataset_options, dataset_settings
 from fastflow.errors import ConfigError
 from fastflow.fused.switch import split_spec
 from fastflow.models.presets import model_config, resolve_spec
-from fastflow.objectives import build_objective, objective_options
+from fastflow.objectives import OBJECTIVES, build_objective, objective_options
 from fastflow.objectives.base import objective_settings
+from fastflow.train.accel import AMP_MODES, check_compile, compile_mode
 from fastflow.train.parallel import check_options
 from fastflow.utils.schema import build
 
@@ -97,7 +98,8 @@ class LoopConfig:
     steps: int = 1000
     batch_size: int = 128  # global batch (split evenly over ranks)
     ema_rate: float = 0.999999
-    amp: str = "auto"  # auto (bf16 on CUDA when supported), bf16, none
+    amp: str = "auto"  # auto (bf16 on CUDA when supported), bf16 (CUDA; CPUs with AVX512-BF16/AMX), none
+    compile: str | bool = "off"  # off, model (the network compiled with Inductor), step (forward + loss compiled)
     log_every: int = 50
     ckpt_every: int = 1000
     keep_ckpts: int = 3
@@ -186,11 +188,13 @@ def check_sections(cfg: TrainConfig) -> None:
     if "fused" in cfg.model:
         cfg.model["fused"] = fused
     dataset_options(cfg.data)
-    objective_options(cfg.objective)
+    name, _ = objective_options(cfg.objective)
+    check_compile(cfg.train.compile, cfg.train.parallel, OBJECTIVES[name].not_compilable)
 
 
 def _check_ranges(cfg: TrainConfig) -> None:
     t, o = cfg.train, cfg.optim
+    t.compile = compile_mode(t.compile)
     checks = [
         (bool(cfg.out_dir.strip()), "out_dir must name a directory (an empty one would train into the current one)"),
         ("\0" not in cfg.out_dir, "out_dir must not contain a NUL byte"),
@@ -198,7 +202,7 @@ def _check_ranges(cfg: TrainConfig) -> None:
         (t.steps >= 1, "train.steps must be >= 1"),
         (t.batch_size >= 1, "train.batch_size must be >= 1"),
         (0.0 <= t.ema_rate < 1.0, "train.ema_rate must be in [0, 1)"),
-        (t.amp in ("auto", "bf16", "none"), "train.amp must be auto, bf16 or none"),
+        (t.amp in AMP_MODES, f"train.amp must be one of {', '.join(AMP_MODES)}, got {t.amp!r}"),
         (t.log_every >= 1 and t.ckpt_every >= 1, "train.log_every and train.ckpt_every must be >= 1"),
         (t.keep_ckpts >= 1, "train.keep_ckpts must be >= 1"),
         (t.sample_every >= 0 and t.sample_n >= 1 and t.sample_steps >= 1, "invalid sample settings"),
