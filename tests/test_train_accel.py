@@ -122,6 +122,10 @@ def test_frozen_network_gets_the_cpu_kernel_and_agrees(tmp_path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(net(x, t, cond), eager(x, t, cond), rtol=1e-5, atol=1e-5)
     assert fast_frozen(copy.deepcopy(eager), "off", torch.device("cpu")) == ("off", 0.0)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # a bf16 run calls its teacher
+        out = net(x.bfloat16(), t, cond)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, eager(x.bfloat16().float(), t, cond), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", [{"preset": "tiny", "num_classes": 3}, {"preset": "tiny", "cond_channels": 3}])

@@ -17,12 +17,14 @@ in ``docs/training.md``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
+from torch.utils._pytree import tree_map
 
 from fastflow.errors import ConfigError
 from fastflow.fused import apply as apply_fused
@@ -112,11 +114,26 @@ def compiled_graphs() -> int:
     return int(counters["stats"].get("unique_graphs", 0))
 
 
+def _in_float32(forward: Callable[..., Any], device_type: str) -> Callable[..., Any]:
+    """``forward`` with autocast off and floating-point tensor arguments as float32."""
+    def cast(v: Any) -> Any:
+        return v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+
+    @functools.wraps(forward)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type, enabled=False):
+            return forward(*tree_map(cast, args), **tree_map(cast, kwargs))
+
+    return run
+
+
 def fast_frozen(net: nn.Module, fused: str, device: torch.device, batch: int = 8) -> tuple[str, float]:
     """Put the inference kernels of ``model.fused=fused`` into a frozen network (a teacher, a guide):
     the CPU block kernel on a CPU, Triton on CUDA, as :func:`fastflow.fused.apply` decides for
-    inference. Returns the path taken and the largest ``|Δ|`` between its output and the eager
-    output on a random batch (0 when nothing was swapped)."""
+    inference. The network computes in float32 whatever the run's ``train.amp`` (its outputs are the
+    objective's targets, and the CPU kernel takes float32). Returns the path taken and the largest
+    ``|Δ|`` between its output and the eager output on a random batch (0 when nothing was swapped)."""
+    net.forward = _in_float32(net.forward, torch.device(device).type)
     inputs = random_inputs(net, batch, torch.Generator().manual_seed(0))
     with torch.no_grad(), evaluation_mode(net):
         eager = net(*inputs)
