@@ -20,8 +20,8 @@ def run(out: Path, seeds: Sequence[int], scale: float = 1.0, slimflow_run: bool 
         oftsr_run: bool = False, meanflow_run: bool = False, jobs: int = 1, ex: Execution | None = None) -> None:
     """The chosen recipes, once (one seed: 0) or over ``seeds``. MeanFlow runs right after each
     seed's SlimFlow run (its budget is that run's recorded CPU time), so a seed is finished before
-    the next starts. ``jobs > 1`` runs that many seeds at once in worker processes. ``ex``: how the
-    SlimFlow and MeanFlow stages run (default :meth:`Execution.fastest`)."""
+    the next starts. ``jobs > 1`` runs that many seeds at once in worker processes. ``ex``: how every
+    recipe's stages run (default :meth:`Execution.fastest`)."""
     ex = Execution.fastest() if ex is None else ex
     many = len(seeds) > 1
     if slimflow_run and meanflow_run and many:
@@ -32,8 +32,8 @@ def run(out: Path, seeds: Sequence[int], scale: float = 1.0, slimflow_run: bool 
         slimflow_then_meanflow(out, scale, ex=ex)
     for wanted, where, pipeline, kw in ((slimflow_run and not meanflow_run, out, slimflow, {"ex": ex}),
                                         (meanflow_run and not slimflow_run, out, meanflow, {"ex": ex}),
-                                        (instaflow_run, out / "conditional", instaflow, {}),
-                                        (oftsr_run, out / "sr", oftsr, {})):
+                                        (instaflow_run, out / "conditional", instaflow, {"ex": ex}),
+                                        (oftsr_run, out / "sr", oftsr, {"ex": ex})):
         if wanted and many:
             pipeline.run_seeds(where, seeds, scale=scale, jobs=jobs, **kw)
         elif wanted:

@@ -188,7 +188,7 @@ PROBES: list[tuple[str, list[str], str]] = [
     ("bench-kernels-device-bogus", ["bench", "kernels", "--device", "bogus"], "unknown device"),
     ("bench-kernels-ops-foo", ["bench", "kernels", "--ops", "foo"], "comma list of gn, attn"),
     ("demo-out-is-file", ["demo", "--out", "{s}/afile"], "is not a directory"),
-    ("demo-compile-bogus", ["demo", "--out", "{s}/new/d", "--compile", "fast"], "invalid choice: 'fast'"),
+    ("demo-compile-bogus", ["demo", "--out", "{s}/new/d", "--compile", "fast"], "must be one of off, model, step"),
     ("demo-amp-bogus", ["demo", "--out", "{s}/new/d", "--amp", "fp8"], "invalid choice: 'fp8'"),
     ("demo-fused-cpu", ["demo", "--out", "{s}/new/d", "--fused", "cpu"], "inference-only"),
     ("bench-train-teacher-missing", ["bench", "train", "--presets", "tiny", "--out", "{s}/new/t.json", "--teacher",

@@ -12,6 +12,8 @@ import subprocess
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 from fastflow.data.base import Batch
@@ -290,3 +292,25 @@ def test_winners_pick_the_fastest_path_per_case(tmp_path) -> None:
     (tmp_path / "bad.json").write_text("[1, 2]")
     r = run_cli("bench", "winners", str(tmp_path / "bad.json"), "--out", str(tmp_path / "w2.json"))
     assert r.returncode == 2 and "not a bench JSON" in r.stderr
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.sampled_from(["--paths", "--pair-paths", "--solvers", "--pairs", "--teacher"]), max_size=3),
+       st.lists(st.text(max_size=10), min_size=3, max_size=3))
+def test_bench_train_flags_property(flags: list[str], values: list[str]) -> None:
+    """Any ``bench train`` flag text parses to checked values or ends in argparse's exit 2 (one line)."""
+    import argparse
+
+    from fastflow.bench.train_step import PAIR_PATHS, PATHS
+    from fastflow.cli import bench as bench_cli
+
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    bench_cli.add_parser(parser.add_subparsers())
+    argv = ["bench", "train"] + [f"{f}={v}" for f, v in zip(flags, values, strict=False)]
+    try:
+        args = parser.parse_args(argv)
+    except (SystemExit, argparse.ArgumentError):
+        return
+    assert set(args.paths) <= set(PATHS) and set(args.pair_paths) <= set(PAIR_PATHS)
+    assert set(args.solvers) <= {"rk45", "euler"} and args.pairs >= 1
+    assert args.teacher is None or isinstance(args.teacher, str)

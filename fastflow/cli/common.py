@@ -80,6 +80,16 @@ def fused_mode(text: str) -> str:
         raise argparse.ArgumentTypeError(str(e).removeprefix("--fused ")) from None
 
 
+def compile_arg(text: str) -> str:
+    """``--compile``'s value: one of :data:`fastflow.train.accel.COMPILE_MODES`."""
+    from fastflow.train.accel import compile_mode
+
+    try:
+        return compile_mode(text, "--compile")
+    except ConfigError as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("--compile ")) from None
+
+
 def add_fused_arg(p: argparse.ArgumentParser, extra: str = "") -> None:
     """``--fused {auto,off,triton,cpu}``: what :func:`fastflow.fused.apply` does to the model."""
     p.add_argument("--fused", default="auto", type=fused_mode, metavar="{" + ",".join(FUSED_MODES) + "}",

@@ -7,8 +7,7 @@ import argparse
 from typing import Any
 
 from fastflow.cli.argtypes import choice_list, positive_float, positive_int
-from fastflow.cli.common import add_fused_arg, add_threads
-from fastflow.train.accel import COMPILE_MODES
+from fastflow.cli.common import add_fused_arg, add_threads, compile_arg
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -33,9 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="one-step routes on digits: slimflow (teacher, pairs, reflow, FGD) and/or meanflow "
                         "(teacher-free, trained for the SlimFlow route's measured time; needs that run in --out)")
     p.add_argument("--skip-main", action="store_true", help="skip the SlimFlow run (with --conditional / --sr)")
-    p.add_argument("--compile", choices=COMPILE_MODES, default="model",
-                   help="train.compile of the SlimFlow and MeanFlow training stages (MeanFlow's runs eager; "
-                        "off: the eager route)")
+    p.add_argument("--compile", type=compile_arg, default="model", metavar="{off,model,step}",
+                   help="train.compile of every training stage (MeanFlow's runs eager: it cannot compile; off: "
+                        "the eager route)")
     p.add_argument("--amp", choices=("bf16", "none"), default=None,
                    help="train.amp of those stages (default: bf16 where this CPU executes it natively, AVX512-BF16 "
                         "or AMX, else none)")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from fastflow.models import load_model
 from fastflow.pairs import FlowTeacher, generate_pairs
 from fastflow.recipes import digits
 from fastflow.recipes.report import ResultRow, find, print_checks, print_table, report_seeds, sample_rows_figure
-from fastflow.recipes.stages import DIGITS_SHAPE, budget, log, over_seeds, train_stage
+from fastflow.recipes.stages import DIGITS_SHAPE, EAGER, Execution, budget, log, over_seeds, pair_teacher, train_stage
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
 
@@ -42,15 +43,16 @@ COND = ["model.num_classes=10", "train.sample_every=0"]
 FIELDS = ["method", "solver", "cfg", "nfe", "label_accuracy", "fd", "coverage", "latency_ms", "params"]
 
 
-def train_teacher(out: Path, scale: float, seed: int) -> Path:
+def train_teacher(out: Path, scale: float, seed: int, ex: Execution = EAGER) -> Path:
     log("[cond 1/4] class-conditional 1-RF teacher on digits (10 % condition dropout)")
     return train_stage(out, "teacher-1rf", [*COND, "objective={name: rf, cond_drop: 0.1}",
-                                            f"train.steps={budget(1200, scale)}"], seed=seed)
+                                            f"train.steps={budget(1200, scale)}"], seed=seed, execution=ex)
 
 
-def make_pairs(out: Path, teacher: Path, scale: float, seed: int) -> dict[str, Any]:
+def make_pairs(out: Path, teacher: Path, scale: float, seed: int, ex: Execution = EAGER) -> dict[str, Any]:
     log(f"[cond 2/4] teacher pairs with CFG α = {CFG_PAIRS} (RK45, labels stored in the shards)")
     flow = FlowTeacher.from_checkpoint(teacher, solver="rk45", rtol=1e-3, atol=1e-3, cfg_scale=CFG_PAIRS)
+    pair_teacher(flow.model, ex)
     manifest = generate_pairs(flow, out / "pairs", budget(2000, scale), DIGITS_SHAPE, shard_size=500,
                               batch_size=500, seed=seed)
     log(f"  {manifest['count']} pairs, mean NFE {manifest['mean_nfe']:.1f}")
@@ -61,18 +63,19 @@ def _on_pairs(out: Path) -> list[str]:
     return [*COND, "data.name=pairs", f"data.root={out / 'pairs'}", "optim.warmup=50"]
 
 
-def train_2rf(out: Path, teacher: Path, scale: float, seed: int) -> Path:
+def train_2rf(out: Path, teacher: Path, scale: float, seed: int, ex: Execution = EAGER) -> Path:
     log("[cond 3/4] 2-RF from the teacher (reflow, 10 % condition dropout)")
     return train_stage(out, "2rf", [*_on_pairs(out), "objective={name: reflow, cond_drop: 0.1}",
                                     f"train.init_from={teacher}", f"train.steps={budget(600, scale)}",
-                                    "optim.lr=1e-3"], seed=seed)
+                                    "optim.lr=1e-3"], seed=seed, execution=ex)
 
 
-def distill(out: Path, reflow: Path, scale: float, seed: int) -> Path:
+def distill(out: Path, reflow: Path, scale: float, seed: int, ex: Execution = EAGER) -> Path:
     log(f"[cond 4/4] one-step Flow-Guided Distillation guided by the 2-RF (α = {CFG_DISTILL})")
     fgd = f"objective={{name: fgd, teacher: '{reflow}', cfg_scale: {CFG_DISTILL}}}"
     return train_stage(out, "one-step", [*_on_pairs(out), f"train.init_from={reflow}",
-                                         f"train.steps={budget(500, scale)}", "optim.lr=5e-4", fgd], seed=seed)
+                                         f"train.steps={budget(500, scale)}", "optim.lr=5e-4", fgd], seed=seed,
+                       execution=ex)
 
 
 def score_models(teacher: Path, reflow: Path, one_step: Path, z: torch.Tensor) -> tuple[list[ResultRow],
@@ -92,14 +95,14 @@ def score_models(teacher: Path, reflow: Path, one_step: Path, z: torch.Tensor) -
     return rows, samples
 
 
-def run(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
+def run(out: Path, scale: float = 1.0, seed: int = 0, ex: Execution = EAGER) -> dict[str, Any]:
     """The whole pipeline; ``seed`` seeds every training run, the pairs and the scoring noise."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    teacher = train_teacher(out, scale, seed)
-    manifest = make_pairs(out, teacher, scale, seed)
-    reflow = train_2rf(out, teacher, scale, seed)
-    one_step = distill(out, reflow, scale, seed)
+    teacher = train_teacher(out, scale, seed, ex)
+    manifest = make_pairs(out, teacher, scale, seed, ex)
+    reflow = train_2rf(out, teacher, scale, seed, ex)
+    one_step = distill(out, reflow, scale, seed, ex)
     rows, samples = score_models(teacher, reflow, one_step, digits.eval_noise(seed))
     fd = lambda *key: find(rows, *key).metrics["fd"]  # noqa: E731
     checks = {ACCURACY: find(rows, ONE_STEP, "euler 1", 1.0).metrics["label_accuracy"] >= 0.8,
@@ -121,9 +124,9 @@ def run(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
 
 
 def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,
-              runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+              runs: Sequence[dict[str, Any]] | None = None, ex: Execution = EAGER) -> dict[str, Any]:
     """:func:`run` once per seed (``out/seed-S``): rows as mean ± sd, the orderings as paired gains."""
-    result = over_seeds(run, out, seeds, scale, ("method", "solver", "CFG α", "params (M)"), jobs, runs)
+    result = over_seeds(partial(run, ex=ex), out, seeds, scale, ("method", "solver", "CFG α", "params (M)"), jobs, runs)
     report_seeds(out, result, f"InstaFlow on class-conditioned digits ({digits.N_EVAL} samples per row and seed)",
                  ["method", "solver", "cfg", "nfe", "label_accuracy", "fd", "coverage"], ORDERINGS)
     return result

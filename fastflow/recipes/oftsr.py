@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from fastflow.metrics.sr_eval import save_sweep_plot, tau_sweep
 from fastflow.models import load_model
 from fastflow.objectives.lpips_distance import ENV, LPIPSDistance
 from fastflow.recipes.report import print_checks, report_seeds, strip_figure
-from fastflow.recipes.stages import budget, log, over_seeds, train_stage
+from fastflow.recipes.stages import EAGER, Execution, budget, log, over_seeds, train_stage
 from fastflow.utils.io import atomic_write_json
 from fastflow.utils.table import format_table
 
@@ -51,19 +52,21 @@ def lpips_distance() -> Any:
     return LPIPSDistance() if os.environ.get(ENV) else None
 
 
-def train_teacher(out: Path, scale: float, seed: int) -> Path:
+def train_teacher(out: Path, scale: float, seed: int, ex: Execution = EAGER) -> Path:
     log(f"[sr 1/3] SR teacher flow from x0 = sqrt(1 − σp²)·lq + σp·ε (photo crops ×4, σp = {DEFAULT_SIGMA_P})")
     return train_stage(out, "teacher", [*COMMON, "objective={name: sr}", "train.batch_size=32",
-                                        f"train.steps={budget(TEACHER_STEPS, scale)}"], config=None, seed=seed)
+                                        f"train.steps={budget(TEACHER_STEPS, scale)}"], config=None, seed=seed,
+                       execution=ex)
 
 
-def distill(out: Path, teacher: Path, scale: float, seed: int) -> Path:
+def distill(out: Path, teacher: Path, scale: float, seed: int, ex: Execution = EAGER) -> Path:
     log("[sr 2/3] OFTSR one-step distillation (bootstrap + boundary + alignment)")
     # a student step costs 4 teacher calls and a 3× batch: batch 16 (as fast per step as 32 on 1 thread
     # here) and more steps close the gap to the teacher at τ ≈ 1 (200 steps at batch 32: 0.74 dB)
     return train_stage(out, "one-step", [*COMMON, f"objective={{name: oftsr, teacher: '{teacher}'}}",
                                          "train.batch_size=16", f"train.init_from={teacher}",
-                                         f"train.steps={budget(STUDENT_STEPS, scale)}"], config=None, seed=seed)
+                                         f"train.steps={budget(STUDENT_STEPS, scale)}"], config=None, seed=seed,
+                       execution=ex)
 
 
 def sweep(student: Path, teacher: Path, seed: int, lpips: Any = None) -> tuple[list[dict[str, Any]],
@@ -90,13 +93,13 @@ def checks_of(rows: Sequence[dict[str, Any]]) -> dict[str, bool]:
             CLOSE: abs(psnr[-1] - _row(rows, "teacher")["psnr"]) < 0.5}
 
 
-def run(out: Path, scale: float = 1.0, seed: int = 0) -> dict[str, Any]:
+def run(out: Path, scale: float = 1.0, seed: int = 0, ex: Execution = EAGER) -> dict[str, Any]:
     """The whole pipeline; ``seed`` seeds both training runs and the sweep's noise."""
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     lpips = lpips_distance()
-    teacher = train_teacher(out, scale, seed)
-    student = distill(out, teacher, scale, seed)
+    teacher = train_teacher(out, scale, seed, ex)
+    student = distill(out, teacher, scale, seed, ex)
     rows, samples = sweep(student, teacher, seed, lpips)
     save_sweep_plot(rows, str(out / "tau_sweep.png"))
     strip_figure({STRIP[k]: samples[k] for k in STRIP}, out / "strip.png")
@@ -120,10 +123,10 @@ def teacher_gap(rows: Sequence[dict[str, Any]]) -> float:
 
 
 def run_seeds(out: Path, seeds: Sequence[int], scale: float = 1.0, jobs: int = 1,
-              runs: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
+              runs: Sequence[dict[str, Any]] | None = None, ex: Execution = EAGER) -> dict[str, Any]:
     """:func:`run` once per seed (``out/seed-S``): the τ sweep as mean ± sd (also plotted with
     error bars) and the paired PSNR gap of the τ ≈ 1 student to the teacher."""
-    result = over_seeds(run, out, seeds, scale, ("method", "tau", "NFE"), jobs, runs)
+    result = over_seeds(partial(run, ex=ex), out, seeds, scale, ("method", "tau", "NFE"), jobs, runs)
     gap = mean_sd([teacher_gap(r["rows"]) for r in result["per_seed"].values()])
     result["student τ≈1 − teacher PSNR (dB)"] = gap
     save_sweep_plot(result["rows"], str(out / "tau_sweep.png"))

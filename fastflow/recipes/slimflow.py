@@ -34,7 +34,6 @@ from fastflow.export.spec import BatchRange
 from fastflow.export.validate import compare
 from fastflow.flow import straightness
 from fastflow.flow.guidance import cfg_velocity
-from fastflow.fused import apply as apply_fused
 from fastflow.metrics import digits_scores
 from fastflow.metrics.cost import count_params
 from fastflow.metrics.evaluate import mean_sd
@@ -50,7 +49,17 @@ from fastflow.recipes.report import (
     report_seeds,
     sample_rows_figure,
 )
-from fastflow.recipes.stages import DIGITS_SHAPE, EAGER, Execution, budget, log, over_seeds, timed, train_stage
+from fastflow.recipes.stages import (
+    DIGITS_SHAPE,
+    EAGER,
+    Execution,
+    budget,
+    log,
+    over_seeds,
+    pair_teacher,
+    timed,
+    train_stage,
+)
 from fastflow.utils.images import save_grid
 from fastflow.utils.io import atomic_write_json
 from fastflow.utils.timing import measure_latency
@@ -87,7 +96,7 @@ def train_teacher(out: Path, scale: float, seed: int, steps: int | None = None, 
 def make_pairs(out: Path, teacher: Path, scale: float, seed: int, ex: Execution = EAGER) -> dict[str, Any]:
     log("[2/6] teacher pairs (RK45, rtol = atol = 1e-3)")
     flow = FlowTeacher.from_checkpoint(teacher, solver="rk45", rtol=1e-3, atol=1e-3)
-    apply_fused(flow.model, ex.fused)
+    pair_teacher(flow.model, ex)
     with timed(out, "pairs"):
         manifest = generate_pairs(flow, out / "pairs", budget(2000, scale), DIGITS_SHAPE, shard_size=500,
                                   batch_size=500, seed=seed)

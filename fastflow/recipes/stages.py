@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from fastflow.errors import ConfigError
+from fastflow.fused.frozen import apply_frozen
 from fastflow.metrics.evaluate import aggregate_rows
 from fastflow.objectives import OBJECTIVES, objective_options
 from fastflow.train import load_config, train
@@ -42,7 +43,8 @@ def budget(n: int, scale: float) -> int:
 class Execution:
     """How the recipes' stages run, not what they compute: ``train.compile`` of every training stage
     whose objective compiles (MeanFlow's does not: it runs eager), ``train.amp``, and the kernel path
-    (``model.fused``) of the trained networks, their frozen teachers and the pair teachers.
+    (``model.fused``) of the trained networks, their frozen teachers and the pair teachers
+    (:func:`pair_teacher`).
     :meth:`fastest` is the demo's default; ``Execution(compile="off", amp="none", fused="off")`` is the
     eager float32 route it is measured against (``docs/training.md``)."""
 
@@ -69,6 +71,14 @@ class Execution:
 
 #: the library's defaults: eager float32 training, kernels where ``fused=auto`` takes them
 EAGER = Execution()
+
+
+def pair_teacher(model: torch.nn.Module, ex: Execution) -> None:
+    """Give a pair teacher ``ex``'s inference path (:func:`~fastflow.fused.frozen.apply_frozen`) and
+    say how far it is from eager."""
+    decision, err = apply_frozen(model, ex.fused, next(model.parameters()).device)
+    if decision.active:
+        log(f"  pair teacher: {decision.path} inference kernels, max |Δ| against eager {err:.2g} on a random batch")
 
 
 def train_stage(out: Path, name: str, overrides: list[str], config: str | None = "digits.yaml", seed: int = 0,

@@ -17,19 +17,14 @@ in ``docs/training.md``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils._pytree import tree_map
 
 from fastflow.errors import ConfigError
-from fastflow.fused import apply as apply_fused
-from fastflow.models.presets import random_inputs
-from fastflow.objectives.base import evaluation_mode
 
 COMPILE_MODES = ("off", "model", "step")
 AMP_MODES = ("auto", "bf16", "none")
@@ -71,14 +66,15 @@ def autocast_for(mode: str, device: torch.device) -> AbstractContextManager[Any]
     return torch.autocast(device.type, dtype=torch.bfloat16)
 
 
-def compile_mode(value: object) -> str:
-    """``train.compile`` as a word (YAML 1.1 reads an unquoted ``off`` as false); ``on``/true names no mode."""
+def compile_mode(value: object, key: str = "train.compile") -> str:
+    """``train.compile`` as a word (YAML 1.1 reads an unquoted ``off`` as false); ``on``/true names no
+    mode. :class:`ConfigError` naming ``key`` otherwise."""
     if value is False:
         return "off"
     if value is True or value == "on":
-        raise ConfigError("train.compile=on: say which, model (the network) or step (forward + loss)")
+        raise ConfigError(f"{key}=on: say which, model (the network) or step (forward + loss)")
     if value not in COMPILE_MODES:
-        raise ConfigError(f"train.compile must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
+        raise ConfigError(f"{key} must be one of {', '.join(COMPILE_MODES)}, got {value!r}")
     return str(value)
 
 
@@ -112,32 +108,3 @@ def compiled_graphs() -> int:
     from torch._dynamo.utils import counters  # Dynamo's import is heavy: only for compiled runs
 
     return int(counters["stats"].get("unique_graphs", 0))
-
-
-def _in_float32(forward: Callable[..., Any], device_type: str) -> Callable[..., Any]:
-    """``forward`` with autocast off and floating-point tensor arguments as float32."""
-    def cast(v: Any) -> Any:
-        return v.float() if isinstance(v, torch.Tensor) and v.is_floating_point() else v
-
-    @functools.wraps(forward)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        with torch.autocast(device_type, enabled=False):
-            return forward(*tree_map(cast, args), **tree_map(cast, kwargs))
-
-    return run
-
-
-def fast_frozen(net: nn.Module, fused: str, device: torch.device, batch: int = 8) -> tuple[str, float]:
-    """Put the inference kernels of ``model.fused=fused`` into a frozen network (a teacher, a guide):
-    the CPU block kernel on a CPU, Triton on CUDA, as :func:`fastflow.fused.apply` decides for
-    inference. The network computes in float32 whatever the run's ``train.amp`` (its outputs are the
-    objective's targets, and the CPU kernel takes float32). Returns the path taken and the largest
-    ``|Δ|`` between its output and the eager output on a random batch (0 when nothing was swapped)."""
-    net.forward = _in_float32(net.forward, torch.device(device).type)
-    inputs = random_inputs(net, batch, torch.Generator().manual_seed(0))
-    with torch.no_grad(), evaluation_mode(net):
-        eager = net(*inputs)
-        decision = apply_fused(net, fused, device, inference=True)
-        if not decision.active:
-            return decision.path, 0.0
-        return decision.path, float((net(*inputs) - eager).abs().max())

@@ -19,12 +19,13 @@ from tqdm import tqdm
 from fastflow.data import Dataset, build_dataset
 from fastflow.errors import ConfigError, TrainingError
 from fastflow.fused import split_spec
+from fastflow.fused.frozen import apply_frozen
 from fastflow.models.checkpoint import checkpoints_root, load_model, resolve_checkpoint
 from fastflow.models.presets import model_kind, sample_shape
 from fastflow.models.sharded import is_sharded
 from fastflow.objectives import build_objective
 from fastflow.objectives.base import objective_settings
-from fastflow.train.accel import autocast_for, compiled, compiled_graphs, fast_frozen
+from fastflow.train.accel import autocast_for, compiled, compiled_graphs
 from fastflow.train.config import TrainConfig, dump_config
 from fastflow.train.dcp import load_sharded, save_sharded
 from fastflow.train.ema import EMA
@@ -180,9 +181,10 @@ def _train(cfg: TrainConfig, resume: Resume, info: DistInfo, run: Path) -> Path:
                     "diverged at 999 and trained at 1 (model.t_scale=1)", model.config.t_scale)
     for name, frozen in objective.frozen().items():  # replicated on every rank
         check_teacher(model, frozen)
-        path, err = fast_frozen(frozen, fused, info.device)
-        if info.main and path != "off":
-            print(f"objective.{name}: {path} inference kernels, max |Δ| against eager {err:.2g} on a random batch")
+        decision, err = apply_frozen(frozen, fused, info.device)
+        if info.main and decision.active:
+            print(f"objective.{name}: {decision.path} inference kernels, max |Δ| against eager {err:.2g} on a "
+                  "random batch")
     objective = objective.bind(loop_support(cfg.train.parallel, cfg.train.activation_checkpointing))
 
     start = 0
