@@ -29,6 +29,7 @@ from torch import nn
 from fastflow.data.base import ArrayDataset
 from fastflow.errors import ConfigError
 from fastflow.fused import apply as apply_fused
+from fastflow.fused.frozen import apply_frozen
 from fastflow.models.presets import build_model, sample_shape
 from fastflow.objectives import build_objective
 from fastflow.pairs import FlowTeacher
@@ -109,7 +110,7 @@ def train_step_suite(presets: Sequence[str], batch: int, device: torch.device, p
 
 def _teacher_for(model: nn.Module, path: str) -> nn.Module:
     if path == "fused":
-        apply_fused(model, "auto")
+        apply_frozen(model, "auto", "cpu")  # what the demo's pair stage does
     return torch.compile(model) if path == "compiled" else model
 
 
