@@ -5,11 +5,12 @@ pair generation of a teacher checkpoint per solver and path.
 Training paths (:data:`PATHS`) are the loop's own settings (:mod:`fastflow.train.accel`): ``eager``;
 ``bf16`` (``train.amp=bf16``); ``compiled`` (``train.compile=model``); ``compiled+bf16``; ``fused``
 (the Triton GroupNorm/attention, ``model.fused=triton``) and ``fused+compiled``. Every path starts
-from the same weights, batch and noise; the losses of its first :data:`LOSS_STEPS` steps are
-recorded with their largest relative difference to eager's, so that a row that computes something
-else shows. The fused paths need a kernel device (CUDA with Triton; the Triton interpreter counts,
-for tests), bf16 a device that executes it natively: elsewhere they are left out with the reason.
-Peak memory is the CUDA allocator's high-water mark over the timed steps (no CPU equivalent).
+from the same weights, batch and noise; the losses and gradient norms of its first
+:data:`LOSS_STEPS` steps are recorded with their largest relative difference to eager's, so that a
+row that computes something else shows. The fused paths need a kernel device (CUDA with Triton; the
+Triton interpreter counts, for tests), bf16 a device that executes it natively: elsewhere they are
+left out with the reason. Peak memory is the CUDA allocator's high-water mark over the timed steps
+(no CPU equivalent).
 
 Pair paths (:data:`PAIR_PATHS`): ``eager``, ``fused`` (the inference kernels ``fused=auto`` takes
 here: the CPU block kernel on a CPU) and ``compiled`` (``torch.compile`` of the teacher); pairs/s
@@ -41,13 +42,16 @@ from fastflow.utils.timing import measure_latency
 PATHS = ("eager", "bf16", "compiled", "compiled+bf16", "fused", "fused+compiled")
 PRESETS = ("slim-15.7m", "rf-ddpmpp")
 PAIR_PATHS = ("eager", "fused", "compiled")
-#: steps whose losses every path records (the first is the same for all: the output layer starts at 0)
+#: steps whose loss and gradient norm every path records (the first loss is the same for all: the
+#: output layer starts at 0, so the gradient norm is what tells a path that computes something else)
 LOSS_STEPS = 3
 
 
-def _step_fn(model: nn.Module, path: str, data: ArrayDataset, batch: int, seed: int) -> Callable[[], float]:
+def _step_fn(model: nn.Module, path: str, data: ArrayDataset, batch: int,
+             seed: int) -> Callable[[], tuple[float, float]]:
     """One training step (:func:`~fastflow.train.step.train_step`, the loop's own) on ``path``'s
-    settings as a closure returning its loss; every call is step 0 (same batch, times and noise)."""
+    settings as a closure returning its loss and gradient norm; every call is step 0 (same batch,
+    times and noise)."""
     device = next(model.parameters()).device
     objective = build_objective({"name": "rf"}, num_classes=0, device=device)
     opt = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -56,7 +60,12 @@ def _step_fn(model: nn.Module, path: str, data: ArrayDataset, batch: int, seed: 
         apply_fused(model, "triton", inference=False)
     net, call = compiled("model" if "compiled" in path else "off", model, objective)
     amp = autocast_for("bf16" if "bf16" in path else "none", device)
-    return lambda: float(train_step(net, model, call, micro, 0, device, amp, opt, 1.0)["loss"])
+
+    def step() -> tuple[float, float]:
+        logs = train_step(net, model, call, micro, 0, device, amp, opt, 1.0)
+        return float(logs["loss"]), float(logs["grad_norm"])
+
+    return step
 
 
 def check_paths(paths: Sequence[str], known: Sequence[str] = PATHS) -> None:
@@ -78,29 +87,32 @@ def runnable_amp(paths: Sequence[str], device: torch.device) -> tuple[list[str],
 def train_step_suite(presets: Sequence[str], batch: int, device: torch.device, paths: Sequence[str] = PATHS,
                      steps: int = 10, warmup: int = 3, seed: int = 0) -> list[dict[str, Any]]:
     """One row per (preset, path) that runs here: step time percentiles, samples/s, peak CUDA memory,
-    the first steps' losses and their largest relative difference to eager's, parameters."""
+    the first steps' losses and gradient norms with their largest relative difference to eager's,
+    parameters."""
     rows = []
     for preset in presets:
         torch.manual_seed(seed)
         base = build_model({"preset": preset}).to(device)
         x = torch.rand(batch, *sample_shape(base), generator=torch.Generator().manual_seed(seed)) * 2 - 1
         data = ArrayDataset(x.to(device))
-        reference: list[float] | None = None
+        reference: list[tuple[float, float]] | None = None
         for path in paths:
             step = _step_fn(copy.deepcopy(base).train(), path, data, batch, seed)
             t0 = time.process_time()
-            losses = [step() for _ in range(LOSS_STEPS)]
+            first = [step() for _ in range(LOSS_STEPS)]
             first_s = time.process_time() - t0
-            reference = losses if path == "eager" else reference
+            reference = first if path == "eager" else reference
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             lat = measure_latency(step, device, warmup=warmup, iters=steps)
             peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-            diff = None if reference is None else max(abs(a - b) / abs(b) for a, b in zip(losses, reference,
-                                                                                          strict=True))
-            rows.append({"preset": preset, "path": path, "batch": batch, "losses": losses, "first_loss": losses[0],
-                         "loss_rel_diff": diff, "first_steps_cpu_s": first_s,
+            diff = None if reference is None else max(
+                abs(a - b) / abs(b) for got, want in zip(first, reference, strict=True)
+                for a, b in zip(got, want, strict=True))
+            rows.append({"preset": preset, "path": path, "batch": batch, "losses": [f[0] for f in first],
+                         "grad_norms": [f[1] for f in first], "first_loss": first[0][0],
+                         "rel_diff": diff, "first_steps_cpu_s": first_s,
                          "samples_per_s": batch / (lat.p50_ms / 1e3),
                          "params": sum(p.numel() for p in base.parameters()), "peak_mem_mb": peak,
                          **{f"step_{k}": v for k, v in lat.to_dict().items()}})

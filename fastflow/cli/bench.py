@@ -163,7 +163,7 @@ def run_train(args: argparse.Namespace) -> int:
     teacher = resolve_checkpoint(args.teacher) if args.teacher else None
     rows = train_step_suite(args.presets, args.batch, args.device, paths, steps=args.steps, warmup=args.warmup)
     print(format_table(rows, ["preset", "path", "batch", "step_p50_ms", "samples_per_s", "peak_mem_mb",
-                              "loss_rel_diff"]))
+                              "rel_diff"]))
     pairs = pairs_suite(str(teacher), args.pairs, args.solvers, args.pair_paths) if teacher else []
     if pairs:
         print(format_table(pairs, ["solver", "path", "n", "pairs_per_cpu_s", "mean_nfe", "max_abs_diff"]))
