@@ -3,7 +3,6 @@ land in one JSON with the CPU named."""
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ import torch
 
 from fastflow.models.checkpoint import save_model
 from fastflow.models.presets import build_model
+from fastflow.utils.io import read_json
 
 SCRIPT = Path(__file__).with_name("cpu_train_throughput.py")
 
@@ -24,6 +24,6 @@ def test_rehearsal(tmp_path) -> None:
                     "--steps", "1", "--pairs", "2", "--paths", "eager", "--pair-paths", "eager,fused",
                     "--teacher", str(tmp_path / "teacher"),
                     "--out", str(out)], check=True, capture_output=True)
-    doc = json.loads(out.read_text())
+    doc = read_json(out)
     assert [(r["threads"], r["path"]) for r in doc["rows"]] == [(1, "eager"), (2, "eager")]
     assert {p["threads"] for p in doc["pairs"]} == {1, 2} and doc["cpu"]
